@@ -1,0 +1,51 @@
+# lora-lab: `make run` runs the course, `make test` tests it. Both install what they need first.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+NOTEBOOK_SOURCES := $(wildcard notebooks/[0-9][0-9]_*.py)
+
+.PHONY: setup run test lint sync check-sync pytest nbtest clean
+
+# Create the virtual environment and install the pinned stack (torch pinned: a bare
+# `torch` would pull a multi-GB CUDA build) plus this package in editable mode.
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -r requirements.txt
+	$(BIN)/python -m pip install -q --no-deps -e .
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+# Execute every notebook in order (cpu profile unless a GPU is present) into build/notebooks/.
+run: $(STAMP)
+	MPLBACKEND=Agg $(BIN)/python -m lora_lab.course run
+
+test: $(STAMP) lint check-sync pytest nbtest
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests notebooks benchmarks
+
+# Re-sync every pair from its .py source and fail if anything changed or is missing.
+check-sync: $(STAMP)
+	touch $(NOTEBOOK_SOURCES)
+	$(BIN)/jupytext --quiet --sync $(NOTEBOOK_SOURCES)
+	$(BIN)/python -m lora_lab.course strip
+	$(BIN)/python -m lora_lab.course check
+	git diff --exit-code --stat -- notebooks
+
+pytest: $(STAMP)
+	MPLBACKEND=Agg $(BIN)/python -m pytest tests
+
+nbtest: $(STAMP)
+	MPLBACKEND=Agg $(BIN)/python -m pytest --nbmake --nbmake-timeout=900 notebooks/[0-9][0-9]_*.ipynb
+
+# After editing a notebooks/NN_topic.py: regenerate its .ipynb twin, without outputs.
+sync: $(STAMP)
+	$(BIN)/jupytext --quiet --sync $(NOTEBOOK_SOURCES)
+	$(BIN)/python -m lora_lab.course strip
+
+clean:
+	rm -rf build .pytest_cache .ruff_cache
+	find . -name __pycache__ -prune -exec rm -rf {} +

@@ -1,0 +1,122 @@
+"""Course-level commands behind the Makefile: run every notebook, check the notebook pairs.
+
+    python -m lora_lab.course run     # execute notebooks/NN_*.ipynb in order into build/notebooks/
+    python -m lora_lab.course check   # every .py has its .ipynb twin, same cells, no outputs
+    python -m lora_lab.course strip   # remove outputs and execution counts from notebooks/*.ipynb
+
+`run` prints one line per notebook (name, seconds, ok/failed) and exits non-zero if any failed;
+a failed notebook's executed copy is still written, with the error in it, so nothing is lost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+NOTEBOOKS = ROOT / "notebooks"
+BUILD = ROOT / "build" / "notebooks"
+
+
+def course_notebooks(folder: Path = NOTEBOOKS) -> list[Path]:
+    """The lesson notebooks in order: notebooks/NN_topic.ipynb."""
+    return sorted(p for p in folder.glob("[0-9][0-9]_*.ipynb"))
+
+
+def run(notebooks: list[Path], out_dir: Path = BUILD, timeout: int = 1800) -> int:
+    """Execute each notebook top to bottom into `out_dir`; return how many failed."""
+    import nbformat
+    from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    failed = 0
+    for path in notebooks:
+        nb = nbformat.read(path, as_version=4)
+        client = NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}})
+        start = time.perf_counter()
+        status = "ok"
+        try:
+            client.execute()
+        except (CellExecutionError, Exception) as err:  # keep going: report every notebook
+            status = "failed"
+            failed += 1
+            reason = str(err).strip().splitlines()
+            status += f" ({reason[-1][:120]})" if reason else ""
+        nbformat.write(nb, out_dir / path.name)
+        print(f"{path.name:<36} {time.perf_counter() - start:7.1f} s  {status}", flush=True)
+    return failed
+
+
+def _cells(path: Path) -> list[tuple[str, str, tuple[str, ...]]]:
+    import jupytext
+
+    nb = jupytext.read(path)
+    return [(c.cell_type, c.source.strip(), tuple(c.metadata.get("tags", ()))) for c in nb.cells]
+
+
+def check(folder: Path = NOTEBOOKS) -> list[str]:
+    """Problems with the notebook pairs: a missing twin, different cells, committed outputs."""
+    import nbformat
+
+    problems = []
+    scripts = sorted(folder.glob("[0-9][0-9]_*.py"))
+    for py in scripts:
+        ipynb = py.with_suffix(".ipynb")
+        if not ipynb.exists():
+            problems.append(f"{py.name} has no .ipynb twin: run `make sync`.")
+            continue
+        if _cells(py) != _cells(ipynb):
+            problems.append(f"{py.name} and {ipynb.name} differ: edit the .py, then run `make sync`.")
+        nb = nbformat.read(ipynb, as_version=4)
+        if any(c.get("outputs") or c.get("execution_count") for c in nb.cells if c.cell_type == "code"):
+            problems.append(f"{ipynb.name} has outputs: run `make sync` (it strips them).")
+    for ipynb in sorted(folder.glob("[0-9][0-9]_*.ipynb")):
+        if not ipynb.with_suffix(".py").exists():
+            problems.append(f"{ipynb.name} has no .py twin: the .py percent script is the source.")
+    return problems
+
+
+def strip(folder: Path = NOTEBOOKS) -> None:
+    """Remove outputs, execution counts and widget state from the course notebooks."""
+    import nbformat
+
+    for path in course_notebooks(folder):
+        nb = nbformat.read(path, as_version=4)
+        for cell in nb.cells:
+            if cell.cell_type == "code":
+                cell.outputs = []
+                cell.execution_count = None
+        nb.metadata.pop("widgets", None)
+        nbformat.write(nb, path)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m lora_lab.course", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_run = sub.add_parser("run", help="execute the notebooks into build/notebooks/")
+    p_run.add_argument("notebooks", nargs="*", type=Path, help="default: every notebooks/NN_*.ipynb")
+    p_run.add_argument("--out", type=Path, default=BUILD)
+    sub.add_parser("check", help="check the .py/.ipynb pairs")
+    sub.add_parser("strip", help="strip outputs from the notebooks")
+    args = parser.parse_args(argv)
+    if args.command == "run":
+        os.environ.setdefault("MPLBACKEND", "Agg")
+        notebooks = args.notebooks or course_notebooks()
+        failed = run(notebooks, args.out)
+        print(f"{len(notebooks) - failed}/{len(notebooks)} notebooks ok; executed copies in {args.out}")
+        return 1 if failed else 0
+    if args.command == "check":
+        problems = check()
+        for p in problems:
+            print(p)
+        return 1 if problems else 0
+    strip()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,300 @@
+"""The `cpu` profile's base model: a tiny Llama built, tokenized and pretrained on this machine.
+
+CI and laptops have no GPU and no model hub, yet the course must run the same loading,
+quantization, training and saving code as on a T4. So we make a base model the way a lab does,
+only smaller:
+
+1. a byte-level BPE tokenizer trained with `tokenizers` on the course's own text, with distinct
+   eos (``<|end|>``) and pad (``<|pad|>``) tokens and a chat template;
+2. a Llama-architecture causal LM from a `LlamaConfig` (grouped-query attention, SwiGLU MLP,
+   RMSNorm, tied embeddings: the same blocks as Llama 3.2 and Qwen2.5, about a million parameters);
+3. a short, seeded pretraining run on sentences stating the invented world's facts
+   (`lora_lab.data`), so the base model knows things before SFT teaches it to answer questions.
+
+The result is saved with `save_pretrained` into a cache folder keyed by a hash of the recipe and
+the library versions, built once and then reused, and loaded with
+`AutoModelForCausalLM.from_pretrained` exactly as a Hub model is.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import random
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from . import data
+
+#: Environment variable that moves the cache (default ~/.cache/lora_lab).
+CACHE_ENV = "LORA_LAB_CACHE"
+EOS_TOKEN = "<|end|>"
+PAD_TOKEN = "<|pad|>"
+ROLE_TOKENS = ("<|system|>", "<|user|>", "<|assistant|>")
+#: Each message is `<|role|>content<|end|>`; the generation prompt opens an assistant turn.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}<|{{ message['role'] }}|>{{ message['content'] }}<|end|>{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+
+
+@dataclass(frozen=True)
+class TinyRecipe:
+    """How the tiny base model is made. Any change gives a new cache folder."""
+
+    vocab_size: int = 1024  # BPE vocabulary; big enough that every world word is one token
+    hidden_size: int = 128  # model width
+    intermediate_size: int = 256  # SwiGLU MLP width
+    num_layers: int = 4  # decoder blocks
+    num_heads: int = 4  # query heads (head_dim = hidden_size / num_heads = 32)
+    num_kv_heads: int = 2  # key/value heads: grouped-query attention as in Llama 3 / Qwen2.5
+    max_positions: int = 256  # context length
+    n_entities: int = 300  # entities in the invented world (data.make_world)
+    pretrain_docs: int = 20000  # documents in the pretraining corpus
+    facts_per_doc: int = 2  # each document states 1 to this many facts about one entity
+    pretrain_steps: int = 900  # optimizer steps of pretraining
+    pretrain_batch: int = 64  # documents per step
+    pretrain_lr: float = 1.5e-3  # peak AdamW learning rate (linear warmup, cosine decay)
+    weight_decay: float = 0.0  # AdamW weight decay during pretraining
+    seed: int = 0  # seeds the world, the corpus, the initial weights and the data order
+
+    def key(self) -> str:
+        """A short hash of the recipe and the library versions that shape the weights."""
+        import tokenizers
+        import transformers
+
+        payload = json.dumps(
+            {"recipe": dataclasses.asdict(self), "torch": torch.__version__,
+             "transformers": transformers.__version__, "tokenizers": tokenizers.__version__},
+            sort_keys=True,
+        )
+        return hashlib.sha256(payload.encode()).hexdigest()[:12]
+
+
+def cache_root() -> Path:
+    """Where built models live: $LORA_LAB_CACHE, else ~/.cache/lora_lab."""
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "lora_lab")
+
+
+def build_tokenizer(recipe: TinyRecipe, world: data.World):
+    """Train a byte-level BPE tokenizer on the world's text and wrap it for transformers."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    texts = data.pretraining_corpus(world, 4000, seed=recipe.seed)
+    for task in data.TASK_FAMILIES:
+        for row in data.make_examples(task, world.entities, 1, recipe.seed):
+            texts += [m["content"] for m in row["messages"]]
+    bpe = Tokenizer(models.BPE())
+    # A space before every word, also right after a chat marker, so each word has one token form;
+    # the decoder removes that first space again so decode(encode(s)) == s.
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
+    bpe.decoder = decoders.Sequence([decoders.ByteLevel(), decoders.Strip(" ", 1, 0)])
+    trainer = trainers.BpeTrainer(
+        vocab_size=recipe.vocab_size,
+        special_tokens=[PAD_TOKEN, EOS_TOKEN, *ROLE_TOKENS],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    bpe.train_from_iterator(texts, trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=bpe, eos_token=EOS_TOKEN, pad_token=PAD_TOKEN, chat_template=CHAT_TEMPLATE
+    )
+    tokenizer.padding_side = "right"
+    tokenizer.model_max_length = recipe.max_positions
+    return tokenizer
+
+
+def build_config(recipe: TinyRecipe, tokenizer):
+    """The LlamaConfig of the tiny model (same blocks as Llama 3.2, far fewer of them)."""
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=recipe.hidden_size,
+        intermediate_size=recipe.intermediate_size,
+        num_hidden_layers=recipe.num_layers,
+        num_attention_heads=recipe.num_heads,
+        num_key_value_heads=recipe.num_kv_heads,
+        max_position_embeddings=recipe.max_positions,
+        tie_word_embeddings=True,
+        bos_token_id=None,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        torch_dtype="float32",
+    )
+
+
+def _batches(token_ids: list[list[int]], batch: int, steps: int, pad_id: int, seed: int):
+    """`steps` padded batches drawn in a seeded order (reshuffled each epoch)."""
+    rng = random.Random(seed)
+    order: list[int] = []
+    for _ in range(steps):
+        if len(order) < batch:
+            more = list(range(len(token_ids)))
+            rng.shuffle(more)
+            order += more
+        idx, order = order[:batch], order[batch:]
+        longest = max(len(token_ids[i]) for i in idx)
+        input_ids = torch.full((batch, longest), pad_id, dtype=torch.long)
+        labels = torch.full((batch, longest), -100, dtype=torch.long)
+        mask = torch.zeros((batch, longest), dtype=torch.long)
+        for row, i in enumerate(idx):
+            ids = torch.tensor(token_ids[i])
+            input_ids[row, : len(ids)] = ids
+            labels[row, : len(ids)] = ids
+            mask[row, : len(ids)] = 1
+        yield input_ids, mask, labels
+
+
+def pretrain(model, tokenizer, recipe: TinyRecipe, world: data.World, log_every: int = 100) -> dict:
+    """Full-parameter pretraining on the fact corpus with a plain PyTorch loop.
+
+    Returns:
+        A record with the loss every `log_every` steps, the final loss and the seconds taken.
+    """
+    docs = data.pretraining_corpus(world, recipe.pretrain_docs, seed=recipe.seed, max_facts=recipe.facts_per_doc)
+    token_ids = [tokenizer(d)["input_ids"] + [tokenizer.eos_token_id] for d in docs]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.pretrain_lr, weight_decay=recipe.weight_decay)
+    warmup = max(1, recipe.pretrain_steps // 20)
+
+    def lr_at(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, recipe.pretrain_steps - warmup)
+        return 0.5 * (1 + math.cos(math.pi * progress))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at)
+    model.train()
+    losses, start = [], time.perf_counter()
+    batches = _batches(token_ids, recipe.pretrain_batch, recipe.pretrain_steps, tokenizer.pad_token_id, recipe.seed)
+    for step, (input_ids, mask, labels) in enumerate(batches):
+        loss = model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        if step % log_every == 0 or step == recipe.pretrain_steps - 1:
+            losses.append((step, round(loss.item(), 4)))
+    model.eval()
+    return {"losses": losses, "final_loss": losses[-1][1], "seconds": round(time.perf_counter() - start, 1)}
+
+
+@torch.no_grad()
+def fact_recall(model, tokenizer, world: data.World | None = None, attributes=None) -> float:
+    """Share of facts the model completes correctly: greedy next token after "...of mipoka is".
+
+    Every value in the world is a single token, so one forward pass per batch scores them all.
+    """
+    world = world or data.make_world()
+    attributes = attributes or list(data.ATTRIBUTES)
+    prefixes, targets = [], []
+    for e in world.entities:
+        for a in attributes:
+            value = getattr(e, a)
+            sentence = data.fact_text(e, a)
+            prefix = sentence[: sentence.rindex(value)].rstrip()
+            value_ids = tokenizer(" " + value, add_special_tokens=False)["input_ids"]
+            prefixes.append(tokenizer(prefix)["input_ids"])
+            targets.append(value_ids[-1] if len(value_ids) == 1 else -1)
+    was_training = model.training
+    model.eval()
+    correct = 0
+    device = next(model.parameters()).device
+    for i in range(0, len(prefixes), 256):
+        chunk = prefixes[i : i + 256]
+        longest = max(map(len, chunk))
+        ids = torch.full((len(chunk), longest), tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for row, p in enumerate(chunk):
+            ids[row, : len(p)] = torch.tensor(p)
+            mask[row, : len(p)] = 1
+        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+        last = mask.sum(1) - 1
+        predicted = logits[torch.arange(len(chunk)), last.to(device)].argmax(-1).cpu()
+        correct += sum(int(p == t) for p, t in zip(predicted.tolist(), targets[i : i + 256], strict=True))
+    model.train(was_training)
+    return correct / len(prefixes)
+
+
+def build(recipe: TinyRecipe, out_dir: Path) -> dict:
+    """Build tokenizer, model and pretraining from scratch into `out_dir`; return the build record."""
+    from transformers import AutoModelForCausalLM, GenerationConfig
+
+    torch.manual_seed(recipe.seed)
+    world = data.make_world(recipe.n_entities, seed=recipe.seed)
+    tokenizer = build_tokenizer(recipe, world)
+    config = build_config(recipe, tokenizer)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    report = pretrain(model, tokenizer, recipe, world)
+    report["fact_recall"] = round(fact_recall(model, tokenizer, world), 4)
+    report["parameters"] = sum(p.numel() for p in model.parameters())
+    report["recipe"] = dataclasses.asdict(recipe)
+    model.generation_config = GenerationConfig(
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, do_sample=False
+    )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    (out_dir / "pretraining.json").write_text(json.dumps(report, indent=1))
+    return report
+
+
+def ensure_tiny_model(recipe: TinyRecipe | None = None, cache_dir: str | os.PathLike | None = None, verbose=True) -> Path:
+    """The folder of the tiny base model, building it first if this recipe was never built here.
+
+    The build goes to a temporary folder that is renamed into place when complete, so an
+    interrupted build never leaves a half-written model behind.
+    """
+    recipe = recipe or TinyRecipe()
+    root = Path(cache_dir) if cache_dir else cache_root()
+    target = root / f"tiny-llama-{recipe.key()}"
+    if (target / "pretraining.json").exists():
+        return target
+    root.mkdir(parents=True, exist_ok=True)
+    if verbose:
+        print(f"Building the tiny base model into {target} (once; about a minute on 2 cores)...")
+    tmp = Path(tempfile.mkdtemp(prefix=".building-", dir=root))
+    try:
+        report = build(recipe, tmp)
+        if target.exists():  # another process finished first
+            shutil.rmtree(tmp)
+        else:
+            tmp.rename(target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if verbose:
+        print(f"  pretrained in {report['seconds']} s: final loss {report['final_loss']}, fact recall "
+              f"{report['fact_recall']:.1%}, {report['parameters']:,} parameters")
+    return target
+
+
+def pretraining_report(path: str | os.PathLike) -> dict:
+    """The build record saved beside a tiny model (losses, fact recall, recipe)."""
+    return json.loads((Path(path) / "pretraining.json").read_text())
+
+
+def weights_hash(model) -> str:
+    """SHA-256 over every parameter's bytes, in name order: equal hashes, identical weights."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def resolve_model_path(model_id: str) -> str:
+    """A `from_pretrained` argument for a profile's model id: the tiny model's folder, or the id."""
+    from .profiles import TINY_MODEL_ID
+
+    return str(ensure_tiny_model()) if model_id == TINY_MODEL_ID else model_id

@@ -1,0 +1,91 @@
+"""The course data: deterministic, split correctly, and validated with clear messages."""
+
+import pytest
+from datasets import Dataset, DatasetDict
+
+from lora_lab import data, profiles
+
+
+def test_generation_is_deterministic():
+    a = data.course_splits(data.TASK_FAMILIES, seed=3)
+    b = data.course_splits(data.TASK_FAMILIES, seed=3)
+    c = data.course_splits(data.TASK_FAMILIES, seed=4)
+    assert a["train"].to_list() == b["train"].to_list()
+    assert a["eval"].to_list() == b["eval"].to_list()
+    assert a["train"].to_list() != c["train"].to_list()
+
+
+def test_split_sizes_and_held_out_entities():
+    world = data.make_world(300)
+    assert len(world.train_entities) == 200 and len(world.eval_entities) == 100
+    splits = data.course_splits(("recall",), world=world, train_per_entity=4, n_eval=100)
+    assert len(splits["train"]) == 800 and len(splits["eval"]) == 100
+    train_names = {e.name for e in world.train_entities}
+    assert not train_names & set(splits["eval"]["entity"])  # recall is tested on unseen entities
+
+
+def test_every_family_has_checkable_answers():
+    splits = data.course_splits(data.TASK_FAMILIES, n_eval=30)
+    assert set(splits["eval"]["task"]) == set(data.TASK_FAMILIES)
+    for row in splits["train"].select(range(50)):
+        assert row["messages"][-1] == {"role": "assistant", "content": row["answer"]}
+        if row["task"] in ("recall", "extract"):
+            assert any(row["answer"] in values for values in data.ATTRIBUTES.values())
+        if row["task"] == "extract":
+            assert row["answer"] in row["messages"][0]["content"]
+
+
+def test_fact_sentences_cover_every_fact():
+    world = data.make_world(30)
+    sentences = data.fact_sentences(world)
+    assert len(sentences) == 30 * len(data.ATTRIBUTES)
+    e = world.entities[0]
+    assert f"the color of {e.name} is {e.color} ." in sentences
+
+
+def test_prompt_completion_form_puts_the_answer_in_the_completion():
+    ds = data.to_prompt_completion(data.course_splits(("recall",), n_eval=5)["eval"])
+    row = ds[0]
+    assert row["prompt"][-1]["role"] == "user"
+    assert row["completion"] == [{"role": "assistant", "content": row["answer"]}]
+
+
+@pytest.mark.parametrize(
+    "rows, message",
+    [
+        ([], "is empty"),
+        ([{"text": "hello"}], "no 'messages' column"),
+        ([{"messages": []}], "non-empty list"),
+        ([{"messages": [{"role": "user"}]}], "'role' and 'content'"),
+        ([{"messages": [{"role": "robot", "content": "hi"}]}], "unknown role 'robot'"),
+        ([{"messages": [{"role": "user", "content": 42}]}], "content must be a string"),
+        ([{"messages": [{"role": "user", "content": "hi"}]}], "no assistant message"),
+    ],
+)
+def test_validation_errors_say_what_is_wrong(rows, message):
+    with pytest.raises(ValueError, match=message):
+        data.validate(rows)
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="Unknown task family 'poetry'"):
+        data.course_splits(("poetry",))
+    with pytest.raises(ValueError, match="at least 3"):
+        data.make_world(2)
+
+
+def test_hub_layouts_are_normalised_like_the_real_datasets():
+    """GSM8K's column layout (question/answer with '#### N'), read by the same code as on Colab."""
+    gsm = DatasetDict(
+        train=Dataset.from_list([{"question": f"What is {i} + {i}?", "answer": f"{i}+{i}={2 * i}\n#### {2 * i:,}"} for i in range(40)]),
+        test=Dataset.from_list([{"question": "What is 1000 + 234?", "answer": "1000+234=1234\n#### 1,234"}]),
+    )
+    profile = profiles.PROFILES["t4"].replace(n_eval=5)
+    splits = data.load_profile_dataset(profile, loader=lambda *a: gsm)
+    assert len(splits["eval"]) == 1 and splits["eval"][0]["answer"] == "1234"
+    assert splits["train"][3]["messages"][0] == {"role": "user", "content": "What is 3 + 3?"}
+    alpaca = Dataset.from_list([{"instruction": "Say hi", "input": "", "output": "hi"}] * 10)
+    out = data.load_hub_dataset("local/alpaca", n_eval=2, loader=lambda *a: alpaca)
+    assert len(out["train"]) == 8 and out["eval"][0]["answer"] == "hi"
+    with pytest.raises(ValueError, match="columns are"):
+        data.normalise(Dataset.from_list([{"foo": 1}]), "x/y")

@@ -1,0 +1,71 @@
+"""The cpu profile's tiny base model: deterministic, loadable like a Hub model, with a sane tokenizer."""
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from lora_lab import data, tiny
+
+SMALL = tiny.TinyRecipe(n_entities=30, pretrain_docs=300, pretrain_steps=25, pretrain_batch=16, vocab_size=512)
+
+
+def test_same_seed_same_weights_different_seed_different(tmp_path):
+    a = tiny.ensure_tiny_model(SMALL, tmp_path / "a", verbose=False)
+    b = tiny.ensure_tiny_model(SMALL, tmp_path / "b", verbose=False)
+    c = tiny.ensure_tiny_model(tiny.TinyRecipe(**{**SMALL.__dict__, "seed": 1}), tmp_path / "c", verbose=False)
+    load = AutoModelForCausalLM.from_pretrained
+    assert tiny.weights_hash(load(a)) == tiny.weights_hash(load(b))
+    assert tiny.weights_hash(load(a)) != tiny.weights_hash(load(c))
+    # Built once, then reused: the second call returns the same folder without rebuilding.
+    stamp = (a / "model.safetensors").stat().st_mtime_ns
+    assert tiny.ensure_tiny_model(SMALL, tmp_path / "a", verbose=False) == a
+    assert (a / "model.safetensors").stat().st_mtime_ns == stamp
+
+
+def test_pretraining_lowers_the_loss(tmp_path):
+    report = tiny.pretraining_report(tiny.ensure_tiny_model(SMALL, tmp_path, verbose=False))
+    losses = [loss for _, loss in report["losses"]]
+    assert losses[-1] < 0.6 * losses[0]
+
+
+def test_cached_model_loads_through_from_pretrained(tiny_model_path):
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_path)
+    tok = AutoTokenizer.from_pretrained(tiny_model_path)
+    assert model.config.model_type == "llama"
+    assert model.config.num_key_value_heads < model.config.num_attention_heads  # grouped-query attention
+    assert model.config.tie_word_embeddings
+    report = tiny.pretraining_report(tiny_model_path)
+    assert report["fact_recall"] > 0.9, "the base model should know the world's facts before SFT"
+    # Greedy generation stops at eos on its own.
+    ids = tok.apply_chat_template([{"role": "user", "content": "hello"}], add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    out = model.generate(**ids, max_new_tokens=40)
+    assert out.shape[1] < ids["input_ids"].shape[1] + 40 or tok.eos_token_id in out[0].tolist()
+
+
+def test_tokenizer_round_trip_and_special_tokens(tiny_model_path):
+    tok = AutoTokenizer.from_pretrained(tiny_model_path)
+    for text in data.fact_sentences()[:50] + ["where does mipoka live ?", "name = bakemi ; color = red"]:
+        assert tok.decode(tok(text)["input_ids"]) == text
+    assert tok.eos_token == tiny.EOS_TOKEN and tok.pad_token == tiny.PAD_TOKEN
+    assert tok.eos_token_id != tok.pad_token_id
+    # Every word of the world is a single token, so answers are short and exact match is fair.
+    for value in data.COLORS + data.CITIES + data.FOODS + data.PETS:
+        assert len(tok(value)["input_ids"]) == 1, value
+
+
+def test_chat_template_is_applied(tiny_model_path):
+    tok = AutoTokenizer.from_pretrained(tiny_model_path)
+    messages = [{"role": "user", "content": "where does mipoka live ?"}, {"role": "assistant", "content": "lima"}]
+    text = tok.apply_chat_template(messages, tokenize=False)
+    assert text == "<|user|>where does mipoka live ?<|end|><|assistant|>lima<|end|>"
+    prompt = tok.apply_chat_template(messages[:1], tokenize=False, add_generation_prompt=True)
+    assert text.startswith(prompt) and prompt.endswith("<|assistant|>")
+    ids = tok.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"]
+    assert ids[-1] == tok.eos_token_id and ids.count(tok.eos_token_id) == 2
+
+
+def test_fact_recall_is_chance_for_an_untrained_model(tmp_path):
+    world = data.make_world(30)
+    tok = tiny.build_tokenizer(SMALL, world)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(tiny.build_config(SMALL, tok))
+    assert tiny.fact_recall(model, tok, world) < 0.2
