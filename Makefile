@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 NOTEBOOK_SOURCES := $(wildcard notebooks/[0-9][0-9]_*.py)
 
-.PHONY: setup run test lint sync check-sync pytest nbtest clean
+.PHONY: setup run test lint sync check-sync pytest nbtest clean colab-links exercises figures
 
 # Create the virtual environment and install the pinned stack (torch pinned: a bare
 # `torch` would pull a multi-GB CUDA build) plus this package in editable mode.
@@ -49,3 +49,17 @@ sync: $(STAMP)
 clean:
 	rm -rf build .pytest_cache .ruff_cache
 	find . -name __pycache__ -prune -exec rm -rf {} +
+
+# Point colab/REPO, every badge and every Colab install cell at REPO=owner/name.
+colab-links: $(STAMP)
+	@test -n "$(REPO)" || (echo "usage: make colab-links REPO=owner/name" && exit 2)
+	$(BIN)/python -m lora_lab.colab set-repo "$(REPO)"
+	$(MAKE) sync
+
+# Learner copies of every notebook, solutions removed, into build/learners/.
+exercises: $(STAMP)
+	$(BIN)/python -m lora_lab.course exercises
+
+# Every figure of the course as PNG and SVG into build/figures/ (runs the notebooks).
+figures: $(STAMP)
+	$(BIN)/python -m lora_lab.course figures

@@ -131,3 +131,30 @@ with torch.no_grad():
     out = base.generate(**inputs, max_new_tokens=12, do_sample=False)
 print("question:", question)
 print("base model says:", repr(tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)))
+
+# %% [markdown]
+# ## Check your understanding
+
+# %%
+from lora_lab import quiz
+
+quiz.show(quiz.PREFLIGHT)
+
+# %% [markdown]
+# ## Exercises
+#
+# 1. An NVIDIA L4 has compute capability 8.9, a V100 7.0. Which compute dtype does the course pick
+#    for each, and does either have native bf16? Use `lora_lab.hardware`.
+# 2. How many tokens does the chat template add around a recall question and its answer? Count
+#    the tokens of the bare question and answer, then of the templated conversation.
+
+# %% tags=["solution"]
+for gpu, capability in [("L4", (8, 9)), ("V100", (7, 0))]:
+    print(gpu, hardware.compute_dtype_for("cuda", capability),
+          "native bf16" if hardware.has_native_bf16("cuda", capability) else "no native bf16")
+
+# %% tags=["solution"]
+row = splits["train"].filter(lambda r: r["task"] == "recall")[0]
+bare = sum(len(tokenizer(m["content"])["input_ids"]) for m in row["messages"])
+templated = len(tokenizer.apply_chat_template(row["messages"], tokenize=True, return_dict=True)["input_ids"])
+print(f"bare: {bare} tokens, templated: {templated} tokens, the template adds {templated - bare}")

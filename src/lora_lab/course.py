@@ -3,6 +3,8 @@
     python -m lora_lab.course run     # execute notebooks/NN_*.ipynb in order into build/notebooks/
     python -m lora_lab.course check   # every .py has its .ipynb twin, same cells, no outputs
     python -m lora_lab.course strip   # remove outputs and execution counts from notebooks/*.ipynb
+    python -m lora_lab.course exercises  # learner copies without solutions into build/learners/
+    python -m lora_lab.course figures    # every figure of the course as PNG + SVG into build/figures/
 
 `run` prints one line per notebook (name, seconds, ok/failed) and exits non-zero if any failed;
 a failed notebook's executed copy is still written, with the error in it, so nothing is lost.
@@ -19,6 +21,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOKS = ROOT / "notebooks"
 BUILD = ROOT / "build" / "notebooks"
+LEARNERS = ROOT / "build" / "learners"
+FIGURES = ROOT / "build" / "figures"
+#: Cells tagged so hold an exercise's solution; learner copies replace their code.
+SOLUTION_TAG = "solution"
+PLACEHOLDER = "# Your solution here. (The instructor's copy of this notebook has one.)\n"
+#: Prepended to a notebook by `figures`: every figure shown, or left open at a cell's end, is saved.
+FIGURE_HOOK = """import matplotlib
+matplotlib.use("module://lora_lab.figure_backend")
+from lora_lab import figure_backend
+get_ipython().events.register("post_execute", figure_backend.show)"""
 
 
 def course_notebooks(folder: Path = NOTEBOOKS) -> list[Path]:
@@ -26,8 +38,12 @@ def course_notebooks(folder: Path = NOTEBOOKS) -> list[Path]:
     return sorted(p for p in folder.glob("[0-9][0-9]_*.ipynb"))
 
 
-def run(notebooks: list[Path], out_dir: Path = BUILD, timeout: int = 1800) -> int:
-    """Execute each notebook top to bottom into `out_dir`; return how many failed."""
+def run(notebooks: list[Path], out_dir: Path = BUILD, timeout: int = 1800, prepend: str | None = None) -> int:
+    """Execute each notebook top to bottom into `out_dir`; return how many failed.
+
+    Args:
+        prepend: code run in a first, extra cell (`figures` uses it to switch the backend).
+    """
     import nbformat
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError
@@ -36,6 +52,9 @@ def run(notebooks: list[Path], out_dir: Path = BUILD, timeout: int = 1800) -> in
     failed = 0
     for path in notebooks:
         nb = nbformat.read(path, as_version=4)
+        if prepend:
+            nb.cells.insert(0, nbformat.v4.new_code_cell(prepend))
+            os.environ["LORA_LAB_FIGURES_PREFIX"] = path.stem
         client = NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}})
         start = time.perf_counter()
         status = "ok"
@@ -94,6 +113,35 @@ def strip(folder: Path = NOTEBOOKS) -> None:
         nbformat.write(nb, path)
 
 
+def learner_copy(path: Path):
+    """The notebook with every solution cell's code replaced by a placeholder, outputs removed."""
+    import jupytext
+
+    nb = jupytext.read(path)
+    for cell in nb.cells:
+        tags = list(cell.metadata.get("tags", ()))
+        if SOLUTION_TAG in tags:
+            cell.source = PLACEHOLDER
+            cell.metadata["tags"] = [t for t in tags if t != SOLUTION_TAG] + ["exercise"]
+        if cell.cell_type == "code":
+            cell.outputs = []
+            cell.execution_count = None
+    return nb
+
+
+def write_learner_copies(folder: Path = NOTEBOOKS, out_dir: Path = LEARNERS) -> list[Path]:
+    """Write a learner copy of every course notebook (from its .py source) into `out_dir`."""
+    import nbformat
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for py in sorted(folder.glob("[0-9][0-9]_*.py")):
+        target = out_dir / py.with_suffix(".ipynb").name
+        nbformat.write(learner_copy(py), target)
+        written.append(target)
+    return written
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lora_lab.course", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -102,12 +150,26 @@ def main(argv=None) -> int:
     p_run.add_argument("--out", type=Path, default=BUILD)
     sub.add_parser("check", help="check the .py/.ipynb pairs")
     sub.add_parser("strip", help="strip outputs from the notebooks")
+    sub.add_parser("exercises", help="write learner copies without solutions to build/learners/")
+    p_fig = sub.add_parser("figures", help="save every figure as PNG and SVG into build/figures/")
+    p_fig.add_argument("notebooks", nargs="*", type=Path, help="default: every notebooks/NN_*.ipynb")
     args = parser.parse_args(argv)
     if args.command == "run":
         os.environ.setdefault("MPLBACKEND", "Agg")
         notebooks = args.notebooks or course_notebooks()
         failed = run(notebooks, args.out)
         print(f"{len(notebooks) - failed}/{len(notebooks)} notebooks ok; executed copies in {args.out}")
+        return 1 if failed else 0
+    if args.command == "exercises":
+        for path in write_learner_copies():
+            print(f"wrote {path.relative_to(ROOT)}")
+        return 0
+    if args.command == "figures":
+        os.environ.setdefault("LORA_LAB_FIGURES_DIR", str(FIGURES))
+        notebooks = args.notebooks or course_notebooks()
+        failed = run(notebooks, ROOT / "build" / "figure-runs", prepend=FIGURE_HOOK)
+        files = sorted(Path(os.environ["LORA_LAB_FIGURES_DIR"]).glob("*.png"))
+        print(f"{len(files)} figures as PNG + SVG in {os.environ['LORA_LAB_FIGURES_DIR']}")
         return 1 if failed else 0
     if args.command == "check":
         problems = check()

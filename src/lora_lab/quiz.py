@@ -1,0 +1,188 @@
+"""Quick checks and knowledge checks, answered in the notebook with feedback.
+
+Two kinds of question: `MultipleChoice` and `Numeric`. A numeric answer is never typed in by hand
+when the package can compute it: it is a function called when the question is checked (for
+example the largest model a 24 GB card fine-tunes with QLoRA, from `lora_lab.vram`), so the quiz
+and the lesson cannot disagree.
+
+`show(questions)` renders them as ipywidgets; `Question.check(...)` is the same logic without a
+screen (tests use it). A malformed answer gets a message, never a traceback.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Feedback:
+    """The verdict on one answer."""
+
+    correct: bool  # whether the answer counts as right
+    message: str  # what to show the learner: why it is right or what to reconsider
+
+
+@dataclass(frozen=True)
+class MultipleChoice:
+    """A question with one right option."""
+
+    question: str  # the question as shown
+    options: tuple[str, ...]  # the choices, in display order
+    answer: int  # index of the right option
+    explanation: str  # shown after any answer: the reasoning and its source
+
+    def check(self, choice: int | str | None) -> Feedback:
+        """Judge an option given by index or by its text."""
+        if isinstance(choice, str):
+            choice = self.options.index(choice) if choice in self.options else None
+        if choice is None or not 0 <= int(choice) < len(self.options):
+            return Feedback(False, "Pick one of the options.")
+        if int(choice) == self.answer:
+            return Feedback(True, f"Right. {self.explanation}")
+        return Feedback(False, f"Not quite: the answer is \u201c{self.options[self.answer]}\u201d. {self.explanation}")
+
+
+@dataclass(frozen=True)
+class Numeric:
+    """A question whose answer is a number, computed by the package where possible."""
+
+    question: str  # the question as shown
+    answer: float | Callable[[], float]  # the right value, or a function computing it
+    rel_tol: float  # accepted relative error (0.05 = within 5%)
+    unit: str  # shown after the input box, e.g. "parameters" or "GB"
+    explanation: str  # shown after any answer; may use {answer} to show the computed value
+
+    def value(self) -> float:
+        """The right answer (computed now if it is a function)."""
+        return float(self.answer() if callable(self.answer) else self.answer)
+
+    def check(self, given) -> Feedback:
+        """Judge a number (or a string holding one; commas and underscores allowed)."""
+        try:
+            number = float(str(given).replace(",", "").replace("_", "").strip())
+        except ValueError:
+            return Feedback(False, f"Enter a number ({self.unit}), for example 42 or 1.5e9.")
+        if not math.isfinite(number):
+            return Feedback(False, "Enter a finite number.")
+        right = self.value()
+        explanation = self.explanation.format(answer=_fmt(right))
+        if math.isclose(number, right, rel_tol=self.rel_tol, abs_tol=1e-12):
+            return Feedback(True, f"Right. {explanation}")
+        direction = "high" if number > right else "low"
+        return Feedback(False, f"Too {direction}: the answer is {_fmt(right)} {self.unit}. {explanation}")
+
+
+Question = MultipleChoice | Numeric
+
+
+def _fmt(x: float) -> str:
+    return f"{x:,.0f}" if abs(x) >= 100 and float(x).is_integer() else f"{x:,.3g}"
+
+
+def show(questions: Sequence[Question], title: str = "Check your understanding"):
+    """Render the questions as widgets, each with a Check button and a feedback line."""
+    import ipywidgets as w
+
+    boxes = [w.HTML(f"<h3>{html.escape(title)}</h3>")]
+    for i, q in enumerate(questions, 1):
+        prompt = w.HTML(f"<b>{i}. {html.escape(q.question)}</b>")
+        if isinstance(q, MultipleChoice):
+            entry = w.RadioButtons(options=list(q.options), value=None, layout=w.Layout(width="auto"))
+        else:
+            entry = w.Text(placeholder=f"a number ({q.unit})")
+        button = w.Button(description="Check")
+        feedback = w.HTML()
+
+        def on_click(_, q=q, entry=entry, feedback=feedback):
+            try:
+                verdict = q.check(entry.value)
+            except Exception as err:  # a broken computed answer must not crash the lesson
+                verdict = Feedback(False, f"Could not check this answer: {err}")
+            colour = "green" if verdict.correct else "#b00"
+            feedback.value = f"<span style='color:{colour}'>{html.escape(verdict.message)}</span>"
+
+        button.on_click(on_click)
+        boxes.append(w.VBox([prompt, entry, w.HBox([button, feedback])]))
+    return w.VBox(boxes)
+
+
+# ---------------------------------------------------------------------------------------------
+# The course's questions. Answers that a module can compute are computed by it.
+
+
+def _lora_params_4096_r8() -> float:
+    d_in = d_out = 4096
+    return 8 * (d_in + d_out)
+
+
+def _t4_dtype_index() -> int:
+    from .hardware import compute_dtype_for
+
+    return ["bfloat16", "float16", "float32"].index(compute_dtype_for("cuda", (7, 5)))
+
+
+PREFLIGHT = [
+    MultipleChoice(
+        "A Colab T4 (compute capability 7.5) runs your fine-tune. Which dtype should it compute in?",
+        ("bfloat16", "float16", "float32"),
+        _t4_dtype_index(),
+        "bf16 runs natively only from capability 8.0; torch.cuda.is_bf16_supported() says True on a T4 "
+        "because it can emulate bf16, so decide by capability.",
+    ),
+    MultipleChoice(
+        "Why must the pad token differ from the eos token when fine-tuning?",
+        (
+            "Padding with eos makes batches longer",
+            "Pad positions are masked out of the loss, so with pad = eos the model never learns to stop",
+            "Tokenizers refuse to load otherwise",
+        ),
+        1,
+        "Masked pad labels would also mask every eos, and generation then runs on to max_new_tokens "
+        "(see huggingface/trl#1623).",
+    ),
+]
+
+LORA_BASICS = [
+    Numeric(
+        "A 4096 x 4096 weight matrix gets a LoRA adapter of rank 8. How many trainable parameters does the adapter add?",
+        _lora_params_4096_r8,
+        0.0,
+        "parameters",
+        "r x (d_in + d_out) = {answer}, about 0.4% of the 16.8 million weights of the matrix.",
+    ),
+    MultipleChoice(
+        "You merge a trained LoRA adapter into its base model. What does that cost at inference?",
+        (
+            "Nothing: W + BA has the base weight's shape, so the merged model is the base architecture",
+            "A little per layer, because the adapter still runs beside each weight",
+            "Twice the memory, because both copies are kept",
+        ),
+        0,
+        "Unmerged adapters do add a little time per layer (notebook 02 measures it); merged ones do not. "
+        "Merge into a 16-bit copy of the base: merging into a 4-bit base rounds the update.",
+    ),
+    MultipleChoice(
+        "What does the QLoRA paper report for 4-bit NF4 QLoRA against 16-bit LoRA?",
+        (
+            "About 90-95% of the 16-bit quality",
+            "Parity: mean 5-shot MMLU 53.1 (NF4 + double quant) vs 53.0 (BF16)",
+            "A 20% loss in quality that larger models recover",
+        ),
+        1,
+        "QLoRA (arXiv 2305.14314), Table 4. The '90-95%' folklore is not in the paper.",
+    ),
+    MultipleChoice(
+        "Which layers does peft's target_modules=\"all-linear\" adapt in a Llama-style model?",
+        (
+            "q, k, v and o only",
+            "Every linear layer of the decoder blocks (q, k, v, o, gate, up, down), not the output head",
+            "Every linear layer including lm_head",
+        ),
+        1,
+        "peft leaves the output head out of all-linear. QLoRA (section 4) found adapting all linear "
+        "layers necessary to match full fine-tuning.",
+    ),
+]

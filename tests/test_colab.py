@@ -1,0 +1,80 @@
+"""Colab: every notebook has its badge and one Colab-only install cell that leaves torch alone."""
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lora_lab import colab
+
+ROOT = Path(__file__).resolve().parents[1]
+SOURCES = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.py"))
+
+
+@pytest.mark.parametrize("source", SOURCES, ids=lambda p: p.name)
+def test_notebook_has_badge_and_only_the_colab_install_cell(source):
+    assert colab.notebook_problems(source) == []
+
+
+def test_check_catches_a_stray_install_and_a_missing_badge(tmp_path):
+    good = SOURCES[0].read_text()
+    bad = tmp_path / "09_bad.py"
+    bad.write_text(good.replace("Open In Colab", "x").replace("](https://colab", "](https://example")
+                   + '\n# %%\nimport subprocess\nsubprocess.run(["pip", "install", "torch"])\n')
+    problems = " ".join(colab.notebook_problems(bad))
+    assert "badge" in problems and "installs something" in problems
+
+
+def test_requirements_pin_everything_and_leave_torch_and_numpy_alone():
+    lines = [ln.split("#")[0].strip() for ln in (ROOT / "colab" / "requirements.txt").read_text().splitlines()]
+    packages = [ln for ln in lines if ln]
+    assert packages, "colab/requirements.txt is empty"
+    for line in packages:
+        assert re.fullmatch(r"[A-Za-z0-9_.\-\[\]]+==[0-9][A-Za-z0-9.]*", line), f"not pinned: {line}"
+    names = {ln.split("==")[0].lower() for ln in packages}
+    assert not names & {"torch", "numpy", "torchvision", "torchaudio"}
+    # Same versions as the tested stack.
+    local = dict(ln.split("==") for ln in (r.split("#")[0].strip() for r in (ROOT / "requirements.txt").read_text().splitlines()) if "==" in ln)
+    for line in packages:
+        name, version = line.split("==")
+        assert local.get(name) == version, f"{name}: colab pins {version}, requirements.txt {local.get(name)}"
+
+
+def test_pip_plans_no_change_to_torch_or_numpy(tmp_path):
+    """In an environment that already has torch, installing colab/requirements.txt changes nothing of it.
+
+    --no-index keeps the test off the network: if the pins needed another torch, pip would have to
+    fetch one and fail here.
+    """
+    report = tmp_path / "report.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--dry-run", "--no-index", "--quiet", "--report", str(report),
+         "-r", str(ROOT / "colab" / "requirements.txt")],
+        capture_output=True, text=True,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    planned = {item["metadata"]["name"].lower() for item in json.loads(report.read_text())["install"]}
+    assert not planned & {"torch", "numpy"}
+
+
+def test_set_repo_rewrites_badges_and_install_cells(tmp_path, monkeypatch):
+    folder = tmp_path / "notebooks"
+    folder.mkdir()
+    for src in SOURCES[:2]:
+        (folder / src.name).write_text(src.read_text())
+    monkeypatch.setattr(colab, "REPO_FILE", tmp_path / "REPO")
+    changed = colab.set_repo("someone/fork", folder)
+    assert len(changed) == len(SOURCES[:2])
+    assert colab.course_repo() == "someone/fork"
+    for path in changed:
+        assert colab.notebook_problems(path, "someone/fork") == []
+        assert "lora-lab/lora-lab" not in path.read_text()
+
+
+@pytest.mark.parametrize("repo", ["", "just-a-name", "a/b/c", "owner/na me"])
+def test_set_repo_refuses_a_bad_address(repo):
+    with pytest.raises(ValueError, match="owner/name"):
+        colab.check_repo(repo)

@@ -1,0 +1,73 @@
+"""Course tooling: notebook pairs, learner copies without solutions, figure export."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jupytext
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+from lora_lab import course
+
+ROOT = Path(__file__).resolve().parents[1]
+SOURCES = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.py"))
+
+
+def test_pairs_are_in_sync_and_stripped():
+    assert course.check() == []
+
+
+def test_check_reports_drift(tmp_path):
+    src = SOURCES[0]
+    (tmp_path / src.name).write_text(src.read_text() + "\n# %%\nprint('new cell')\n")
+    (tmp_path / src.with_suffix(".ipynb").name).write_text(src.with_suffix(".ipynb").read_text())
+    assert any("differ" in p for p in course.check(tmp_path))
+
+
+@pytest.mark.parametrize("source", SOURCES, ids=lambda p: p.name)
+def test_every_notebook_ends_with_exercises_and_learner_copies_hide_solutions(source):
+    full = jupytext.read(source)
+    solutions = [c.source for c in full.cells if course.SOLUTION_TAG in c.metadata.get("tags", ())]
+    assert 2 <= len(solutions) <= 3, f"{source.name} should end with two or three exercises"
+    heading = next(i for i, c in enumerate(full.cells) if c.cell_type == "markdown" and "## Exercises" in c.source)
+    first_solution = next(i for i, c in enumerate(full.cells) if course.SOLUTION_TAG in c.metadata.get("tags", ()))
+    assert heading < first_solution
+    learner = course.learner_copy(source)
+    learner_code = "\n".join(c.source for c in learner.cells)
+    for solution in solutions:
+        for line in solution.splitlines():
+            if line.strip() and not line.strip().startswith("#") and len(line.strip()) > 12:
+                assert line not in learner_code, f"solution code leaked into the learner copy: {line}"
+    # Everything before the exercises is the same lesson.
+    assert [c.source for c in learner.cells[:heading]] == [c.source for c in full.cells[:heading]]
+    assert sum(c.source == course.PLACEHOLDER for c in learner.cells) == len(solutions)
+
+
+def test_learner_copy_runs_up_to_the_exercises(tmp_path):
+    nb = course.learner_copy(SOURCES[0])
+    client = NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}})
+    client.execute()
+    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
+    assert errors == []
+
+
+def test_make_exercises_writes_every_notebook(tmp_path):
+    written = course.write_learner_copies(out_dir=tmp_path)
+    assert [p.name for p in written] == [s.with_suffix(".ipynb").name for s in SOURCES]
+    for path in written:
+        nb = nbformat.read(path, as_version=4)
+        assert not any(course.SOLUTION_TAG in c.metadata.get("tags", ()) for c in nb.cells)
+
+
+def test_figure_backend_saves_png_and_svg(tmp_path):
+    script = "import matplotlib.pyplot as plt\nplt.plot([1, 2, 3])\nplt.show()\nplt.figure(); plt.bar([1], [2]); plt.show()\n"
+    env = {**os.environ, "MPLBACKEND": "module://lora_lab.figure_backend",
+           "LORA_LAB_FIGURES_DIR": str(tmp_path), "LORA_LAB_FIGURES_PREFIX": "demo"}
+    subprocess.run([sys.executable, "-c", script], env=env, check=True)
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["demo-01.png", "demo-01.svg", "demo-02.png", "demo-02.svg"]
+    assert (tmp_path / "demo-01.png").read_bytes()[:4] == b"\x89PNG"
+    assert b"<svg" in (tmp_path / "demo-02.svg").read_bytes()[:500]

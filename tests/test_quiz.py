@@ -1,0 +1,48 @@
+"""Quizzes: right answers accepted, wrong and malformed ones get feedback, computed answers stay computed."""
+
+import pytest
+
+from lora_lab import hardware, quiz
+
+ALL = quiz.PREFLIGHT + quiz.LORA_BASICS
+
+
+def test_numeric_answer_is_computed_and_checked():
+    q = quiz.LORA_BASICS[0]
+    assert q.value() == 65_536
+    assert q.check("65,536").correct
+    wrong = q.check(131072)
+    assert not wrong.correct and "Too high" in wrong.message and "65,536" in wrong.message
+    assert "Enter a number" in q.check("lots").message
+    assert not q.check("nan").correct
+
+
+def test_multiple_choice_by_index_or_text():
+    q = quiz.PREFLIGHT[0]
+    assert q.options[q.answer] == hardware.compute_dtype_for("cuda", (7, 5)) == "float16"
+    assert q.check(q.answer).correct and q.check("float16").correct
+    assert not q.check("bfloat16").correct
+    assert q.check(None).message == "Pick one of the options."
+    assert not q.check(99).correct
+
+
+@pytest.mark.parametrize("q", ALL, ids=lambda q: q.question[:40])
+def test_every_question_has_a_reachable_right_answer(q):
+    if isinstance(q, quiz.MultipleChoice):
+        assert 0 <= q.answer < len(q.options)
+        assert sum(q.check(i).correct for i in range(len(q.options))) == 1
+    else:
+        assert q.check(q.value()).correct
+
+
+def test_widgets_give_feedback_without_tracebacks():
+    box = quiz.show([quiz.LORA_BASICS[0], quiz.PREFLIGHT[0]])
+    numeric_box = box.children[1]
+    entry, row = numeric_box.children[1], numeric_box.children[2]
+    button, feedback = row.children
+    entry.value = "not a number"
+    button.click()
+    assert "Enter a number" in feedback.value
+    entry.value = "65536"
+    button.click()
+    assert "Right." in feedback.value
