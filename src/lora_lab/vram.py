@@ -1,0 +1,1052 @@
+"""Will it fit? An architecture-aware estimate of the GPU memory one fine-tuning step needs.
+
+`estimate(model, method=...)` reads a model's config (a shipped preset, a `PretrainedConfig`, a
+path to a `config.json`, or a bare parameter count) and adds up, in bytes, what the course's own
+recipe (transformers + peft + trl, with bitsandbytes for QLoRA) holds at the worst moment of a
+training step:
+
+- **weights**: every parameter at its storage width. QLoRA stores each decoder `nn.Linear` weight
+  in NF4 exactly as bitsandbytes does (two 4-bit codes per byte, one fp32 absmax per 64 values, or
+  with double quantization one byte per 64 values plus an fp32 scale per 256 blocks); the rest
+  (embeddings, norms, output head, biases) is upcast to fp32 by `prepare_model_for_kbit_training`.
+  LoRA matrices are fp32 (peft's default). "mixed" precision keeps fp32 weights and the 16-bit
+  working copies autocast makes of every matmul weight.
+- **gradients**: one per trainable parameter, in the trainable parameter's dtype.
+- **optimizer_states**: AdamW keeps two values per trainable parameter in the parameter's dtype;
+  bitsandbytes' 8-bit AdamW keeps two bytes plus two fp32 absmax per 256 values, and falls back
+  to 32-bit states for tensors under 4,096 values (`min_8bit_size`), as the LoRA matrices of
+  small models are.
+- **activations**: the tensors autograd saves for the backward pass, derived operation by
+  operation from the real decoder block (norms, q/k/v with grouped-query attention, SDPA or eager
+  scores, the gated MLP, LoRA inputs and their dropout copies), plus the fp32 log-probabilities
+  the loss keeps (batch x seq x vocab). With gradient checkpointing only each layer's input is kept.
+- **transient**: what exists only for a moment on top of that: the 16-bit logits and their fp32
+  copy at the loss, the gradient of the logits at the start of backward, one layer's recomputed
+  activations under checkpointing, the dequantized weight of one 4-bit layer in backward.
+- **overhead**: the CUDA context (kernels, cuBLAS workspace) and the caching allocator's slack.
+
+Which measured number each field predicts:
+
+- `activations` predicts the bytes saved for backward at the end of the forward pass
+  (`lora_lab.memory.measure_step` counts them exactly on the CPU with saved-tensor hooks).
+- `peak_allocated` (everything but overhead) predicts `torch.cuda.max_memory_allocated()`.
+- `reserved` (`total` less the CUDA context) predicts `torch.cuda.max_memory_reserved()`, the
+  caching allocator's peak, which is what runs out first in an out-of-memory error.
+- `total` is what the card must hold: reserved memory plus the CUDA context (about what
+  `nvidia-smi` shows), and it is what `fits()` compares with a GPU's usable memory.
+
+The sum is deliberately a sum (accelerate's calculator takes the max of the parts instead): at the
+start of backward the weights, the optimizer states (from the second step on), the saved
+activations and the logits' gradient are all alive at once. Counting all gradients at that moment
+as well over-states full fine-tuning slightly (early layers' gradients do not exist yet).
+
+One call takes well under a millisecond after the first for a preset: the architecture is read
+once and cached, and no model is instantiated.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import functools
+import json
+import os
+import sys
+import warnings
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+
+GIB = 2**30
+GB = 10**9
+
+METHODS = ("full", "lora", "qlora")
+OPTIMIZERS = ("adamw", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit", "sgd")
+PRECISIONS = ("fp32", "bf16", "fp16", "mixed")
+ATTENTIONS = ("eager", "sdpa")
+SHARDINGS = (None, "fsdp")
+
+#: NF4 block size: one absmax per 64 weights (bitsandbytes' default for 4-bit).
+NF4_BLOCKSIZE = 64
+#: Double quantization groups the 64-value absmax into blocks of 256 (bitsandbytes).
+NF4_DQ_BLOCKSIZE = 256
+#: bitsandbytes' NF4 code book: 16 fp32 values per quantized weight.
+NF4_CODE_BYTES = 16 * 4
+#: Double quantization's 8-bit dynamic code book: 256 fp32 values per quantized weight, plus the
+#: fp32 offset (mean of the absmax values) subtracted before quantizing them.
+DQ_CODE_BYTES = 256 * 4 + 4
+#: bitsandbytes 8-bit optimizers: one fp32 absmax per 256 values of each state.
+OPT8_BLOCKSIZE = 256
+#: bitsandbytes 8-bit optimizers keep 32-bit states for tensors smaller than this.
+OPT8_MIN_SIZE = 4096
+#: The two shared 256-entry fp32 quantization maps of bitsandbytes' 8-bit optimizers.
+OPT8_QMAP_BYTES = 2 * 256 * 4
+
+#: CUDA context, kernels and cuBLAS workspace: memory the driver takes before any tensor.
+#: measured-memory.md gives 0.3-1.3 GB depending on GPU and libraries; we take 0.5 GiB, the
+#: low-middle of that range for torch + cuBLAS on one GPU.
+CUDA_CONTEXT_BYTES = 512 * 2**20
+#: The caching allocator reserves more than it allocates (block rounding, fragmentation). We add
+#: this share of the step's dynamic memory (activations and transients); an assumption, checked
+#: against the published measurements in tests/test_vram.py.
+ALLOCATOR_SLACK = 0.05
+
+
+@dataclass(frozen=True)
+class GPU:
+    """A GPU the calculator knows about."""
+
+    name: str  # what the learner would call it
+    usable_bytes: int  # total memory as torch reports it (get_device_properties().total_memory)
+    note: str  # where the figure comes from
+
+
+def _gib(x: float) -> int:
+    return int(round(x * GIB))
+
+
+#: Usable memory: what `torch.cuda.get_device_properties(0).total_memory` reports, which is
+#: below the marketing figure (GB = 1e9 vs GiB = 2^30, and what the driver keeps for itself).
+GPUS: dict[str, GPU] = {
+    g.name: g
+    for g in (
+        GPU("Colab T4", _gib(14.74), "16 GB card; torch reports 14.74 GiB on Colab (course-facts.md)"),
+        GPU("L4", _gib(22.0), "24 GB card; about 22 GiB usable (approximate)"),
+        GPU("A10G", _gib(22.0), "24 GB card (AWS g5); about 22 GiB usable (approximate)"),
+        GPU("RTX 3090", _gib(23.6), "24 GB card; about 23.6 GiB usable (approximate)"),
+        GPU("RTX 4090", _gib(23.6), "24 GB card; about 23.6 GiB usable (approximate)"),
+        GPU("A100 40GB", _gib(39.4), "40 GB card; about 39.4 GiB usable (approximate)"),
+        GPU("A100 80GB", _gib(79.1), "80 GB card; about 79.1 GiB usable (approximate)"),
+        GPU("H100 80GB", _gib(79.1), "80 GB card; about 79.1 GiB usable (approximate)"),
+        GPU("H200", _gib(139.8), "141 GB card; about 139.8 GiB usable (approximate)"),
+    )
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Architecture: everything the estimate needs from a config, read once.
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Linear:
+    """One linear layer inside a decoder block."""
+
+    name: str  # module name as peft matches it ("q_proj", "qkv_proj", ...)
+    d_in: int  # in_features
+    d_out: int  # out_features
+    bias: bool  # has a bias vector
+    source: str  # which activation feeds it: "attn_in", "attn_out", "mlp_in" or "mlp_act"
+
+
+@dataclass(frozen=True)
+class Arch:
+    """The shape of a decoder-only transformer, as far as memory is concerned."""
+
+    name: str  # preset name, config path or "generic-<N>"
+    model_type: str  # transformers model_type ("llama", "qwen2", "gemma2", "phi3", ...)
+    vocab_size: int  # rows of the embedding matrix (V)
+    hidden_size: int  # residual stream width (h)
+    intermediate_size: int  # MLP width (I)
+    num_layers: int  # decoder blocks (L)
+    num_heads: int  # query heads
+    num_kv_heads: int  # key/value heads (grouped-query attention when < num_heads)
+    head_dim: int  # width of one head (d)
+    tied: bool  # output head shares the embedding matrix
+    linears: tuple[Linear, ...]  # the block's linear layers, in forward order
+    norms_per_layer: int  # 2 for Llama-style blocks, 4 for Gemma-2 (pre and post norms)
+    norm_params: int  # parameters of one norm: h for RMSNorm, 2h for LayerNorm with bias
+    qk_norm_params: int  # per-layer parameters of per-head q/k norms (Qwen3), else 0
+    fused_qkv: bool  # q, k, v come out of one matmul (Phi-3): v is a view of that output
+    norm_saves_fp32_scaled: bool  # norm weight multiplies in fp32 (Gemma), not in the compute dtype
+    attn_softcap: bool  # scores go through tanh softcapping (Gemma-2)
+    logit_softcap: bool  # logits go through tanh softcapping (Gemma-2)
+    sdpa_supported: bool  # transformers offers SDPA for this model (not Gemma-2)
+    max_positions: int | None  # context length from the config
+    generic: bool = False  # built from a bare parameter count, not a real config
+
+    @property
+    def q_dim(self) -> int:
+        return self.num_heads * self.head_dim
+
+    @property
+    def kv_dim(self) -> int:
+        return self.num_kv_heads * self.head_dim
+
+    @functools.cached_property
+    def layer_linear_params(self) -> int:
+        """Weights and biases of one block's linear layers."""
+        return sum(li.d_in * li.d_out + (li.d_out if li.bias else 0) for li in self.linears)
+
+    @functools.cached_property
+    def layer_params(self) -> int:
+        return self.layer_linear_params + self.norms_per_layer * self.norm_params + self.qk_norm_params
+
+    @functools.cached_property
+    def embedding_params(self) -> int:
+        return self.vocab_size * self.hidden_size
+
+    @functools.cached_property
+    def head_params(self) -> int:
+        """Parameters of the output head (0 when tied to the embedding)."""
+        return 0 if self.tied else self.vocab_size * self.hidden_size
+
+    @functools.cached_property
+    def total_params(self) -> int:
+        """Exact parameter count: embeddings, blocks, final norm, untied head."""
+        return self.embedding_params + self.num_layers * self.layer_params + self.norm_params + self.head_params
+
+
+_LLAMA_LIKE = {"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "stablelm", "olmo", "granite", "smollm3"}
+
+
+def _get(cfg: dict, *names, default=None):
+    for n in names:
+        if cfg.get(n) is not None:
+            return cfg[n]
+    return default
+
+
+def arch_from_dict(cfg: dict, name: str = "config") -> Arch:
+    """Read an `Arch` from a config.json dictionary (or `PretrainedConfig.to_dict()`).
+
+    Raises:
+        ValueError: if a field the estimate needs is missing.
+    """
+    if "text_config" in cfg and "hidden_size" not in cfg:
+        cfg = {**cfg["text_config"], "tie_word_embeddings": cfg.get("tie_word_embeddings", False)}
+    model_type = cfg.get("model_type", "llama")
+    missing = [k for k in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                           "num_attention_heads") if cfg.get(k) is None]
+    if missing:
+        raise ValueError(f"{name}: the config lacks {', '.join(missing)}; a decoder-only causal LM config is needed.")
+    if model_type not in _LLAMA_LIKE and model_type != "phi3":
+        warnings.warn(
+            f"{name}: model_type {model_type!r} is not one the estimator was checked on; it is treated as a "
+            "Llama-style block (q/k/v/o, gated MLP, two RMSNorms).", stacklevel=3)
+    V, h, I_ = int(cfg["vocab_size"]), int(cfg["hidden_size"]), int(cfg["intermediate_size"])
+    L, H = int(cfg["num_hidden_layers"]), int(cfg["num_attention_heads"])
+    kv = int(_get(cfg, "num_key_value_heads", default=H))
+    d = int(_get(cfg, "head_dim", default=h // H))
+    q_dim, kv_dim = H * d, kv * d
+    tied = bool(cfg.get("tie_word_embeddings", True if model_type.startswith("gemma") else False))
+    if model_type == "phi3":
+        linears = (
+            Linear("qkv_proj", h, q_dim + 2 * kv_dim, False, "attn_in"),
+            Linear("o_proj", q_dim, h, False, "attn_out"),
+            Linear("gate_up_proj", h, 2 * I_, False, "mlp_in"),
+            Linear("down_proj", I_, h, False, "mlp_act"),
+        )
+    else:
+        qkv_bias = bool(cfg.get("attention_bias", False)) or model_type == "qwen2" or bool(cfg.get("use_qkv_bias", False))
+        o_bias = bool(cfg.get("attention_bias", False)) and model_type != "qwen2"
+        mlp_bias = bool(cfg.get("mlp_bias", False))
+        linears = (
+            Linear("q_proj", h, q_dim, qkv_bias, "attn_in"),
+            Linear("k_proj", h, kv_dim, qkv_bias, "attn_in"),
+            Linear("v_proj", h, kv_dim, qkv_bias, "attn_in"),
+            Linear("o_proj", q_dim, h, o_bias, "attn_out"),
+            Linear("gate_proj", h, I_, mlp_bias, "mlp_in"),
+            Linear("up_proj", h, I_, mlp_bias, "mlp_in"),
+            Linear("down_proj", I_, h, mlp_bias, "mlp_act"),
+        )
+    layer_norm = model_type == "stablelm"
+    return Arch(
+        name=name,
+        model_type=model_type,
+        vocab_size=V,
+        hidden_size=h,
+        intermediate_size=I_,
+        num_layers=L,
+        num_heads=H,
+        num_kv_heads=kv,
+        head_dim=d,
+        tied=tied,
+        linears=linears,
+        norms_per_layer=4 if model_type == "gemma2" else 2,
+        norm_params=2 * h if layer_norm else h,
+        qk_norm_params=2 * d if model_type == "qwen3" else 0,
+        fused_qkv=model_type == "phi3",
+        norm_saves_fp32_scaled=model_type.startswith("gemma"),
+        attn_softcap=model_type == "gemma2" and cfg.get("attn_logit_softcapping") is not None,
+        logit_softcap=model_type == "gemma2" and cfg.get("final_logit_softcapping") is not None,
+        sdpa_supported=model_type != "gemma2",
+        max_positions=cfg.get("max_position_embeddings"),
+    )
+
+
+def generic_arch(n_params: int) -> Arch:
+    """A Llama-2-style dense decoder of about `n_params` parameters.
+
+    Assumptions (stated because a bare count cannot say them): vocabulary 32,000, untied head,
+    full multi-head attention with head_dim 128, depth = width / 128 (Llama-2-7B: 4096 / 32,
+    13B: 5120 / 40), and the MLP width solved so the total comes out at `n_params`.
+    """
+    if n_params < 10_000_000:
+        raise ValueError(f"A bare parameter count must be at least 10,000,000 (got {n_params:,}); "
+                         "pass a config for smaller models.")
+    V = 32000
+
+    def total(h):  # with I = 8/3 h
+        return h // 128 * (4 * h * h + 8 * h * h + 2 * h) + 2 * V * h + h
+
+    h = 128
+    while total(h + 128) <= n_params:
+        h += 128
+    L = h // 128
+    I_ = max(128, round((n_params - 2 * V * h - h - L * (4 * h * h + 2 * h)) / (3 * h * L)))
+    cfg = dict(model_type="llama", vocab_size=V, hidden_size=h, intermediate_size=I_, num_hidden_layers=L,
+               num_attention_heads=h // 128, num_key_value_heads=h // 128, head_dim=128,
+               tie_word_embeddings=False, max_position_embeddings=4096)
+    return dataclass_replace(arch_from_dict(cfg, f"generic-{_short_count(n_params)}"), generic=True)
+
+
+def dataclass_replace(obj, **changes):
+    import dataclasses
+
+    return dataclasses.replace(obj, **changes)
+
+
+def _short_count(n: int) -> str:
+    return f"{n / 1e9:.3g}B" if n >= 1e9 else f"{n / 1e6:.3g}M"
+
+
+# --------------------------------------------------------------------------------------------
+# Presets shipped as package data
+# --------------------------------------------------------------------------------------------
+
+
+def _preset_file(name: str) -> str:
+    return name.replace("/", "__") + ".json"
+
+
+@functools.lru_cache(maxsize=1)
+def preset_names() -> tuple[str, ...]:
+    """The model names whose config.json ships with the package (usable offline)."""
+    folder = resources.files("lora_lab") / "configs"
+    names = []
+    for entry in folder.iterdir():
+        if entry.name.endswith(".json"):
+            names.append(json.loads(entry.read_text())["_name_or_path"])
+    return tuple(sorted(names))
+
+
+def preset_config(name: str) -> dict:
+    """The shipped config.json of a preset, as a dict (see `preset_names()`)."""
+    if name not in preset_names():
+        raise ValueError(_unknown_preset_message(name))
+    return json.loads((resources.files("lora_lab") / "configs" / _preset_file(name)).read_text())
+
+
+def _unknown_preset_message(name: str) -> str:
+    names = preset_names()
+    close = difflib.get_close_matches(name, names, n=3, cutoff=0.3)
+    lowered = {n.lower().split("/")[-1]: n for n in names}
+    close += [lowered[k] for k in difflib.get_close_matches(name.lower().split("/")[-1], lowered, n=3, cutoff=0.5)
+              if lowered[k] not in close]
+    hint = f" Did you mean {', '.join(repr(c) for c in close[:3])}?" if close else ""
+    return (f"Unknown model preset {name!r}.{hint} Presets: {', '.join(names)}. "
+            "You can also pass a transformers config, a path to a config.json, or a parameter count.")
+
+
+@functools.lru_cache(maxsize=64)
+def _preset_arch(name: str) -> Arch:
+    return arch_from_dict(preset_config(name), name)
+
+
+@functools.lru_cache(maxsize=64)
+def _path_arch(path: str, mtime: float) -> Arch:
+    with open(path) as f:
+        return arch_from_dict(json.load(f), path)
+
+
+def load_arch(model) -> Arch:
+    """An `Arch` from a preset name, a `PretrainedConfig`, a config dict or path, a count, or an Arch.
+
+    Raises:
+        ValueError: for an unknown preset (with the closest names) or an unusable config.
+    """
+    if isinstance(model, Arch):
+        return model
+    if isinstance(model, bool):
+        raise ValueError("model must be a preset name, a config, a config.json path or a parameter count.")
+    if isinstance(model, (int, float)):
+        if model <= 0:
+            raise ValueError(f"A parameter count must be positive (got {model}).")
+        return _generic_cached(int(model))
+    if isinstance(model, (str, os.PathLike)):
+        text = os.fspath(model)
+        if text in preset_names():
+            return _preset_arch(text)
+        path = text
+        if os.path.isdir(path):
+            path = os.path.join(path, "config.json")
+        if os.path.isfile(path):
+            return _path_arch(path, os.path.getmtime(path))
+        if "/" in text and not _looks_like_typo(text) and os.environ.get("HF_HUB_OFFLINE", "0") != "1":
+            return _hub_arch(text)
+        raise ValueError(_unknown_preset_message(text))
+    if isinstance(model, dict):
+        return arch_from_dict(model, model.get("_name_or_path") or model.get("model_type", "config"))
+    if hasattr(model, "to_dict") and hasattr(model, "model_type"):
+        cfg = model.to_dict()
+        cfg.setdefault("model_type", model.model_type)
+        if getattr(model, "head_dim", None) and "head_dim" not in cfg:
+            cfg["head_dim"] = model.head_dim
+        return arch_from_dict(cfg, getattr(model, "_name_or_path", "") or model.model_type)
+    raise ValueError(f"Cannot read a model from {type(model).__name__}: pass a preset name, a "
+                     "transformers config, a path to a config.json, or a parameter count.")
+
+
+def _looks_like_typo(name: str) -> bool:
+    """True when `name` is one or two characters away from a preset (don't ask the Hub then)."""
+    return bool(difflib.get_close_matches(name, preset_names(), n=1, cutoff=0.85))
+
+
+@functools.lru_cache(maxsize=32)
+def _hub_arch(model_id: str) -> Arch:
+    """A Hub id's config through `AutoConfig.from_pretrained` (needs the network, e.g. on Colab)."""
+    try:
+        from transformers import AutoConfig
+
+        cfg = AutoConfig.from_pretrained(model_id)
+    except Exception as err:  # offline, gated or misspelled: say what to do instead
+        raise ValueError(f"{_unknown_preset_message(model_id)} (Loading its config from the Hub failed: "
+                         f"{type(err).__name__}.)") from None
+    return load_arch(cfg)
+
+
+@functools.lru_cache(maxsize=64)
+def _generic_cached(n: int) -> Arch:
+    return generic_arch(n)
+
+
+# --------------------------------------------------------------------------------------------
+# LoRA bookkeeping
+# --------------------------------------------------------------------------------------------
+
+
+def resolve_targets(arch: Arch, target_modules) -> tuple[Linear, ...]:
+    """The block's linear layers peft would adapt for `target_modules`.
+
+    "all-linear" is every linear layer of the blocks; peft leaves the output head out.
+
+    Raises:
+        ValueError: when a named module does not exist in this architecture.
+    """
+    if target_modules in ("all-linear", "all_linear"):
+        return arch.linears
+    if isinstance(target_modules, str):
+        target_modules = [t.strip() for t in target_modules.split(",") if t.strip()]
+    names = list(target_modules)
+    if not names:
+        raise ValueError("target_modules is empty: name at least one module, or use 'all-linear'.")
+    known = {li.name for li in arch.linears}
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        extra = " (it fuses q, k and v into qkv_proj and gate/up into gate_up_proj)" if arch.fused_qkv else ""
+        raise ValueError(f"{arch.name} has no module {', '.join(map(repr, unknown))}{extra}. "
+                         f"Its linear layers are: {', '.join(sorted(known))}.")
+    return tuple(li for li in arch.linears if li.name in names)
+
+
+def lora_params(arch: Arch, rank: int, target_modules="all-linear") -> int:
+    """LoRA trainable parameters exactly as peft counts them: sum of r * (d_in + d_out)."""
+    return arch.num_layers * sum(rank * (li.d_in + li.d_out) for li in resolve_targets(arch, target_modules))
+
+
+def lora_layer_params(d_in: int, d_out: int, rank: int) -> int:
+    """LoRA parameters of one d_in x d_out layer: A is r x d_in, B is d_out x r."""
+    return rank * (d_in + d_out)
+
+
+# --------------------------------------------------------------------------------------------
+# The estimate
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Predicted GPU memory of one training step, in bytes, with the settings that produced it."""
+
+    weights: int  # parameters (NF4 + quant states for QLoRA; fp32 + 16-bit copies for "mixed")
+    gradients: int  # one gradient per trainable parameter
+    optimizer_states: int  # AdamW moments (8-bit or 32-bit) or nothing for plain SGD
+    activations: int  # tensors saved for backward at the end of forward, incl. fp32 log-probs
+    transient: int  # short-lived peak on top: logits copies, their gradient, recompute, dequantization
+    overhead: int  # CUDA context plus the caching allocator's slack
+    total: int  # the sum of the above: what the GPU must hold
+    total_params: int  # all parameters (base + LoRA), counted as values
+    trainable_params: int  # parameters that get gradients and optimizer states
+    settings: dict = field(default_factory=dict)  # the arguments of estimate(), for the record
+
+    @property
+    def peak_allocated(self) -> int:
+        """Predicts `torch.cuda.max_memory_allocated()`: everything but the overhead."""
+        return self.total - self.overhead
+
+    @property
+    def reserved(self) -> int:
+        """Predicts `torch.cuda.max_memory_reserved()`: the total less the CUDA context."""
+        return self.total - CUDA_CONTEXT_BYTES
+
+    def fits(self, gpu: str | GPU | int) -> bool:
+        """True if `total` is within the GPU's usable memory (a `GPUS` name, a GPU, or bytes)."""
+        return self.total <= _gpu_bytes(gpu)
+
+    def headroom(self, gpu: str | GPU | int) -> int:
+        """Usable memory left after this step (negative when it does not fit), in bytes."""
+        return _gpu_bytes(gpu) - self.total
+
+    def breakdown(self) -> dict[str, int]:
+        """The parts that add up to `total`, in bytes, in stacking order."""
+        return {
+            "weights": self.weights,
+            "gradients": self.gradients,
+            "optimizer_states": self.optimizer_states,
+            "activations": self.activations,
+            "transient": self.transient,
+            "overhead": self.overhead,
+        }
+
+    def to_dict(self) -> dict:
+        """Every field plus the derived peaks, JSON-ready."""
+        d = asdict(self)
+        d["peak_allocated"] = self.peak_allocated
+        d["reserved"] = self.reserved
+        return d
+
+    def __str__(self) -> str:
+        s = self.settings
+        head = (f"{s.get('model', '?')} | {s.get('method', '?')} | batch {s.get('batch_size')} x seq "
+                f"{s.get('seq_len')} | {s.get('precision')} | checkpointing "
+                f"{'on' if s.get('gradient_checkpointing') else 'off'} | {s.get('optimizer')}")
+        lines = [head, f"{'parameters':<18} {self.total_params:>16,}  trainable {self.trainable_params:,} "
+                 f"({100 * self.trainable_params / max(self.total_params, 1):.3g}%)"]
+        for name, value in self.breakdown().items():
+            lines.append(f"{name.replace('_', ' '):<18} {value / GIB:>12.2f} GiB")
+        lines.append(f"{'total':<18} {self.total / GIB:>12.2f} GiB")
+        return "\n".join(lines)
+
+
+def _gpu_bytes(gpu) -> int:
+    if isinstance(gpu, GPU):
+        return gpu.usable_bytes
+    if isinstance(gpu, (int, float)) and not isinstance(gpu, bool):
+        return int(gpu)
+    if isinstance(gpu, str) and gpu in GPUS:
+        return GPUS[gpu].usable_bytes
+    close = difflib.get_close_matches(str(gpu), list(GPUS), n=2, cutoff=0.3)
+    hint = f" Did you mean {' or '.join(map(repr, close))}?" if close else ""
+    raise ValueError(f"Unknown GPU {gpu!r}.{hint} Known: {', '.join(GPUS)} (or pass a size in bytes).")
+
+
+def _check_choice(value, choices, what):
+    if value not in choices:
+        close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1, cutoff=0.4)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ValueError(f"Unknown {what} {value!r}.{hint} Choose one of: {', '.join(map(str, choices))}.")
+
+
+def _check_positive_int(value, what):
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{what} must be a positive whole number (got {value!r}).")
+
+
+def _param_bytes(precision: str) -> int:
+    """Storage bytes of a trainable or 16-bit-base parameter under `precision`."""
+    return 4 if precision in ("fp32", "mixed") else 2
+
+
+def nf4_bytes(n: int, double_quant: bool = True) -> int:
+    """Bytes bitsandbytes uses to store an `n`-value weight in NF4, quantization state included.
+
+    Packed codes: (n + 1) // 2 bytes. absmax: one per 64 values, fp32 (4 bytes each), or with
+    double quantization 1 byte each plus an fp32 scale per 256 of them, an fp32 offset and the
+    256-entry fp32 code book of the second quantization. Every weight also keeps its 16-entry
+    fp32 NF4 code book.
+    """
+    blocks = -(-n // NF4_BLOCKSIZE)
+    packed = (n + 1) // 2
+    if not double_quant:
+        return packed + 4 * blocks + NF4_CODE_BYTES
+    blocks2 = -(-blocks // NF4_DQ_BLOCKSIZE)
+    return packed + blocks + 4 * blocks2 + DQ_CODE_BYTES + NF4_CODE_BYTES
+
+
+def _optimizer_bytes(sizes: list[int], optimizer: str, state_dtype_bytes: int) -> int:
+    """Optimizer state bytes for trainable tensors of the given sizes."""
+    if optimizer == "sgd":
+        return 0
+    if optimizer in ("adamw", "paged_adamw_32bit"):
+        width = state_dtype_bytes if optimizer == "adamw" else 4
+        return sum(2 * width * n for n in sizes)
+    total, any8 = 0, False
+    for n in sizes:
+        if n < OPT8_MIN_SIZE:
+            total += 2 * 4 * n
+        else:
+            any8 = True
+            total += 2 * n + 2 * 4 * (-(-n // OPT8_BLOCKSIZE))
+    return total + (OPT8_QMAP_BYTES if any8 else 0)
+
+
+def _layer_saved(arch: Arch, *, method, targets, c, t, b, s, attention, padded, dropout, mask_bytes) -> dict:
+    """Bytes one decoder block saves for backward (no checkpointing), by component.
+
+    `c` is the compute dtype's width, `t` = batch x seq tokens. Worked out from what each op of
+    the transformers block saves (see the module docstring); checked against saved-tensor hooks.
+    """
+    h, I_, H = arch.hidden_size, arch.intermediate_size, arch.num_heads
+    full = method == "full"
+    adapted = {li.name for li in targets} if not full else set()
+    out: dict[str, int] = {}
+    # Norms: the fp32 input (a copy in 16-bit, the tensor itself in fp32) and 1/rms per token; the
+    # normalised tensor too when the norm weight is trainable.
+    xhat = 4 if arch.norm_saves_fp32_scaled else c
+    norm = 4 * t * h + 4 * t + (xhat * t * h if full else 0)
+    out["norms"] = arch.norms_per_layer * norm + (2 * 4 * t * arch.q_dim if arch.qk_norm_params else 0)
+    # Linear inputs. Shared tensors are counted once, by their source: the attention norm's
+    # output, the attention output, the MLP norm's output, the gated product.
+    sizes = {"attn_in": h, "attn_out": arch.q_dim, "mlp_in": h, "mlp_act": I_}
+    shared_saved = set()
+    lora_in = 0
+    for li in arch.linears:
+        if full:
+            shared_saved.add(li.source)
+        elif li.name in adapted:
+            if dropout > 0:  # a dropped-out copy (fed to lora_A) and the dropout mask
+                lora_in += (c + mask_bytes) * t * li.d_in
+            elif c != 4:  # peft casts the input to the fp32 adapter, autocast back: a copy per module
+                lora_in += c * t * li.d_in
+            else:  # fp32: lora_A saves the very tensor the base layer got
+                shared_saved.add(li.source)
+    out["lora_inputs"] = lora_in
+    # Attention core.
+    q, kv = arch.q_dim, arch.kv_dim
+    use_eager = attention == "eager" or not arch.sdpa_supported
+    if use_eager:
+        kv_saved = 2 * q if arch.num_kv_heads != H else 2 * kv  # repeat_kv copies, saved by the matmuls
+        scores = b * H * s * s * (4 + (c if c != 4 else 0) + (c if arch.attn_softcap else 0))
+        core = c * t * (q + kv_saved) + scores
+        # the transposed, contiguous attention output is a new tensor, only saved by o_proj
+    else:
+        kv_saved = 2 * q if (padded and arch.num_kv_heads != H) else 2 * kv
+        if arch.fused_qkv:  # v is a view into the fused qkv output: its whole storage stays
+            kv_saved = kv + (q + 2 * kv)
+        core = c * t * (q + kv_saved) + c * t * q + 4 * b * H * s  # q, k, v, output, logsumexp
+        shared_saved.discard("attn_out")  # the output saved by SDPA is o_proj's input
+    out["attention"] = core
+    # Gated MLP: the gate pre-activation, the activation, the up projection.
+    out["mlp"] = 3 * c * t * I_
+    out["linear_inputs"] = sum(c * t * sizes[src] for src in shared_saved)
+    return out
+
+
+def estimate(
+    model,
+    *,
+    method: str,
+    rank: int = 16,
+    lora_alpha: float | None = None,
+    target_modules="all-linear",
+    batch_size: int = 1,
+    seq_len: int = 512,
+    gradient_checkpointing: bool = True,
+    optimizer: str = "adamw",
+    precision: str = "bf16",
+    double_quant: bool = True,
+    attention: str = "sdpa",
+    lora_dropout: float = 0.0,
+    num_gpus: int = 1,
+    sharding: str | None = None,
+    device: str = "cuda",
+) -> MemoryEstimate:
+    """Estimate the memory of one training step of `model` with the course's recipe.
+
+    Args:
+        model: a preset name (`preset_names()`), a `transformers.PretrainedConfig`, a path to a
+            config.json (or its folder), or a bare parameter count (a Llama-2-style dense decoder).
+        method: "full" (every weight trains), "lora" (16-bit frozen base plus adapters) or
+            "qlora" (NF4 frozen base plus adapters).
+        rank: LoRA rank r (ignored for "full").
+        lora_alpha: LoRA scale numerator; does not change memory, recorded for completeness.
+        target_modules: "all-linear" or module names such as ("q_proj", "v_proj").
+        batch_size: sequences per micro-step.
+        seq_len: the longest padded sequence in the batch (it sets the peak, not the average).
+        gradient_checkpointing: keep only each layer's input and recompute the rest in backward.
+        optimizer: "adamw", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit" or "sgd" (plain,
+            no momentum). Paged states can spill to CPU under pressure; we count them on the GPU.
+        precision: "fp32", "bf16", "fp16" or "mixed" (fp32 weights, 16-bit autocast compute).
+        double_quant: QLoRA double quantization of the absmax values (bnb_4bit_use_double_quant).
+        attention: "sdpa" (no seq x seq scores kept) or "eager" (the scores are materialised).
+        lora_dropout: peft's LoRA dropout; above 0 each adapted layer keeps a dropped-out copy of
+            its input and the dropout mask.
+        num_gpus: GPUs the step runs on.
+        sharding: None (each GPU holds everything) or "fsdp" (weights, gradients and optimizer
+            states split over `num_gpus`); the figures are per GPU.
+        device: "cuda" (the default: what the estimate is for) or "cpu" (dropout masks are stored
+            in the compute dtype there instead of one byte; used to check against CPU measurement).
+
+    Returns:
+        A `MemoryEstimate` in bytes.
+
+    Raises:
+        ValueError: saying what to change, for unknown methods, optimizers, precisions or
+            presets, non-positive sizes, or a rank larger than an adapted layer allows.
+    """
+    _check_choice(method, METHODS, "method")
+    _check_choice(optimizer, OPTIMIZERS, "optimizer")
+    _check_choice(precision, PRECISIONS, "precision")
+    _check_choice(attention, ATTENTIONS, "attention")
+    _check_choice(sharding, SHARDINGS, "sharding")
+    _check_choice(device, ("cuda", "cpu"), "device")
+    _check_positive_int(batch_size, "batch_size")
+    _check_positive_int(seq_len, "seq_len")
+    _check_positive_int(num_gpus, "num_gpus")
+    if method != "full":
+        _check_positive_int(rank, "rank")
+    if not 0.0 <= float(lora_dropout) < 1.0:
+        raise ValueError(f"lora_dropout must be in [0, 1) (got {lora_dropout}).")
+    if sharding == "fsdp" and num_gpus < 2:
+        raise ValueError("sharding='fsdp' splits memory over several GPUs: set num_gpus >= 2, or sharding=None.")
+    arch = load_arch(model)
+    if arch.max_positions and seq_len > arch.max_positions:
+        warnings.warn(f"seq_len {seq_len} exceeds {arch.name}'s context of {arch.max_positions} tokens; the "
+                      "model was not trained for sequences that long.", stacklevel=2)
+    targets = resolve_targets(arch, target_modules) if method != "full" else ()
+    for li in targets:
+        if rank > min(li.d_in, li.d_out):
+            raise ValueError(f"rank {rank} is larger than {li.name}'s smaller dimension "
+                             f"({li.d_in} x {li.d_out}): use rank <= {min(li.d_in, li.d_out)}.")
+
+    L, h, V = arch.num_layers, arch.hidden_size, arch.vocab_size
+    b, s = batch_size, seq_len
+    t = b * s
+    c = 4 if precision == "fp32" else 2  # compute dtype width
+    p16 = _param_bytes(precision)
+
+    # ---- parameters
+    n_lora = L * sum(rank * (li.d_in + li.d_out) for li in targets)
+    total_params = arch.total_params + n_lora
+    linear_weight_params = L * sum(li.d_in * li.d_out for li in arch.linears)
+    head_matmul_params = arch.vocab_size * h  # the head's matmul weight (tied or not)
+    if method == "full":
+        trainable_sizes = _full_param_sizes(arch)
+        weights = arch.total_params * p16
+        if precision == "mixed":  # autocast's cached 16-bit copies of every matmul weight
+            weights += 2 * (linear_weight_params + head_matmul_params)
+        grad_bytes = p16
+        state_bytes = p16
+    else:
+        trainable_sizes = [n for li in targets for n in (rank * li.d_in, rank * li.d_out)] * L
+        lora_w = 4 * n_lora  # peft keeps adapters in fp32
+        if method == "lora":
+            weights = arch.total_params * p16 + lora_w
+            if precision == "mixed":  # 16-bit copies of the frozen fp32 weights, saved for backward
+                weights += 2 * (linear_weight_params + head_matmul_params)
+        else:
+            quant = L * sum(nf4_bytes(li.d_in * li.d_out, double_quant) for li in arch.linears)
+            rest = arch.total_params - linear_weight_params  # embeddings, norms, head, biases
+            weights = quant + 4 * rest + lora_w  # prepare_model_for_kbit_training upcasts them to fp32
+        grad_bytes = 4
+        state_bytes = 4
+    trainable = sum(trainable_sizes)
+    gradients = trainable * grad_bytes
+    optimizer_states = _optimizer_bytes(trainable_sizes, optimizer, state_bytes)
+    if device == "cpu" and optimizer in ("adamw", "paged_adamw_32bit", "adamw_8bit", "paged_adamw_8bit"):
+        if optimizer == "adamw":
+            optimizer_states += 4 * len(trainable_sizes)  # torch keeps each step count as an fp32 tensor
+
+    # ---- activations saved for backward
+    padded = b > 1  # a batch of several sequences is padded to the longest, so SDPA gets a mask
+    mask_bytes = 1 if device == "cuda" else c
+    layer = _layer_saved(arch, method=method, targets=targets, c=c, t=t, b=b, s=s, attention=attention,
+                         padded=padded, dropout=float(lora_dropout), mask_bytes=mask_bytes)
+    layer_bytes = sum(layer.values()) + len(targets) * c * t * rank  # + lora_A's outputs, saved by lora_B
+    use_eager = attention == "eager" or not arch.sdpa_supported
+    shared = 2 * s * arch.head_dim * c  # RoPE cos and sin, shared by every layer
+    if padded:
+        shared += b * s * s * (c if use_eager else 1)  # the 4-D attention mask
+    if gradient_checkpointing:
+        per_layers = L * c * t * h  # each layer's input, kept by the checkpoint
+    else:
+        per_layers = L * layer_bytes
+    full = method == "full"
+    final_norm = 4 * t * h + 4 * t + ((4 if arch.norm_saves_fp32_scaled else c) * t * h if full else 0)
+    head_in = c * t * h if full else 0  # lm_head saves its input only when its weight trains
+    logprobs = 4 * t * V  # log_softmax output, fp32, kept for the loss's backward
+    softcap = c * t * V if arch.logit_softcap else 0
+    ids = 8 * t * (2 if full else 1)  # labels for the loss (and input ids for a trainable embedding)
+    activations = per_layers + shared + final_norm + head_in + logprobs + softcap + ids
+
+    # ---- transient peaks
+    logits_fwd = c * t * V + (4 * t * V if c != 4 else 0)  # the logits, then their fp32 copy for the loss
+    logits_bwd = 8 * t * V  # gradient of the log-probs and of the logits, both fp32
+    layer_bwd = (layer_bytes if gradient_checkpointing else 0) + 2 * c * t * max(arch.intermediate_size, h)
+    dequant = c * max(li.d_in * li.d_out for li in arch.linears) if method == "qlora" else 0
+    transient = max(logits_fwd, logits_bwd, layer_bwd + dequant)
+
+    # ---- sharding
+    if sharding == "fsdp":
+        weights = -(-weights // num_gpus)
+        gradients = -(-gradients // num_gpus)
+        optimizer_states = -(-optimizer_states // num_gpus)
+        transient += arch.layer_params * p16  # one layer's weights gathered in full
+
+    overhead = CUDA_CONTEXT_BYTES + int(ALLOCATOR_SLACK * (activations + transient))
+    total = weights + gradients + optimizer_states + activations + transient + overhead
+    settings = dict(model=arch.name, method=method, rank=rank if method != "full" else None,
+                    lora_alpha=lora_alpha, target_modules=_targets_repr(target_modules) if method != "full" else None,
+                    batch_size=b, seq_len=s, gradient_checkpointing=gradient_checkpointing, optimizer=optimizer,
+                    precision=precision, double_quant=double_quant if method == "qlora" else None,
+                    attention="eager" if use_eager else "sdpa", lora_dropout=lora_dropout, num_gpus=num_gpus,
+                    sharding=sharding, device=device)
+    return MemoryEstimate(
+        weights=int(weights), gradients=int(gradients), optimizer_states=int(optimizer_states),
+        activations=int(activations), transient=int(transient), overhead=int(overhead), total=int(total),
+        total_params=int(total_params), trainable_params=int(trainable), settings=settings,
+    )
+
+
+def _targets_repr(target_modules):
+    return target_modules if isinstance(target_modules, str) else ",".join(target_modules)
+
+
+def _full_param_sizes(arch: Arch) -> list[int]:
+    """Every parameter tensor's size for full fine-tuning (the optimizer's view of the model)."""
+    per_layer = []
+    for li in arch.linears:
+        per_layer.append(li.d_in * li.d_out)
+        if li.bias:
+            per_layer.append(li.d_out)
+    per_layer += [arch.norm_params] * arch.norms_per_layer
+    if arch.qk_norm_params:
+        per_layer += [arch.head_dim, arch.head_dim]
+    sizes = [arch.embedding_params, *per_layer * arch.num_layers, arch.norm_params]
+    if not arch.tied:
+        sizes.append(arch.head_params)
+    return sizes
+
+
+# --------------------------------------------------------------------------------------------
+# Reverse questions
+# --------------------------------------------------------------------------------------------
+
+
+def _quiet_estimate(model, **kwargs) -> MemoryEstimate:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return estimate(model, **kwargs)
+
+
+def _largest(fits, lo: int, hi: int) -> int:
+    """Largest n in [lo, hi] with fits(n) true (fits is monotone: true then false); lo - 1 if none."""
+    if not fits(lo):
+        return lo - 1
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if fits(mid):
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def max_seq_len_that_fits(model, gpu, *, upper: int | None = None, **kwargs) -> int:
+    """The longest padded sequence (tokens) for which a step fits on `gpu`; 0 if none does.
+
+    Args:
+        model: as for `estimate`.
+        gpu: a `GPUS` name, a `GPU`, or usable bytes.
+        upper: the longest length to consider (default: the model's context, at most 1,048,576).
+        **kwargs: the other `estimate` arguments (method is required); seq_len is ignored.
+    """
+    kwargs.pop("seq_len", None)
+    arch = load_arch(model)
+    hi = upper or min(arch.max_positions or 131072, 1 << 20)
+    return _largest(lambda n: _quiet_estimate(arch, seq_len=n, **kwargs).fits(gpu), 1, hi)
+
+
+def max_batch_size_that_fits(model, gpu, *, upper: int = 4096, **kwargs) -> int:
+    """The largest batch (sequences per micro-step) that fits on `gpu`; 0 if not even one does."""
+    kwargs.pop("batch_size", None)
+    arch = load_arch(model)
+    return _largest(lambda n: _quiet_estimate(arch, batch_size=n, **kwargs).fits(gpu), 1, upper)
+
+
+def smallest_gpu(model, **kwargs) -> str | None:
+    """The name of the GPU with the least usable memory that fits the step, or None if none does."""
+    total = _quiet_estimate(model, **kwargs).total
+    for gpu in sorted(GPUS.values(), key=lambda g: g.usable_bytes):
+        if total <= gpu.usable_bytes:
+            return gpu.name
+    return None
+
+
+def suggestions(model, gpu, **kwargs) -> list[str]:
+    """Changes that would make a step that does not fit on `gpu` fit, each checked by `estimate`.
+
+    Tries, in this order: gradient checkpointing, a shorter sequence, a smaller batch, an 8-bit
+    optimizer (full fine-tuning), LoRA or QLoRA instead of the current method, a bigger GPU.
+    """
+    arch = load_arch(model)
+    base = dict(kwargs)
+    out = []
+
+    def fits(**changes):
+        return _quiet_estimate(arch, **{**base, **changes}).fits(gpu)
+
+    if not base.get("gradient_checkpointing", True) and fits(gradient_checkpointing=True):
+        out.append("gradient checkpointing")
+    seq = base.get("seq_len", 512)
+    best_seq = max_seq_len_that_fits(arch, gpu, upper=seq, **base)
+    if min(seq, 64) <= best_seq < seq:  # a sequence too short to train on is no advice
+        out.append(f"seq {_round_down(best_seq)}")
+    batch = base.get("batch_size", 1)
+    if batch > 1:
+        best_batch = max_batch_size_that_fits(arch, gpu, upper=batch, **base)
+        if 0 < best_batch < batch:
+            out.append(f"batch {best_batch} (with gradient accumulation for the same effective batch)")
+    method = base.get("method")
+    if method == "full" and base.get("optimizer", "adamw") in ("adamw", "paged_adamw_32bit") and fits(
+            optimizer="paged_adamw_8bit"):
+        out.append("an 8-bit optimizer (paged_adamw_8bit)")
+    if method == "full" and fits(method="lora"):
+        out.append("LoRA")
+    if method in ("full", "lora") and fits(method="qlora"):
+        out.append("QLoRA")
+    if not out:  # no single change is enough: combine them, cheapest first
+        combo, words = {}, []
+        for change, word in (({"gradient_checkpointing": True}, "gradient checkpointing"),
+                             ({"method": "qlora"} if method != "qlora" else {}, "QLoRA"),
+                             ({"batch_size": 1} if batch > 1 else {}, "batch 1")):
+            if change and any(base.get(k, v) != v for k, v in change.items()):
+                combo.update(change)
+                words.append(word)
+                if fits(**combo):
+                    break
+        seq_ok = max_seq_len_that_fits(arch, gpu, upper=seq, **{**base, **combo})
+        if seq_ok >= min(seq, 64):
+            if seq_ok < seq:
+                words.append(f"seq {_round_down(seq_ok)}")
+            out.append(" with ".join([words[0], " and ".join(words[1:])]) if len(words) > 1 else words[0])
+    bigger = smallest_gpu(arch, **base)
+    if bigger is not None and _gpu_bytes(bigger) > _gpu_bytes(gpu):
+        out.append(f"a bigger GPU ({bigger})")
+    return out
+
+
+def _round_down(n: int) -> int:
+    """Round a sequence length down to a multiple of 64 (what a learner would set)."""
+    return n - n % 64 if n >= 64 else n
+
+
+def _gpu_name(gpu) -> str:
+    if isinstance(gpu, GPU):
+        return gpu.name
+    if isinstance(gpu, str):
+        return gpu
+    return f"a {int(gpu) / GIB:.1f} GiB GPU"
+
+
+def verdict(model, gpu, **kwargs) -> str:
+    """One sentence: does the step fit on `gpu`, with how much to spare, and what to try if not.
+
+    A pure function of its inputs (used by the notebook's calculator and tested on its own).
+
+    Example:
+        "fits on a Colab T4 with 2.1 GiB to spare" or
+        "needs 19.3 GiB, more than a Colab T4's 14.7 GiB: try gradient checkpointing, seq 512, or QLoRA"
+
+    Raises:
+        ValueError: for bad inputs, from `estimate`.
+    """
+    est = _quiet_estimate(model, **kwargs)
+    name = _gpu_name(gpu)
+    cap = _gpu_bytes(gpu)
+    if est.fits(gpu):
+        return f"fits on {_article(name)} with {(cap - est.total) / GIB:.1f} GiB to spare (needs {est.total / GIB:.1f} GiB)"
+    tips = suggestions(model, gpu, **kwargs)
+    text = f"needs {est.total / GIB:.1f} GiB, more than {_article(name)}'s {cap / GIB:.1f} GiB"
+    if tips:
+        text += ": try " + (", ".join(tips[:-1]) + ", or " + tips[-1] if len(tips) > 1 else tips[0])
+    else:
+        text += ": no single change on our list makes it fit; shrink the model"
+    return text
+
+
+def _article(name: str) -> str:
+    if name.startswith("a "):
+        return name
+    return ("an " if name[:1].upper() in "AEIOUH" and not name.startswith("H100") and not name.startswith("H200")
+            else "a ") + name
+
+
+def cheat_sheet(rows, *, methods=METHODS, **kwargs) -> list[dict]:
+    """Totals (GiB) for each model in `rows` (label -> model) and method, under the given settings."""
+    table = []
+    for label, model in rows.items():
+        row = {"model": label, "params": load_arch(model).total_params}
+        for m in methods:
+            row[m] = _quiet_estimate(model, method=m, **kwargs).total / GIB
+        table.append(row)
+    return table
+
+
+# --------------------------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------------------------
+
+
+def _parse_model(text: str):
+    try:
+        return int(float(text)) if text.replace(".", "", 1).replace("e", "", 1).isdigit() else text
+    except ValueError:
+        return text
+
+
+def main(argv=None) -> int:
+    """`python -m lora_lab.vram --model Qwen/Qwen2.5-7B --method qlora --rank 16 --batch-size 4 --seq-len 512`."""
+    parser = argparse.ArgumentParser(prog="python -m lora_lab.vram", description="Estimate fine-tuning GPU memory.")
+    parser.add_argument("--model", required=True, help="preset name, config.json path, Hub id (Colab) or parameter count")
+    parser.add_argument("--method", required=True, help="full, lora or qlora")
+    parser.add_argument("--rank", type=int, default=16)
+    parser.add_argument("--targets", default="all-linear", help="all-linear or comma-separated module names")
+    parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--seq-len", type=int, default=512)
+    parser.add_argument("--no-gradient-checkpointing", action="store_true")
+    parser.add_argument("--optimizer", default="adamw")
+    parser.add_argument("--precision", default="bf16")
+    parser.add_argument("--attention", default="sdpa")
+    parser.add_argument("--lora-dropout", type=float, default=0.0)
+    parser.add_argument("--no-double-quant", action="store_true")
+    parser.add_argument("--num-gpus", type=int, default=1)
+    parser.add_argument("--sharding", default=None)
+    parser.add_argument("--gpu", default=None, help=f"say whether it fits on one of: {', '.join(GPUS)}")
+    parser.add_argument("--json", action="store_true", help="print to_dict() as JSON")
+    args = parser.parse_args(argv)
+    model = _parse_model(args.model)
+    kwargs = dict(method=args.method, rank=args.rank, target_modules=args.targets, batch_size=args.batch_size,
+                  seq_len=args.seq_len, gradient_checkpointing=not args.no_gradient_checkpointing,
+                  optimizer=args.optimizer, precision=args.precision, attention=args.attention,
+                  lora_dropout=args.lora_dropout, double_quant=not args.no_double_quant,
+                  num_gpus=args.num_gpus, sharding=args.sharding)
+    try:
+        est = estimate(model, **kwargs)
+        line = verdict(model, args.gpu, **kwargs) if args.gpu else None
+    except ValueError as err:
+        parser.error(str(err))  # exits with status 2
+    if args.json:
+        d = est.to_dict()
+        if line:
+            d["verdict"] = line
+        print(json.dumps(d, indent=1))
+    else:
+        print(est)
+        if line:
+            print(line)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

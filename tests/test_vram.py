@@ -1,0 +1,292 @@
+"""Tests of the VRAM estimator: exact counts, NF4 bytes, bad input, speed, reverse questions,
+published measurements, the CLI and the calculator widget. None touches the network."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from lora_lab import vram
+
+GB = 1e9
+
+# shared/reference/model-configs.md: total params, LoRA r8 on q,v, LoRA r16 all-linear.
+TABLE = {
+    "Qwen/Qwen2.5-0.5B": (494_032_768, 540_672, 8_798_208),
+    "Qwen/Qwen2.5-1.5B": (1_543_714_304, 1_089_536, 18_464_768),
+    "Qwen/Qwen2.5-3B": (3_085_938_688, 1_843_200, 29_933_568),
+    "Qwen/Qwen2.5-7B": (7_615_616_512, 2_523_136, 40_370_176),
+    "meta-llama/Llama-3.2-1B": (1_235_814_400, 851_968, 11_272_192),
+    "meta-llama/Llama-3.2-3B": (3_212_749_824, 2_293_760, 24_313_856),
+    "meta-llama/Llama-3.1-8B": (8_030_261_248, 3_407_872, 41_943_040),
+    "mistralai/Mistral-7B-v0.3": (7_248_023_552, 3_407_872, 41_943_040),
+    "google/gemma-2-2b": (2_614_341_888, 1_597_440, 20_766_720),
+    "microsoft/Phi-3-mini-4k-instruct": (3_821_079_552, None, 25_165_824),
+    "TinyLlama/TinyLlama-1.1B": (1_100_048_384, 1_126_400, 12_615_680),
+    "HuggingFaceTB/SmolLM2-135M": (134_515_008, 460_800, 4_884_480),
+    "HuggingFaceTB/SmolLM2-360M": (361_821_120, 819_200, 8_683_520),
+    "HuggingFaceTB/SmolLM2-1.7B": (1_711_376_384, 1_572_864, 18_087_936),
+}
+QV = ("q_proj", "v_proj")
+
+
+@pytest.mark.parametrize("name", sorted(TABLE))
+def test_counts_equal_the_reference_table(name):
+    total, qv8, all16 = TABLE[name]
+    assert vram.load_arch(name).total_params == total
+    est = vram.estimate(name, method="lora", rank=16)
+    assert est.trainable_params == all16
+    assert est.total_params == total + all16
+    if qv8 is None:
+        with pytest.raises(ValueError, match="qkv_proj"):
+            vram.estimate(name, method="lora", rank=8, target_modules=QV)
+    else:
+        assert vram.estimate(name, method="lora", rank=8, target_modules=QV).trainable_params == qv8
+
+
+@pytest.mark.parametrize("name", ["Qwen/Qwen2.5-0.5B", "google/gemma-2-2b", "microsoft/Phi-3-mini-4k-instruct",
+                                  "meta-llama/Llama-3.1-8B"])
+def test_counts_equal_meta_device_model_and_peft(name):
+    """The shipped config builds, at full size on the meta device, to exactly our counts; peft agrees."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    cfg = AutoConfig.for_model(**{k: v for k, v in vram.preset_config(name).items() if not k.startswith("_")})
+    with torch.device("meta"):
+        model = get_peft_model(AutoModelForCausalLM.from_config(cfg), LoraConfig(r=16, target_modules="all-linear"))
+    trainable, total = model.get_nb_trainable_parameters()
+    est = vram.estimate(name, method="lora", rank=16)
+    assert (trainable, total) == (est.trainable_params, est.total_params)
+
+
+def test_config_object_path_and_dict_agree_with_preset(tmp_path):
+    from transformers import AutoConfig
+
+    name = "Qwen/Qwen2.5-0.5B"
+    raw = vram.preset_config(name)
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(raw))
+    cfg = AutoConfig.for_model(**{k: v for k, v in raw.items() if not k.startswith("_")})
+    kwargs = dict(method="qlora", rank=8, batch_size=2, seq_len=256)
+    ref = vram.estimate(name, **kwargs).to_dict()
+    for model in (cfg, str(path), tmp_path, raw):
+        got = vram.estimate(model, **kwargs).to_dict()
+        got["settings"], ref["settings"] = None, None
+        assert got == ref
+
+
+def test_generic_count_is_close_to_the_request():
+    for n in (3e9, 7e9, 13e9, 70e9):
+        arch = vram.load_arch(n)
+        assert abs(arch.total_params / n - 1) < 0.002
+        assert arch.hidden_size % 128 == 0
+
+
+@pytest.mark.parametrize("double_quant", [False, True])
+def test_nf4_bytes_equal_bitsandbytes_storage(double_quant):
+    import bitsandbytes.functional as F
+
+    for shape in ((256, 128), (300, 77), (1024, 1024)):
+        w = torch.randn(shape)
+        packed, state = F.quantize_4bit(w, blocksize=64, quant_type="nf4", compress_statistics=double_quant)
+        tensors = [packed, state.absmax, state.code]
+        if double_quant:
+            tensors += [state.offset, state.state2.absmax, state.state2.code]
+        stored = sum(t.numel() * t.element_size() for t in tensors)
+        assert vram.nf4_bytes(w.numel(), double_quant) == stored
+
+
+def test_nf4_is_about_half_a_byte_per_weight():
+    n = 4096 * 4096
+    assert vram.nf4_bytes(n, False) / n == pytest.approx(0.5 + 4 / 64, rel=1e-3)  # 0.5 bit/param absmax
+    assert vram.nf4_bytes(n, True) / n == pytest.approx(0.5 + 0.127 / 8, rel=2e-2)  # 0.127 bit/param
+
+
+def test_breakdown_adds_up_and_prints():
+    est = vram.estimate("meta-llama/Llama-3.2-1B", method="lora", batch_size=2, seq_len=256)
+    assert sum(est.breakdown().values()) == est.total
+    assert est.peak_allocated == est.total - est.overhead
+    d = est.to_dict()
+    assert d["total"] == est.total and d["settings"]["method"] == "lora"
+    assert "GiB" in str(est) and "total" in str(est)
+
+
+def test_memory_moves_the_right_way():
+    kw = dict(batch_size=2, seq_len=512)
+    m = "Qwen/Qwen2.5-1.5B"
+    full, lora, qlora = (vram.estimate(m, method=x, **kw) for x in ("full", "lora", "qlora"))
+    assert full.total > lora.total > qlora.total
+    assert qlora.weights < lora.weights
+    assert vram.estimate(m, method="lora", gradient_checkpointing=False, **kw).activations > lora.activations
+    assert vram.estimate(m, method="lora", attention="eager", gradient_checkpointing=False, **kw).activations > \
+        vram.estimate(m, method="lora", gradient_checkpointing=False, **kw).activations
+    assert vram.estimate(m, method="lora", batch_size=2, seq_len=1024).total > lora.total
+    assert vram.estimate(m, method="full", optimizer="adamw_8bit", **kw).optimizer_states < 0.55 * full.optimizer_states  # 2 bytes vs 2 bf16 states
+    assert vram.estimate(m, method="full", optimizer="sgd", **kw).optimizer_states == 0
+    mixed = vram.estimate(m, method="full", precision="mixed", **kw)
+    # HF "model training anatomy": ~18 bytes/param for mixed-precision AdamW (weights+copy+grads+states)
+    n = mixed.total_params
+    assert (mixed.weights + mixed.gradients + mixed.optimizer_states) / n == pytest.approx(18, rel=0.03)
+    fsdp = vram.estimate(m, method="full", num_gpus=4, sharding="fsdp", **kw)
+    assert fsdp.weights == pytest.approx(full.weights / 4, abs=4)
+
+
+def test_logits_term_is_batch_seq_vocab_in_fp32():
+    """The loss keeps fp32 log-probs: batch x seq x vocab x 4 bytes, the big term on 150k vocabularies."""
+    a = vram.estimate("Qwen/Qwen2.5-0.5B", method="lora", batch_size=1, seq_len=512)
+    b = vram.estimate("Qwen/Qwen2.5-0.5B", method="lora", batch_size=2, seq_len=512)
+    per_seq_layers = 24 * 2 * 512 * 896  # checkpointed layer inputs in 16-bit
+    assert b.activations - a.activations >= 4 * 512 * 151936 + per_seq_layers
+
+
+BAD = [
+    (dict(batch_size=0), "batch_size"),
+    (dict(seq_len=-5), "seq_len"),
+    (dict(rank=0), "rank"),
+    (dict(rank=300), "rank 300 is larger than k_proj"),
+    (dict(method="lora2"), "Did you mean 'lora'"),
+    (dict(optimizer="adam8bit"), "optimizer"),
+    (dict(precision="int8"), "precision"),
+    (dict(target_modules=("q_proj", "foo")), "no module 'foo'"),
+    (dict(sharding="fsdp"), "num_gpus"),
+]
+
+
+@pytest.mark.parametrize("change,message", BAD)
+def test_bad_input_says_what_to_change(change, message):
+    kwargs = {"method": "qlora", **change}
+    with pytest.raises(ValueError, match=message):
+        vram.estimate("Qwen/Qwen2.5-0.5B", **kwargs)  # k_proj is 896 x 128: rank 300 is too big
+
+
+def test_unknown_preset_suggests_close_names():
+    with pytest.raises(ValueError, match="Did you mean 'Qwen/Qwen2.5-7B'"):
+        vram.estimate("Qwen/Qwen2.5-7b", method="lora")
+    with pytest.raises(ValueError, match="positive"):
+        vram.estimate(-3, method="lora")
+
+
+def test_seq_len_beyond_context_warns():
+    with pytest.warns(UserWarning, match="context of 2048"):
+        vram.estimate("TinyLlama/TinyLlama-1.1B", method="qlora", seq_len=4096)
+
+
+def test_estimate_is_fast():
+    vram.estimate("Qwen/Qwen2.5-7B", method="qlora", batch_size=4)
+    times = []
+    for i in range(50):
+        t0 = time.perf_counter()
+        vram.estimate("Qwen/Qwen2.5-7B", method="qlora", batch_size=4, seq_len=256 + i)
+        times.append(time.perf_counter() - t0)
+    assert sorted(times)[25] < 0.005
+
+
+def test_reverse_questions_are_tight():
+    kw = dict(method="qlora", batch_size=4, gradient_checkpointing=False)
+    gpu = "Colab T4"
+    n = vram.max_seq_len_that_fits("Qwen/Qwen2.5-1.5B", gpu, **kw)
+    assert n > 0
+    assert vram.estimate("Qwen/Qwen2.5-1.5B", seq_len=n, **kw).fits(gpu)
+    assert not vram.estimate("Qwen/Qwen2.5-1.5B", seq_len=n + 1, **kw).fits(gpu)
+    b = vram.max_batch_size_that_fits("Qwen/Qwen2.5-1.5B", gpu, method="lora", seq_len=1024)
+    assert vram.estimate("Qwen/Qwen2.5-1.5B", method="lora", seq_len=1024, batch_size=b).fits(gpu)
+    assert not vram.estimate("Qwen/Qwen2.5-1.5B", method="lora", seq_len=1024, batch_size=b + 1).fits(gpu)
+    name = vram.smallest_gpu("Qwen/Qwen2.5-7B", method="lora", batch_size=4, seq_len=1024)
+    total = vram.estimate("Qwen/Qwen2.5-7B", method="lora", batch_size=4, seq_len=1024).total
+    assert total <= vram.GPUS[name].usable_bytes
+    assert all(g.usable_bytes < total for g in vram.GPUS.values() if g.usable_bytes < vram.GPUS[name].usable_bytes)
+    assert vram.smallest_gpu(400e9, method="full") is None
+
+
+def test_verdict_in_words_with_checked_suggestions():
+    ok = vram.verdict("Qwen/Qwen2.5-1.5B", "Colab T4", method="qlora", batch_size=4, seq_len=512)
+    assert ok.startswith("fits on a Colab T4 with ") and "GiB to spare" in ok
+    kw = dict(method="lora", batch_size=4, seq_len=1024, gradient_checkpointing=False)
+    bad = vram.verdict("meta-llama/Llama-3.2-3B", "Colab T4", **kw)
+    total = vram.estimate("meta-llama/Llama-3.2-3B", **kw).total / vram.GIB
+    assert bad.startswith(f"needs {total:.1f} GiB") and "try" in bad
+    tips = vram.suggestions("meta-llama/Llama-3.2-3B", "Colab T4", **kw)
+    assert "gradient checkpointing" in tips and any(t.startswith("seq ") for t in tips)
+    assert vram.estimate("meta-llama/Llama-3.2-3B", **{**kw, "gradient_checkpointing": True}).fits("Colab T4")
+    seq = int(next(t for t in tips if t.startswith("seq ")).split()[1])
+    assert vram.estimate("meta-llama/Llama-3.2-3B", **{**kw, "seq_len": seq}).fits("Colab T4")
+    with pytest.raises(ValueError, match="Unknown GPU"):
+        vram.verdict("Qwen/Qwen2.5-1.5B", "T5", method="qlora")
+
+
+# LitGPT resource tables (shared/reference/measured-memory.md): A100 40 GB, torch.cuda.max_memory_allocated
+# in GB (1e9), bf16-true, AdamW, LoRA r=8 on q,v, no activation checkpointing, Alpaca whose longest example is
+# 1,304 tokens (the padded length that sets the peak). The quantity compared is therefore our
+# `peak_allocated` (total less CUDA context and allocator slack). LitGPT's "StableLM-3B" rows are not
+# checked: the table does not say which StableLM-3B model (base-alpha or 4e1t) it used.
+LITGPT = [
+    ("meta-llama/Llama-2-7b-hf", "lora", 1, True, 21.30),
+    ("meta-llama/Llama-2-7b-hf", "lora", 2, True, 29.07),
+    ("meta-llama/Llama-2-7b-hf", "qlora", 1, False, 14.14),
+    ("meta-llama/Llama-2-7b-hf", "qlora", 1, True, 13.84),
+    ("meta-llama/Llama-2-13b-hf", "lora", 1, True, 38.12),
+    ("meta-llama/Llama-2-13b-hf", "qlora", 1, False, 23.14),
+    ("meta-llama/Llama-2-13b-hf", "qlora", 1, True, 22.55),
+]
+LITGPT_SETTINGS = dict(rank=8, target_modules=QV, seq_len=1304, gradient_checkpointing=False, precision="bf16",
+                       optimizer="adamw", attention="sdpa")
+
+
+@pytest.mark.parametrize("model,method,batch,dq,published_gb", LITGPT)
+def test_published_litgpt_peak_allocated_within_25_percent(model, method, batch, dq, published_gb):
+    est = vram.estimate(model, method=method, batch_size=batch, double_quant=dq, **LITGPT_SETTINGS)
+    assert est.peak_allocated / GB == pytest.approx(published_gb, rel=0.25)
+
+
+def _cli(*args):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-m", "lora_lab.vram", *args], capture_output=True, text=True, env=env,
+                          timeout=60)
+
+
+def test_cli_prints_breakdown_json_and_exits_2_on_bad_input():
+    base = ["--model", "Qwen/Qwen2.5-7B", "--method", "qlora", "--rank", "16", "--batch-size", "4", "--seq-len", "512"]
+    out = _cli(*base)
+    assert out.returncode == 0, out.stderr
+    assert "weights" in out.stdout and "total" in out.stdout
+    js = _cli(*base, "--json")
+    assert json.loads(js.stdout)["total"] == vram.estimate("Qwen/Qwen2.5-7B", method="qlora", batch_size=4).total
+    bad = _cli("--model", "Qwen/Qwen2.5-7B", "--method", "qlora", "--batch-size", "0")
+    assert bad.returncode == 2 and "batch_size must be a positive" in bad.stderr
+
+
+def test_calculator_widget_redraws_and_shows_errors_in_place():
+    from lora_lab import widgets
+
+    box = widgets.vram_calculator()
+    verdict, chart, controls = box.verdict, box.chart, box.controls
+    assert "vram-verdict" in verdict._dom_classes and "vram-chart" in chart._dom_classes
+    first_text, first_chart = verdict.value, list(chart.outputs)
+    assert "fits on a Colab T4" in first_text and first_chart
+    controls["method"].value = "full"
+    controls["seq_len"].value = 2048
+    assert verdict.value != first_text and "needs" in verdict.value
+    assert chart.outputs and chart.outputs != first_chart
+    controls["method"].value = "lora"
+    controls["rank"].value = 4000  # larger than k_proj's 256 outputs
+    assert "vram-error" in verdict._dom_classes and "rank 4000" in verdict.value
+    shown = json.dumps(chart.outputs)
+    assert "rank 4000" in shown and "Traceback" not in shown
+    controls["rank"].value = 16
+    assert "vram-error" not in verdict._dom_classes
+
+
+def test_calculator_inputs_parse_custom_models():
+    from lora_lab import widgets
+
+    state = {**widgets.DEFAULT_STATE, "model": widgets.CUSTOM, "custom": "7B"}
+    model, kwargs = widgets.calculator_inputs(state)
+    assert model == 7_000_000_000 and kwargs["method"] == "qlora"
+    text, est, err = widgets.render({**state, "custom": "seven"})
+    assert text is None and est is None and "neither a parameter count" in err
