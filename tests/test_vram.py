@@ -290,3 +290,13 @@ def test_calculator_inputs_parse_custom_models():
     assert model == 7_000_000_000 and kwargs["method"] == "qlora"
     text, est, err = widgets.render({**state, "custom": "seven"})
     assert text is None and est is None and "neither a parameter count" in err
+
+
+def test_calculator_hides_only_the_custom_box():
+    """A Layout shared between controls once hid every control along with the custom box."""
+    from lora_lab.widgets import vram_calculator
+
+    box = vram_calculator()
+    hidden = [name for name, c in box.controls.items() if c.layout.display == "none"]
+    assert hidden == ["custom"]
+    assert len({id(c.layout) for c in box.controls.values()}) == len(box.controls)

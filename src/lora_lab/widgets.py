@@ -89,21 +89,24 @@ def vram_calculator(**initial):
 
     state = {**DEFAULT_STATE, **initial}
     style = {"description_width": "110px"}
-    layout = w.Layout(width="330px")
+
+    def layout():  # one Layout per control: a shared one would hide them all with the custom box
+        return w.Layout(width="330px")
+
     controls = {
-        "model": w.Dropdown(options=[*vram.preset_names(), CUSTOM], description="model", style=style, layout=layout),
+        "model": w.Dropdown(options=[*vram.preset_names(), CUSTOM], description="model", style=style, layout=layout()),
         "custom": w.Text(description="custom", placeholder="7B, 13e9 or path/to/config.json", style=style,
-                         layout=layout),
+                         layout=layout()),
         "method": w.ToggleButtons(options=list(vram.METHODS), description="method", style=style),
-        "rank": w.BoundedIntText(min=1, max=4096, description="LoRA rank", style=style, layout=layout),
-        "targets": w.Dropdown(options=list(TARGET_CHOICES), description="LoRA targets", style=style, layout=layout),
-        "batch_size": w.BoundedIntText(min=1, max=4096, description="batch size", style=style, layout=layout),
+        "rank": w.BoundedIntText(min=1, max=4096, description="LoRA rank", style=style, layout=layout()),
+        "targets": w.Dropdown(options=list(TARGET_CHOICES), description="LoRA targets", style=style, layout=layout()),
+        "batch_size": w.BoundedIntText(min=1, max=4096, description="batch size", style=style, layout=layout()),
         "seq_len": w.BoundedIntText(min=1, max=1 << 20, step=64, description="sequence length", style=style,
-                                    layout=layout),
+                                    layout=layout()),
         "gradient_checkpointing": w.Checkbox(description="gradient checkpointing", indent=False),
-        "optimizer": w.Dropdown(options=list(vram.OPTIMIZERS), description="optimizer", style=style, layout=layout),
-        "precision": w.Dropdown(options=list(vram.PRECISIONS), description="precision", style=style, layout=layout),
-        "gpu": w.Dropdown(options=list(vram.GPUS), description="GPU", style=style, layout=layout),
+        "optimizer": w.Dropdown(options=list(vram.OPTIMIZERS), description="optimizer", style=style, layout=layout()),
+        "precision": w.Dropdown(options=list(vram.PRECISIONS), description="precision", style=style, layout=layout()),
+        "gpu": w.Dropdown(options=list(vram.GPUS), description="GPU", style=style, layout=layout()),
     }
     for name, control in controls.items():
         control.value = state[name]
