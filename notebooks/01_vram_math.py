@@ -324,3 +324,30 @@ for model, method, batch, dq, published in LITGPT:
 #   the activations; big vocabularies make the logits a term of their own.
 # * Say your settings. A memory figure without batch size, sequence length, checkpointing and
 #   optimizer is not a figure you can check.
+
+# %% [markdown]
+# ## Check your understanding
+
+# %%
+from lora_lab import quiz
+
+quiz.show(quiz.VRAM + quiz.LORA_BASICS[:1])
+
+# %% [markdown]
+# ## Exercises
+#
+# 1. On a Colab T4, what is the longest sequence a QLoRA run of `Qwen/Qwen2.5-1.5B` fits at batch
+#    size 4 (rank 16, all linear layers, checkpointing, fp16)? And without gradient checkpointing?
+# 2. Which is the smallest GPU in the table that fits *full* fine-tuning of
+#    `meta-llama/Llama-3.1-8B` with mixed precision AdamW, batch 1, sequence 2048? Which with QLoRA?
+
+# %% tags=["solution"]
+settings = dict(method="qlora", rank=16, batch_size=4, precision="fp16", optimizer="paged_adamw_8bit")
+for checkpointing in (True, False):
+    longest = vram.max_seq_len_that_fits("Qwen/Qwen2.5-1.5B", "Colab T4", gradient_checkpointing=checkpointing, **settings)
+    print(f"checkpointing {checkpointing}: up to {longest:,} tokens")
+
+# %% tags=["solution"]
+for method in ("full", "qlora"):
+    gpu = vram.smallest_gpu("meta-llama/Llama-3.1-8B", method=method, precision="mixed", batch_size=1, seq_len=2048)
+    print(f"{method}: {gpu or 'no single GPU in the table'}")

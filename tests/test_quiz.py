@@ -4,7 +4,7 @@ import pytest
 
 from lora_lab import hardware, quiz
 
-ALL = quiz.PREFLIGHT + quiz.LORA_BASICS
+ALL = quiz.PREFLIGHT + quiz.VRAM + quiz.LORA_BASICS
 
 
 def test_numeric_answer_is_computed_and_checked():
@@ -46,3 +46,13 @@ def test_widgets_give_feedback_without_tracebacks():
     entry.value = "65536"
     button.click()
     assert "Right." in feedback.value
+
+
+def test_largest_model_on_a_24gb_card_comes_from_the_estimator():
+    from lora_lab import vram
+
+    billions = quiz.VRAM[0].value()
+    assert 30 < billions < 70  # the explanation says 30B fits and 70B does not
+    fits = vram.estimate(int(billions * 1e9 * 0.99), **quiz.QLORA_24GB_SETTINGS).fits("RTX 4090")
+    too_big = vram.estimate(int(billions * 1e9 * 1.02), **quiz.QLORA_24GB_SETTINGS).fits("RTX 4090")
+    assert fits and not too_big

@@ -124,6 +124,17 @@ def _t4_dtype_index() -> int:
     return ["bfloat16", "float16", "float32"].index(compute_dtype_for("cuda", (7, 5)))
 
 
+#: The settings of the syllabus's "24 GB card" quick check, stated so the answer can be checked.
+QLORA_24GB_SETTINGS = dict(method="qlora", rank=16, batch_size=1, seq_len=512, gradient_checkpointing=True,
+                           optimizer="paged_adamw_8bit", precision="bf16")
+
+
+def _largest_qlora_model_on_24gb() -> float:
+    from .vram import largest_model_that_fits
+
+    return largest_model_that_fits("RTX 4090", **QLORA_24GB_SETTINGS) / 1e9
+
+
 PREFLIGHT = [
     MultipleChoice(
         "A Colab T4 (compute capability 7.5) runs your fine-tune. Which dtype should it compute in?",
@@ -142,6 +153,30 @@ PREFLIGHT = [
         1,
         "Masked pad labels would also mask every eos, and generation then runs on to max_new_tokens "
         "(see huggingface/trl#1623).",
+    ),
+]
+
+VRAM = [
+    Numeric(
+        "You have a 24 GB card (RTX 4090). What is the largest dense model, in billions of parameters, that "
+        "you can fine-tune with QLoRA (rank 16, all linear layers, batch 1, sequence 512, gradient "
+        "checkpointing, paged 8-bit AdamW)?",
+        _largest_qlora_model_on_24gb,
+        0.15,
+        "billion parameters",
+        "lora_lab.vram puts the limit near {answer} billion under these settings: 30B fits, 70B does not. "
+        "The syllabus's '13B comfortably, 30B tight' holds only with longer sequences or bigger batches.",
+    ),
+    MultipleChoice(
+        "A calculator takes the largest of weights, gradients, optimizer states and activations as the memory "
+        "a run needs. What is wrong with that?",
+        (
+            "Nothing: the largest part decides",
+            "They are all held at the same time, so they add up; activations and logits also grow with batch and sequence",
+            "It should take the smallest part",
+        ),
+        1,
+        "accelerate's estimate-memory does this (shared/reference/measured-memory.md); the parts coexist at the peak.",
     ),
 ]
 

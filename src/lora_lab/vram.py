@@ -883,6 +883,22 @@ def smallest_gpu(model, **kwargs) -> str | None:
     return None
 
 
+def largest_model_that_fits(gpu, *, lo: float = 1e8, hi: float = 1e12, **kwargs) -> int:
+    """The largest generic dense decoder (parameter count) whose training step fits on `gpu`.
+
+    Bisects over bare parameter counts (see `estimate` for the generic architecture assumed), so
+    the answer to "what can I fine-tune on this card?" comes from the same estimate as everything
+    else. Returns 0 if even `lo` parameters do not fit.
+    """
+    if not _quiet_estimate(int(lo), **kwargs).fits(gpu):
+        return 0
+    lo, hi = int(lo), int(hi)
+    while hi / lo > 1.001:
+        mid = int((lo * hi) ** 0.5)
+        lo, hi = (mid, hi) if _quiet_estimate(mid, **kwargs).fits(gpu) else (lo, mid)
+    return lo
+
+
 def suggestions(model, gpu, **kwargs) -> list[str]:
     """Changes that would make a step that does not fit on `gpu` fit, each checked by `estimate`.
 
