@@ -20,7 +20,7 @@ setup: $(STAMP)
 
 # Execute every notebook in order (cpu profile unless a GPU is present) into build/notebooks/.
 run: $(STAMP)
-	MPLBACKEND=Agg $(BIN)/python -m lora_lab.course run
+	$(BIN)/python -m lora_lab.course run
 
 test: $(STAMP) lint check-sync pytest nbtest
 
@@ -39,7 +39,7 @@ pytest: $(STAMP)
 	MPLBACKEND=Agg $(BIN)/python -m pytest tests
 
 nbtest: $(STAMP)
-	MPLBACKEND=Agg $(BIN)/python -m pytest --nbmake --nbmake-timeout=900 notebooks/[0-9][0-9]_*.ipynb
+	$(BIN)/python -m pytest --nbmake --nbmake-timeout=900 notebooks/[0-9][0-9]_*.ipynb
 
 # After editing a notebooks/NN_topic.py: regenerate its .ipynb twin, without outputs.
 sync: $(STAMP)

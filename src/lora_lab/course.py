@@ -155,7 +155,6 @@ def main(argv=None) -> int:
     p_fig.add_argument("notebooks", nargs="*", type=Path, help="default: every notebooks/NN_*.ipynb")
     args = parser.parse_args(argv)
     if args.command == "run":
-        os.environ.setdefault("MPLBACKEND", "Agg")
         notebooks = args.notebooks or course_notebooks()
         failed = run(notebooks, args.out)
         print(f"{len(notebooks) - failed}/{len(notebooks)} notebooks ok; executed copies in {args.out}")
