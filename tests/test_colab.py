@@ -66,7 +66,10 @@ def test_set_repo_rewrites_badges_and_install_cells(tmp_path, monkeypatch):
     for src in SOURCES[:2]:
         (folder / src.name).write_text(src.read_text())
     monkeypatch.setattr(colab, "REPO_FILE", tmp_path / "REPO")
-    changed = colab.set_repo("someone/fork", folder)
+    readme = tmp_path / "README.md"
+    readme.write_text((ROOT / "README.md").read_text())
+    changed = colab.set_repo("someone/fork", folder, readme)
+    assert "lora-lab/lora-lab" not in readme.read_text() and colab.badge_url("someone/fork", "00_preflight.ipynb") in readme.read_text()
     assert len(changed) == len(SOURCES[:2])
     assert colab.course_repo() == "someone/fork"
     for path in changed:
@@ -78,3 +81,10 @@ def test_set_repo_rewrites_badges_and_install_cells(tmp_path, monkeypatch):
 def test_set_repo_refuses_a_bad_address(repo):
     with pytest.raises(ValueError, match="owner/name"):
         colab.check_repo(repo)
+
+
+def test_readme_colab_section_lists_every_notebook_with_its_badge():
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## On Google Colab", 1)[1].split("\n## ", 1)[0]
+    for source in SOURCES:
+        assert colab.badge_url(colab.course_repo(), source.with_suffix(".ipynb").name) in section, source.name

@@ -46,10 +46,17 @@ def rewrite_notebook_source(text: str, repo: str, notebook: str) -> str:
     return _CELL_RE.sub(f'LORA_LAB_REPO = "{repo}"', text)
 
 
-def set_repo(repo: str, folder: Path = NOTEBOOKS) -> list[Path]:
-    """Write `repo` to colab/REPO and into every notebook source; return the sources changed."""
+def set_repo(repo: str, folder: Path = NOTEBOOKS, readme: Path | None = ROOT / "README.md") -> list[Path]:
+    """Write `repo` to colab/REPO and into every notebook source and the README's badges.
+
+    Returns the notebook sources changed.
+    """
     check_repo(repo)
     REPO_FILE.write_text(repo + "\n")
+    if readme is not None and readme.exists():
+        text = readme.read_text()
+        text = _BADGE_RE.sub(lambda m: badge_url(repo, m.group(2)), text)
+        readme.write_text(text)
     changed = []
     for py in sorted(folder.glob("[0-9][0-9]_*.py")):
         old = py.read_text()
