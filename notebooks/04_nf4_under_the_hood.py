@@ -1,0 +1,399 @@
+# %% [markdown]
+# # 04 · NF4 under the hood: 4-bit quantization from scratch, matched bit for bit
+#
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/lora-lab/lora-lab/blob/main/notebooks/04_nf4_under_the_hood.ipynb)
+
+# %% tags=["colab-install"]
+# Colab only: install the course's pinned packages (never torch or numpy: Colab's own stay) and lora_lab.
+import subprocess
+import sys
+
+LORA_LAB_REPO = "lora-lab/lora-lab"  # set by `make colab-links REPO=owner/name`
+if "google.colab" in sys.modules:
+    base = f"https://raw.githubusercontent.com/{LORA_LAB_REPO}/main"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-r", f"{base}/colab/requirements.txt",
+                    f"lora-lab @ git+https://github.com/{LORA_LAB_REPO}"], check=True)
+
+# %%
+from lora_lab import hardware, profiles
+
+hw = hardware.preflight()
+profile = profiles.get_profile()
+print(profile.summary())
+
+# %% [markdown]
+# ## What is in the 4 bits?
+#
+# QLoRA stores the frozen base model in "4-bit NormalFloat" (NF4). The syllabus calls it *smart
+# rounding* and moves on. Here we take it apart. A 4-bit weight is made of three things:
+#
+# 1. a **code book**: 16 numbers between -1 and 1. The 4 bits are just an index into it;
+# 2. a **scale per block**: the weights are cut into blocks of 64, and each block is divided by
+#    its largest magnitude (its *absmax*), kept in 32 bits, so every block fits the code book;
+# 3. **rounding**: each scaled weight gets the code of the nearest level.
+#
+# `lora_lab.quant` builds all of it in plain PyTorch, and along the way we check every step
+# against `bitsandbytes`, the library a real QLoRA run uses. Then we ask what the rounding costs:
+# in error, in storage, and in what a model remembers.
+#
+# ## The three code books
+#
+# * **NF4** takes its levels from the standard normal distribution: 8 quantiles for the positive
+#   side, 7 for the negative side, and an exact 0, all divided by the largest. 16 codes cannot hold
+#   a symmetric set *and* an exact zero, hence the asymmetry.
+# * **FP4** is a tiny floating-point number (1 sign, 2 exponent, 1 mantissa bit), as bitsandbytes
+#   defines it: levels crowd near zero and thin out towards ±1.
+# * **INT4** spaces its levels evenly: k/7 for k = -7 … 7.
+
+# %%
+import torch
+from bitsandbytes import functional as bnb_functional
+
+from lora_lab import quant
+
+for fmt in quant.FORMATS:
+    levels = quant.code_book(fmt)
+    print(f"{fmt.upper():5}", " ".join(f"{v:+.3f}" for v in levels.tolist()))
+
+nf4 = quant.nf4_code()
+print(f"\nNF4: {(nf4 < 0).sum().item()} negative, {(nf4 == 0).sum().item()} zero, {(nf4 > 0).sum().item()} positive levels")
+print("NF4 equals bitsandbytes' get_4bit_type('nf4') exactly:",
+      torch.equal(nf4, bnb_functional.get_4bit_type("nf4", device="cpu")))
+print("FP4 equals bitsandbytes' get_4bit_type('fp4') exactly:",
+      torch.equal(quant.fp4_code(), bnb_functional.get_4bit_type("fp4", device="cpu")))
+
+# %% [markdown]
+# The FP4 row is in *code* order (code 0 first), which for a float format is not value order.
+# NF4's row is sorted, so code 0 is -1 and code 15 is +1.
+#
+# ## Why normal quantiles? Look at the weights
+#
+# Trained weights are roughly bell-shaped, and within a block divided by its absmax they fill
+# [-1, 1] with most values near zero. Quantiles put the levels where the values are, so that each
+# level is used about equally often. Below: the block-normalized weights of this profile's base
+# model (every linear layer that a 4-bit load quantizes), then a heavy-tailed sample (Student's t
+# with 3 degrees of freedom) normalized the same way. The spikes at ±1 are each block's own
+# maximum.
+
+# %%
+import matplotlib.pyplot as plt
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from lora_lab import quant_plots, tiny
+
+model_path = tiny.resolve_model_path(profile.model_id)
+device = "cuda" if hw.device_type == "cuda" else "cpu"
+model_dtype = torch.float16 if device == "cuda" else torch.float32
+model = AutoModelForCausalLM.from_pretrained(model_path, dtype=model_dtype).to(device).eval()
+tokenizer = AutoTokenizer.from_pretrained(model_path)
+linears = quant.quantizable_linears(model)
+# up to 2**16 values from each quantized layer (all of them for the tiny model), whole blocks
+weights = torch.cat([m.weight.detach().float().reshape(-1)[: 2**16].cpu() for m in linears.values()])
+torch.manual_seed(0)
+heavy = torch.distributions.StudentT(3.0).sample((weights.numel(),))
+print(f"{len(linears)} quantized linear layers; {weights.numel():,} weight values sampled")
+print(f"excess kurtosis (0 for a normal distribution): weights {quant.kurtosis(weights):.2f}, "
+      f"heavy-tailed sample {quant.kurtosis(heavy):.2f}")
+
+fig, axes = plt.subplots(2, 1, figsize=(8, 5.5), sharex=True)
+quant_plots.levels_over_histogram(weights, ax=axes[0], title=f"{profile.model_id}: linear weights / block absmax")
+quant_plots.levels_over_histogram(heavy, ax=axes[1], title="Student's t (3 d.o.f.) / block absmax")
+plt.tight_layout()
+plt.show()
+
+# %%
+usage = {fmt: quant.level_usage(weights, fmt) for fmt in quant.FORMATS}
+for fmt, shares in usage.items():
+    print(f"{fmt.upper():5} share of weights per level (levels in increasing order):")
+    print("      " + " ".join(f"{s:.1%}" for s in shares.tolist()))
+print(f"\nbusiest level holds: NF4 {usage['nf4'].max():.1%}, FP4 {usage['fp4'].max():.1%}, "
+      f"INT4 {usage['int4'].max():.1%} of the weights (a perfectly even split would be {1 / 16:.1%})")
+
+# %% [markdown]
+# NF4 spreads the weights far more evenly over its levels than INT4 or FP4 do: fewer codes are
+# wasted on values that hardly occur. (The outermost NF4 levels get the block maxima; the levels
+# are not perfectly even because the normalized weights are not exactly normal: dividing by the
+# block's own maximum changes the distribution, and how much depends on the block size. That is
+# the point of arXiv 2306.06965, "NF4 isn't information theoretically optimal".)
+#
+# ## Our quantizer against bitsandbytes, bit for bit
+#
+# `quant.quantize` follows the recipe: blocks of 64, fp32 absmax per block, scale by 1/absmax,
+# nearest level by midpoints, two codes per byte with the first in the high nibble. We quantize
+# a million random values with it and with `bitsandbytes.functional.quantize_4bit`, and compare.
+
+# %%
+g = torch.Generator().manual_seed(0)
+x = torch.randn(1024, 1024, generator=g) * 0.02  # 1,048,576 values shaped like a weight matrix
+for fmt in ("nf4", "fp4"):
+    ours = quant.quantize(x, fmt)
+    packed, state = bnb_functional.quantize_4bit(x, blocksize=64, quant_type=fmt)
+    print(f"{fmt.upper()}: packed codes equal {torch.equal(ours.packed, packed.view(-1))}, "
+          f"absmax equal {torch.equal(ours.absmax, state.absmax)}, dequantized equal "
+          f"{torch.equal(quant.dequantize(ours), bnb_functional.dequantize_4bit(packed, state))}")
+
+first = ours.packed[:3].tolist()
+print("\nfirst three bytes:", [f"0x{b:02x}" for b in first], "-> codes", ours.codes()[:6].tolist(),
+      "(high nibble first)")
+
+# %% [markdown]
+# ## How much error does each format add?
+#
+# We measure the *relative RMSE*, ‖x − x̂‖ / ‖x‖, on normal data and on the heavy-tailed sample,
+# first with QLoRA's block of 64, then for block sizes from 32 to 4096. A bigger block shares one
+# absmax among more values: the absmax grows (the largest of more values), so most values are
+# squeezed into fewer levels near zero.
+
+# %%
+normal = torch.randn(2**18, generator=g)
+heavy_sample = heavy[: 2**18]
+print(f"{'':16}" + "".join(f"{f.upper():>8}" for f in quant.FORMATS))
+table = {}
+for name, data in (("normal", normal), ("heavy-tailed", heavy_sample), ("model weights", weights)):
+    table[name] = {fmt: quant.relative_rmse(data, quant.round_trip(data, fmt)) for fmt in quant.FORMATS}
+    print(f"{name:16}" + "".join(f"{e:8.4f}" for e in table[name].values()))
+
+blocksizes = [32, 64, 128, 256, 512, 1024, 2048, 4096]
+sweep = {}
+for fmt in quant.FORMATS:
+    for name, data in (("normal", normal), ("heavy-tailed", heavy_sample)):
+        sample = data[: 2**17]
+        sweep[f"{fmt.upper()} {name}"] = [quant.relative_rmse(sample, quant.round_trip(sample, fmt, bs)) for bs in blocksizes]
+quant_plots.error_vs_blocksize(blocksizes, sweep, title="4-bit rounding error against block size")
+plt.show()
+
+# %% [markdown]
+# NF4 has the lowest error of the three in every row. The gap to INT4 and FP4 widens with the
+# block size, most of all on heavy tails, where one large outlier sets the scale of a whole block.
+# QLoRA reports the same order on real models: mean perplexity 27.41 with NF4 + double
+# quantization, 29.48 / 31.07 with FP4 (two variants) and 34.34 with Int4 (QLoRA, arXiv
+# 2305.14314, Table 2).
+#
+# ## Double quantization: what it saves and what it costs
+#
+# With blocks of 64, the fp32 absmax adds 32/64 = 0.5 bit to every weight: 4.5 bits instead of
+# 4. Double quantization stores the absmax values themselves in 8 bits: subtract their mean, cut
+# them into blocks of 256, scale each block by its own absmax (one fp32 number per 256 blocks)
+# and round to bitsandbytes' 8-bit "dynamic" code book.
+
+# %%
+for dq in (False, True):
+    s = quant.storage_bits(64 * 256 * 1000, double_quant=dq)  # a weight of 16,384,000 values
+    print(f"double quant {dq!s:5}: codes {s.codes / s.n:.3f} + absmax {s.absmax / s.n:.3f} + "
+          f"second-level scales {s.scales2 / s.n:.4f} = {s.per_parameter:.4f} bits per weight "
+          f"(+ {s.constants} bits per tensor for code books and offset)")
+print(f"saved by double quantization: {quant.bits_per_parameter() - quant.bits_per_parameter(double_quant=True):.3f} "
+      "bit per weight")
+
+for fmt in ("nf4", "fp4"):
+    plain = quant.relative_rmse(normal, quant.round_trip(normal, fmt))
+    dq = quant.relative_rmse(normal, quant.round_trip(normal, fmt, double_quant=True))
+    print(f"{fmt.upper()} relative RMSE on normal data: {plain:.5f} without, {dq:.5f} with double quantization "
+          f"({(dq - plain) / plain:+.2%})")
+
+ours = quant.quantize(x, "nf4", double_quant=True)
+packed, state = bnb_functional.quantize_4bit(x, blocksize=64, quant_type="nf4", compress_statistics=True)
+agree = (ours.double_quant.codes == state.absmax).double().mean().item()
+print(f"\nagainst bitsandbytes: 4-bit codes equal {torch.equal(ours.packed, packed.view(-1))}, offset equal "
+      f"{torch.equal(ours.double_quant.offset, state.offset)}, 8-bit absmax codes equal for {agree:.2%}")
+
+# %% [markdown]
+# Double quantization saves the difference between the two bit counts printed above, and the
+# error barely moves: the absmax values are rounded far more finely (256 levels) than the
+# weights (16). One detail from checking it against bitsandbytes: the 8-bit codes agree for all but a
+# fraction of a percent of the absmax values. bitsandbytes' CPU kernel looks the level up with a fast
+# approximate table search and, for values lying close to the midpoint between two levels,
+# sometimes returns a neighbour; `lora_lab.quant` takes the nearest level. `tests/test_quant.py`
+# checks that ours is never the farther one, and that with bitsandbytes' 8-bit codes our
+# dequantization reproduces its output bit for bit.
+#
+# ## Storage of a 7B base
+#
+# Only the weights of the linear layers are quantized. Embeddings, norms, biases and the output
+# head stay in 16 bits. `lora_lab.vram` knows the shapes of Qwen2.5-7B from its `config.json`.
+
+# %%
+from lora_lab import vram
+
+arch = vram.load_arch("Qwen/Qwen2.5-7B")
+shapes = [(li.d_in, li.d_out) for li in arch.linears] * arch.num_layers
+quantized_params = sum(i * o for i, o in shapes)
+other_params = arch.total_params - quantized_params
+print(f"{arch.name}: {arch.total_params:,} parameters, {quantized_params:,} in quantized linear weights, "
+      f"{other_params:,} stay 16-bit")
+GB = 1e9
+print(f"{'bf16':14}: {2 * arch.total_params / GB:6.2f} GB")
+total = {}
+for dq in (False, True):
+    linear_bytes = sum(quant.storage_bits(i * o, double_quant=dq).total for i, o in shapes) / 8
+    assert linear_bytes == sum(vram.nf4_bytes(i * o, double_quant=dq) for i, o in shapes)  # same as lora_lab.vram
+    total[dq] = linear_bytes + 2 * other_params
+    print(f"{'NF4 + DQ' if dq else 'NF4':14}: {total[dq] / GB:6.2f} GB "
+          f"(linear weights {linear_bytes / GB:.2f} GB = {8 * linear_bytes / quantized_params:.3f} bits each)")
+print(f"double quantization saves {(total[False] - total[True]) / GB:.2f} GB; the 16-bit rest "
+      f"(vocabulary {arch.vocab_size:,} x hidden {arch.hidden_size:,}, embeddings and untied head) is "
+      f"{2 * other_params / total[True]:.0%} of the NF4 + DQ total")
+
+# %% [markdown]
+# In 4 bits a 7B base takes about a third of its bf16 size. What stays in 16 bits, mostly the
+# embedding matrix and the output head over a large vocabulary, becomes a big share of what is
+# left: this is why QLoRA helps less on small models with big vocabularies.
+#
+# ## What it does to a model
+#
+# Now the base model itself. For each format we swap every quantized linear weight for its 4-bit
+# round trip (`quant.quantized`, which also puts the weights back afterwards) and score the model
+# on the course world's facts: "the color of mipoka is" → " orange". We report the loss on the
+# answer word, the share of facts whose answer is still the top prediction, and the *margin*: how
+# many logits the right answer leads the best wrong one by. On the `cpu` profile these are the
+# facts the tiny model memorised in pretraining; a real model has never seen this invented world,
+# so for it they are genuinely held-out text.
+#
+# First, to be sure that our round trip is what a real 4-bit load computes with, we load the model
+# through transformers with `BitsAndBytesConfig(load_in_4bit=True)` and compare the weights.
+
+# %%
+from transformers import BitsAndBytesConfig
+
+bnb_config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=model_dtype)
+model_4bit = AutoModelForCausalLM.from_pretrained(model_path, quantization_config=bnb_config, dtype=model_dtype,
+                                                  device_map={"": device})
+modules_4bit = dict(model_4bit.named_modules())
+same = sum(torch.equal(bnb_functional.dequantize_4bit(modules_4bit[n].weight.data, modules_4bit[n].weight.quant_state),
+                       quant.round_trip(m.weight.data, "nf4"))
+           for n, m in linears.items())
+print(f"{same} of {len(linears)} bitsandbytes 4-bit layers dequantize to exactly our NF4 round trip")
+del model_4bit
+
+# %%
+prompts, answers = quant.fact_prompts()
+results = {"fp32" if model_dtype == torch.float32 else "16-bit": quant.completion_loss(model, tokenizer, prompts, answers)}
+weight_error = {}
+for fmt in quant.FORMATS:
+    with quant.quantized(model, fmt) as errors:
+        results[fmt.upper()] = quant.completion_loss(model, tokenizer, prompts, answers)
+    weight_error[fmt.upper()] = sum(errors.values()) / len(errors)
+
+reference = next(iter(results.values()))
+print(f"{len(prompts)} facts")
+print(f"{'':8}{'weight rel. RMSE':>18}{'answer loss':>13}{'change':>9}{'answered':>10}{'median margin':>15}")
+for name, r in results.items():
+    err = f"{weight_error[name]:.4f}" if name in weight_error else "-"
+    print(f"{name:8}{err:>18}{r['loss']:13.4f}{(r['loss'] - reference['loss']) / reference['loss']:+9.1%}"
+          f"{r['accuracy']:10.1%}{r['margins'].median():15.2f}")
+
+fig, ax = plt.subplots(figsize=(6, 3))
+for name, r in results.items():
+    ax.hist(r["margins"].numpy(), bins=60, histtype="step", label=name)
+ax.set(xlabel="margin of the right answer (logits)", ylabel="facts", title="How sure the model is, per format")
+ax.legend()
+plt.show()
+
+# %% [markdown]
+# Read the table from left to right. Each format perturbs the weights by about the relative
+# error we measured on random data, NF4 the least. How much the perturbation *matters* depends on
+# the model's margins. In our runs on the `cpu` profile, NF4 cost the least answer loss and FP4 the
+# most; the tiny model knows its facts with margins of several logits, 4-bit rounding moves them
+# by a small fraction of that, and every fact survives.
+#
+# The course's notes (`cpu-profile-notes.md`) expected the tiny model to suffer from 4 bits much
+# more than a 7B model does, from a QLoRA fine-tuning run that reached 54% exact match against
+# 86% with a 16/32-bit base (a different build of the tiny model, one seed). The measurement above
+# says the base's memorised facts come through NF4 intact, so a gap like that has to come from
+# *training* through a rounded base, not from knowledge lost in the rounding; notebook 03 is where
+# to test it. Relative weight error does not shrink with model size: it depends on the shape of
+# the weight distribution and on the block size, not on the number of weights.
+#
+# ## Why the adapters stay in 16 or 32 bits
+#
+# QLoRA freezes the 4-bit base and trains small LoRA matrices in 16/32 bits. Training the 4-bit
+# weights directly would not work: one optimizer step changes a weight by roughly the learning
+# rate, far less than the gap between two 4-bit levels, so the step is rounded away. We add one
+# Adam-sized step (every weight moved by ± the learning rate) to the first quantized layer and see
+# what 4 bits keep of it.
+
+# %%
+w = next(iter(linears.values())).weight.detach().float().cpu()
+for lr in (2e-4, profile.learning_rate):  # QLoRA's rate for 7B/13B models, and this profile's
+    step = lr * torch.randn(w.shape, generator=g).sign()
+    kept = quant.rounding_of_update(w, step)
+    print(f"step of ±{lr:g}: {kept['changed']:.2%} of the 4-bit codes change; relative error of the "
+          f"step as the 4-bit weights see it: {kept['error']:.2f}")
+
+lora_params = sum(profile.lora_r * (m.in_features + m.out_features) for m in linears.values())
+base_params = sum(p.numel() for p in model.parameters())
+print(f"\nLoRA r={profile.lora_r} on all {len(linears)} linear layers: {lora_params:,} parameters "
+      f"({lora_params / base_params:.1%} of the base), {4 * lora_params / 2**20:.1f} MiB in fp32")
+lora_7b = vram.lora_params(arch, profile.lora_r)
+print(f"the same on {arch.name}: {lora_7b:,} parameters ({lora_7b / arch.total_params:.2%} of the base), "
+      f"{4 * lora_7b / 2**20:.0f} MiB in fp32")
+
+# %% [markdown]
+# An error of 1 would mean the step was lost; above 1 it is worse than lost: most weights do not
+# move at all, and the few that cross a level boundary jump by a whole level, so the change the
+# 4-bit weights show is mostly rounding noise, not the step. The adapters, on the other hand, are
+# small enough to keep in full precision at little cost (on a narrow tiny model they are a sizeable
+# share, on a 7B model a fraction of a percent), and every step reaches them intact. The base only has to be *read*: each 4-bit layer dequantizes its weights on the
+# fly, multiplies in the compute dtype, and adds the adapter's output.
+#
+# ## LoftQ and PiSSA: let the adapter start where rounding left off
+#
+# With QLoRA's default initialisation the adapter starts at zero, so training starts from the
+# rounded model Q(W), not from W. Two initialisations, both in peft's `init_lora_weights`, use the
+# adapter's rank to start closer to W:
+#
+# * **PiSSA** (arXiv 2404.02948, `init_lora_weights="pissa"`) moves the top singular directions
+#   of W into the adapter and quantizes only the residual, which has a smaller range.
+# * **LoftQ** (arXiv 2310.08659, `init_lora_weights="loftq"`) alternates: quantize W minus the
+#   adapter, then fit the adapter to what the rounding lost.
+#
+# `quant.lowrank_compensated` implements both with our NF4 (peft's PiSSA residual is checked in
+# the tests; peft's LoftQ helper runs its SVD on a GPU, so here we use ours). We measure the
+# weight error and the answer loss the model starts fine-tuning from, with this profile's rank.
+
+# %%
+for init in ("pissa", "loftq"):
+    with quant.quantized(model, "nf4", rank=profile.lora_r, init=init, iters=2) as errors:
+        results[f"NF4+{init}"] = quant.completion_loss(model, tokenizer, prompts, answers)
+    weight_error[f"NF4+{init}"] = sum(errors.values()) / len(errors)
+
+for name in ("NF4", "NF4+pissa", "NF4+loftq"):
+    print(f"{name:10} weight relative RMSE {weight_error[name]:.4f}   answer loss {results[name]['loss']:.4f} "
+          f"({(results[name]['loss'] - reference['loss']) / reference['loss']:+.1%} against the unquantized model)")
+
+# %% [markdown]
+# Both starts remove part of the rounding error for the price of an SVD per layer. Be careful
+# with the size of the effect here: on the tiny model, rank 16 is an eighth of a 128-wide layer, so
+# the adapter can soak up much of the error; on a 7B model the same rank is a small slice of a
+# 3584-wide layer. These initialisations matter most where rounding hurts: at 2-3 bits, or on
+# weights with outliers.
+#
+# ## Summary
+#
+# * NF4 is a lookup table of 16 normal quantiles (7 negative, 0, 8 positive), applied per block of
+#   64 weights scaled by their absmax. Nothing more: we rebuilt it and matched bitsandbytes' codes,
+#   scales and outputs exactly.
+# * It has less error than FP4 or INT4 on bell-shaped and on heavy-tailed data, and the error grows
+#   with the block size.
+# * Storage: 4.5 bits per weight, 4.127 with double quantization, which costs almost no accuracy.
+# * Adapters stay in 16/32 bits because a training step is far smaller than a 4-bit level gap.
+#
+# ## Exercises
+#
+# 1. NF4's outermost quantile is at probability 0.9677083. Build NF4 code books with other
+#    offsets (`quant.nf4_code(offset)`; `quant.round_trip` accepts a code book) and measure the
+#    relative RMSE on normal data in blocks of 64. Is bitsandbytes' choice close to the best?
+# 2. Blocks of 128 instead of 64, with double quantization: how many bits per weight, how much
+#    more error on the model's weights, and how many GB would it save on Qwen2.5-7B?
+
+# %% tags=["solution"]
+for offset in (0.93, 0.95, 0.9677083, 0.98, 0.99, 0.995):
+    err = quant.relative_rmse(normal, quant.round_trip(normal, quant.nf4_code(offset)))
+    print(f"offset {offset:<9}: relative RMSE {err:.5f}")
+
+# %% tags=["solution"]
+for bs in (64, 128):
+    bits = quant.bits_per_parameter(bs, double_quant=True)
+    err = quant.relative_rmse(weights, quant.round_trip(weights, "nf4", bs, double_quant=True))
+    linear_gb = sum(quant.storage_bits(i * o, bs, double_quant=True).total for i, o in shapes) / 8 / GB
+    print(f"block {bs:3}: {bits:.4f} bits per weight, relative RMSE {err:.4f}, Qwen2.5-7B linear weights {linear_gb:.3f} GB")
