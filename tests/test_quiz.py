@@ -4,7 +4,7 @@ import pytest
 
 from lora_lab import hardware, quiz
 
-ALL = quiz.PREFLIGHT + quiz.VRAM + quiz.LORA_BASICS
+ALL = quiz.PREFLIGHT + quiz.VRAM + quiz.LORA_BASICS + quiz.NF4
 
 
 def test_numeric_answer_is_computed_and_checked():
@@ -56,3 +56,9 @@ def test_largest_model_on_a_24gb_card_comes_from_the_estimator():
     fits = vram.estimate(int(billions * 1e9 * 0.99), **quiz.QLORA_24GB_SETTINGS).fits("RTX 4090")
     too_big = vram.estimate(int(billions * 1e9 * 1.02), **quiz.QLORA_24GB_SETTINGS).fits("RTX 4090")
     assert fits and not too_big
+
+
+def test_nf4_answers_come_from_the_quant_module():
+    assert quiz.NF4[0].value() == 4 + 1 / 8 + 1 / 512
+    assert quiz.NF4[0].check("4.127").correct and not quiz.NF4[0].check("4.5").correct
+    assert quiz.NF4[1].value() == 7

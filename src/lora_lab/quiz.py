@@ -221,3 +221,47 @@ LORA_BASICS = [
         "layers necessary to match full fine-tuning.",
     ),
 ]
+
+
+def _nf4_dq_bits() -> float:
+    from .quant import bits_per_parameter
+
+    return bits_per_parameter(64, double_quant=True)
+
+
+def _nf4_negative_levels() -> int:
+    from .quant import code_book
+
+    return int((code_book("nf4") < 0).sum())
+
+
+NF4 = [
+    Numeric(
+        "NF4 with blocks of 64 and double quantization of the absmax values: how many bits does each "
+        "quantized weight take, all constants of the blocks included?",
+        _nf4_dq_bits,
+        0.002,
+        "bits",
+        "4 bits of code + 8 bits of absmax per 64 weights + one fp32 scale per 256 blocks = {answer} "
+        "(4.5 without double quantization).",
+    ),
+    Numeric(
+        "How many of NF4's 16 levels are negative?",
+        _nf4_negative_levels,
+        0.0,
+        "levels",
+        "NF4 has {answer} negative levels, an exact zero and 8 positive ones: asymmetric, so zero is exact.",
+    ),
+    MultipleChoice(
+        "In a QLoRA model, which weights are stored in 4 bits?",
+        (
+            "Every weight, embeddings and norms included",
+            "The weights of the linear layers inside the decoder blocks; embeddings, norms and (by default) "
+            "the output head stay in 16 bits, and the LoRA weights in 32",
+            "Only the LoRA adapters",
+        ),
+        1,
+        "bitsandbytes replaces nn.Linear layers; prepare_model_for_kbit_training even upcasts the rest "
+        "to fp32, which is why small models with big vocabularies can need more memory in QLoRA than in LoRA.",
+    ),
+]
