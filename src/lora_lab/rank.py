@@ -1,0 +1,878 @@
+"""What the LoRA rank buys, measured: parameters, file size, recovery, scaling rules, SFT, merging.
+
+Notebook `02_lora_rank_tradeoff` calls these functions; every number it shows comes from them.
+
+1. Parameter math (`parameter_table`, `peft_trainable_params`, `adapter_file_report`): a LoRA
+   adapter on a d_in x d_out layer has r * (d_in + d_out) parameters; its safetensors file holds
+   bytes-per-value times that, plus a small JSON header.
+2. Controlled low-rank recovery (`make_problem`, `fit_lora`, `recovery_sweep`, `knee`): one frozen
+   linear layer, a target update of known rank plus noise, LoRA fitted per rank. For inputs drawn
+   from N(0, I) the excess held-out error of a fitted update is exactly
+   ||dW_fit - dW_true||_F^2, so we report the relative Frobenius error of the update.
+3. Scaling rules (`scaling_sweep`): the update is scaled by alpha / r (alpha fixed), 1 (alpha = r)
+   or alpha / sqrt(r) (rsLoRA, arXiv 2312.03732); a learning-rate sweep per rank shows which rule
+   keeps the best learning rate where it is when the rank changes.
+4. SFT sweep (`sft_sweep`): the cpu profile's tiny model on the course's `recall` task, per rank,
+   full fine-tuning, attention-only vs MLP-only at equal parameter count, and a learning-rate
+   sweep. On the cpu profile a plain PyTorch loop trains (one thread, fp32 base, LoRA in fp32: the
+   SFTTrainer's fixed costs would dominate runs this short); on a GPU profile the same configs go
+   through `lora_lab.train.sft` (QLoRA, the course's real pipeline).
+5. Merging (`merge_report`): logits of the merged and the unmerged model, and forward-pass timings.
+
+Results are cached as JSON under ``build/rank/`` (`cached`), keyed by everything that shapes them,
+so a re-run of the notebook only plots.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import random
+import statistics
+import struct
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from . import vram
+
+#: Ranks the parameter table and the recovery experiment cover.
+RANKS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+#: Bytes per stored value by dtype name.
+DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
+#: Scaling rules of the LoRA update: name -> what peft multiplies B @ A by.
+SCALING_RULES = ("alpha fixed (alpha/r)", "alpha = r (scale 1)", "rsLoRA (alpha/sqrt r)")
+#: Environment variable that moves the result cache (default: <repo>/build/rank).
+CACHE_ENV = "LORA_LAB_RANK_CACHE"
+
+_ROOT = Path(__file__).resolve().parents[2]
+
+
+# ---------------------------------------------------------------------------------------------
+# Cache
+
+
+def cache_dir() -> Path:
+    """Where results are cached: $LORA_LAB_RANK_CACHE, else build/rank in the checkout (or ./build/rank)."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV])
+    if (_ROOT / "pyproject.toml").exists():
+        return _ROOT / "build" / "rank"
+    return Path("build") / "rank"
+
+
+def _key(payload: dict) -> str:
+    import peft
+    import transformers
+
+    full = {"payload": payload, "torch": torch.__version__, "transformers": transformers.__version__,
+            "peft": peft.__version__, "version": 1}
+    return hashlib.sha256(json.dumps(full, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def cached(name: str, payload: dict, compute: Callable[[], dict | list], use_cache: bool = True):
+    """Return the cached result for (`name`, `payload`) or compute, save and return it.
+
+    Args:
+        name: file name prefix (e.g. "recovery").
+        payload: every setting that shapes the result; its hash is part of the file name.
+        compute: builds the result (JSON-serialisable) when there is no cached copy.
+        use_cache: False always recomputes (and still writes the cache).
+    """
+    path = cache_dir() / f"{name}-{_key(payload)}.json"
+    if use_cache and path.exists():
+        return json.loads(path.read_text())
+    result = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, indent=1))
+    tmp.replace(path)
+    return result
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None):
+    """Run the block with `n` torch threads (None: leave as is). Tiny matmuls run best on one."""
+    if n is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. Parameter math
+
+
+def target_modules(arch: vram.Arch, name: str):
+    """peft `target_modules` for a named target set of an architecture.
+
+    Args:
+        arch: from `vram.load_arch`.
+        name: "q,v" (the LoRA paper's choice), "attention", "mlp" or "all-linear".
+
+    Returns:
+        "all-linear" or a tuple of module names that exist in `arch` (Phi-3 fuses q, k and v into
+        qkv_proj, so "q,v" and "attention" adapt qkv_proj there).
+
+    Raises:
+        ValueError: for an unknown set name.
+    """
+    names = {li.name for li in arch.linears}
+    if name == "all-linear":
+        return "all-linear"
+    if name == "q,v":
+        return ("qkv_proj",) if "qkv_proj" in names else ("q_proj", "v_proj")
+    if name == "attention":
+        return tuple(li.name for li in arch.linears if li.source in ("attn_in", "attn_out"))
+    if name == "mlp":
+        return tuple(li.name for li in arch.linears if li.source in ("mlp_in", "mlp_act"))
+    raise ValueError(f"Unknown target set {name!r}: choose q,v, attention, mlp or all-linear.")
+
+
+def lora_params(model, rank: int, targets="all-linear") -> int:
+    """Trainable LoRA parameters: layers x sum over adapted matrices of r * (d_in + d_out).
+
+    Args:
+        model: anything `vram.load_arch` reads (preset name, config, path, Arch).
+        rank: LoRA rank r.
+        targets: peft target_modules ("all-linear" or module names).
+    """
+    return vram.lora_params(vram.load_arch(model), rank, targets)
+
+
+def predicted_adapter_bytes(n_params: int, dtype: str = "float32") -> int:
+    """Bytes of the adapter's tensors in its safetensors file: bytes per value x parameters."""
+    return DTYPE_BYTES[dtype] * n_params
+
+
+def parameter_table(model, ranks: Sequence[int] = RANKS, target_sets: Sequence[str] = ("q,v", "all-linear"),
+                    dtype: str = "float32") -> list[dict]:
+    """Trainable parameters, share of the base model and predicted adapter size per rank and target set.
+
+    Returns:
+        One row per (target set, rank): targets, rank, params, share (of the base model's
+        parameters), adapter_bytes (tensor bytes at `dtype`).
+    """
+    arch = vram.load_arch(model)
+    rows = []
+    for name in target_sets:
+        targets = target_modules(arch, name)
+        for r in ranks:
+            n = vram.lora_params(arch, r, targets)
+            rows.append(dict(targets=name, rank=r, params=n, share=n / arch.total_params,
+                             adapter_bytes=predicted_adapter_bytes(n, dtype)))
+    return rows
+
+
+def meta_model(config: dict):
+    """A causal LM built on the meta device from a config.json dict: shapes only, no memory."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    cfg = AutoConfig.for_model(**{k: v for k, v in config.items() if not k.startswith("_")})
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(cfg)
+
+
+def peft_trainable_params(config: dict, rank: int, targets="all-linear") -> int:
+    """peft's own count of trainable parameters for LoRA on a meta-device model built from `config`."""
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(meta_model(config), LoraConfig(r=rank, lora_alpha=rank, target_modules=
+                                                           targets if isinstance(targets, str) else list(targets)))
+    trainable, _ = model.get_nb_trainable_parameters()
+    return int(trainable)
+
+
+def safetensors_header_bytes(path) -> int:
+    """Bytes before the tensor data of a safetensors file: the 8-byte length plus the JSON header."""
+    with open(path, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+    return 8 + n
+
+
+def adapter_file_report(model, rank: int, targets="all-linear", dtype: str = "float32", seed: int = 0) -> dict:
+    """Attach LoRA to a real (small) model, `save_pretrained` it, and compare the file with the formula.
+
+    Args:
+        model: a loaded causal LM (not yet PEFT-wrapped); it is wrapped here and unwrapped again.
+        rank: LoRA rank.
+        targets: peft target_modules.
+        dtype: "float32" (peft's default) or "float16"/"bfloat16": the adapter is cast before saving.
+        seed: LoRA initialisation seed.
+
+    Returns:
+        rank, dtype, params (peft's count), predicted_tensor_bytes, file_bytes, header_bytes,
+        tensor_bytes (file minus header).
+    """
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(seed)
+    peft_model = get_peft_model(model, LoraConfig(r=rank, lora_alpha=rank, target_modules=
+                                                  targets if isinstance(targets, str) else list(targets)))
+    try:
+        trainable, _ = peft_model.get_nb_trainable_parameters()
+        arch = vram.load_arch(model.config)
+        predicted = predicted_adapter_bytes(vram.lora_params(arch, rank, targets), dtype)
+        if dtype != "float32":
+            for name, p in peft_model.named_parameters():
+                if "lora_" in name:
+                    p.data = p.data.to(getattr(torch, dtype))
+        with tempfile.TemporaryDirectory() as tmp:
+            peft_model.save_pretrained(tmp)
+            weights = Path(tmp) / "adapter_model.safetensors"
+            file_bytes = weights.stat().st_size
+            header = safetensors_header_bytes(weights)
+    finally:
+        peft_model.unload()  # back to the plain base model (adapters removed)
+    return dict(rank=rank, dtype=dtype, params=int(trainable), predicted_tensor_bytes=predicted,
+                file_bytes=file_bytes, header_bytes=header, tensor_bytes=file_bytes - header)
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. Controlled low-rank recovery
+
+
+class _OneLayer(torch.nn.Module):
+    """A single frozen linear layer (what peft adapts in the controlled experiment)."""
+
+    def __init__(self, weight: torch.Tensor):
+        super().__init__()
+        self.layer = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=False)
+        self.layer.weight.data.copy_(weight)
+        self.layer.weight.requires_grad_(False)
+
+    def forward(self, x):
+        return self.layer(x)
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A controlled task: y = (W0 + dW) x + noise, dW of known rank, x ~ N(0, I)."""
+
+    d: int  # layer width (d_in = d_out)
+    true_rank: int  # rank of the target update dW
+    n_train: int  # training examples
+    noise: float  # standard deviation of the label noise, per output
+    seed: int  # seeds W0, dW, the inputs and the noise
+
+
+def make_problem(p: Problem, spectrum: str = "flat") -> dict:
+    """The tensors of a `Problem`: W0, dW (||dW||_F^2 = d), and the data in compressed form.
+
+    Args:
+        p: the problem.
+        spectrum: "flat" (true_rank equal singular values) or "decaying" (singular value i of
+            dW proportional to 1 / i over all d directions: `true_rank` is ignored, every rank has
+            more to learn).
+
+    Returns:
+        w0, dw, x, y, n, const. Least squares only sees the data through X^T X and X^T Y, so with
+        X = QR the loss ||Y - X W^T||^2 equals ||Q^T Y - R W^T||^2 + ||Y||^2 - ||Q^T Y||^2. We keep
+        x = R and y = Q^T Y (d rows instead of n) and the constant: the same loss, far cheaper steps.
+    """
+    g = torch.Generator().manual_seed(p.seed)
+    w0 = torch.randn(p.d, p.d, generator=g) / math.sqrt(p.d)
+    k = p.d if spectrum == "decaying" else p.true_rank
+    u, _ = torch.linalg.qr(torch.randn(p.d, k, generator=g))
+    v, _ = torch.linalg.qr(torch.randn(p.d, k, generator=g))
+    s = 1 / torch.arange(1, k + 1, dtype=torch.float32) if spectrum == "decaying" else torch.ones(k)
+    s = s * math.sqrt(p.d) / s.norm()  # ||dW||_F^2 = d: each output's signal variance is about 1
+    dw = (u * s) @ v.T
+    x = torch.randn(p.n_train, p.d, generator=g)
+    y = x @ (w0 + dw).T + p.noise * torch.randn(p.n_train, p.d, generator=g)
+    q, r = torch.linalg.qr(x)
+    qty = q.T @ y
+    return dict(w0=w0, dw=dw, x=r, y=qty, n=p.n_train, const=(y.square().sum() - qty.square().sum()).item())
+
+
+def scale_for(rule: str, rank: int, alpha: float) -> tuple[float, bool]:
+    """(lora_alpha, use_rslora) that implement a scaling rule at this rank.
+
+    "alpha fixed (alpha/r)": lora_alpha = alpha; "alpha = r (scale 1)": lora_alpha = r;
+    "rsLoRA (alpha/sqrt r)": lora_alpha = alpha with use_rslora=True.
+    """
+    if rule == SCALING_RULES[0]:
+        return alpha, False
+    if rule == SCALING_RULES[1]:
+        return float(rank), False
+    if rule == SCALING_RULES[2]:
+        return alpha, True
+    raise ValueError(f"Unknown scaling rule {rule!r}: choose one of {SCALING_RULES}.")
+
+
+def fit_lora(tensors: dict, rank: int, *, steps: int = 300, lr: float = 1e-2, rule: str = SCALING_RULES[2],
+             alpha: float = 8.0, seed: int = 0, record_every: int = 0) -> dict:
+    """Fit a peft LoRA adapter on the frozen layer W0 to (X, Y) with full-batch Adam and cosine decay.
+
+    Args:
+        tensors: from `make_problem`.
+        rank: LoRA rank.
+        steps: Adam steps.
+        lr: peak learning rate.
+        rule: one of SCALING_RULES.
+        alpha: the alpha of the "alpha fixed" and rsLoRA rules.
+        seed: LoRA initialisation (A random, B zero, as peft does).
+        record_every: record the relative update error every this many steps (0: never).
+
+    Returns:
+        error: ||dW_fit - dW||_F / ||dW||_F (the excess held-out error for x ~ N(0, I)),
+        train_mse, curve [(step, error)], diverged (loss not finite).
+    """
+    from peft import LoraConfig, get_peft_model
+
+    w0, dw, x, y, n, const = (tensors[k] for k in ("w0", "dw", "x", "y", "n", "const"))
+    lora_alpha, rslora = scale_for(rule, rank, alpha)
+    torch.manual_seed(seed)
+    model = get_peft_model(_OneLayer(w0), LoraConfig(r=rank, lora_alpha=lora_alpha, use_rslora=rslora,
+                                                     target_modules=["layer"]))
+    layer = model.base_model.model.layer
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
+    norm = dw.norm().item()
+
+    def update_error() -> float:
+        with torch.no_grad():
+            fitted = layer.get_delta_weight("default")
+            return ((fitted - dw).norm() / norm).item()
+
+    curve, diverged, loss = [], False, torch.tensor(0.0)
+    for step in range(steps):
+        if record_every and step % record_every == 0:
+            curve.append((step, update_error()))
+        loss = ((model(x) - y).square().sum() + const) / (n * w0.shape[0])  # the mean squared error on (X, Y)
+        if not torch.isfinite(loss):
+            diverged = True
+            break
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+    error = float("inf") if diverged else update_error()
+    if record_every:
+        curve.append((steps, error))
+    return dict(rank=rank, error=error, train_mse=float(loss.item()), curve=curve, diverged=diverged)
+
+
+def recovery_sweep(d: int = 128, true_rank: int = 8, n_trains: Sequence[int] = (96, 1024, 16384),
+                   ranks: Sequence[int] = (1, 2, 4, 8, 16, 32, 64, 128), noise: float = 1.0, steps: int = 200,
+                   lr: float = 1e-2, seed: int = 0) -> list[dict]:
+    """Relative update error per rank for each training-set size (rsLoRA scaling, Adam).
+
+    Returns:
+        One row per (n_train, rank): n_train, rank, error, train_mse.
+    """
+    rows = []
+    with torch_threads(1):
+        for n in n_trains:
+            tensors = make_problem(Problem(d, true_rank, n, noise, seed))
+            for r in ranks:
+                fit = fit_lora(tensors, r, steps=steps, lr=lr, seed=seed)
+                rows.append(dict(n_train=n, rank=r, error=fit["error"], train_mse=fit["train_mse"]))
+    return rows
+
+
+def knee(ranks: Sequence[int], errors: Sequence[float], tol: float = 0.25) -> int:
+    """The smallest rank whose error is within `tol` (relative) of the best error over all ranks.
+
+    Beyond the knee, more rank buys (almost) nothing. With `tol`=0.25 a rank counts as "there"
+    when its error is at most 1.25 x the best.
+    """
+    best = min(errors)
+    for r, e in sorted(zip(ranks, errors, strict=True)):
+        if e <= best * (1 + tol):
+            return r
+    return max(ranks)
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. Scaling rules at fixed learning rates
+
+
+def scaling_sweep(ranks: Sequence[int] = (2, 8, 32, 128),
+                  lrs: Sequence[float] = (5e-3, 1e-2, 2e-2, 5e-2, 1e-1, 2e-1, 5e-1),
+                  rules: Sequence[str] = SCALING_RULES, d: int = 128, n_train: int = 4096,
+                  noise: float = 0.5, steps: int = 60, alpha: float = 8.0, seed: int = 0,
+                  curve_lr: float = 1e-2) -> dict:
+    """Short fits (a fixed step budget) per scaling rule, rank and learning rate.
+
+    The target update has a decaying spectrum over all d directions, so every rank has more to
+    learn and the best fit improves with rank; the budget is
+    short on purpose: the scaling rule decides how far one step moves the update, which is what
+    a short fine-tuning run feels.
+
+    Returns:
+        grid: rows (rule, rank, lr, error); curves: {rule: {rank: [(step, error)]}} at `curve_lr`;
+        best_lr: {rule: {rank: lr with the lowest error}}; spread: {rule: max/min of best_lr over ranks}.
+    """
+    tensors = make_problem(Problem(d, d, n_train, noise, seed), spectrum="decaying")
+    grid, curves = [], {}
+    with torch_threads(1):
+        for rule in rules:
+            curves[rule] = {}
+            for r in ranks:
+                for lr in lrs:
+                    rec = max(1, steps // 15) if lr == curve_lr else 0
+                    fit = fit_lora(tensors, r, steps=steps, lr=lr, rule=rule, alpha=alpha, seed=seed,
+                                   record_every=rec)
+                    grid.append(dict(rule=rule, rank=r, lr=lr, error=fit["error"]))
+                    if rec:
+                        curves[rule][str(r)] = fit["curve"]
+    best_lr = {}
+    for rule in rules:
+        best_lr[rule] = {}
+        for r in ranks:
+            cells = [g for g in grid if g["rule"] == rule and g["rank"] == r]
+            best_lr[rule][str(r)] = min(cells, key=lambda g: g["error"])["lr"]
+    spread = {rule: max(v.values()) / min(v.values()) for rule, v in best_lr.items()}
+    return dict(grid=grid, curves=curves, best_lr=best_lr, spread=spread, ranks=list(ranks), lrs=list(lrs),
+                alpha=alpha, steps=steps, curve_lr=curve_lr)
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. SFT sweep on the course model
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """One training run of the sweep."""
+
+    name: str  # label in tables and plots
+    method: str  # "lora" or "full"
+    rank: int | None = None  # LoRA rank (None for full fine-tuning)
+    targets: str | tuple[str, ...] = "all-linear"  # peft target_modules
+    lr: float | None = None  # peak learning rate (None: the plan's)
+    group: str = "rank"  # "rank", "full", "targets" or "lr"
+
+
+@dataclass(frozen=True)
+class SweepPlan:
+    """What the SFT sweep runs on a profile (the cpu plan fits the notebook's 3-minute budget)."""
+
+    ranks: tuple[int, ...]  # LoRA ranks on all linear layers
+    steps: int  # optimizer steps per run
+    lora_lr: float  # peak LR of every LoRA run (alpha fixed: best LR barely moves with rank)
+    full_lr: float  # peak LR of the full fine-tuning baseline
+    alpha: float  # lora_alpha for every rank (scale alpha / r)
+    lr_rank: int  # rank of the LoRA learning-rate sweep
+    lora_lrs: tuple[float, ...]  # LoRA learning-rate sweep
+    full_lrs: tuple[float, ...]  # full fine-tuning learning-rate sweep
+    equal_budget_unit: int  # attention-only and MLP-only ranks are multiples of the smallest equal pair
+    warmup_steps: int = 3  # linear warmup, then linear decay to 0
+    threads: int | None = 1  # torch threads while training (cpu: 1 is fastest for a tiny model)
+    engine: str = "loop"  # "loop" (plain PyTorch, cpu) or "trainer" (lora_lab.train.sft, GPU profiles)
+
+
+PLANS = {
+    "cpu": SweepPlan(ranks=(1, 2, 4, 8, 16, 32, 64), steps=60, lora_lr=3e-3, full_lr=1e-3, alpha=32.0, lr_rank=8,
+                     lora_lrs=(1e-3, 3e-3, 1e-2), full_lrs=(3e-4, 1e-3, 3e-3), equal_budget_unit=1),
+    # Qwen2.5-1.5B in 4 bits on a T4: about 1.5 s per step of batch 4x4 x <=512 tokens (estimate;
+    # not measured here). 7 runs x 40 steps + evaluation stays within the issue's 20-minute budget.
+    "t4": SweepPlan(ranks=(4, 16, 64), steps=40, lora_lr=2e-4, full_lr=2e-5, alpha=32.0, lr_rank=16,
+                    lora_lrs=(2e-4, 1e-3), full_lrs=(), equal_budget_unit=1, threads=None, engine="trainer"),
+}
+
+
+def equal_param_ranks(model, set_a: str = "attention", set_b: str = "mlp", near: int | None = None) -> tuple[int, int]:
+    """Ranks (r_a, r_b) that give target sets A and B exactly the same number of LoRA parameters.
+
+    The per-rank costs are c_a = sum of (d_in + d_out) over A's matrices and c_b likewise;
+    r_a * c_a = r_b * c_b has its smallest solution at r_a = c_b / g, r_b = c_a / g with
+    g = gcd(c_a, c_b). With `near`, the multiple of that pair whose parameter count is closest to
+    all-linear LoRA at rank `near`.
+    """
+    arch = vram.load_arch(model)
+    c_a = vram.lora_params(arch, 1, target_modules(arch, set_a)) // arch.num_layers
+    c_b = vram.lora_params(arch, 1, target_modules(arch, set_b)) // arch.num_layers
+    g = math.gcd(c_a, c_b)
+    r_a, r_b = c_b // g, c_a // g
+    if near is not None:
+        goal = vram.lora_params(arch, near, "all-linear")
+        unit = vram.lora_params(arch, r_a, target_modules(arch, set_a))
+        k = max(1, round(goal / unit))
+        r_a, r_b = k * r_a, k * r_b
+    return r_a, r_b
+
+
+def sweep_configs(plan: SweepPlan, model) -> list[SweepConfig]:
+    """Every run of the sweep: ranks, full fine-tuning, attention vs MLP at equal parameters, LR sweep."""
+    arch = vram.load_arch(model)
+    runs = [SweepConfig(f"r={r}", "lora", r, "all-linear", plan.lora_lr, "rank") for r in plan.ranks]
+    runs.append(SweepConfig("full", "full", None, "all-linear", plan.full_lr, "full"))
+    r_att, r_mlp = equal_param_ranks(arch, near=plan.lr_rank)
+    runs.append(SweepConfig(f"attention r={r_att}", "lora", r_att, target_modules(arch, "attention"), plan.lora_lr,
+                            "targets"))
+    runs.append(SweepConfig(f"mlp r={r_mlp}", "lora", r_mlp, target_modules(arch, "mlp"), plan.lora_lr, "targets"))
+    for lr in plan.lora_lrs:
+        if lr != plan.lora_lr:
+            runs.append(SweepConfig(f"r={plan.lr_rank} lr={lr:g}", "lora", plan.lr_rank, "all-linear", lr, "lr"))
+    for lr in plan.full_lrs:
+        if lr != plan.full_lr:
+            runs.append(SweepConfig(f"full lr={lr:g}", "full", None, "all-linear", lr, "lr"))
+    return runs
+
+
+def _batches(dataset, batch_size: int, steps: int, pad_id: int, seed: int):
+    """`steps` right-padded batches (input_ids, attention_mask, labels) in a seeded, reshuffled order."""
+    rng = random.Random(seed)
+    order: list[int] = []
+    ids_all, labels_all = dataset["input_ids"], dataset["labels"]
+    for _ in range(steps):
+        if len(order) < batch_size:
+            more = list(range(len(ids_all)))
+            rng.shuffle(more)
+            order += more
+        idx, order = order[:batch_size], order[batch_size:]
+        yield pad_batch([ids_all[i] for i in idx], [labels_all[i] for i in idx], pad_id)
+
+
+def pad_batch(ids: Sequence[Sequence[int]], labels: Sequence[Sequence[int]], pad_id: int) -> dict:
+    """Right-pad token lists into input_ids, attention_mask and labels (-100 on padding)."""
+    longest = max(map(len, ids))
+    input_ids = torch.full((len(ids), longest), pad_id, dtype=torch.long)
+    lab = torch.full((len(ids), longest), -100, dtype=torch.long)
+    mask = torch.zeros((len(ids), longest), dtype=torch.long)
+    for row, (x, y) in enumerate(zip(ids, labels, strict=True)):
+        input_ids[row, : len(x)] = torch.tensor(x)
+        lab[row, : len(y)] = torch.tensor(y)
+        mask[row, : len(x)] = 1
+    return {"input_ids": input_ids, "attention_mask": mask, "labels": lab}
+
+
+def train_loop(model, train_set, *, steps: int, lr: float, batch_size: int, pad_id: int, warmup_steps: int = 3,
+               seed: int = 0) -> dict:
+    """Plain PyTorch SFT: AdamW (no weight decay), linear warmup then linear decay, gradient clipping 1.0.
+
+    The loss is the model's own causal-LM loss on the labelled (answer) tokens, as in
+    `lora_lab.train.sft`.
+
+    Returns:
+        losses [(step, loss)], seconds_per_step (median over steps after the first), seconds.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+
+    def factor(s: int) -> float:
+        if s < warmup_steps:
+            return (s + 1) / warmup_steps
+        return max(0.0, (steps - s) / max(1, steps - warmup_steps))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+    model.train()
+    losses, times = [], []
+    start = time.perf_counter()
+    for step, batch in enumerate(_batches(train_set, batch_size, steps, pad_id, seed)):
+        t = time.perf_counter()
+        loss = model(**batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        times.append(time.perf_counter() - t)
+        losses.append((step + 1, round(loss.item(), 5)))
+    model.eval()
+    return dict(losses=losses, seconds_per_step=statistics.median(times[1:] or times),
+                seconds=time.perf_counter() - start)
+
+
+@torch.no_grad()
+def loss_and_greedy_match(model, eval_set, pad_id: int, batch_size: int = 50) -> tuple[float, float]:
+    """Held-out loss per answer token and greedy exact match, from one teacher-forced pass.
+
+    An example counts as matched when the argmax at every answer position (answer tokens and the
+    closing eos) is the reference token. That is exactly the condition for greedy decoding to
+    reproduce the answer and stop, so it equals generation-based exact match on the token level
+    (`lora_lab.evaluate.exact_match` also forgives case and spacing differences).
+
+    Returns:
+        (mean cross-entropy per answer token, share of examples matched).
+    """
+    model.eval()
+    total, count, matched = 0.0, 0, 0
+    n = len(eval_set)
+    for start in range(0, n, batch_size):
+        rows = eval_set[start : start + batch_size]
+        batch = pad_batch(rows["input_ids"], rows["labels"], pad_id)
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
+        logits, labels = logits[:, :-1], batch["labels"][:, 1:]
+        mask = labels != -100
+        total += torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
+                                                   ignore_index=-100, reduction="sum").item()
+        count += int(mask.sum())
+        right = (logits.argmax(-1) == labels) | ~mask
+        matched += int(right.all(dim=1).sum())
+    return total / count, matched / n
+
+
+def _first_batch(train_set, batch_size: int, pad_id: int, seed: int) -> dict:
+    return next(_batches(train_set, batch_size, 1, pad_id, seed))
+
+
+def _load_base(path: str):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    model.config.use_cache = False
+    return model
+
+
+def _wrap(model, cfg: SweepConfig, alpha: float, seed: int):
+    from peft import LoraConfig, get_peft_model
+
+    if cfg.method == "full":
+        return model
+    torch.manual_seed(seed)
+    targets = cfg.targets if isinstance(cfg.targets, str) else list(cfg.targets)
+    return get_peft_model(model, LoraConfig(r=cfg.rank, lora_alpha=alpha, lora_dropout=0.0,
+                                            target_modules=targets, bias="none", task_type="CAUSAL_LM"))
+
+
+def run_one(cfg: SweepConfig, plan: SweepPlan, model_path: str, train_set, eval_set, *, batch_size: int,
+            pad_id: int, seed: int = 0) -> dict:
+    """Train one sweep config with the plain loop and measure it (cpu engine).
+
+    Returns:
+        The config's fields plus trainable (parameters), memory (bytes of one training step by
+        `lora_lab.memory.measure_step`: weights + gradients + optimizer states + saved activations,
+        and each category), seconds_per_step, eval_loss, exact_match, final_train_loss, losses.
+    """
+    from . import memory
+
+    lr = cfg.lr or (plan.full_lr if cfg.method == "full" else plan.lora_lr)
+    # Memory of one step, measured on a fresh copy (the step changes the weights).
+    probe = _wrap(_load_base(model_path), cfg, plan.alpha, seed)
+    opt = torch.optim.AdamW([p for p in probe.parameters() if p.requires_grad], lr=lr)
+    measured = memory.measure_step(probe, _first_batch(train_set, batch_size, pad_id, seed), opt)
+    del probe, opt
+    model = _wrap(_load_base(model_path), cfg, plan.alpha, seed)
+    torch.manual_seed(seed)
+    trained = train_loop(model, train_set, steps=plan.steps, lr=lr, batch_size=batch_size, pad_id=pad_id,
+                         warmup_steps=plan.warmup_steps, seed=seed)
+    eval_loss, em = loss_and_greedy_match(model, eval_set, pad_id)
+    return dict(asdict(cfg), lr=lr, targets=cfg.targets if isinstance(cfg.targets, str) else list(cfg.targets),
+                trainable=measured.trainable_params, total_params=measured.total_params,
+                memory=measured.total, memory_weights=measured.weights, memory_gradients=measured.gradients,
+                memory_optimizer=measured.optimizer_states, memory_activations=measured.activations,
+                seconds_per_step=trained["seconds_per_step"], eval_loss=eval_loss, exact_match=em,
+                final_train_loss=trained["losses"][-1][1], losses=trained["losses"])
+
+
+def prepared_data(profile, tokenizer) -> tuple:
+    """The profile's train and eval sets, tokenized as `lora_lab.train.prepare_sft_data` does (labels on answers)."""
+    from . import data, train
+
+    splits = data.load_profile_dataset(profile)
+    train_set, _ = train.prepare_sft_data(tokenizer, splits["train"], profile.max_length, "train", verbose=False)
+    eval_set, _ = train.prepare_sft_data(tokenizer, splits["eval"], profile.max_length, "eval", verbose=False)
+    return splits, train_set, eval_set
+
+
+def sft_sweep(profile, plan: SweepPlan | None = None, *, model_path: str | None = None, use_cache: bool = True,
+              only: Sequence[str] | None = None, verbose: bool = True) -> dict:
+    """Run (or load from the cache) every config of the profile's sweep plan.
+
+    Args:
+        profile: the run profile (its model, data, batch size, max_length and seed).
+        plan: defaults to PLANS[profile.name].
+        model_path: overrides the profile's model (tests).
+        use_cache: load runs cached under build/rank when present.
+        only: run just these config names.
+        verbose: one line per run.
+
+    Returns:
+        runs: one result dict per config (see `run_one`), plan, baseline (eval loss and exact match
+        of the untouched base model).
+    """
+    from . import tiny
+
+    plan = plan or PLANS[profile.name]
+    path = str(model_path or tiny.resolve_model_path(profile.model_id))
+    if plan.engine != "loop":
+        return _trainer_sweep(profile, plan, path, only=only, verbose=verbose)
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    configs = [c for c in sweep_configs(plan, path) if only is None or c.name in only]
+    data_cache: dict = {}
+
+    def data_sets():
+        if not data_cache:
+            _, data_cache["train"], data_cache["eval"] = prepared_data(profile, tokenizer)
+        return data_cache["train"], data_cache["eval"]
+
+    base_key = dict(model=Path(path).name, tasks=profile.tasks, seed=profile.seed, n_eval=profile.n_eval,
+                    max_length=profile.max_length, batch=profile.batch_size)
+    runs = []
+    with torch_threads(plan.threads):
+        def baseline():
+            _, ev = data_sets()
+            loss, em = loss_and_greedy_match(_load_base(path), ev, tokenizer.pad_token_id)
+            return dict(eval_loss=loss, exact_match=em)
+
+        base = cached("sft-base", base_key, baseline, use_cache)
+        for cfg in configs:
+            payload = dict(base_key, cfg=asdict(cfg), steps=plan.steps, alpha=plan.alpha, warmup=plan.warmup_steps)
+
+            def compute(cfg=cfg):
+                tr, ev = data_sets()
+                return run_one(cfg, plan, path, tr, ev, batch_size=profile.batch_size,
+                               pad_id=tokenizer.pad_token_id, seed=profile.seed)
+
+            t = time.perf_counter()
+            row = cached("sft", payload, compute, use_cache)
+            took = time.perf_counter() - t
+            if verbose:
+                print(f"{cfg.name:<18} eval loss {row['eval_loss']:.3f}  exact match {row['exact_match']:6.1%}  "
+                      f"{row['trainable']:>9,} trainable  {row['memory'] / 2**20:6.2f} MiB/step  "
+                      f"{row['seconds_per_step'] * 1000:6.1f} ms/step  "
+                      + ("(cached)" if took < 0.1 else f"({took:.1f} s)"))
+            runs.append(row)
+    return dict(runs=runs, plan=asdict(plan), baseline=base)
+
+
+def _trainer_sweep(profile, plan: SweepPlan, path: str, only=None, verbose=True) -> dict:
+    """The sweep through `lora_lab.train.sft` (QLoRA on a GPU profile); same result fields as the loop."""
+    from . import evaluate, train
+
+    runs = []
+    splits = None
+    for cfg in sweep_configs(plan, path):
+        if only is not None and cfg.name not in only:
+            continue
+        method = "full" if cfg.method == "full" else profile.method
+        model, tokenizer = train.load_model_and_tokenizer(profile, method, model_path=path)
+        if splits is None:
+            splits, train_set, eval_set = prepared_data(profile, tokenizer)
+        lora = None if cfg.method == "full" else train.lora_config(profile, r=cfg.rank, alpha=plan.alpha,
+                                                                   targets=cfg.targets)
+        with tempfile.TemporaryDirectory() as tmp:
+            result = train.sft(model, tokenizer, train_set, profile, tmp, method=method, lora=lora,
+                               max_steps=plan.steps, learning_rate=cfg.lr, seed=profile.seed, verbose=False)
+        m = result.model
+        trainable = sum(p.numel() for p in m.parameters() if p.requires_grad)
+        loss = evaluate.eval_loss(m, tokenizer, eval_set, profile.max_length)
+        em, _ = evaluate.exact_match(m, tokenizer, splits["eval"], profile.max_new_tokens)
+        row = dict(asdict(cfg), trainable=trainable, memory=result.metrics["peak_memory_bytes"],
+                   seconds_per_step=result.metrics["train_runtime_s"] / max(1, result.metrics["global_step"]),
+                   eval_loss=loss, exact_match=em, final_train_loss=result.metrics["final_loss"],
+                   losses=result.losses)
+        if verbose:
+            print(f"{cfg.name:<18} eval loss {loss:.3f}  exact match {em:6.1%}  {trainable:,} trainable")
+        runs.append(row)
+        del model, m, result
+    return dict(runs=runs, plan=asdict(plan), baseline=None)
+
+
+def best_lr(runs: Sequence[dict], method: str, rank: int | None = None) -> tuple[float, float]:
+    """(learning rate, eval loss) of the run with the lowest held-out loss among one method's LR sweep."""
+    cands = [r for r in runs if r["method"] == method and (rank is None or r["rank"] == rank)
+             and r["group"] in ("lr", "rank", "full") and r["targets"] == "all-linear"]
+    best = min(cands, key=lambda r: r["eval_loss"])
+    return best["lr"], best["eval_loss"]
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. Merging
+
+
+def _median_time(fn: Callable[[], object], repeats: int) -> list[float]:
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return times
+
+
+@torch.no_grad()
+def merge_report(model_path: str, rank: int = 16, targets="all-linear", *, batch_size: int = 16, seq_len: int = 64,
+                 repeats: int = 30, seed: int = 0, threads: int | None = 1) -> dict:
+    """Merged vs unmerged adapter: largest logit difference (fp32) and forward-pass timings.
+
+    The adapter's B matrices are filled with seeded random values (a freshly initialised adapter
+    has B = 0 and would merge trivially). Timings interleave base, unmerged and merged forward
+    passes round-robin so background load hits all three alike; each figure is a median.
+
+    Returns:
+        max_abs_diff, max_abs_logit, base_ms, unmerged_ms, merged_ms (medians), repeats, rank,
+        adapted_layers.
+    """
+    from peft import LoraConfig, get_peft_model
+
+    with torch_threads(threads):
+        base = _load_base(model_path).eval()
+        torch.manual_seed(seed)
+        peft_model = get_peft_model(_load_base(model_path), LoraConfig(
+            r=rank, lora_alpha=2 * rank, target_modules=targets if isinstance(targets, str) else list(targets)))
+        g = torch.Generator().manual_seed(seed)
+        adapted = 0
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.02)
+                adapted += 1
+        peft_model.eval()
+        vocab = base.config.vocab_size
+        ids = torch.randint(0, vocab, (batch_size, seq_len), generator=g)
+        unmerged_logits = peft_model(input_ids=ids).logits
+        merged = get_peft_model(_load_base(model_path), peft_model.peft_config["default"])
+        merged.load_state_dict(peft_model.state_dict())
+        merged = merged.merge_and_unload().eval()
+        merged_logits = merged(input_ids=ids).logits
+        diff = (merged_logits - unmerged_logits).abs().max().item()
+        runs = {"base": lambda: base(input_ids=ids), "unmerged": lambda: peft_model(input_ids=ids),
+                "merged": lambda: merged(input_ids=ids)}
+        for fn in runs.values():  # warm up
+            fn()
+        times: dict[str, list[float]] = {k: [] for k in runs}
+        for _ in range(repeats):
+            for k, fn in runs.items():
+                times[k] += _median_time(fn, 1)
+    return dict(max_abs_diff=diff, max_abs_logit=unmerged_logits.abs().max().item(),
+                base_ms=statistics.median(times["base"]) * 1000, unmerged_ms=statistics.median(times["unmerged"]) * 1000,
+                merged_ms=statistics.median(times["merged"]) * 1000, repeats=repeats, rank=rank,
+                adapted_layers=adapted, batch_size=batch_size, seq_len=seq_len,
+                times_ms={k: [t * 1000 for t in v] for k, v in times.items()})
+
+
+# ---------------------------------------------------------------------------------------------
+# 6. What to pick
+
+
+@dataclass
+class Summary:
+    """Findings computed from the results, each next to the syllabus's advice."""
+
+    lines: list[str] = field(default_factory=list)
+
+    def add(self, text: str) -> None:
+        self.lines.append(text)
+
+    def __str__(self) -> str:
+        return "\n".join(f"- {line}" for line in self.lines)
+
+
+def smallest_good_rank(runs: Sequence[dict], tol: float = 0.02) -> tuple[int, float]:
+    """The smallest all-linear rank whose held-out loss is within `tol` (relative) of the best rank's.
+
+    Returns:
+        (rank, best eval loss over the ranks).
+    """
+    ranked = sorted((r for r in runs if r["group"] == "rank"), key=lambda r: r["rank"])
+    best = min(r["eval_loss"] for r in ranked)
+    for r in ranked:
+        if r["eval_loss"] <= best * (1 + tol):
+            return r["rank"], best
+    return ranked[-1]["rank"], best

@@ -1,0 +1,169 @@
+"""Tests of lora_lab.rank: parameter formula vs peft, file size, the knee, scaling rules, merging, the sweep."""
+
+import pytest
+import torch
+
+from lora_lab import rank, vram
+
+# (preset, target sets): Llama (GQA), Qwen2 (q/k/v biases), Phi-3 (fused qkv and gate_up), Gemma-2.
+ARCHITECTURES = [
+    ("meta-llama/Llama-2-7b-hf", ("q,v", "all-linear", "mlp")),
+    ("Qwen/Qwen2.5-0.5B", ("q,v", "attention", "all-linear")),
+    ("microsoft/Phi-3-mini-4k-instruct", ("q,v", "all-linear", "mlp")),
+    ("google/gemma-2-2b", ("attention", "all-linear")),
+]
+
+
+@pytest.mark.parametrize("preset,sets", ARCHITECTURES)
+def test_parameter_formula_matches_peft(preset, sets):
+    from lora_lab import memory
+
+    # Real widths, two blocks (the formula is per block times depth; depth is checked below).
+    config = memory.shrink_config(vram.preset_config(preset), layers=2)
+    arch = vram.load_arch(config)
+    for name in sets:
+        targets = rank.target_modules(arch, name)
+        for r in (1, 8, 64):
+            assert rank.lora_params(arch, r, targets) == rank.peft_trainable_params(config, r, targets), (name, r)
+
+
+def test_parameter_formula_matches_peft_at_full_depth():
+    preset = "Qwen/Qwen2.5-0.5B"
+    assert rank.lora_params(preset, 16, "all-linear") == rank.peft_trainable_params(
+        vram.preset_config(preset), 16, "all-linear")
+
+
+def test_llama2_qv_r8_matches_course_facts():
+    # course-facts.md: Llama-2-7B r=8 on q,v has 4.2M parameters; one 4096x4096 layer has 65,536.
+    assert rank.lora_params("meta-llama/Llama-2-7b-hf", 8, ("q_proj", "v_proj")) == 32 * 2 * 65_536
+    rows = rank.parameter_table("meta-llama/Llama-2-7b-hf", ranks=(8,), target_sets=("q,v",), dtype="float16")
+    assert rows[0]["params"] == 4_194_304 and rows[0]["adapter_bytes"] == 2 * 4_194_304
+
+
+def test_target_sets_resolve_per_architecture():
+    phi = vram.load_arch("microsoft/Phi-3-mini-4k-instruct")
+    assert rank.target_modules(phi, "q,v") == ("qkv_proj",)
+    assert rank.target_modules(phi, "mlp") == ("gate_up_proj", "down_proj")
+    llama = vram.load_arch("meta-llama/Llama-3.2-1B")
+    assert rank.target_modules(llama, "attention") == ("q_proj", "k_proj", "v_proj", "o_proj")
+    with pytest.raises(ValueError):
+        rank.target_modules(llama, "everything")
+
+
+def test_equal_param_ranks_are_equal(tiny_model_path):
+    arch = vram.load_arch(str(tiny_model_path))
+    r_att, r_mlp = rank.equal_param_ranks(arch, near=8)
+    att = vram.lora_params(arch, r_att, rank.target_modules(arch, "attention"))
+    mlp = vram.lora_params(arch, r_mlp, rank.target_modules(arch, "mlp"))
+    assert att == mlp and r_att != r_mlp
+    assert abs(att / vram.lora_params(arch, 8, "all-linear") - 1) < 0.5
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_adapter_file_size_prediction(tiny_model_path, dtype):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_path, dtype=torch.float32)
+    for r, targets in ((4, "all-linear"), (16, ("q_proj", "v_proj"))):
+        rep = rank.adapter_file_report(model, r, targets, dtype=dtype)
+        assert rep["tensor_bytes"] == rep["predicted_tensor_bytes"]
+        assert rep["file_bytes"] == rep["predicted_tensor_bytes"] + rep["header_bytes"]
+        assert rep["header_bytes"] < 0.1 * rep["file_bytes"] + 4096
+    # the model comes back without adapters
+    assert not any("lora_" in n for n, _ in model.named_parameters())
+
+
+def test_knee_sits_at_the_true_rank():
+    ranks = (1, 2, 4, 8, 16, 32, 64, 128)
+    for true_rank in (4, 8):
+        rows = rank.recovery_sweep(d=64 if true_rank == 4 else 128, true_rank=true_rank, n_trains=(8192,),
+                                   ranks=[r for r in ranks if r <= (64 if true_rank == 4 else 128)], steps=200)
+        assert rank.knee([r["rank"] for r in rows], [r["error"] for r in rows]) == true_rank
+        errors = {r["rank"]: r["error"] for r in rows}
+        assert errors[true_rank] < 0.5 * errors[true_rank // 2]
+
+
+def test_little_data_overfits_at_high_rank():
+    rows = rank.recovery_sweep(n_trains=(96,), ranks=(8, 128), steps=200)
+    err = {r["rank"]: r["error"] for r in rows}
+    assert err[128] > 1.5 * err[8]
+
+
+def test_knee_function():
+    assert rank.knee([1, 2, 4, 8], [1.0, 0.5, 0.11, 0.1]) == 4
+    assert rank.knee([1, 2, 4, 8], [1.0, 0.5, 0.3, 0.1]) == 8
+
+
+def test_scale_rules_match_peft_scaling():
+    from peft import LoraConfig, get_peft_model
+
+    for rule, expected in zip(rank.SCALING_RULES, (8 / 16, 1.0, 8 / 4), strict=True):
+        alpha, rs = rank.scale_for(rule, 16, 8.0)
+        m = get_peft_model(rank._OneLayer(torch.eye(4)), LoraConfig(r=16, lora_alpha=alpha, use_rslora=rs,
+                                                                     target_modules=["layer"]))
+        assert m.base_model.model.layer.scaling["default"] == pytest.approx(expected)
+
+
+def test_compressed_least_squares_equals_full_loss():
+    p = rank.Problem(d=16, true_rank=2, n_train=200, noise=0.3, seed=1)
+    t = rank.make_problem(p)
+    # rebuild the raw data the same way make_problem did
+    g = torch.Generator().manual_seed(p.seed)
+    torch.randn(p.d, p.d, generator=g), torch.randn(p.d, 2, generator=g), torch.randn(p.d, 2, generator=g)
+    x = torch.randn(p.n_train, p.d, generator=g)
+    y = x @ (t["w0"] + t["dw"]).T + p.noise * torch.randn(p.n_train, p.d, generator=g)
+    w = torch.randn(p.d, p.d, generator=g)
+    full = (y - x @ w.T).square().sum()
+    compressed = (t["y"] - t["x"] @ w.T).square().sum() + t["const"]
+    assert compressed.item() == pytest.approx(full.item(), rel=1e-4)
+
+
+def test_merge_equals_unmerged_in_fp32(tiny_model_path):
+    rep = rank.merge_report(str(tiny_model_path), rank=16, repeats=3)
+    assert rep["adapted_layers"] == 4 * 7
+    assert rep["max_abs_diff"] < 1e-5
+    assert rep["max_abs_logit"] > 1.0  # the comparison is not between two near-zero tensors
+
+
+def test_sweep_runs_learn_and_are_seeded(tiny_model_path, tmp_path, monkeypatch):
+    from lora_lab import profiles
+
+    monkeypatch.setenv(rank.CACHE_ENV, str(tmp_path))
+    profile = profiles.get_profile("cpu")
+    plan = rank.PLANS["cpu"].__class__(**{**rank.PLANS["cpu"].__dict__, "steps": 12})
+    first = rank.sft_sweep(profile, plan, model_path=str(tiny_model_path), only=["r=2"], verbose=False)
+    row = first["runs"][0]
+    assert row["eval_loss"] < first["baseline"]["eval_loss"]
+    assert row["trainable"] == vram.lora_params(vram.load_arch(str(tiny_model_path)), 2, "all-linear")
+    assert row["memory"] == row["memory_weights"] + row["memory_gradients"] + row["memory_optimizer"] + \
+        row["memory_activations"]
+    # a second run, without the cache, gives identical numbers
+    second = rank.sft_sweep(profile, plan, model_path=str(tiny_model_path), only=["r=2"], use_cache=False,
+                            verbose=False)
+    assert second["runs"][0]["losses"] == row["losses"]
+    assert second["runs"][0]["eval_loss"] == row["eval_loss"]
+
+
+def test_greedy_match_agrees_with_generation(tiny_model_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from lora_lab import data, evaluate, train
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_path)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_path, dtype=torch.float32)
+    splits = data.course_splits(("recall",), n_eval=40)
+    tr, _ = train.prepare_sft_data(tok, splits["train"].select(range(240)), 64, verbose=False)
+    ev, _ = train.prepare_sft_data(tok, splits["eval"], 64, verbose=False)
+    model = rank._wrap(model, rank.SweepConfig("r=8", "lora", 8), 32.0, 0)
+    with rank.torch_threads(1):
+        rank.train_loop(model, tr, steps=40, lr=1e-2, batch_size=16, pad_id=tok.pad_token_id)
+    _, ours = rank.loss_and_greedy_match(model, ev, tok.pad_token_id)
+    theirs, _ = evaluate.exact_match(model, tok, splits["eval"], max_new_tokens=8)
+    assert ours == pytest.approx(theirs)
+
+
+def test_alpha_fixed_keeps_the_best_lr_where_alpha_equal_r_moves_it():
+    res = rank.scaling_sweep(ranks=(2, 128), lrs=(2e-2, 5e-2, 1e-1, 2e-1), rules=rank.SCALING_RULES[:2])
+    fixed, equal = rank.SCALING_RULES[:2]
+    assert res["spread"][fixed] == 1.0
+    assert res["best_lr"][equal]["128"] < res["best_lr"][equal]["2"]
