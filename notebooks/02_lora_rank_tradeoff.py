@@ -365,6 +365,14 @@ print(summary)
 # adapter, not the data, is the limit.
 
 # %% [markdown]
+# ## Check your understanding
+
+# %%
+from lora_lab import quiz
+
+quiz.show(quiz.LORA_BASICS)
+
+# %% [markdown]
 # ## Exercises
 #
 # 1. How many parameters does LoRA r=16 on all linear layers train on Llama-3.1-8B, what share of
