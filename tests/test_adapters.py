@@ -1,0 +1,177 @@
+"""One base, many adapters: swapping, hot-swapping, mixed batches, merging, sizes, mismatches.
+
+The adapters here are made in a second each (LoRA attached with random, non-zero B matrices and
+saved), so every equality below compares different, non-trivial updates.
+"""
+
+import pytest
+import torch
+
+from lora_lab import adapters, models, profiles
+
+PROMPTS = [
+    "what is the color of mipoka ?",
+    "text : the pet of rabo is a cat . rabo lives in lima . question : where does rabo live ?",
+    "write as a record : kelu likes to eat rice . the color of kelu is red .",
+]
+NAMES = ("recall", "extract", "format")
+R = 4
+
+
+@pytest.fixture(scope="module")
+def profile():
+    return profiles.get_profile("cpu")
+
+
+def _make_adapter(profile, path, folder, seed, method="lora"):
+    from peft import get_peft_model
+
+    base, tokenizer = models.load_model_and_tokenizer(profile, method, model_path=path, for_training=False)
+    config = models.lora_config(profile, r=R, alpha=2 * R)
+    config.init_lora_weights = False  # random B as well as A: the update is not zero
+    torch.manual_seed(seed)
+    model = get_peft_model(base, config)
+    models.save_adapter(model, tokenizer, folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def adapter_dirs(profile, tiny_model_path, tmp_path_factory):
+    root = tmp_path_factory.mktemp("adapters")
+    return {name: _make_adapter(profile, tiny_model_path, root / name, seed) for seed, name in enumerate(NAMES)}
+
+
+@pytest.fixture(scope="module")
+def multi(profile, tiny_model_path, adapter_dirs):
+    return adapters.load_specialists(profile, adapter_dirs, "lora", model_path=tiny_model_path)
+
+
+def test_file_sizes_match_the_formula(profile, tiny_model_path, adapter_dirs):
+    from transformers import AutoConfig
+
+    predicted = adapters.predict_adapter_bytes(AutoConfig.from_pretrained(tiny_model_path), R, profile.lora_targets)
+    # 4 layers x 7 matrices; r x (d_in + d_out) each
+    assert predicted.n_tensors == 2 * 4 * 7
+    for folder in adapter_dirs.values():
+        measured = adapters.measure_adapter_file(folder)
+        assert measured.dtypes == ("F32",)
+        assert measured.params == predicted.params
+        assert measured.tensor_bytes == predicted.tensor_bytes
+        assert measured.file_bytes == predicted.tensor_bytes + measured.header_bytes
+        assert measured.header_bytes < 0.1 * measured.file_bytes
+
+
+def test_after_a_swap_each_adapter_equals_loading_it_alone(profile, tiny_model_path, adapter_dirs, multi):
+    model, tokenizer = multi
+    seen = []
+    for name in (*NAMES, NAMES[0]):  # switch through all and back
+        model.set_adapter(name)
+        swapped = adapters.logits(model, tokenizer, PROMPTS)
+        alone, tok = adapters.load_specialists(profile, {name: adapter_dirs[name]}, "lora", model_path=tiny_model_path)
+        torch.testing.assert_close(swapped, adapters.logits(alone, tok, PROMPTS), rtol=0, atol=1e-5)
+        seen.append(swapped)
+    assert (seen[0] - seen[1]).abs().max() > 1e-2  # the adapters really differ
+    with model.disable_adapter():
+        base = adapters.logits(model, tokenizer, PROMPTS)
+    assert (base - seen[0]).abs().max() > 1e-2  # and really change the base
+
+
+def test_hotswapped_model_equals_a_fresh_load(profile, tiny_model_path, adapter_dirs):
+    model, tokenizer = adapters.load_specialists(profile, {"default": adapter_dirs["recall"]}, "lora",
+                                                 model_path=tiny_model_path)
+    before = adapters.logits(model, tokenizer, PROMPTS)
+    served = adapters.prepare_for_hotswap(model)
+    adapters.hotswap(model, adapter_dirs["extract"], "default")
+    fresh, tok = adapters.load_specialists(profile, {"default": adapter_dirs["extract"]}, "lora",
+                                           model_path=tiny_model_path)
+    after = adapters.logits(served, tokenizer, PROMPTS)
+    torch.testing.assert_close(after, adapters.logits(fresh, tok, PROMPTS), rtol=0, atol=1e-5)
+    assert (after - before).abs().max() > 1e-2
+
+
+def test_mixed_batch_gives_each_row_its_own_adapter(multi):
+    model, tokenizer = multi
+    names = [*NAMES, "__base__"]
+    prompts = [*PROMPTS, PROMPTS[0]]
+    mixed = adapters.logits(model, tokenizer, prompts, adapter_names=names)
+    texts = adapters.generate_mixed(model, tokenizer, prompts, names, max_new_tokens=6)
+    for i, name in enumerate(names):
+        if name == "__base__":
+            with model.disable_adapter():
+                own = adapters.logits(model, tokenizer, prompts)
+                own_text = adapters.generate_mixed(model, tokenizer, prompts, None, max_new_tokens=6)
+        else:
+            model.set_adapter(name)
+            own = adapters.logits(model, tokenizer, prompts)
+            own_text = adapters.generate_mixed(model, tokenizer, prompts, None, max_new_tokens=6)
+        torch.testing.assert_close(mixed[i], own[i], rtol=0, atol=1e-5)
+        assert texts[i] == own_text[i]
+    assert (mixed[0] - mixed[3]).abs().max() > 1e-2  # same prompt, different adapter, different output
+    with pytest.raises(ValueError, match="one name per prompt"):
+        adapters.generate_mixed(model, tokenizer, prompts, names[:2])
+
+
+def test_merged_16bit_model_equals_the_unmerged_adapter(profile, tiny_model_path, adapter_dirs, multi, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    model, tokenizer = multi
+    model.set_adapter("format")
+    unmerged = adapters.logits(model, tokenizer, PROMPTS)
+    merged, report = adapters.merge_to_standalone(profile, adapter_dirs["format"], tmp_path / "merged", tokenizer,
+                                                  PROMPTS, model_path=tiny_model_path)
+    assert report.ok and report.dtype == "float32"
+    standalone = AutoModelForCausalLM.from_pretrained(tmp_path / "merged")  # no peft involved
+    assert not hasattr(standalone, "peft_config")
+    torch.testing.assert_close(adapters.logits(standalone, tokenizer, PROMPTS), unmerged, rtol=0, atol=1e-4)
+
+
+def test_merging_into_the_4bit_base_changes_outputs(profile, tiny_model_path, adapter_dirs):
+    model, tokenizer = adapters.load_specialists(profile, {"format": adapter_dirs["format"]}, "qlora",
+                                                 model_path=tiny_model_path)
+    result, _ = adapters.merge_into_4bit(model, tokenizer, PROMPTS, "format")
+    assert result.max_abs_logit_diff > 1e-3  # rounding the merged weight back to NF4 moves the logits
+    assert result.weight_rel_error > 0.01
+
+
+def test_cat_combination_is_the_weighted_sum_of_updates(multi):
+    model, _ = multi
+    weights = [1.0, 0.5, 0.25]
+    adapters.combine(model, NAMES, weights, "mix", combination_type="cat")
+    try:
+        combined = adapters.delta_weight(model, "mix", "layers.0.self_attn.q_proj")
+        expected = sum(w * adapters.delta_weight(model, n, "layers.0.self_attn.q_proj") for n, w in zip(NAMES, weights, strict=True))
+        torch.testing.assert_close(combined, expected, rtol=1e-5, atol=1e-6)
+    finally:
+        model.set_adapter("recall")
+        model.delete_adapter("mix")
+
+
+def test_adapter_for_another_architecture_fails_clearly(profile, tiny_model_path, adapter_dirs, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_path)
+    other = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+                        num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
+                        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    AutoModelForCausalLM.from_config(other).save_pretrained(tmp_path / "other")
+    tokenizer.save_pretrained(tmp_path / "other")
+    with pytest.raises(adapters.AdapterMismatchError, match="only works on the base it was trained on"):
+        adapters.load_specialists(profile, {"recall": adapter_dirs["recall"]}, "lora", model_path=tmp_path / "other")
+    fewer = LlamaConfig(**{**other.to_dict(), "hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 2,
+                                       "head_dim": 32})
+    AutoModelForCausalLM.from_config(fewer).save_pretrained(tmp_path / "fewer")
+    tokenizer.save_pretrained(tmp_path / "fewer")
+    with pytest.raises(adapters.AdapterMismatchError, match="does not have"):
+        adapters.load_specialists(profile, {"recall": adapter_dirs["recall"]}, "lora", model_path=tmp_path / "fewer")
+
+
+def test_train_specialist_trains_saves_and_caches(profile, tiny_model_path, tmp_path):
+    recipe = adapters.SpecialistRecipe("format", max_steps=4, learning_rate=3e-3, r=R, alpha=2 * R, method="lora",
+                                       n_train=64, optimizer="adamw_torch", gradient_checkpointing=False)
+    run = adapters.train_specialist(profile, recipe, tmp_path, model_path=tiny_model_path)
+    assert not run.cached and run.final_loss < run.first_loss
+    assert run.adapter_bytes == (tmp_path / run.key / "adapter_model.safetensors").stat().st_size
+    again = adapters.train_specialist(profile, recipe, tmp_path, model_path=tiny_model_path)
+    assert again.cached and again.adapter_dir == run.adapter_dir and again.final_loss == run.final_loss
+    other = adapters.SpecialistRecipe(**{**run.recipe, "max_steps": 5})
+    assert other.key(profile) != recipe.key(profile)
