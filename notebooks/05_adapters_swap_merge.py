@@ -382,6 +382,14 @@ for recipe in adapters.default_recipes(profiles.get_profile("t4")).values():
 print(f"This notebook ran in {time.perf_counter() - T0:.0f} s after the preflight.")
 
 # %% [markdown]
+# ## Check your understanding
+
+# %%
+from lora_lab import quiz
+
+quiz.show(quiz.ADAPTERS)
+
+# %% [markdown]
 # ## Exercises
 #
 # 1. How big is an adapter for a real model? Use `adapters.predict_adapter_bytes` with the

@@ -4,7 +4,7 @@ import pytest
 
 from lora_lab import hardware, quiz
 
-ALL = quiz.PREFLIGHT + quiz.VRAM + quiz.LORA_BASICS + quiz.NF4
+ALL = quiz.PREFLIGHT + quiz.VRAM + quiz.LORA_BASICS + quiz.NF4 + quiz.ADAPTERS
 
 
 def test_numeric_answer_is_computed_and_checked():
@@ -62,3 +62,8 @@ def test_nf4_answers_come_from_the_quant_module():
     assert quiz.NF4[0].value() == 4 + 1 / 8 + 1 / 512
     assert quiz.NF4[0].check("4.127").correct and not quiz.NF4[0].check("4.5").correct
     assert quiz.NF4[1].value() == 7
+
+
+def test_adapter_size_answer_matches_the_published_figure():
+    """course-facts.md: Llama-2-7B r=8 on q,v is 4.2M parameters, ~8 MB in 16 bits."""
+    assert 8.3 < quiz.ADAPTERS[0].value() < 8.5

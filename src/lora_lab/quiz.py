@@ -265,3 +265,46 @@ NF4 = [
         "to fp32, which is why small models with big vocabularies can need more memory in QLoRA than in LoRA.",
     ),
 ]
+
+
+def _llama2_7b_qv_r8_megabytes() -> float:
+    from .rank import lora_params, predicted_adapter_bytes
+
+    n = lora_params("meta-llama/Llama-2-7b-hf", 8, ("q_proj", "v_proj"))
+    return predicted_adapter_bytes(n, "bfloat16") / 1e6
+
+
+ADAPTERS = [
+    Numeric(
+        "A LoRA adapter of rank 8 on the q and v projections of Llama-2-7B is saved in 16 bits. About how many "
+        "megabytes (1 MB = 10^6 bytes) is the file?",
+        _llama2_7b_qv_r8_megabytes,
+        0.05,
+        "MB",
+        "32 layers x 8 x (4096 + 4096) x 2 matrices = 4.2M parameters x 2 bytes = {answer} MB (plus a small "
+        "header). peft saves fp32 by default, which doubles it; all linear layers at rank 64 make it ~40x bigger.",
+    ),
+    MultipleChoice(
+        "You want one standalone model from a QLoRA run. Into what should you merge the adapter?",
+        (
+            "Into the 4-bit base it was trained on, so nothing changes",
+            "Into a 16-bit copy of the base: merging into the 4-bit base rounds the update away",
+            "It cannot be merged; always serve it unmerged",
+        ),
+        1,
+        "Notebook 05 measures how much of the update the 4-bit merge loses; peft warns about it too.",
+    ),
+    MultipleChoice(
+        "Two adapters were trained on different base models with the same architecture name. Can you load both "
+        "onto one base?",
+        (
+            "Yes, adapters are independent of the base",
+            "Only onto the base they were trained on: the update W + BA is meaningless on other weights, and on "
+            "other shapes it fails to load",
+            "Yes, if their ranks are equal",
+        ),
+        1,
+        "lora_lab.adapters refuses mismatched shapes with a clear message; matching shapes but other weights "
+        "load silently and give nonsense.",
+    ),
+]
