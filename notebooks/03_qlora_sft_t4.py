@@ -1,0 +1,460 @@
+# %% [markdown]
+# # 03 · QLoRA SFT on a free T4, end to end
+#
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/lora-lab/lora-lab/blob/main/notebooks/03_qlora_sft_t4.ipynb)
+
+# %% tags=["colab-install"]
+# Colab only: install the course's pinned packages (never torch or numpy: Colab's own stay) and lora_lab.
+import subprocess
+import sys
+
+LORA_LAB_REPO = "lora-lab/lora-lab"  # set by `make colab-links REPO=owner/name`
+if "google.colab" in sys.modules:
+    base = f"https://raw.githubusercontent.com/{LORA_LAB_REPO}/main"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-r", f"{base}/colab/requirements.txt",
+                    f"lora-lab @ git+https://github.com/{LORA_LAB_REPO}"], check=True)
+
+# %%
+from lora_lab import hardware, profiles
+
+hw = hardware.preflight()
+profile = profiles.get_profile()
+print(profile.summary())
+
+# %% [markdown]
+# ## The plan
+#
+# This notebook fine-tunes a model with QLoRA from start to finish and checks each step for the
+# failures that hit people who run fine-tuning notebooks on a free Colab T4:
+#
+# 1. **Numbers format.** Pick fp16, bf16 or fp32 from the GPU's compute capability (a T4 has no bf16).
+# 2. **Memory preflight.** Estimate the peak memory *before* loading anything, and stop with advice if
+#    it will not fit.
+# 3. **Data.** Apply the chat template, put the loss on the answer only, count per example how many
+#    tokens carry loss, and report examples that are too long instead of cutting them mid-answer.
+# 4. **Train** with trl's `SFTTrainer`: 4-bit base, LoRA on every linear layer, gradient
+#    checkpointing, paged 8-bit AdamW, checkpoints that survive a disconnect.
+# 5. **Evaluate** before and after on held-out prompts: eval loss, exact match, answers side by side.
+# 6. **Save, reload, merge**: the adapter alone, the same answers after a reload, and a merge into
+#    a 16-bit copy of the base whose logits match the adapter's.
+#
+# On a GPU this runs the `t4` profile (Qwen2.5-1.5B-Instruct on GSM8K maths problems). Without one it
+# runs the `cpu` profile: the tiny model from notebook 00 on the course's own question-answer tasks.
+# The code is the same; everything below comes from `lora_lab.train`, `lora_lab.models` and
+# `lora_lab.evaluate`, and the command `python -m lora_lab.train` runs the same pipeline.
+
+# %%
+import shutil
+import time
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import torch
+from transformers import AutoConfig
+
+from lora_lab import callbacks, data, evaluate, models, tiny, train, vram
+
+GIB = 2**30
+METHOD = profile.method  # "qlora"; "lora" or "full" run through the same code, for comparison
+OUTPUT_DIR = Path("runs") / "03_qlora_sft" / profile.name
+USE_DRIVE = False  # Colab: True puts checkpoints on Google Drive (you will be asked to mount it)
+RESUME = USE_DRIVE  # continue from the newest checkpoint (useful when checkpoints survived a disconnect)
+RUN_7B = False  # GPU only: a short QLoRA run of a 7B model at the end
+started = time.perf_counter()
+
+# %% [markdown]
+# ## 1. Which number format?
+#
+# bf16 runs natively from compute capability 8.0 (Ampere). A T4 is 7.5, yet
+# `torch.cuda.is_bf16_supported()` answers True there because bf16 can be emulated, and trl's
+# `SFTConfig` turns bf16 on when neither `fp16` nor `bf16` is given. Both are how notebooks end up
+# crashing or crawling on a T4. The course decides by capability and always passes both flags.
+
+# %%
+for name, device, capability in [("Colab T4", "cuda", (7, 5)), ("A100 / L4 / H100", "cuda", (8, 0)),
+                                 ("CPU", "cpu", None)]:
+    p = models.precision_for(device, capability, METHOD)
+    print(f"{name:<17} compute {p.executed:<9} SFTConfig(fp16={p.fp16}, bf16={p.bf16})")
+precision = models.decide_precision(hw, METHOD)
+print("\nthis machine:", precision.note)
+
+# %% [markdown]
+# ## 2. Will it fit? The preflight
+#
+# `lora_lab.vram` (notebook 01) predicts the peak memory of a training step from the model's config,
+# without loading the weights. We check it against the GPU before anything heavy happens. The
+# figure is a worst case: every batch padded to `max_length` tokens.
+
+# %%
+model_path = tiny.resolve_model_path(profile.model_id)
+model_config = AutoConfig.from_pretrained(model_path)
+try:
+    preflight = train.preflight_memory(model_config, profile, METHOD, hw, precision)
+except train.WontFitError as err:
+    print(err)
+    raise SystemExit("Stopped before loading the model: change the settings in the cell above and rerun.") from None
+
+t4 = vram.GPUS["Colab T4"]
+t4_profile = profiles.PROFILES["t4"]
+t4_estimate = train.estimate_memory(vram.preset_config("Qwen/Qwen2.5-1.5B"), t4_profile, "qlora",
+                                    models.precision_for("cuda", (7, 5)), device="cuda")
+print(f"\nThe t4 profile on a T4 (Qwen2.5-1.5B, QLoRA, batch {t4_profile.batch_size} x {t4_profile.max_length} tokens):")
+print(t4_estimate)
+print(f"usable on a Colab T4: {t4.usable_bytes / GIB:.2f} GiB -> fits: {t4_estimate.fits(t4)}")
+
+# %% [markdown]
+# When the estimate is over the limit, `preflight_memory` raises `WontFitError` with the estimator's
+# suggestions. Here is what it says for full fine-tuning of a 7B model on a T4:
+
+# %%
+try:
+    train.preflight_memory(vram.preset_config("Qwen/Qwen2.5-7B"), t4_profile, "full", models.simulated_gpu(),
+                           models.precision_for("cuda", (7, 5), "full"), verbose=False)
+except train.WontFitError as err:
+    print(err)
+
+# %% [markdown]
+# ## 3. Data: chat template, loss on the answer only, checked per example
+#
+# The model, its tokenizer and the data. For QLoRA, `load_model_and_tokenizer` quantizes every linear
+# layer to 4-bit NF4 with double quantization while loading, then runs peft's
+# `prepare_model_for_kbit_training` (norms and embeddings to fp32, gradient checkpointing on).
+# On a CPU, bitsandbytes may print that an optional package of faster kernels (`kernels`) is missing;
+# that is harmless, it falls back to its own implementation.
+
+# %%
+splits = data.load_profile_dataset(profile)
+model, tokenizer = train.load_model_and_tokenizer(profile, METHOD, hw=hw)
+print({name: len(split) for name, split in splits.items()})
+print(f"eos {tokenizer.eos_token!r} (id {tokenizer.eos_token_id}), pad {tokenizer.pad_token!r} "
+      f"(id {tokenizer.pad_token_id}): different, so padding never hides the eos the model must learn")
+print()
+print(tokenizer.apply_chat_template(splits["train"][0]["messages"], tokenize=False))
+
+# %% [markdown]
+# `prepare_sft_data` renders the prompt with the generation prompt and the whole conversation
+# without; the answer's tokens are where the two differ, and only they get a label (everything else
+# is -100, ignored by the loss). It checks every example: at least one token carries loss, the
+# answer ends with eos (or the model never learns to stop), and it is no longer than `max_length`.
+
+# %%
+train_set, train_report = train.prepare_sft_data(tokenizer, splits["train"], profile.max_length, "train")
+eval_set, eval_report = train.prepare_sft_data(tokenizer, splits["eval"], profile.max_length, "eval")
+
+example = train_set[0]
+first = next(i for i, label in enumerate(example["labels"]) if label != -100)
+shown = range(max(0, first - 6), min(len(example["input_ids"]), first + 12))
+print("token           carries loss")
+for i in shown:
+    print(f"{tokenizer.decode([example['input_ids'][i]])!r:<16}{'yes' if example['labels'][i] != -100 else '-'}")
+
+# %% [markdown]
+# A chat template that silently drops the assistant's turn is a classic way to train on nothing.
+# Here is such a template; the check refuses it with a message instead of training zero tokens:
+
+# %%
+import copy
+
+broken = copy.deepcopy(tokenizer)
+broken.chat_template = ("{% for m in messages %}{% if m['role'] != 'assistant' %}{{ m['content'] }}"
+                        "{{ eos_token }}{% endif %}{% endfor %}")
+try:
+    train.prepare_sft_data(broken, splits["train"].select(range(3)), profile.max_length, "train")
+except ValueError as err:
+    print("refused:", err)
+
+# %% [markdown]
+# ## 4. The model before training
+#
+# Held-out prompts, greedy decoding, generation stopping at eos. For the `cpu` profile the questions
+# are about entities whose facts the model saw only in pretraining, never in fine-tuning data.
+
+# %%
+n_4bit = sum(type(m).__name__ == "Linear4bit" for m in model.modules())
+print(f"{n_4bit} linear layers in 4-bit NF4; model footprint {model.get_memory_footprint() / 2**20:.1f} MiB")
+eval_kwargs = dict(max_new_tokens=profile.max_new_tokens, batch_size=16)
+loss_before = evaluate.eval_loss(model, tokenizer, eval_set, profile.max_length)
+em_before, rows_before = evaluate.exact_match(model, tokenizer, splits["eval"], **eval_kwargs)
+print(f"before: eval loss {loss_before:.3f} on answer tokens, exact match {em_before:.1%} "
+      f"of {len(rows_before)} held-out prompts")
+print(evaluate.format_table(rows_before[:3]))
+
+# %% [markdown]
+# ## 5. Training
+#
+# `train.sft` attaches LoRA to every linear layer and runs trl's `SFTTrainer` with each setting
+# chosen on purpose (`train.sft_config_kwargs` lists them with a comment each): fp16/bf16 from the
+# capability, gradient checkpointing, paged 8-bit AdamW, and a checkpoint every `save_steps`
+# steps with the optimizer, scheduler and random-number states, so a run can resume exactly. A
+# callback logs the loss, tokens per second and peak memory at every logging step.
+#
+# One more bf16 trap hides in trl itself: for a quantized model, `SFTTrainer` converts the LoRA
+# matrices to bf16 whatever `fp16`/`bf16` say. On a T4 that brings bf16 back into an fp16 run, and on
+# any machine it rounds every update to bf16's 8-bit mantissa. `sft` casts them back to fp32 right
+# after building the trainer (`train.keep_trainable_fp32`); on this course's tiny model the bf16
+# adapters had cost QLoRA a large part of its held-out exact match.
+#
+# On Colab, set `USE_DRIVE = True` to write checkpoints to Google Drive: after a disconnect, rerun
+# the notebook and training continues from the newest checkpoint (`RESUME`).
+
+# %%
+checkpoints = OUTPUT_DIR / "checkpoints"
+if USE_DRIVE:
+    checkpoints = train.drive_checkpoint_dir(f"03_qlora_sft-{profile.name}") or checkpoints
+if not RESUME and checkpoints.exists():
+    shutil.rmtree(checkpoints)  # a fresh run: old local checkpoints would be resumed from by mistake
+try:
+    result = train.sft(model, tokenizer, train_set, profile, checkpoints, method=METHOD, resume=RESUME, hw=hw)
+except train.TrainingOutOfMemory as err:
+    print(err)
+    raise SystemExit("Out of memory: apply one of the suggestions above, then rerun (RESUME = True keeps the steps done).") from None
+tuned = result.model
+for record in result.records:
+    print(f"step {record['step']:>4}  loss {record['loss']:.3f}  {record['tokens_per_s']:>8.0f} tokens/s  "
+          f"peak {record['peak_memory_bytes'] / GIB:.2f} GiB ({record['peak_memory_kind']})")
+print({k: result.metrics[k] for k in ("train_runtime_s", "train_tokens_per_s", "final_loss")})
+train.plot_loss(result.log_history, title=f"{profile.name}: {METHOD} training loss")
+plt.show()
+
+# %%
+saved = sorted(checkpoints.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+print("checkpoints:", [p.name for p in saved])
+print("in the newest:", sorted(f.name for f in saved[-1].iterdir()) if saved else "-")
+
+# %% [markdown]
+# `tests/test_train.py::test_same_seed_same_run_and_resume_equals_uninterrupted` stops a run after a
+# checkpoint, resumes it in a new model, and checks that every logged loss and every adapter weight
+# equals those of a run that was never interrupted.
+#
+# ### When memory runs out anyway
+#
+# An out-of-memory error half-way through is the other way to lose a session. `sft` catches it,
+# keeps the checkpoints, saves the last completed step if it can, and asks the estimator what would
+# fit. To see the message without exhausting a GPU, a callback raises the same error a GPU raises:
+
+# %%
+try:
+    train.sft(tuned, tokenizer, train_set, profile, OUTPUT_DIR / "oom-demo", method=METHOD, hw=hw, verbose=False,
+              callbacks=[callbacks.SimulateOutOfMemory(step=0)])
+except train.TrainingOutOfMemory as err:
+    print(err)
+
+# %% [markdown]
+# ## 6. After training
+
+# %%
+loss_after = evaluate.eval_loss(tuned, tokenizer, eval_set, profile.max_length)
+em_after, rows_after = evaluate.exact_match(tuned, tokenizer, splits["eval"], **eval_kwargs)
+print(f"eval loss   {loss_before:.3f} -> {loss_after:.3f}")
+print(f"exact match {em_before:.1%} -> {em_after:.1%} on {len(rows_after)} held-out prompts")
+print()
+print(evaluate.format_table(evaluate.side_by_side(rows_before, rows_after, n=6)))
+if profile.name == "cpu":  # the course's promise for the cpu profile, checked on every run
+    assert em_before <= 0.10 and em_after >= 0.80, f"exact match {em_before:.0%} -> {em_after:.0%}"
+
+# %% [markdown]
+# ## 7. Save, reload, merge
+#
+# The adapter is all that training produced: LoRA matrices, saved as safetensors. We reload it onto a
+# freshly loaded base and check that greedy answers are identical.
+
+# %%
+adapter_dir, adapter_bytes = models.save_adapter(tuned, tokenizer, OUTPUT_DIR / "adapter")
+n_lora = sum(p.numel() for n, p in tuned.named_parameters() if "lora_" in n)
+print(f"adapter: {adapter_bytes / 2**20:.2f} MiB for {n_lora:,} LoRA parameters "
+      f"({adapter_bytes / n_lora:.1f} bytes each: peft saves fp32)")
+reloaded, _ = models.load_adapter(profile, adapter_dir, METHOD, hw=hw)
+prompts = splits["eval"]["messages"][:16]
+same = evaluate.generate(reloaded, tokenizer, prompts, profile.max_new_tokens) == [r["prediction"] for r in rows_after[:16]]
+print("reloaded adapter gives the same greedy answers on 16 prompts:", same)
+del reloaded
+
+# %% [markdown]
+# To serve without peft, merge the adapter into the base weights: W + (alpha / r) B A. Merging into the
+# 4-bit base would round the sum back to NF4 and change the answers, so `merge_adapter` loads a
+# 16-bit copy of the base (fp32 on the CPU), merges there, and compares logits with the same base
+# carrying the unmerged adapter.
+
+# %%
+probe = train.probe_batch(tokenizer, splits["eval"], n=2)
+merged, merge_report = models.merge_adapter(profile, adapter_dir, probe, method=METHOD, hw=hw,
+                                            out_dir=OUTPUT_DIR / "merged", trained_model=tuned)
+print(f"merged into a {merge_report.dtype} base: max |logit difference| vs unmerged {merge_report.max_abs_diff:.2e} "
+      f"(tolerance {merge_report.tolerance:.0e}) -> {'ok' if merge_report.ok else 'TOO LARGE'}")
+print(f"merged model saved: {merge_report.merged_bytes / 2**20:.1f} MiB in {merge_report.merged_dir}")
+em_merged, _ = evaluate.exact_match(merged, tokenizer, splits["eval"], **eval_kwargs)
+print(f"exact match of the merged model: {em_merged:.1%} (the QLoRA model: {em_after:.1%})")
+if merge_report.max_abs_diff_vs_trained is not None:
+    print(f"largest logit gap between the merged model and the 4-bit model it was trained on: "
+          f"{merge_report.max_abs_diff_vs_trained:.2f}")
+
+# %% [markdown]
+# The merged model is the adapter trained on a 4-bit base, now sitting on the *unquantized* base. The
+# adapter learned to work with NF4-rounded weights, so the merged model differs from the trained
+# model by the rounding error of the base, which is the last line above. On a large model the rounding
+# barely moves the answers; on the tiny model, which stores a lot in very few weights, it can.
+#
+# ## 8. Predicted and measured memory
+
+# %%
+on_gpu = precision.executed != "float32"
+estimate = train.estimate_memory(model_config, profile, METHOD, precision, seq_len=train_report.longest_kept,
+                                 device="cuda" if on_gpu else "cpu")
+measured = result.metrics["peak_memory_bytes"]
+if on_gpu:
+    print(f"predicted peak reserved {estimate.reserved / GIB:.2f} GiB, measured "
+          f"torch.cuda.max_memory_reserved() {measured / GIB:.2f} GiB, usable {hw.gpu_total_bytes / GIB:.2f} GiB")
+else:
+    print(f"predicted tensors of one step: {estimate.peak_allocated / 2**20:.1f} MiB; measured peak RSS of this "
+          f"whole Python process: {measured / 2**20:.0f} MiB")
+    print("On the CPU the process's resident memory is mostly the interpreter, torch and the libraries, so it is an "
+          "upper bound, not a check. On a T4 the same cell compares the estimate with torch.cuda.max_memory_reserved().")
+
+# %% [markdown]
+# ## Why the tiny model suffers more from 4 bits
+#
+# NF4 rounds every weight to one of 16 levels per block of 64. The relative error that leaves in a
+# weight matrix depends on how the weights are distributed, not on the model's size; measure it on
+# this model's layers:
+
+# %%
+import bitsandbytes.functional as bnbf
+from transformers import AutoModelForCausalLM
+
+# The base's original weights, on the CPU, to compare with what the 4-bit layers hold.
+original = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32 if profile.is_local else torch.float16)
+reference = dict(original.named_modules())
+relative = []
+for name, module in model.named_modules():
+    if type(module).__name__ == "Linear4bit":
+        key = name.removeprefix("base_model.model.").replace(".base_layer", "")
+        rounded = bnbf.dequantize_4bit(module.weight.data, module.weight.quant_state).float().cpu()
+        exact = reference[key].weight.float()
+        relative.append(((rounded - exact).norm() / exact.norm()).item())
+n_params = sum(p.numel() for p in original.parameters())
+if relative:
+    print(f"{len(relative)} layers: relative NF4 error |W - NF4(W)| / |W| between {min(relative):.3f} and "
+          f"{max(relative):.3f}")
+else:
+    print(f"METHOD = {METHOD!r}: this run has no 4-bit layers to measure")
+if profile.is_local:
+    n_facts = len(data.ATTRIBUTES) * len(data.make_world().entities)
+    print(f"{n_params:,} parameters hold {n_facts:,} facts (and the language around them): "
+          f"{n_params // n_facts:,} parameters per fact")
+del original, reference
+
+# %% [markdown]
+# An error of that size in every weight is what a 7B model carries too, and for it the QLoRA paper
+# measures no loss: 5-shot MMLU 53.1 with NF4 + double quantization against 53.0 for 16-bit LoRA
+# (Dettmers et al. 2023, arXiv 2305.14314, Table 4). The tiny model differs in how much each weight
+# has to hold. It stores four facts about each of a few hundred made-up entities in well under a
+# million parameters, so the answer to "where does mipoka live?" rests on a few weights and a narrow
+# margin between the right city and the next one; a few percent of noise on those weights flips
+# answers. A 7B model's knowledge is spread over thousands of times more weights, and the errors
+# largely average out. This is why the `cpu` profile trains longer than a real QLoRA run would need.
+#
+# ## The same pipeline as a command
+#
+# ```bash
+# python -m lora_lab.train --profile cpu                                 # this notebook's run
+# python -m lora_lab.train --profile t4 --max-steps 60 --output-dir runs/t4
+# python -m lora_lab.train --profile t4 --method lora --rank 8            # compare methods and ranks
+# python -m lora_lab.train --profile t4 --drive --resume                  # Colab: checkpoints on Drive, resume
+# ```
+#
+# It writes `metrics.json` (eval loss and exact match before and after, runtime, tokens/s, measured and
+# predicted peak memory, adapter folder and size, the reload and merge checks), `loss.png`, the
+# adapter and the merged model into `--output-dir`.
+
+# %%
+train.build_parser().print_help()
+
+# %% [markdown]
+# ## Beyond one GPU
+#
+# The command runs unchanged under a launcher. With **DDP** every process holds the whole model and
+# trains on its share of each batch:
+#
+# ```bash
+# torchrun --nproc_per_node 2 -m lora_lab.train --profile t4
+# ```
+#
+# (`tests/test_train_ddp.py` runs two CPU processes this way, over gloo, and checks that both end
+# with the same loss.) When the model does not fit on one GPU, **FSDP** shards the weights too. QLoRA
+# works with FSDP if the packed 4-bit weights are stored in the same dtype as the other parameters,
+# which `load_model_and_tokenizer` does (`bnb_4bit_quant_storage`) when accelerate launches it with FSDP:
+#
+# ```bash
+# accelerate launch --use_fsdp --num_processes 2 --fsdp_sharding_strategy FULL_SHARD \
+#     --fsdp_auto_wrap_policy TRANSFORMER_BASED_WRAP -m lora_lab.train --profile t4 --model Qwen/Qwen2.5-7B-Instruct
+# ```
+#
+# What the estimator says per GPU for a 7B model with the t4 profile's settings:
+
+# %%
+fp16 = models.precision_for("cuda", (7, 5), "qlora")
+for n_gpus, sharding in ((1, None), (2, None), (2, "fsdp"), (4, "fsdp")):
+    est = vram.estimate("Qwen/Qwen2.5-7B", method="qlora", rank=t4_profile.lora_r, batch_size=t4_profile.batch_size,
+                        seq_len=t4_profile.max_length, optimizer=t4_profile.optimizer, precision="fp16",
+                        num_gpus=n_gpus, sharding=sharding)
+    label = f"{n_gpus} GPU{'s' if n_gpus > 1 else ''}, {'FSDP' if sharding else 'DDP' if n_gpus > 1 else 'single'}"
+    print(f"{label:<16} {est.total / GIB:6.2f} GiB per GPU (weights {est.weights / GIB:.2f}); fits a T4: {est.fits(t4)}")
+
+# %% [markdown]
+# ## Does 7B fit on a T4?
+#
+# The syllabus says a 7B model can be fine-tuned with QLoRA on a 16 GB card. The estimate first, for
+# batch 1 at the t4 profile's 512 tokens:
+
+# %%
+seven_b = t4_profile.replace(model_id="Qwen/Qwen2.5-7B-Instruct", batch_size=1, grad_accum=16, max_steps=10,
+                             save_steps=1000, logging_steps=2)
+est_7b = train.estimate_memory(vram.preset_config("Qwen/Qwen2.5-7B"), seven_b, "qlora", fp16, device="cuda")
+print(est_7b)
+print(f"fits a Colab T4 ({t4.usable_bytes / GIB:.2f} GiB): {est_7b.fits(t4)}")
+if RUN_7B and hw.device_type == "cuda":
+    import gc
+
+    del merged  # the 16-bit merged copy is the biggest thing still on the GPU
+    gc.collect()
+    torch.cuda.empty_cache()
+    train.preflight_memory(AutoConfig.from_pretrained(seven_b.model_id), seven_b, "qlora", hw,
+                           models.decide_precision(hw, "qlora"))
+    m7, tok7 = train.load_model_and_tokenizer(seven_b, "qlora", hw=hw)
+    short = train.sft(m7, tok7, splits["train"].select(range(64)), seven_b, OUTPUT_DIR / "7b", method="qlora", hw=hw)
+    print(f"7B: {short.metrics['global_step']} steps, measured peak {short.metrics['peak_memory_bytes'] / GIB:.2f} GiB "
+          f"(predicted {est_7b.reserved / GIB:.2f} GiB reserved)")
+else:
+    print("(set RUN_7B = True on a GPU runtime for a 10-step run that measures it)")
+
+# %%
+print(f"notebook ran in {time.perf_counter() - started:.0f} s")
+
+# %% [markdown]
+# ## Exercises
+#
+# **1. The adapter's size by hand.** A LoRA pair on a layer with `d_in` inputs and `d_out` outputs has
+# `r * (d_in + d_out)` parameters. Add them up over every adapted layer of this model and predict the
+# adapter file's size in bytes (peft saves fp32). How far is the file from your prediction, and why?
+
+# %% tags=["solution"]
+predicted = 0
+for module in tuned.modules():
+    if hasattr(module, "lora_A") and "default" in getattr(module, "lora_A", {}):
+        a, b = module.lora_A["default"], module.lora_B["default"]
+        predicted += result.model.peft_config["default"].r * (a.in_features + b.out_features)
+print(f"predicted {predicted:,} parameters = {4 * predicted:,} bytes; file {adapter_bytes:,} bytes "
+      f"(the rest, {adapter_bytes - 4 * predicted:,} bytes, is the safetensors header naming each tensor)")
+
+# %% [markdown]
+# **2. How long may the examples be?** Using `lora_lab.vram`, find the longest sequence at which the
+# `t4` profile's QLoRA run (Qwen2.5-1.5B, batch 4, fp16, gradient checkpointing, paged 8-bit AdamW)
+# still fits on a Colab T4, and the same without gradient checkpointing.
+
+# %% tags=["solution"]
+settings = dict(method="qlora", rank=t4_profile.lora_r, batch_size=t4_profile.batch_size, precision="fp16",
+                optimizer=t4_profile.optimizer)
+for checkpointing in (True, False):
+    longest = vram.max_seq_len_that_fits("Qwen/Qwen2.5-1.5B", "Colab T4", gradient_checkpointing=checkpointing,
+                                         **settings)
+    print(f"gradient checkpointing {'on ' if checkpointing else 'off'}: up to {longest:,} tokens per example")

@@ -1,0 +1,235 @@
+"""lora_lab.train: dtype decision, label masking, over-length report, training, resume, OOM, reload, merge.
+
+Short runs on the cpu profile's tiny model (a few optimizer steps each); the full-length run and
+its >= 80% exact match are checked by notebook 03 and the command line.
+"""
+
+import pytest
+import torch
+from datasets import Dataset
+from transformers import AutoTokenizer
+
+from lora_lab import callbacks, data, evaluate, hardware, models, profiles, tiny, train
+
+GIB = 2**30
+
+
+def gpu_reading(name="Tesla T4", capability=(7, 5), total=int(14.74 * GIB)) -> hardware.Hardware:
+    """A hardware record as `hardware.detect()` returns it on a GPU machine."""
+    return hardware.Hardware(
+        device_type="cuda", gpu_name=name, gpu_total_bytes=total, gpu_free_bytes=total - GIB,
+        compute_capability=capability, native_bf16=hardware.has_native_bf16("cuda", capability),
+        compute_dtype=hardware.compute_dtype_for("cuda", capability), in_colab=False,
+        disk_free_bytes=100 * GIB, ram_total_bytes=16 * GIB, ram_available_bytes=12 * GIB,
+    )
+
+
+def small_profile(**changes):
+    """The cpu profile with a short schedule for tests."""
+    base = dict(max_steps=8, logging_steps=2, save_steps=4, batch_size=8, n_eval=20)
+    return profiles.get_profile("cpu").replace(**{**base, **changes})
+
+
+@pytest.fixture(scope="module")
+def splits():
+    return data.course_splits(("recall",), n_eval=20)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_model_path):
+    return AutoTokenizer.from_pretrained(tiny_model_path)
+
+
+# ---------------------------------------------------------------------------------------------
+# dtype
+
+
+@pytest.mark.parametrize("method", ["qlora", "lora"])
+def test_t4_decides_fp16_even_without_a_gpu_here(method):
+    t4 = gpu_reading()
+    on_t4 = models.decide_precision(t4, method, on_device=True)
+    assert (on_t4.decided, on_t4.executed, on_t4.fp16, on_t4.bf16) == ("float16", "float16", True, False)
+    assert on_t4.bnb_compute_dtype == "float16"
+    kwargs = train.sft_config_kwargs(profiles.get_profile("t4"), "out", on_t4)
+    assert kwargs["fp16"] is True and kwargs["bf16"] is False  # explicit: trl would default to bf16
+    here = models.decide_precision(t4, method, on_device=False)  # a T4 reading on this CPU machine
+    assert here.decided == "float16" and here.executed == "float32" and not (here.fp16 or here.bf16)
+    assert "float32" in here.note
+
+
+def test_ampere_gets_bf16_cpu_gets_fp32_full_keeps_fp32_weights():
+    a100 = models.decide_precision(gpu_reading("A100", (8, 0)), "qlora", on_device=True)
+    assert a100.bf16 and not a100.fp16 and a100.bnb_compute_dtype == "bfloat16"
+    full_t4 = models.decide_precision(gpu_reading(), "full", on_device=True)
+    assert full_t4.fp16 and full_t4.load_dtype == "float32"  # fp32 master weights: no "unscale FP16 gradients"
+    cpu = models.decide_precision(hardware.detect(), "qlora")
+    assert cpu.executed == "float32" and cpu.fp16 is False and cpu.bf16 is False
+    with pytest.raises(ValueError, match="Unknown method 'qlora4'"):
+        models.decide_precision(hardware.detect(), "qlora4")
+
+
+# ---------------------------------------------------------------------------------------------
+# data: labels on the answer only, checked per example; over-long examples reported
+
+
+def test_labels_cover_exactly_the_answer_and_eos(tokenizer, splits):
+    ds, report = train.prepare_sft_data(tokenizer, splits["train"].select(range(30)), 64, verbose=False)
+    assert report.n_kept == 30 and report.n_too_long == 0 and report.loss_tokens_min >= 2
+    for row, example in zip(ds, splits["train"].select(range(30)), strict=True):
+        answer_ids = [t for t in row["labels"] if t != -100]
+        assert answer_ids[-1] == tokenizer.eos_token_id
+        assert tokenizer.decode(answer_ids, skip_special_tokens=True) == example["answer"]
+        # Everything before the answer is masked: the prompt carries no loss.
+        first = next(i for i, t in enumerate(row["labels"]) if t != -100)
+        assert tokenizer.decode(row["input_ids"][:first]).endswith("<|assistant|>")
+
+
+def test_template_that_hides_the_answer_is_refused(tokenizer, splits):
+    hiding = tokenizer.__class__.from_pretrained(tokenizer.name_or_path)
+    # Renders only user turns: the assistant's answer never appears, so nothing would carry loss.
+    hiding.chat_template = (
+        "{% for m in messages %}{% if m['role'] == 'user' %}<|user|>{{ m['content'] }}<|end|>{% endif %}"
+        "{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}"
+    )
+    with pytest.raises(ValueError, match="Example 0 of the train set: no token carries loss"):
+        train.prepare_sft_data(hiding, splits["train"].select(range(5)), 64, verbose=False)
+
+
+def test_answer_without_eos_and_pad_equal_eos_are_refused(tokenizer, splits):
+    no_eos = tokenizer.__class__.from_pretrained(tokenizer.name_or_path)
+    no_eos.chat_template = tiny.CHAT_TEMPLATE.replace("<|end|>{% endfor %}", "{% endfor %}")
+    with pytest.raises(ValueError, match="never learn to stop"):
+        train.prepare_sft_data(no_eos, splits["train"].select(range(5)), 64, verbose=False)
+    pad_is_eos = tokenizer.__class__.from_pretrained(tokenizer.name_or_path)
+    pad_is_eos.pad_token = pad_is_eos.eos_token
+    with pytest.raises(ValueError, match="equal to eos"):
+        train.prepare_sft_data(pad_is_eos, splits["train"].select(range(5)), 64, verbose=False)
+    # ensure_pad_token repairs it with a distinct special token.
+    assert models.ensure_pad_token(pad_is_eos) == tiny.PAD_TOKEN
+
+
+def test_bad_rows_are_refused_with_the_data_validator(tokenizer):
+    with pytest.raises(ValueError, match="no assistant message"):
+        train.prepare_sft_data(tokenizer, [{"messages": [{"role": "user", "content": "hi"}]}], 64, verbose=False)
+
+
+def test_over_length_examples_are_counted_and_dropped_never_cut(tokenizer):
+    rows = [{"messages": [{"role": "user", "content": "what is the color of mipoka ?"},
+                          {"role": "assistant", "content": "red " * n}]} for n in (1, 2, 30, 3, 40)]
+    ds, report = train.prepare_sft_data(tokenizer, Dataset.from_list(rows), 24, verbose=False)
+    assert (report.n_examples, report.n_kept, report.n_too_long) == (5, 3, 2)
+    assert report.too_long_examples == [2, 4] and report.longest > 24 and report.longest_kept <= 24
+    assert all(row["labels"][-1] == tokenizer.eos_token_id for row in ds)  # kept ones are whole
+    assert "dropped whole" in report.summary()
+    with pytest.raises(ValueError, match="Every example of the train set is longer than max_length=4"):
+        train.prepare_sft_data(tokenizer, Dataset.from_list(rows), 4, verbose=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# training
+
+
+def adapter_state(model) -> dict:
+    return {k: v.detach().clone() for k, v in model.state_dict().items() if "lora_" in k}
+
+
+def test_qlora_training_lowers_the_loss_and_learns_to_answer(splits, tmp_path):
+    profile = small_profile(max_steps=30, logging_steps=5, save_steps=100, batch_size=16)
+    model, tok = train.load_model_and_tokenizer(profile, "qlora")
+    assert getattr(model, "is_loaded_in_4bit", False)
+    before, _ = evaluate.exact_match(model, tok, splits["eval"], max_new_tokens=4)
+    loss_before = evaluate.eval_loss(model, tok, splits["eval"], 64)
+    result = train.sft(model, tok, splits, profile, tmp_path, method="qlora", verbose=False)
+    losses = [loss for _, loss in result.losses]
+    assert losses[-1] < 0.5 * losses[0]
+    assert evaluate.eval_loss(result.model, tok, splits["eval"], 64) < 0.5 * loss_before
+    after, rows = evaluate.exact_match(result.model, tok, splits["eval"], max_new_tokens=4)
+    assert before <= 0.1 and after > before
+    # The tuned model answers with one of the world's values and stops (no endless generation).
+    values = {v for vs in data.ATTRIBUTES.values() for v in vs}
+    assert sum(r["prediction"] in values for r in rows) >= 0.9 * len(rows)
+    m = result.metrics
+    assert m["train_tokens_per_s"] > 0 and m["peak_memory_bytes"] > 0 and m["final_loss"] == losses[-1]
+    assert m["precision"]["executed"] == "float32"
+
+
+def test_same_seed_same_run_and_resume_equals_uninterrupted(splits, tmp_path):
+    profile = small_profile()
+    runs = {}
+    for name, cbs in (("a", ()), ("b", ()), ("stopped", (callbacks.StopAtStep(4),))):
+        model, tok = train.load_model_and_tokenizer(profile, "qlora")
+        runs[name] = train.sft(model, tok, splits, profile, tmp_path / name, method="qlora", callbacks=cbs,
+                               verbose=False)
+    assert runs["a"].losses == runs["b"].losses
+    a, b = adapter_state(runs["a"].model), adapter_state(runs["b"].model)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert runs["stopped"].metrics["global_step"] == 4 and (tmp_path / "stopped" / "checkpoint-4").is_dir()
+    # A fresh process after the "disconnect": new model, resume from the newest checkpoint.
+    model, tok = train.load_model_and_tokenizer(profile, "qlora")
+    resumed = train.sft(model, tok, splits, profile, tmp_path / "stopped", method="qlora", resume=True,
+                        verbose=False)
+    assert resumed.metrics["resumed_from"].endswith("checkpoint-4")
+    assert resumed.losses == runs["a"].losses
+    r = adapter_state(resumed.model)
+    assert all(torch.equal(a[k], r[k]) for k in a)
+
+
+def test_out_of_memory_is_caught_with_advice_and_checkpoints_kept(splits, tmp_path):
+    profile = small_profile(save_steps=2)
+    model, tok = train.load_model_and_tokenizer(profile, "lora")
+    with pytest.raises(train.TrainingOutOfMemory) as info:
+        train.sft(model, tok, splits, profile, tmp_path, method="lora",
+                  callbacks=[callbacks.SimulateOutOfMemory(step=3)], hw=gpu_reading(), verbose=False)
+    err = info.value
+    message = str(err)
+    assert "Out of memory at step 4 of 8" in message and "Try:" in message and "estimator predicted" in message
+    assert err.suggestions and err.step == 3
+    # Checkpoint 2 was written by the schedule; step 3 (completed before the failure) is saved too.
+    assert (tmp_path / "checkpoint-2").is_dir()
+    assert err.last_checkpoint.endswith("checkpoint-3") and "checkpoint-3" in message
+    model, tok = train.load_model_and_tokenizer(profile, "lora")
+    resumed = train.sft(model, tok, splits, profile, tmp_path, method="lora", resume=True, verbose=False)
+    assert resumed.metrics["global_step"] == 8
+
+
+def test_adapter_reload_gives_the_same_generations_and_merge_the_same_logits(splits, tmp_path):
+    profile = small_profile(max_steps=20, save_steps=100, batch_size=16)
+    model, tok = train.load_model_and_tokenizer(profile, "qlora")
+    result = train.sft(model, tok, splits, profile, tmp_path / "ckpt", method="qlora", verbose=False)
+    adapter_dir, size = models.save_adapter(result.model, tok, tmp_path / "adapter")
+    assert (adapter_dir / "adapter_model.safetensors").stat().st_size == size > 0
+    prompts = splits["eval"]["messages"][:12]
+    ours = evaluate.generate(result.model, tok, prompts, max_new_tokens=6)
+    reloaded, _ = models.load_adapter(profile, adapter_dir, "qlora")
+    assert evaluate.generate(reloaded, tok, prompts, max_new_tokens=6) == ours
+    probe = train.probe_batch(tok, splits["eval"])
+    merged, report = models.merge_adapter(profile, adapter_dir, probe, out_dir=tmp_path / "merged",
+                                          trained_model=result.model)
+    assert report.ok and report.max_abs_diff <= 1e-4 and report.dtype == "float32"
+    assert not any("lora_" in name for name, _ in merged.named_parameters())  # really merged
+    assert report.merged_bytes > 0 and (tmp_path / "merged" / "model.safetensors").exists()
+    # Merging rounds nothing: same logits as the unmerged adapter on the 16/32-bit base.
+    assert report.max_abs_diff_vs_trained is not None  # the 4-bit base's rounding, reported separately
+
+
+# ---------------------------------------------------------------------------------------------
+# preflight
+
+
+def test_preflight_stops_a_run_that_cannot_fit_with_the_estimators_advice():
+    from lora_lab import vram
+
+    profile = profiles.get_profile("t4")
+    t4 = gpu_reading()
+    precision = models.decide_precision(t4, "full", on_device=True)
+    config = vram.preset_config("Qwen/Qwen2.5-7B")
+    with pytest.raises(train.WontFitError, match=r"will not fit.*Colab|will not fit.*Tesla T4.*Try:"):
+        train.preflight_memory(config, profile, "full", t4, precision, verbose=False)
+    qlora = models.decide_precision(t4, "qlora", on_device=True)
+    est = train.preflight_memory(vram.preset_config("Qwen/Qwen2.5-1.5B"), profile, "qlora", t4, qlora, verbose=False)
+    assert est.total < t4.gpu_total_bytes and est.settings["precision"] == "fp16"
+
+
+def test_merge_tolerances_are_ordered():
+    assert models.MERGE_TOLERANCE["float32"] < models.MERGE_TOLERANCE["float16"] < models.MERGE_TOLERANCE["bfloat16"]
+

@@ -1,0 +1,116 @@
+"""The t4 profile's whole pipeline on local stand-ins: a reduced Qwen2 with random weights, a GSM8K-shaped
+dataset, and a T4 hardware reading (fp16 decided; this CPU machine executes in fp32).
+
+Nothing touches the network: the model, tokenizer and dataset are written to tmp folders and read
+back through the same `from_pretrained` / `load_dataset` calls the real run uses.
+"""
+
+import json
+
+import pytest
+import torch
+from datasets import Dataset, DatasetDict
+from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+
+from lora_lab import data, hardware, profiles, train
+
+GIB = 2**30
+#: Qwen2.5's chat template in miniature: a default system turn, turns closed by the eos token and a newline.
+QWEN_LIKE_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if loop.first and message['role'] != 'system' %}<|system|>\nYou are a helpful assistant.<|end|>\n{% endif %}"
+    "<|{{ message['role'] }}|>\n{{ message['content'] }}<|end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+
+
+def t4_reading() -> hardware.Hardware:
+    cap = (7, 5)
+    return hardware.Hardware(
+        device_type="cuda", gpu_name="Tesla T4", gpu_total_bytes=int(14.74 * GIB), gpu_free_bytes=int(14.5 * GIB),
+        compute_capability=cap, native_bf16=False, compute_dtype=hardware.compute_dtype_for("cuda", cap),
+        in_colab=False, disk_free_bytes=100 * GIB, ram_total_bytes=12 * GIB, ram_available_bytes=10 * GIB,
+    )
+
+
+@pytest.fixture(scope="module")
+def qwen_standin(tmp_path_factory, tiny_model_path):
+    """A Qwen2-architecture model at reduced size (random weights) with a Qwen-like chat template."""
+    folder = tmp_path_factory.mktemp("qwen2-standin")
+    tok = AutoTokenizer.from_pretrained(tiny_model_path)
+    tok.chat_template = QWEN_LIKE_TEMPLATE
+    tok.model_max_length = 512
+    real = Qwen2Config()  # the architecture's defaults; we keep its structure, shrink its sizes
+    config = Qwen2Config(
+        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=1024, tie_word_embeddings=True,
+        rope_theta=getattr(real, "rope_theta", 10000.0), bos_token_id=None, eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+    torch.manual_seed(0)
+    Qwen2ForCausalLM(config).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+def gsm8k_like(n_train=48, n_test=12) -> DatasetDict:
+    """Rows with GSM8K's columns: a question, and a worked answer ending in '#### N'."""
+    def row(i):
+        a, b = 3 + i % 7, 2 + i % 5
+        return {"question": f"Tom has {a} apples and buys {b} more. How many apples does he have?",
+                "answer": f"He has {a} + {b} = <<{a}+{b}={a + b}>>{a + b} apples.\n#### {a + b}"}
+    return DatasetDict(train=Dataset.from_list([row(i) for i in range(n_train)]),
+                       test=Dataset.from_list([row(100 + i) for i in range(n_test)]))
+
+
+def t4_profile(standin) -> profiles.RunProfile:
+    """The t4 preset with its model swapped for the stand-in and its schedule shortened for a CPU test."""
+    return profiles.PROFILES["t4"].replace(model_id=str(standin), max_steps=4, logging_steps=2, save_steps=2,
+                                              n_eval=6, max_new_tokens=24, batch_size=2, grad_accum=2)
+
+
+def test_t4_pipeline_on_stand_ins(qwen_standin, tmp_path):
+    profile = t4_profile(qwen_standin)
+    raw = gsm8k_like()
+    splits = data.load_profile_dataset(profile, loader=lambda *args: raw)  # the real normalising code
+    assert splits["eval"][0]["answer"].isdigit()
+    metrics = train.run_pipeline(profile, output_dir=tmp_path, splits=splits, hw=t4_reading(), verbose=False)
+    on_disk = json.loads((tmp_path / "metrics.json").read_text())
+    required = ("eval_loss_before", "eval_loss_after", "exact_match_before", "exact_match_after", "train_runtime_s",
+                "train_tokens_per_s", "peak_memory_bytes", "predicted_peak_bytes", "adapter_dir", "adapter_bytes")
+    for key in required:
+        assert on_disk[key] is not None, key
+    assert metrics["dtype_decided"] == "float16" and metrics["dtype_executed"] == "float32"
+    assert metrics["method"] == "qlora" and metrics["eval_loss_after"] < metrics["eval_loss_before"]
+    assert metrics["reload_same_generations"] is True
+    assert metrics["merge"]["ok"] and (tmp_path / "merged" / "config.json").exists()
+    assert (tmp_path / "loss.png").exists() and (tmp_path / "adapter" / "adapter_model.safetensors").exists()
+    assert on_disk["data"]["train"]["n_kept"] == 48 and on_disk["data"]["train"]["loss_tokens_min"] > 5
+    # The stand-in's architecture is read by the estimator like the real Qwen2.5.
+    assert 0 < metrics["predicted_peak_bytes"] and metrics["preflight_total_bytes"] < 14.74 * GIB
+
+
+def test_command_line_on_stand_ins(qwen_standin, tmp_path, monkeypatch):
+    """`python -m lora_lab.train --profile t4 --model ... --dataset ...` with local folders, via main()."""
+    folder = tmp_path / "gsm8k-local"
+    folder.mkdir()
+    raw = gsm8k_like(24, 6)
+    raw["train"].to_json(folder / "train.jsonl")
+    raw["test"].to_json(folder / "test.jsonl")
+    monkeypatch.setattr(train.profiles, "get_profile",
+                        lambda name=None: t4_profile(qwen_standin) if name == "t4" else profiles.PROFILES[name])
+    out = tmp_path / "run"
+    code = train.main(["--profile", "t4", "--model", str(qwen_standin), "--dataset", str(folder), "--method", "lora",
+                       "--rank", "4", "--max-steps", "2", "--output-dir", str(out), "--no-merge"])
+    assert code == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["method"] == "lora" and metrics["data"]["train"]["n_examples"] == 24
+    assert metrics["global_step"] == 2 and metrics["adapter_bytes"] > 0
+    adapter_cfg = json.loads((out / "adapter" / "adapter_config.json").read_text())
+    assert adapter_cfg["r"] == 4
+
+
+def test_command_line_reports_a_predictable_failure_without_traceback(tmp_path, capsys):
+    code = train.main(["--profile", "cpu", "--dataset", str(tmp_path / "missing"), "--output-dir", str(tmp_path)])
+    assert code == 2
+    assert "Error" in capsys.readouterr().err
