@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 NOTEBOOK_SOURCES := $(wildcard notebooks/[0-9][0-9]_*.py)
 
-.PHONY: setup run test lint sync check-sync pytest nbtest clean colab-links exercises figures
+.PHONY: setup run test lint sync check-sync pytest nbtest clean colab-links exercises figures bench
 
 # Create the virtual environment and install the pinned stack (torch pinned: a bare
 # `torch` would pull a multi-GB CUDA build) plus this package in editable mode.
@@ -63,3 +63,7 @@ exercises: $(STAMP)
 # Every figure of the course as PNG and SVG into build/figures/ (runs the notebooks).
 figures: $(STAMP)
 	$(BIN)/python -m lora_lab.course figures
+
+# The VRAM estimator against measured training steps; writes benchmarks/results/vram_accuracy_cpu.csv.
+bench: $(STAMP)
+	$(BIN)/python benchmarks/vram_accuracy.py
