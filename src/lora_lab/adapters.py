@@ -578,13 +578,7 @@ def hotswap(model, adapter_dir, adapter_name: str = "default") -> None:
 def _chat_batch(tokenizer, prompts, device):
     texts = [tokenizer.apply_chat_template(evaluate._as_messages(p), tokenize=False, add_generation_prompt=True)
              for p in prompts]
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    try:
-        enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-    finally:
-        tokenizer.padding_side = side
-    return enc.to(device)
+    return evaluate.tokenize_padded(tokenizer, texts, "left").to(device)
 
 
 @torch.no_grad()

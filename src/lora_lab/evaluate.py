@@ -37,6 +37,20 @@ def _as_messages(prompt) -> list[dict]:
     return messages
 
 
+def tokenize_padded(tokenizer, texts: Sequence[str], side: str):
+    """Tokenize chat-templated `texts` as one padded batch, padding on `side`.
+
+    Left padding for generation (new tokens must follow the prompt directly), right padding for
+    logit comparisons. The tokenizer's own setting is restored afterwards.
+    """
+    previous = tokenizer.padding_side
+    tokenizer.padding_side = side
+    try:
+        return tokenizer(list(texts), return_tensors="pt", padding=True, add_special_tokens=False)
+    finally:
+        tokenizer.padding_side = previous
+
+
 @torch.no_grad()
 def generate(model, tokenizer, prompts: Sequence, max_new_tokens: int = 32, batch_size: int = 16) -> list[str]:
     """Greedy answers to `prompts`, one string each, special tokens removed.
@@ -53,14 +67,12 @@ def generate(model, tokenizer, prompts: Sequence, max_new_tokens: int = 32, batc
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "left"  # new tokens must follow the prompt directly
     outputs: list[str] = []
     try:
         for start in range(0, len(prompts), batch_size):
             chunk = [_as_messages(p) for p in prompts[start : start + batch_size]]
             texts = [tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True) for m in chunk]
-            enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+            enc = tokenize_padded(tokenizer, texts, "left").to(device)
             out = model.generate(
                 **enc,
                 max_new_tokens=max_new_tokens,
@@ -72,7 +84,6 @@ def generate(model, tokenizer, prompts: Sequence, max_new_tokens: int = 32, batc
             new = out[:, enc["input_ids"].shape[1] :]
             outputs += [s.strip() for s in tokenizer.batch_decode(new, skip_special_tokens=True)]
     finally:
-        tokenizer.padding_side = side
         model.train(was_training)
     return outputs
 

@@ -638,12 +638,7 @@ def trainable_hash(model) -> str:
 def probe_batch(tokenizer, dataset, n: int = 4) -> dict:
     """A small padded batch of the first `n` full conversations, for logit comparisons (merge check)."""
     texts = [tokenizer.apply_chat_template(m, tokenize=False) for m in dataset["messages"][:n]]
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "right"
-    try:
-        enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-    finally:
-        tokenizer.padding_side = side
+    enc = evaluate.tokenize_padded(tokenizer, texts, "right")
     return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
 
 
