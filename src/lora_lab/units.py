@@ -1,0 +1,25 @@
+"""Units and places shared by every module: one `GIB`, one cache root.
+
+Why a module of its own: the byte unit and the cache location were defined in several
+modules with different defaults; every module now imports them from here.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+GIB = 2**30  # bytes in a gibibyte; every memory figure in the course is in GiB
+MIB = 2**20  # bytes in a mebibyte
+
+CACHE_ENV = "LORA_LAB_CACHE"  # the one environment variable that moves every cache of the course
+
+
+def cache_root() -> Path:
+    """Where the course caches what it builds: $LORA_LAB_CACHE, else ~/.cache/lora_lab."""
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "lora_lab")
+
+
+def cache_dir(kind: str) -> Path:
+    """One sub-folder of the cache root per kind of artefact (`tiny`, `rank`, `adapters`, ...)."""
+    return cache_root() / kind
