@@ -52,7 +52,7 @@ import matplotlib.pyplot as plt
 import torch
 from transformers import AutoConfig
 
-from lora_lab import callbacks, data, evaluate, models, tiny, train, vram
+from lora_lab import callbacks, data, evaluate, models, sft_data, tiny, train, vram
 
 GIB = 2**30
 METHOD = profile.method  # "qlora"; "lora" or "full" run through the same code, for comparison
@@ -138,8 +138,8 @@ print(tokenizer.apply_chat_template(splits["train"][0]["messages"], tokenize=Fal
 # answer ends with eos (or the model never learns to stop), and it is no longer than `max_length`.
 
 # %%
-train_set, train_report = train.prepare_sft_data(tokenizer, splits["train"], profile.max_length, "train")
-eval_set, eval_report = train.prepare_sft_data(tokenizer, splits["eval"], profile.max_length, "eval")
+train_set, train_report = sft_data.prepare_sft_data(tokenizer, splits["train"], profile.max_length, "train")
+eval_set, eval_report = sft_data.prepare_sft_data(tokenizer, splits["eval"], profile.max_length, "eval")
 
 example = train_set[0]
 first = next(i for i, label in enumerate(example["labels"]) if label != -100)
@@ -159,7 +159,7 @@ broken = copy.deepcopy(tokenizer)
 broken.chat_template = ("{% for m in messages %}{% if m['role'] != 'assistant' %}{{ m['content'] }}"
                         "{{ eos_token }}{% endif %}{% endfor %}")
 try:
-    train.prepare_sft_data(broken, splits["train"].select(range(3)), profile.max_length, "train")
+    sft_data.prepare_sft_data(broken, splits["train"].select(range(3)), profile.max_length, "train")
 except ValueError as err:
     print("refused:", err)
 

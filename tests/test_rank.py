@@ -147,17 +147,17 @@ def test_sweep_runs_learn_and_are_seeded(tiny_model_path, tmp_path, monkeypatch)
 def test_greedy_match_agrees_with_generation(tiny_model_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from lora_lab import data, evaluate, train
+    from lora_lab import data, evaluate, sft_data
 
     tok = AutoTokenizer.from_pretrained(tiny_model_path)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_path, dtype=torch.float32)
     splits = data.course_splits(("recall",), n_eval=40)
-    tr, _ = train.prepare_sft_data(tok, splits["train"].select(range(240)), 64, verbose=False)
-    ev, _ = train.prepare_sft_data(tok, splits["eval"], 64, verbose=False)
+    tr, _ = sft_data.prepare_sft_data(tok, splits["train"].select(range(240)), 64, verbose=False)
+    ev, _ = sft_data.prepare_sft_data(tok, splits["eval"], 64, verbose=False)
     model = rank._wrap(model, rank.SweepConfig("r=8", "lora", 8), 32.0, 0)
     with rank.torch_threads(1):
-        rank.train_loop(model, tr, steps=40, lr=1e-2, batch_size=16, pad_id=tok.pad_token_id)
-    _, ours = rank.loss_and_greedy_match(model, ev, tok.pad_token_id)
+        rank.train_loop(model, tr, steps=40, lr=1e-2, batch_size=16, tokenizer=tok)
+    _, ours = rank.loss_and_greedy_match(model, ev, tok)
     theirs, _ = evaluate.exact_match(model, tok, splits["eval"], max_new_tokens=8)
     assert ours == pytest.approx(theirs)
 

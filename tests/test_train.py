@@ -9,7 +9,7 @@ import torch
 from datasets import Dataset
 from transformers import AutoTokenizer
 
-from lora_lab import callbacks, data, evaluate, hardware, models, profiles, tiny, train
+from lora_lab import callbacks, data, evaluate, hardware, models, profiles, sft_data, tiny, train
 
 GIB = 2**30
 
@@ -73,7 +73,7 @@ def test_ampere_gets_bf16_cpu_gets_fp32_full_keeps_fp32_weights():
 
 
 def test_labels_cover_exactly_the_answer_and_eos(tokenizer, splits):
-    ds, report = train.prepare_sft_data(tokenizer, splits["train"].select(range(30)), 64, verbose=False)
+    ds, report = sft_data.prepare_sft_data(tokenizer, splits["train"].select(range(30)), 64, verbose=False)
     assert report.n_kept == 30 and report.n_too_long == 0 and report.loss_tokens_min >= 2
     for row, example in zip(ds, splits["train"].select(range(30)), strict=True):
         answer_ids = [t for t in row["labels"] if t != -100]
@@ -92,37 +92,37 @@ def test_template_that_hides_the_answer_is_refused(tokenizer, splits):
         "{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}"
     )
     with pytest.raises(ValueError, match="Example 0 of the train set: no token carries loss"):
-        train.prepare_sft_data(hiding, splits["train"].select(range(5)), 64, verbose=False)
+        sft_data.prepare_sft_data(hiding, splits["train"].select(range(5)), 64, verbose=False)
 
 
 def test_answer_without_eos_and_pad_equal_eos_are_refused(tokenizer, splits):
     no_eos = tokenizer.__class__.from_pretrained(tokenizer.name_or_path)
     no_eos.chat_template = tiny.CHAT_TEMPLATE.replace("<|end|>{% endfor %}", "{% endfor %}")
     with pytest.raises(ValueError, match="never learn to stop"):
-        train.prepare_sft_data(no_eos, splits["train"].select(range(5)), 64, verbose=False)
+        sft_data.prepare_sft_data(no_eos, splits["train"].select(range(5)), 64, verbose=False)
     pad_is_eos = tokenizer.__class__.from_pretrained(tokenizer.name_or_path)
     pad_is_eos.pad_token = pad_is_eos.eos_token
     with pytest.raises(ValueError, match="equal to eos"):
-        train.prepare_sft_data(pad_is_eos, splits["train"].select(range(5)), 64, verbose=False)
+        sft_data.prepare_sft_data(pad_is_eos, splits["train"].select(range(5)), 64, verbose=False)
     # ensure_pad_token repairs it with a distinct special token.
     assert models.ensure_pad_token(pad_is_eos) == tiny.PAD_TOKEN
 
 
 def test_bad_rows_are_refused_with_the_data_validator(tokenizer):
     with pytest.raises(ValueError, match="no assistant message"):
-        train.prepare_sft_data(tokenizer, [{"messages": [{"role": "user", "content": "hi"}]}], 64, verbose=False)
+        sft_data.prepare_sft_data(tokenizer, [{"messages": [{"role": "user", "content": "hi"}]}], 64, verbose=False)
 
 
 def test_over_length_examples_are_counted_and_dropped_never_cut(tokenizer):
     rows = [{"messages": [{"role": "user", "content": "what is the color of mipoka ?"},
                           {"role": "assistant", "content": "red " * n}]} for n in (1, 2, 30, 3, 40)]
-    ds, report = train.prepare_sft_data(tokenizer, Dataset.from_list(rows), 24, verbose=False)
+    ds, report = sft_data.prepare_sft_data(tokenizer, Dataset.from_list(rows), 24, verbose=False)
     assert (report.n_examples, report.n_kept, report.n_too_long) == (5, 3, 2)
     assert report.too_long_examples == [2, 4] and report.longest > 24 and report.longest_kept <= 24
     assert all(row["labels"][-1] == tokenizer.eos_token_id for row in ds)  # kept ones are whole
     assert "dropped whole" in report.summary()
     with pytest.raises(ValueError, match="Every example of the train set is longer than max_length=4"):
-        train.prepare_sft_data(tokenizer, Dataset.from_list(rows), 4, verbose=False)
+        sft_data.prepare_sft_data(tokenizer, Dataset.from_list(rows), 4, verbose=False)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 import torch
 
-from . import data
+from . import data, sft_data
 
 #: Most bytes of logits `eval_loss` materialises at once (fp32 logits plus a float copy).
 LOGITS_BUDGET_BYTES = 512 * 2**20
@@ -135,7 +135,7 @@ def exact_match(model, tokenizer, dataset, max_new_tokens: int = 16, batch_size:
 def eval_loss(model, tokenizer, dataset, max_length: int = 512, batch_size: int = 16) -> float:
     """Mean cross-entropy per loss-carrying token (assistant answer + eos) over `dataset`.
 
-    The examples are tokenized exactly as for training (`lora_lab.train.prepare_sft_data`), so the
+    The examples are tokenized exactly as for training (`lora_lab.sft_data.prepare_sft_data`), so the
     figure is comparable with the training loss. Examples longer than `max_length` are left out and
     reported, as in training.
 
@@ -146,12 +146,10 @@ def eval_loss(model, tokenizer, dataset, max_length: int = 512, batch_size: int 
         max_length: longest example in tokens.
         batch_size: examples per forward pass.
     """
-    from .train import prepare_sft_data
-
     if "input_ids" in dataset.column_names and "labels" in dataset.column_names:
         tokenized = dataset
     else:
-        tokenized, report = prepare_sft_data(tokenizer, dataset, max_length, name="evaluation set", verbose=False)
+        tokenized, report = sft_data.prepare_sft_data(tokenizer, dataset, max_length, name="evaluation set", verbose=False)
         if report.n_too_long:
             print(f"eval_loss: {report.n_too_long} of {report.n_examples} examples are longer than "
                   f"{max_length} tokens and were left out.")
@@ -169,14 +167,8 @@ def eval_loss(model, tokenizer, dataset, max_length: int = 512, batch_size: int 
             rows_fit = max(1, LOGITS_BUDGET_BYTES // (8 * longest_ahead * vocab))
             rows = tokenized[start : start + min(batch_size, rows_fit)]
             start += len(rows["input_ids"])
-            longest = max(map(len, rows["input_ids"]))
-            ids = torch.full((len(rows["input_ids"]), longest), tokenizer.pad_token_id, dtype=torch.long)
-            labels = torch.full_like(ids, -100)
-            mask = torch.zeros_like(ids)
-            for i, (x, y) in enumerate(zip(rows["input_ids"], rows["labels"], strict=True)):
-                ids[i, : len(x)] = torch.tensor(x)
-                labels[i, : len(y)] = torch.tensor(y)
-                mask[i, : len(x)] = 1
+            batch = sft_data.pad_batch(tokenizer, rows["input_ids"], rows["labels"])
+            ids, labels, mask = batch["input_ids"], batch["labels"], batch["attention_mask"]
             logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
             shift_logits, shift_labels = logits[:, :-1], labels[:, 1:].to(device)
             loss = torch.nn.functional.cross_entropy(

@@ -41,7 +41,7 @@ from pathlib import Path
 
 import torch
 
-from . import vram
+from . import sft_data, vram
 
 #: Ranks the parameter table and the recovery experiment cover.
 RANKS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -524,7 +524,7 @@ def sweep_configs(plan: SweepPlan, model) -> list[SweepConfig]:
     return runs
 
 
-def _batches(dataset, batch_size: int, steps: int, pad_id: int, seed: int):
+def _batches(dataset, batch_size: int, steps: int, tokenizer, seed: int):
     """`steps` right-padded batches (input_ids, attention_mask, labels) in a seeded, reshuffled order."""
     rng = random.Random(seed)
     order: list[int] = []
@@ -535,23 +535,10 @@ def _batches(dataset, batch_size: int, steps: int, pad_id: int, seed: int):
             rng.shuffle(more)
             order += more
         idx, order = order[:batch_size], order[batch_size:]
-        yield pad_batch([ids_all[i] for i in idx], [labels_all[i] for i in idx], pad_id)
+        yield sft_data.pad_batch(tokenizer, [ids_all[i] for i in idx], [labels_all[i] for i in idx])
 
 
-def pad_batch(ids: Sequence[Sequence[int]], labels: Sequence[Sequence[int]], pad_id: int) -> dict:
-    """Right-pad token lists into input_ids, attention_mask and labels (-100 on padding)."""
-    longest = max(map(len, ids))
-    input_ids = torch.full((len(ids), longest), pad_id, dtype=torch.long)
-    lab = torch.full((len(ids), longest), -100, dtype=torch.long)
-    mask = torch.zeros((len(ids), longest), dtype=torch.long)
-    for row, (x, y) in enumerate(zip(ids, labels, strict=True)):
-        input_ids[row, : len(x)] = torch.tensor(x)
-        lab[row, : len(y)] = torch.tensor(y)
-        mask[row, : len(x)] = 1
-    return {"input_ids": input_ids, "attention_mask": mask, "labels": lab}
-
-
-def train_loop(model, train_set, *, steps: int, lr: float, batch_size: int, pad_id: int, warmup_steps: int = 3,
+def train_loop(model, train_set, *, steps: int, lr: float, batch_size: int, tokenizer, warmup_steps: int = 3,
                seed: int = 0) -> dict:
     """Plain PyTorch SFT: AdamW (no weight decay), linear warmup then linear decay, gradient clipping 1.0.
 
@@ -573,7 +560,7 @@ def train_loop(model, train_set, *, steps: int, lr: float, batch_size: int, pad_
     model.train()
     losses, times = [], []
     start = time.perf_counter()
-    for step, batch in enumerate(_batches(train_set, batch_size, steps, pad_id, seed)):
+    for step, batch in enumerate(_batches(train_set, batch_size, steps, tokenizer, seed)):
         t = time.perf_counter()
         loss = model(**batch).loss
         loss.backward()
@@ -589,7 +576,7 @@ def train_loop(model, train_set, *, steps: int, lr: float, batch_size: int, pad_
 
 
 @torch.no_grad()
-def loss_and_greedy_match(model, eval_set, pad_id: int, batch_size: int = 50) -> tuple[float, float]:
+def loss_and_greedy_match(model, eval_set, tokenizer, batch_size: int = 50) -> tuple[float, float]:
     """Held-out loss per answer token and greedy exact match, from one teacher-forced pass.
 
     An example counts as matched when the argmax at every answer position (answer tokens and the
@@ -605,7 +592,7 @@ def loss_and_greedy_match(model, eval_set, pad_id: int, batch_size: int = 50) ->
     n = len(eval_set)
     for start in range(0, n, batch_size):
         rows = eval_set[start : start + batch_size]
-        batch = pad_batch(rows["input_ids"], rows["labels"], pad_id)
+        batch = sft_data.pad_batch(tokenizer, rows["input_ids"], rows["labels"])
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
         logits, labels = logits[:, :-1], batch["labels"][:, 1:]
         mask = labels != -100
@@ -617,8 +604,8 @@ def loss_and_greedy_match(model, eval_set, pad_id: int, batch_size: int = 50) ->
     return total / count, matched / n
 
 
-def _first_batch(train_set, batch_size: int, pad_id: int, seed: int) -> dict:
-    return next(_batches(train_set, batch_size, 1, pad_id, seed))
+def _first_batch(train_set, batch_size: int, tokenizer, seed: int) -> dict:
+    return next(_batches(train_set, batch_size, 1, tokenizer, seed))
 
 
 def _load_base(path: str):
@@ -641,7 +628,7 @@ def _wrap(model, cfg: SweepConfig, alpha: float, seed: int):
 
 
 def run_one(cfg: SweepConfig, plan: SweepPlan, model_path: str, train_set, eval_set, *, batch_size: int,
-            pad_id: int, seed: int = 0) -> dict:
+            tokenizer, seed: int = 0) -> dict:
     """Train one sweep config with the plain loop and measure it (cpu engine).
 
     Returns:
@@ -655,13 +642,13 @@ def run_one(cfg: SweepConfig, plan: SweepPlan, model_path: str, train_set, eval_
     # Memory of one step, measured on a fresh copy (the step changes the weights).
     probe = _wrap(_load_base(model_path), cfg, plan.alpha, seed)
     opt = torch.optim.AdamW([p for p in probe.parameters() if p.requires_grad], lr=lr)
-    measured = memory.measure_step(probe, _first_batch(train_set, batch_size, pad_id, seed), opt)
+    measured = memory.measure_step(probe, _first_batch(train_set, batch_size, tokenizer, seed), opt)
     del probe, opt
     model = _wrap(_load_base(model_path), cfg, plan.alpha, seed)
     torch.manual_seed(seed)
-    trained = train_loop(model, train_set, steps=plan.steps, lr=lr, batch_size=batch_size, pad_id=pad_id,
+    trained = train_loop(model, train_set, steps=plan.steps, lr=lr, batch_size=batch_size, tokenizer=tokenizer,
                          warmup_steps=plan.warmup_steps, seed=seed)
-    eval_loss, em = loss_and_greedy_match(model, eval_set, pad_id)
+    eval_loss, em = loss_and_greedy_match(model, eval_set, tokenizer)
     return dict(asdict(cfg), lr=lr, targets=cfg.targets if isinstance(cfg.targets, str) else list(cfg.targets),
                 trainable=measured.trainable_params, total_params=measured.total_params,
                 memory=measured.total, memory_weights=measured.weights, memory_gradients=measured.gradients,
@@ -671,12 +658,12 @@ def run_one(cfg: SweepConfig, plan: SweepPlan, model_path: str, train_set, eval_
 
 
 def prepared_data(profile, tokenizer) -> tuple:
-    """The profile's train and eval sets, tokenized as `lora_lab.train.prepare_sft_data` does (labels on answers)."""
-    from . import data, train
+    """The profile's train and eval sets, tokenized by `lora_lab.sft_data.prepare_sft_data` (labels on answers)."""
+    from . import data
 
     splits = data.load_profile_dataset(profile)
-    train_set, _ = train.prepare_sft_data(tokenizer, splits["train"], profile.max_length, "train", verbose=False)
-    eval_set, _ = train.prepare_sft_data(tokenizer, splits["eval"], profile.max_length, "eval", verbose=False)
+    train_set, _ = sft_data.prepare_sft_data(tokenizer, splits["train"], profile.max_length, "train", verbose=False)
+    eval_set, _ = sft_data.prepare_sft_data(tokenizer, splits["eval"], profile.max_length, "eval", verbose=False)
     return splits, train_set, eval_set
 
 
@@ -719,7 +706,7 @@ def sft_sweep(profile, plan: SweepPlan | None = None, *, model_path: str | None 
     with torch_threads(plan.threads):
         def baseline():
             _, ev = data_sets()
-            loss, em = loss_and_greedy_match(_load_base(path), ev, tokenizer.pad_token_id)
+            loss, em = loss_and_greedy_match(_load_base(path), ev, tokenizer)
             return dict(eval_loss=loss, exact_match=em)
 
         base = cached("sft-base", base_key, baseline, use_cache)
@@ -729,7 +716,7 @@ def sft_sweep(profile, plan: SweepPlan | None = None, *, model_path: str | None 
             def compute(cfg=cfg):
                 tr, ev = data_sets()
                 return run_one(cfg, plan, path, tr, ev, batch_size=profile.batch_size,
-                               pad_id=tokenizer.pad_token_id, seed=profile.seed)
+                               tokenizer=tokenizer, seed=profile.seed)
 
             t = time.perf_counter()
             row = cached("sft", payload, compute, use_cache)
