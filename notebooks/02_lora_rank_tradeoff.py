@@ -44,7 +44,8 @@ print(profile.summary())
 #
 # On the `cpu` profile the runs use the course's tiny model with a 32-bit base and LoRA on top
 # (method "lora"): QLoRA's 4-bit base is notebook 03's subject, and it would only slow these small
-# runs down on a CPU. Results are cached under `build/rank/`; a second run only reads them.
+# runs down on a CPU. Results are cached under `~/.cache/lora_lab/rank/` (`LORA_LAB_CACHE` moves
+# it); a second run only reads them.
 
 # %% [markdown]
 # ## 1. Parameter math

@@ -46,7 +46,7 @@ import time
 
 from transformers import AutoConfig, set_seed
 
-from lora_lab import adapters, evaluate, models, tiny
+from lora_lab import adapters, evaluate, models, tiny, units
 
 set_seed(profile.seed)
 T0 = time.perf_counter()
@@ -59,8 +59,8 @@ for recipe in recipes.values():
 # ## 1 · Three specialists, trained in seconds
 #
 # Each specialist is an ordinary SFT run (`lora_lab.train.sft`), saved with `save_pretrained`.
-# `adapters.train_specialist` keeps each adapter under `build/adapters/<key>` in the checkout, where the key hashes
-# every setting that shapes its weights, so running this notebook again reuses them.
+# `adapters.train_specialist` keeps each adapter under `~/.cache/lora_lab/adapters/<key>` (`LORA_LAB_CACHE`
+# moves it), where the key hashes every setting that shapes its weights, so running this notebook again reuses them.
 
 # %%
 runs = {}
@@ -290,7 +290,7 @@ print(f"Here the mixed batch was {faster} ({one_batch_s / per_adapter_s:.2f}x th
 
 # %%
 merge_name = names[0]  # the specialist that learned best on the cpu profile
-merged_dir = adapters.cache_dir().parent / "merged" / runs[merge_name].key
+merged_dir = units.cache_dir("merged") / runs[merge_name].key
 merged, report = adapters.merge_to_standalone(profile, runs[merge_name].adapter_dir, merged_dir, tokenizer, prompts,
                                               hw=hw)
 standalone = AutoModelForCausalLM.from_pretrained(merged_dir)

@@ -6,8 +6,7 @@ import pytest
 import torch
 
 from lora_lab import hardware
-
-GIB = 2**30
+from lora_lab.units import GIB
 
 
 def fake_gpu(monkeypatch, name, major, minor, free=14 * GIB, total=int(14.74 * GIB)):

@@ -128,7 +128,7 @@ def test_merge_equals_unmerged_in_fp32(tiny_model_path):
 def test_sweep_runs_learn_and_are_seeded(tiny_model_path, tmp_path, monkeypatch):
     from lora_lab import profiles
 
-    monkeypatch.setenv(rank.CACHE_ENV, str(tmp_path))
+    monkeypatch.setattr(rank, "cache_dir", lambda: tmp_path)
     profile = profiles.get_profile("cpu")
     plan = rank.PLANS["cpu"].__class__(**{**rank.PLANS["cpu"].__dict__, "steps": 12})
     first = rank.sft_sweep(profile, plan, model_path=str(tiny_model_path), only=["r=2"], verbose=False)

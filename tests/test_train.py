@@ -9,9 +9,8 @@ import torch
 from datasets import Dataset
 from transformers import AutoTokenizer
 
-from lora_lab import callbacks, data, evaluate, hardware, models, profiles, sft_data, tiny, train
-
-GIB = 2**30
+from lora_lab import callbacks, data, evaluate, hardware, models, preflight, profiles, sft_data, tiny, train
+from lora_lab.units import GIB
 
 
 def gpu_reading(name="Tesla T4", capability=(7, 5), total=int(14.74 * GIB)) -> hardware.Hardware:
@@ -177,7 +176,7 @@ def test_same_seed_same_run_and_resume_equals_uninterrupted(splits, tmp_path):
 def test_out_of_memory_is_caught_with_advice_and_checkpoints_kept(splits, tmp_path):
     profile = small_profile(save_steps=2)
     model, tok = train.load_model_and_tokenizer(profile, "lora")
-    with pytest.raises(train.TrainingOutOfMemory) as info:
+    with pytest.raises(preflight.TrainingOutOfMemory) as info:
         train.sft(model, tok, splits, profile, tmp_path, method="lora",
                   callbacks=[callbacks.SimulateOutOfMemory(step=3)], hw=gpu_reading(), verbose=False)
     err = info.value
@@ -202,7 +201,7 @@ def test_adapter_reload_gives_the_same_generations_and_merge_the_same_logits(spl
     ours = evaluate.generate(result.model, tok, prompts, max_new_tokens=6)
     reloaded, _ = models.load_adapter(profile, adapter_dir, "qlora")
     assert evaluate.generate(reloaded, tok, prompts, max_new_tokens=6) == ours
-    probe = train.probe_batch(tok, splits["eval"])
+    probe = evaluate.probe_batch(tok, splits["eval"]["messages"], n=4)
     merged, report = models.merge_adapter(profile, adapter_dir, probe, out_dir=tmp_path / "merged",
                                           trained_model=result.model)
     assert report.ok and report.max_abs_diff <= 1e-4 and report.dtype == "float32"
@@ -223,10 +222,10 @@ def test_preflight_stops_a_run_that_cannot_fit_with_the_estimators_advice():
     t4 = gpu_reading()
     precision = models.decide_precision(t4, "full", on_device=True)
     config = vram.preset_config("Qwen/Qwen2.5-7B")
-    with pytest.raises(train.WontFitError, match=r"will not fit.*Colab|will not fit.*Tesla T4.*Try:"):
-        train.preflight_memory(config, profile, "full", t4, precision, verbose=False)
+    with pytest.raises(preflight.WontFitError, match=r"will not fit.*Colab|will not fit.*Tesla T4.*Try:"):
+        preflight.preflight_memory(config, profile, "full", t4, precision, verbose=False)
     qlora = models.decide_precision(t4, "qlora", on_device=True)
-    est = train.preflight_memory(vram.preset_config("Qwen/Qwen2.5-1.5B"), profile, "qlora", t4, qlora, verbose=False)
+    est = preflight.preflight_memory(vram.preset_config("Qwen/Qwen2.5-1.5B"), profile, "qlora", t4, qlora, verbose=False)
     assert est.total < t4.gpu_total_bytes and est.settings["precision"] == "fp16"
 
 

@@ -13,8 +13,8 @@ from datasets import Dataset, DatasetDict
 from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
 
 from lora_lab import data, hardware, profiles, train
+from lora_lab.units import GIB
 
-GIB = 2**30
 #: Qwen2.5's chat template in miniature: a default system turn, turns closed by the eos token and a newline.
 QWEN_LIKE_TEMPLATE = (
     "{% for message in messages %}"

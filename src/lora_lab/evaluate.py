@@ -18,9 +18,10 @@ from collections.abc import Sequence
 import torch
 
 from . import data, sft_data
+from .units import MIB
 
 #: Most bytes of logits `eval_loss` materialises at once (fp32 logits plus a float copy).
-LOGITS_BUDGET_BYTES = 512 * 2**20
+LOGITS_BUDGET_BYTES = 512 * MIB
 
 
 def _as_messages(prompt) -> list[dict]:
@@ -49,6 +50,28 @@ def tokenize_padded(tokenizer, texts: Sequence[str], side: str):
         return tokenizer(list(texts), return_tensors="pt", padding=True, add_special_tokens=False)
     finally:
         tokenizer.padding_side = previous
+
+
+def probe_batch(tokenizer, conversations: Sequence, n: int | None = None, *, generation_prompt: bool = False) -> dict:
+    """A small right-padded batch (input_ids, attention_mask) to compare two models' logits on.
+
+    The one way the package builds such a batch (the merge checks of notebooks 03 and 05).
+
+    Args:
+        tokenizer: with a chat template and a pad token.
+        conversations: chat message lists (a Dataset column works), or strings (user messages).
+        n: use only the first `n` (None: all).
+        generation_prompt: render prompts as generation sees them (the final assistant turn
+            dropped, the generation prompt added) instead of whole conversations.
+    """
+    chosen = list(conversations)[:n]
+    if generation_prompt:
+        texts = [tokenizer.apply_chat_template(_as_messages(c), tokenize=False, add_generation_prompt=True)
+                 for c in chosen]
+    else:
+        texts = [tokenizer.apply_chat_template(c, tokenize=False) for c in chosen]
+    enc = tokenize_padded(tokenizer, texts, "right")
+    return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
 
 
 @torch.no_grad()

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-GIB = 2**30
+from .units import GIB
 
 #: Compute capability from which bfloat16 runs natively (Ampere).
 BF16_MIN_CAPABILITY = (8, 0)

@@ -355,12 +355,12 @@ def build_training_model(
     cfg = AutoConfig.for_model(**{k: v for k, v in config.items() if not k.startswith("_")})
     if method == "qlora":
         from peft import prepare_model_for_kbit_training
-        from transformers import BitsAndBytesConfig
+
+        from .models import bnb_config
         with _no_progress_bars(), tempfile.TemporaryDirectory(dir=workdir) as tmp:
             if model_path is None:
                 AutoModelForCausalLM.from_config(cfg, dtype=dtype).save_pretrained(tmp)
-            quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                                       bnb_4bit_use_double_quant=double_quant, bnb_4bit_compute_dtype=dtype)
+            quant = bnb_config(compute_dtype=dtype, double_quant=double_quant)
             model = AutoModelForCausalLM.from_pretrained(model_path or tmp, quantization_config=quant,
                                                          dtype=dtype, attn_implementation=attention,
                                                          device_map=device)
@@ -389,20 +389,25 @@ def build_training_model(
 
 
 def make_optimizer(model, name: str, lr: float = 1e-4):
-    """The optimizer the course's trainer would build for `name` (trl/transformers `optim` names)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr)
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=lr)
-    import bitsandbytes as bnb
+    """The optimizer the course's trainer builds for `name`, built by the Trainer's own name lookup.
 
-    table = {"adamw_8bit": bnb.optim.AdamW8bit, "paged_adamw_8bit": bnb.optim.PagedAdamW8bit,
-             "paged_adamw_32bit": bnb.optim.PagedAdamW32bit}
-    if name not in table:
-        raise ValueError(f"Unknown optimizer {name!r}: choose adamw, adamw_8bit, paged_adamw_8bit, "
-                         "paged_adamw_32bit or sgd.")
-    return table[name](params, lr=lr)
+    `name` is an estimator name ("adamw", "sgd") or a transformers `optim` name ("adamw_8bit",
+    "paged_adamw_8bit", "paged_adamw_32bit", ...); "adamw" is transformers' "adamw_torch".
+    """
+    import tempfile
+
+    from transformers import Trainer, TrainingArguments
+
+    optim = {"adamw": "adamw_torch"}.get(name, name)  # the estimator's name for torch's AdamW
+    params = [p for p in model.parameters() if p.requires_grad]
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            args = TrainingArguments(output_dir=tmp, optim=optim, learning_rate=lr, report_to="none")
+        except ValueError as err:
+            raise ValueError(f"Unknown optimizer {name!r}: choose adamw, adamw_8bit, paged_adamw_8bit, "
+                             "paged_adamw_32bit or sgd.") from err
+        cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(args, model)
+    return cls(params, **kwargs)
 
 
 def random_batch(vocab_size: int, batch_size: int, seq_len: int, *, pad_last: int = 0, seed: int = 0) -> dict:

@@ -135,24 +135,33 @@ def precision_for(device_type: str, capability: tuple[int, int] | None, method: 
     return decide_precision(simulated_gpu("GPU", capability), method, on_device=True)
 
 
-def bnb_config(precision: Precision, quant_storage: torch.dtype | None = None):
-    """The course's `BitsAndBytesConfig`: NF4, double quantization, compute in the run's dtype.
+def bnb_config(precision: Precision | None = None, quant_storage: torch.dtype | None = None, *,
+               compute_dtype: torch.dtype | None = None, double_quant: bool = True):
+    """The course's `BitsAndBytesConfig` (the one place that builds it): NF4, double quantization,
+    compute in the run's dtype.
 
     Args:
-        precision: from `decide_precision`.
+        precision: from `decide_precision` (gives the compute dtype).
         quant_storage: `bnb_4bit_quant_storage`; FSDP needs the packed 4-bit weights stored in the
             same dtype as the other parameters so it can flatten them together. None keeps uint8.
+        compute_dtype: the compute dtype when there is no `precision` (memory measurements).
+        double_quant: quantize the absmax scales too (the course's default; the estimator's
+            comparisons switch it off to measure what it saves).
     """
     from transformers import BitsAndBytesConfig
 
+    if compute_dtype is None:
+        if precision is None:
+            raise ValueError("bnb_config needs a precision or a compute_dtype.")
+        compute_dtype = getattr(torch, precision.bnb_compute_dtype)
     kwargs = {}
     if quant_storage is not None:
         kwargs["bnb_4bit_quant_storage"] = quant_storage
     return BitsAndBytesConfig(
         load_in_4bit=True,  # linear weights in 4 bits
         bnb_4bit_quant_type="nf4",  # NormalFloat4 levels (QLoRA paper), not plain FP4
-        bnb_4bit_use_double_quant=True,  # quantize the absmax scales too: ~0.37 bit/param saved
-        bnb_4bit_compute_dtype=getattr(torch, precision.bnb_compute_dtype),  # dequantize to this for matmuls
+        bnb_4bit_use_double_quant=double_quant,  # quantize the absmax scales too: ~0.37 bit/param saved
+        bnb_4bit_compute_dtype=compute_dtype,  # dequantize to this for matmuls
         **kwargs,
     )
 
@@ -343,6 +352,55 @@ def folder_bytes(path: str | os.PathLike, pattern: str = "*") -> int:
     return sum(p.stat().st_size for p in Path(path).rglob(pattern) if p.is_file())
 
 
+#: Bytes per value of each safetensors dtype name.
+SAFETENSORS_DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
+                           "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
+
+
+@dataclass(frozen=True)
+class SafetensorsFile:
+    """What a safetensors file holds, read with `safetensors.safe_open` (tensor data not loaded)."""
+
+    shapes: dict  # tensor name -> shape (tuple)
+    dtypes: dict  # tensor name -> safetensors dtype name ("F32", "BF16", ...)
+    file_bytes: int  # size on disk
+    tensor_bytes: int  # the tensors' data: values x bytes per value, summed
+    header_bytes: int  # the rest: the 8-byte length and the JSON header (names, dtypes, shapes, offsets)
+
+    @property
+    def params(self) -> int:
+        """Values stored, over every tensor."""
+        total = 0
+        for shape in self.shapes.values():
+            count = 1
+            for d in shape:
+                count *= d
+            total += count
+        return total
+
+
+def read_safetensors(path: str | os.PathLike) -> SafetensorsFile:
+    """The package's one safetensors reader: names, shapes, dtypes and sizes, without loading the data.
+
+    The format stores the tensors' bytes contiguously after the header, so the header's size is
+    the file's size less the tensors' bytes.
+    """
+    from safetensors import safe_open
+
+    shapes, dtypes, tensor_bytes = {}, {}, 0
+    with safe_open(str(path), framework="pt") as f:
+        for name in f.keys():
+            piece = f.get_slice(name)
+            shapes[name], dtypes[name] = tuple(piece.get_shape()), piece.get_dtype()
+            count = 1
+            for d in shapes[name]:
+                count *= d
+            tensor_bytes += count * SAFETENSORS_DTYPE_BYTES[dtypes[name]]
+    size = Path(path).stat().st_size
+    return SafetensorsFile(shapes=shapes, dtypes=dtypes, file_bytes=size, tensor_bytes=tensor_bytes,
+                           header_bytes=size - tensor_bytes)
+
+
 def save_adapter(model, tokenizer, out_dir: str | os.PathLike) -> tuple[Path, int]:
     """Save the LoRA adapter (safetensors) and the tokenizer; return (folder, adapter file bytes).
 
@@ -453,3 +511,15 @@ def merge_adapter(profile, adapter_dir, probe_batch: dict, *, method: str = "qlo
                          max_abs_diff=diff, tolerance=tolerance, ok=diff <= tolerance,
                          max_abs_diff_vs_trained=gap)
     return merged, report
+
+
+def trainable_hash(model) -> str:
+    """SHA-256 of the trainable parameters (the adapter), in name order: equal hashes, equal adapters."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, param in sorted(model.named_parameters(), key=lambda item: item[0]):
+        if param.requires_grad:
+            digest.update(name.encode())
+            digest.update(param.detach().float().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()

@@ -19,7 +19,7 @@ Notebook `02_lora_rank_tradeoff` calls these functions; every number it shows co
    through `lora_lab.train.sft` (QLoRA, the course's real pipeline).
 5. Merging (`merge_report`): logits of the merged and the unmerged model, and forward-pass timings.
 
-Results are cached as JSON under ``build/rank/`` (`cached`), keyed by everything that shapes them,
+Results are cached as JSON under ``<cache root>/rank/`` (`cached`; `lora_lab.units`), keyed by everything that shapes them,
 so a re-run of the notebook only plots.
 """
 
@@ -29,10 +29,8 @@ import contextlib
 import hashlib
 import json
 import math
-import os
 import random
 import statistics
-import struct
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -41,7 +39,7 @@ from pathlib import Path
 
 import torch
 
-from . import sft_data, vram
+from . import models, sft_data, units, vram
 
 #: Ranks the parameter table and the recovery experiment cover.
 RANKS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -49,23 +47,14 @@ RANKS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 #: Scaling rules of the LoRA update: name -> what peft multiplies B @ A by.
 SCALING_RULES = ("alpha fixed (alpha/r)", "alpha = r (scale 1)", "rsLoRA (alpha/sqrt r)")
-#: Environment variable that moves the result cache (default: <repo>/build/rank).
-CACHE_ENV = "LORA_LAB_RANK_CACHE"
-
-_ROOT = Path(__file__).resolve().parents[2]
-
 
 # ---------------------------------------------------------------------------------------------
 # Cache
 
 
 def cache_dir() -> Path:
-    """Where results are cached: $LORA_LAB_RANK_CACHE, else build/rank in the checkout (or ./build/rank)."""
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV])
-    if (_ROOT / "pyproject.toml").exists():
-        return _ROOT / "build" / "rank"
-    return Path("build") / "rank"
+    """Where results are cached: the course's cache root (`lora_lab.units`, $LORA_LAB_CACHE) / rank."""
+    return units.cache_dir("rank")
 
 
 def _key(payload: dict) -> str:
@@ -195,13 +184,6 @@ def peft_trainable_params(config: dict, rank: int, targets="all-linear") -> int:
     return int(trainable)
 
 
-def safetensors_header_bytes(path) -> int:
-    """Bytes before the tensor data of a safetensors file: the 8-byte length plus the JSON header."""
-    with open(path, "rb") as f:
-        (n,) = struct.unpack("<Q", f.read(8))
-    return 8 + n
-
-
 def adapter_file_report(model, rank: int, targets="all-linear", dtype: str = "float32", seed: int = 0) -> dict:
     """Attach LoRA to a real (small) model, `save_pretrained` it, and compare the file with the formula.
 
@@ -233,7 +215,7 @@ def adapter_file_report(model, rank: int, targets="all-linear", dtype: str = "fl
             peft_model.save_pretrained(tmp)
             weights = Path(tmp) / "adapter_model.safetensors"
             file_bytes = weights.stat().st_size
-            header = safetensors_header_bytes(weights)
+            header = models.read_safetensors(weights).header_bytes
     finally:
         peft_model.unload()  # back to the plain base model (adapters removed)
     return dict(rank=rank, dtype=dtype, params=int(trainable), predicted_tensor_bytes=predicted,
@@ -675,7 +657,7 @@ def sft_sweep(profile, plan: SweepPlan | None = None, *, model_path: str | None 
         profile: the run profile (its model, data, batch size, max_length and seed).
         plan: defaults to PLANS[profile.name].
         model_path: overrides the profile's model (tests).
-        use_cache: load runs cached under build/rank when present.
+        use_cache: load runs cached under `cache_dir()` when present.
         only: run just these config names.
         verbose: one line per run.
 
@@ -723,7 +705,7 @@ def sft_sweep(profile, plan: SweepPlan | None = None, *, model_path: str | None 
             took = time.perf_counter() - t
             if verbose:
                 print(f"{cfg.name:<18} eval loss {row['eval_loss']:.3f}  exact match {row['exact_match']:6.1%}  "
-                      f"{row['trainable']:>9,} trainable  {row['memory'] / 2**20:6.2f} MiB/step  "
+                      f"{row['trainable']:>9,} trainable  {row['memory'] / units.MIB:6.2f} MiB/step  "
                       f"{row['seconds_per_step'] * 1000:6.1f} ms/step  "
                       + ("(cached)" if took < 0.1 else f"({took:.1f} s)"))
             runs.append(row)

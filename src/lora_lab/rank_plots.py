@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-MIB = 2**20
+from .units import MIB
 
 
 def parameters_vs_rank(rows: Sequence[dict], title: str):

@@ -32,10 +32,8 @@ from pathlib import Path
 
 import torch
 
-from . import data
+from . import data, units
 
-#: Environment variable that moves the cache (default ~/.cache/lora_lab).
-CACHE_ENV = "LORA_LAB_CACHE"
 EOS_TOKEN = "<|end|>"
 PAD_TOKEN = "<|pad|>"
 ROLE_TOKENS = ("<|system|>", "<|user|>", "<|assistant|>")
@@ -80,8 +78,8 @@ class TinyRecipe:
 
 
 def cache_root() -> Path:
-    """Where built models live: $LORA_LAB_CACHE, else ~/.cache/lora_lab."""
-    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "lora_lab")
+    """Where built models live: the course's cache root (`lora_lab.units.cache_root`)."""
+    return units.cache_root()
 
 
 def build_tokenizer(recipe: TinyRecipe, world: data.World):

@@ -1,4 +1,4 @@
-"""Supervised fine-tuning with QLoRA (or LoRA, or full fine-tuning), end to end, in one module.
+"""Supervised fine-tuning with QLoRA (or LoRA, or full fine-tuning): the trainer and the pipeline.
 
 The notebook `03_qlora_sft_t4` and the command line run the same functions::
 
@@ -8,21 +8,24 @@ The notebook `03_qlora_sft_t4` and the command line run the same functions::
 
 Public API (stable; the rank-sweep and adapter lessons build on it):
 
-- `load_model_and_tokenizer(profile, method="qlora", hw=None, model_path=None)`: the base model
-  ready for PEFT (4-bit NF4 + double quantization for QLoRA; dtype from `lora_lab.hardware`).
-- `lora_config(profile, r=None, alpha=None, targets=None, dropout=None, use_rslora=False)`.
-- `prepare_sft_data(tokenizer, dataset, max_length)`: chat template applied, labels only on the
-  assistant answer (and its eos), checked per example; over-long examples counted and dropped.
 - `sft(model, tokenizer, splits_or_train, profile, output_dir, ...)`: trl's `SFTTrainer` with
   explicit fp16/bf16, gradient checkpointing, paged 8-bit AdamW, checkpoints, resume, and an
   out-of-memory error that says what to change. Returns an `SFTResult`.
-- `run_pipeline(profile, ...)`: preflight, data, evaluation before and after, training, adapter
-  save/reload check, merge into a 16-bit base with a logit check, predicted vs measured memory,
-  `metrics.json`. `main()` is its command line.
+- `run_pipeline(profile, ...)`: notebook 03's sections, one named call each: `configure_run`
+  (number format), `run_preflight` (will it fit?), data (`tokenize_splits`), `evaluate_before`,
+  `sft`, `record_training` and `evaluate_after`, `save_and_reload_adapter` and
+  `merge_and_check`, `record_memory` (predicted vs measured), `write_outputs` (metrics.json,
+  loss.png). `main()` is its command line.
+- Re-exported for the notebooks: `load_model_and_tokenizer`, `lora_config`, `decide_precision`
+  (`lora_lab.models`).
+
+Its neighbours: `lora_lab.sft_data` (tokenization, labels on the answer), `lora_lab.preflight`
+(the memory estimate before a run, `WontFitError`, `TrainingOutOfMemory`), `lora_lab.train_plots`
+(`plot_loss`), `lora_lab.drive` (checkpoints on Google Drive), `lora_lab.compat` (library
+workarounds).
 
 Everything is seeded (`profile.seed`, or `seed=`): two runs on the same machine give the same
-losses, scores and adapter weights.
-"""
+losses, scores and adapter weights."""
 
 from __future__ import annotations
 
@@ -32,181 +35,32 @@ import json
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from . import data, evaluate, hardware, models, profiles, vram
+from . import data, evaluate, hardware, models, profiles
 from .callbacks import TrainingMonitor, peak_memory
+from .drive import drive_checkpoint_dir
 from .models import Precision, decide_precision, load_model_and_tokenizer, lora_config
+from .preflight import (
+    TrainingOutOfMemory,
+    WontFitError,
+    _oom_message,
+    _world_size,
+    estimate_memory,
+    preflight_memory,
+)
 from .sft_data import DataReport, prepare_sft_data
+from .train_plots import plot_loss
+from .units import GIB, MIB
 
 __all__ = [
-    "DataReport", "Precision", "SFTResult", "TrainingOutOfMemory", "WontFitError", "decide_precision",
-    "estimate_memory", "load_model_and_tokenizer", "lora_config", "main", "plot_loss", "prepare_sft_data",
-    "preflight_memory", "run_pipeline", "sft", "sft_config_kwargs",
+    "Precision", "RunSetup", "SFTResult", "configure_run", "decide_precision", "load_model_and_tokenizer",
+    "lora_config", "main", "run_pipeline", "sft", "sft_config_kwargs",
 ]
-
-GIB = 2**30
-
-
-# ---------------------------------------------------------------------------------------------
-# Errors a learner can act on
-
-
-class WontFitError(ValueError):
-    """The memory estimate for the chosen settings exceeds the GPU: we stop before loading anything."""
-
-
-class TrainingOutOfMemory(RuntimeError):
-    """Training ran out of memory; the message says what to change and which checkpoint survives.
-
-    Attributes:
-        step: optimizer steps completed before the failure.
-        last_checkpoint: the newest checkpoint folder on disk (None if none was written).
-        suggestions: changes that the estimator says would fit.
-    """
-
-    def __init__(self, message: str, step: int, last_checkpoint: str | None, suggestions: list[str]):
-        super().__init__(message)
-        self.step = step
-        self.last_checkpoint = last_checkpoint
-        self.suggestions = suggestions
-
-
-# ---------------------------------------------------------------------------------------------
-# Memory: the estimator before anything heavy, and its prediction beside the measurement
-
-
-def _estimator_precision(precision: Precision, method: str) -> str:
-    if precision.executed == "float32":
-        return "fp32"
-    if method == "full":
-        return "mixed"
-    return "fp16" if precision.executed == "float16" else "bf16"
-
-
-def _world_size() -> int:
-    return int(os.environ.get("WORLD_SIZE", 1))
-
-
-def estimate_memory(model_config, profile, method: str, precision: Precision, *, rank: int | None = None,
-                    seq_len: int | None = None, batch_size: int | None = None, device: str | None = None,
-                    fsdp: bool = False):
-    """`lora_lab.vram.estimate` for this run's settings (per GPU when several processes train).
-
-    Args:
-        model_config: a transformers config (or anything `vram.load_arch` reads).
-        profile: the run profile (batch, rank, targets, optimizer, checkpointing, dropout).
-        method: "qlora", "lora" or "full".
-        precision: the run's `Precision` (the decided dtype when `device` is "cuda").
-        rank: LoRA rank (default: the profile's).
-        seq_len: the longest padded sequence (default: profile.max_length, the worst case).
-        batch_size: sequences per micro-step (default: the profile's).
-        device: "cuda" or "cpu" (default: cuda unless the run executes in fp32 without a GPU).
-        fsdp: weights, gradients and optimizer states sharded over the processes.
-    """
-    on_cuda = device == "cuda" if device else precision.executed != "float32" or torch.cuda.is_available()
-    if on_cuda and precision.executed == "float32" and precision.decided != "float32":
-        # Estimating for the GPU this run is meant for (e.g. a T4 reading on a CPU test machine).
-        cap = (7, 5) if precision.decided == "float16" else (8, 0)
-        precision = models.precision_for("cuda", cap, method)
-    n = _world_size()
-    return vram.estimate(
-        model_config,
-        method=method,
-        rank=profile.lora_r if rank is None else rank,
-        lora_alpha=profile.lora_alpha,
-        target_modules=profile.lora_targets,
-        batch_size=profile.batch_size if batch_size is None else batch_size,
-        seq_len=profile.max_length if seq_len is None else seq_len,
-        gradient_checkpointing=profile.gradient_checkpointing,
-        optimizer=profile.optimizer,
-        precision=_estimator_precision(precision, method),
-        lora_dropout=profile.lora_dropout,
-        num_gpus=n if fsdp else 1,
-        sharding="fsdp" if fsdp and n > 1 else None,
-        device="cuda" if on_cuda else "cpu",
-    )
-
-
-def usable_gpu_bytes(hw: hardware.Hardware) -> int | None:
-    """What the GPU offers a run: torch's total for the card (14.74 GiB on a Colab T4); None on the CPU."""
-    return hw.gpu_total_bytes if hw.device_type == "cuda" else None
-
-
-def preflight_memory(model_config, profile, method: str, hw: hardware.Hardware, precision: Precision, *,
-                     rank: int | None = None, fsdp: bool = False, verbose: bool = True):
-    """Estimate the run's peak GPU memory before loading anything, and stop if it cannot fit.
-
-    Returns:
-        The `MemoryEstimate` (for the worst case: every batch padded to profile.max_length).
-
-    Raises:
-        WontFitError: the estimate exceeds the GPU's usable memory; the message carries the
-            estimator's suggestions (shorter sequences, smaller batch, QLoRA, a bigger GPU...).
-    """
-    device = "cuda" if hw.device_type == "cuda" else "cpu"
-    est = estimate_memory(model_config, profile, method, precision, rank=rank, device=device, fsdp=fsdp)
-    usable = usable_gpu_bytes(hw)
-    if usable is None:
-        if verbose:
-            print(f"preflight: no GPU; the tensors of one step need about {est.peak_allocated / GIB:.3f} GiB of RAM "
-                  f"(estimate for batch {profile.batch_size} x {profile.max_length} tokens, {method}).")
-        return est
-    kwargs = dict(est.settings)
-    for key in ("model", "num_gpus"):
-        kwargs.pop(key, None)
-    kwargs = {k: v for k, v in kwargs.items() if k in _ESTIMATE_ARGS and v is not None}
-    if not est.fits(usable):
-        tips = vram.suggestions(model_config, usable, **kwargs)
-        raise WontFitError(
-            f"This run will not fit: the estimate is {est.total / GIB:.1f} GiB for {method} with batch "
-            f"{profile.batch_size} x {profile.max_length} tokens, and {hw.gpu_name} offers {usable / GIB:.1f} GiB. "
-            + ("Try: " + "; ".join(tips) + "." if tips else "No single change fits: pick a smaller model.")
-        )
-    if verbose:
-        print(f"preflight: estimated peak {est.total / GIB:.2f} GiB of {usable / GIB:.2f} GiB usable on {hw.gpu_name} "
-              f"({(usable - est.total) / GIB:.2f} GiB to spare; worst case: every batch {profile.max_length} tokens)")
-        if hw.gpu_free_bytes is not None and hw.gpu_free_bytes < est.total:
-            print(f"WARNING: only {hw.gpu_free_bytes / GIB:.1f} GiB is free right now: restart the runtime to free "
-                  "memory held by earlier cells before training.")
-    return est
-
-
-_ESTIMATE_ARGS = {"method", "rank", "lora_alpha", "target_modules", "batch_size", "seq_len", "gradient_checkpointing",
-                  "optimizer", "precision", "double_quant", "attention", "lora_dropout", "sharding", "device"}
-
-
-def _oom_message(step: int, max_steps: int, last_checkpoint: str | None, model_config, profile, method: str,
-                 precision: Precision, hw: hardware.Hardware, seq_len: int) -> tuple[str, list[str]]:
-    """An out-of-memory message built from the estimator: what it predicted and what would fit."""
-    tips: list[str] = []
-    est = None
-    try:
-        est = estimate_memory(model_config, profile, method, precision, seq_len=seq_len, device="cuda")
-        usable = usable_gpu_bytes(hw) or est.total
-        # The run did not fit in practice, whatever the estimate said: ask what cuts the step's own
-        # memory (everything but the CUDA context) by 15%.
-        fixed = vram.CUDA_CONTEXT_BYTES
-        budget = fixed + int(0.85 * (min(usable, est.total) - fixed))
-        kwargs = {k: v for k, v in est.settings.items() if k in _ESTIMATE_ARGS and v is not None}
-        kwargs.pop("sharding", None)
-        tips = vram.suggestions(model_config, budget, **kwargs)
-    except Exception as err:  # the estimator cannot read this model: fall back to general advice
-        tips = [f"(estimator unavailable: {err})"]
-    tips = tips or [f"batch {max(1, profile.batch_size // 2)} with gradient accumulation {profile.grad_accum * 2}",
-                    f"max_length {max(64, seq_len // 2)}"]
-    lines = [f"Out of memory at step {step + 1} of {max_steps}."]
-    if est is not None:
-        lines.append(f"The estimator predicted {est.total / GIB:.2f} GiB for batch {profile.batch_size} x {seq_len} tokens "
-                     f"({method}, {est.settings.get('precision')}).")
-    lines.append("Checkpoint kept: " + (f"{last_checkpoint} (continue with resume=True / --resume)."
-                                        if last_checkpoint else "none yet (no step was saved before the failure)."))
-    lines.append("Try: " + "; ".join(tips) + ". Restarting the runtime also frees memory held by earlier cells.")
-    return "\n".join(lines), tips
 
 
 # ---------------------------------------------------------------------------------------------
@@ -439,72 +293,169 @@ def _save_after_oom(trainer, output_dir) -> str | None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Plots and Drive
-
-
-def plot_loss(log_history, ax=None, title: str = "training loss"):
-    """Plot the training loss per logging step (and eval loss if logged); return the figure."""
-    import matplotlib.pyplot as plt
-
-    if ax is None:
-        fig, ax = plt.subplots(figsize=(5.5, 3.2))
-    else:
-        fig = ax.figure
-    train = [(e["step"], e["loss"]) for e in log_history if "loss" in e]
-    evals = [(e["step"], e["eval_loss"]) for e in log_history if "eval_loss" in e]
-    if train:
-        ax.plot(*zip(*train, strict=True), marker="o", ms=3, label="train")
-    if evals:
-        ax.plot(*zip(*evals, strict=True), marker="s", ms=3, label="eval")
-    ax.set(xlabel="optimizer step", ylabel="loss (answer tokens)", title=title)
-    ax.legend()
-    fig.tight_layout()
-    return fig
-
-
-def drive_checkpoint_dir(run_name: str, mount: bool = True) -> Path | None:
-    """A checkpoint folder on Google Drive (Colab only, opt-in), mounting Drive if asked; else None.
-
-    Checkpoints on Drive survive a Colab disconnect: rerun with resume=True and training continues
-    from the newest one.
-    """
-    root = Path("/content/drive/MyDrive")
-    if not root.exists() and mount and hardware.in_colab():
-        from google.colab import drive  # type: ignore[import-not-found]
-
-        drive.mount("/content/drive")
-    if not root.exists():
-        return None
-    folder = root / "lora-lab" / run_name / "checkpoints"
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
-
-
-# ---------------------------------------------------------------------------------------------
-# The whole pipeline
+# The whole pipeline: notebook 03's sections, one named call each
 
 
 def _is_main_process() -> bool:
     return int(os.environ.get("RANK", 0)) == 0
 
 
-def trainable_hash(model) -> str:
-    """SHA-256 of the trainable parameters (the adapter), in name order: equal hashes, equal adapters."""
-    import hashlib
-
-    digest = hashlib.sha256()
-    for name, param in sorted(model.named_parameters(), key=lambda item: item[0]):
-        if param.requires_grad:
-            digest.update(name.encode())
-            digest.update(param.detach().float().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
+def _quiet(*args, **kwargs) -> None:
+    """`print`'s stand-in when a run is not verbose."""
 
 
-def probe_batch(tokenizer, dataset, n: int = 4) -> dict:
-    """A small padded batch of the first `n` full conversations, for logit comparisons (merge check)."""
-    texts = [tokenizer.apply_chat_template(m, tokenize=False) for m in dataset["messages"][:n]]
-    enc = evaluate.tokenize_padded(tokenizer, texts, "right")
-    return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+@dataclass
+class RunSetup:
+    """What every step of `run_pipeline` needs to know about the run (notebook 03, section 1)."""
+
+    profile: object  # the run profile, with rank and seed overrides applied
+    method: str  # "qlora", "lora" or "full"
+    hw: hardware.Hardware  # the hardware reading
+    precision: Precision  # the dtype decision (decided for the GPU, executed here)
+    out: Path  # where metrics.json, loss.png, the adapter and the merged model go
+    model_path: str  # the base model's folder or Hub id
+    model_config: object  # its transformers config (read before any weight is loaded)
+    fsdp: bool  # weights sharded over processes (FSDP)
+    say: Callable  # print, or a no-op when not verbose
+
+    @property
+    def generation_kwargs(self) -> dict:
+        """`evaluate.exact_match`'s budget: answer length and prompts per generate call."""
+        return dict(max_new_tokens=self.profile.max_new_tokens,
+                    batch_size=self.profile.extra.get("eval_batch_size", 16))
+
+
+def configure_run(profile, *, method=None, output_dir="runs/sft", model_path=None, hw=None, rank=None, seed=None,
+                  verbose: bool = True) -> RunSetup:
+    """Section 1: the method, the number format from the hardware, the output folder, the model's config."""
+    from transformers import AutoConfig
+
+    say = print if verbose else _quiet
+    method = models.check_method(method or profile.method)
+    if rank is not None:
+        profile = profile.replace(lora_r=rank)
+    if seed is not None:
+        profile = profile.replace(seed=seed)
+    hw = hw or hardware.detect()
+    precision = decide_precision(hw, method)
+    say(f"method {method} | {precision.note}")
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = str(model_path) if model_path is not None else models.tiny.resolve_model_path(profile.model_id)
+    return RunSetup(profile=profile, method=method, hw=hw, precision=precision, out=out, model_path=path,
+                    model_config=AutoConfig.from_pretrained(path), fsdp=models._uses_fsdp(), say=say)
+
+
+def run_preflight(run: RunSetup, verbose: bool = True):
+    """Section 2: will it fit? The estimate against the GPU before anything heavy is loaded."""
+    return preflight_memory(run.model_config, run.profile, run.method, run.hw, run.precision, fsdp=run.fsdp,
+                            verbose=verbose)
+
+
+def tokenize_splits(run: RunSetup, tokenizer, splits, verbose: bool = True):
+    """Section 3: both splits tokenized with labels on the answers, and what that kept and dropped.
+
+    Returns:
+        (train_set, train_report, eval_set, eval_report).
+    """
+    train_set, train_report = prepare_sft_data(tokenizer, splits["train"], run.profile.max_length, "train", verbose)
+    eval_set, eval_report = prepare_sft_data(tokenizer, splits["eval"], run.profile.max_length, "eval", verbose)
+    return train_set, train_report, eval_set, eval_report
+
+
+def evaluate_before(run: RunSetup, model, tokenizer, eval_set, eval_rows, metrics: dict) -> list[dict]:
+    """Section 4: the base model's eval loss and exact match; returns its generations."""
+    metrics["eval_loss_before"] = evaluate.eval_loss(model, tokenizer, eval_set, run.profile.max_length)
+    metrics["exact_match_before"], rows = evaluate.exact_match(model, tokenizer, eval_rows, **run.generation_kwargs)
+    run.say(f"before: eval loss {metrics['eval_loss_before']:.3f}, exact match {metrics['exact_match_before']:.1%}")
+    return rows
+
+
+def record_training(run: RunSetup, result: SFTResult, tokenizer, eval_set, metrics: dict) -> None:
+    """Section 5's numbers: training metrics, eval loss after, and this process's train_metrics_rank<N>.json.
+
+    Every process evaluates its own copy of the trained model: under DDP the copies must agree.
+    """
+    train_metrics = {k: result.metrics[k] for k in ("train_runtime_s", "train_tokens_per_s", "peak_memory_bytes",
+                                                    "peak_memory_kind", "final_loss", "train_loss_mean", "global_step")}
+    metrics.update(train_metrics)
+    metrics["eval_loss_after"] = evaluate.eval_loss(result.model, tokenizer, eval_set, run.profile.max_length)
+    rank_id = int(os.environ.get("RANK", 0))
+    (run.out / f"train_metrics_rank{rank_id}.json").write_text(json.dumps(
+        {**train_metrics, "eval_loss_after": metrics["eval_loss_after"],
+         "trainable_hash": models.trainable_hash(result.model), "losses": result.losses}, indent=1))
+
+
+def evaluate_after(run: RunSetup, model, tokenizer, eval_rows, metrics: dict) -> list[dict]:
+    """Section 6: the tuned model's exact match (main process); returns its generations."""
+    metrics["exact_match_after"], rows = evaluate.exact_match(model, tokenizer, eval_rows, **run.generation_kwargs)
+    run.say(f"after:  eval loss {metrics['eval_loss_after']:.3f}, exact match {metrics['exact_match_after']:.1%}")
+    return rows
+
+
+def record_memory(run: RunSetup, preflight, train_report: DataReport, metrics: dict) -> None:
+    """Section 8: the estimator's peak for the batches this run really had (longest kept example)."""
+    on_gpu = run.precision.executed != "float32"
+    est = estimate_memory(run.model_config, run.profile, run.method, run.precision,
+                          seq_len=train_report.longest_kept, device="cuda" if on_gpu else "cpu", fsdp=run.fsdp)
+    metrics["predicted_peak_bytes"] = int(est.reserved if on_gpu else est.peak_allocated)
+    metrics["predicted_peak_kind"] = "vram.estimate().reserved" if on_gpu else "vram.estimate(device='cpu').peak_allocated"
+    metrics["preflight_total_bytes"] = int(preflight.total)
+
+
+def save_full_model(run: RunSetup, model, tokenizer, metrics: dict) -> None:
+    """Section 7 for full fine-tuning: the whole model, as safetensors."""
+    full_dir = run.out / "model"
+    model.save_pretrained(full_dir, safe_serialization=True)
+    tokenizer.save_pretrained(full_dir)
+    metrics.update(adapter_dir=None, adapter_bytes=None, model_dir=str(full_dir),
+                   model_bytes=models.folder_bytes(full_dir, "*.safetensors"))
+
+
+def save_and_reload_adapter(run: RunSetup, model, tokenizer, eval_rows, rows_after, metrics: dict) -> Path:
+    """Section 7: save the adapter, reload it onto a fresh base, and check the greedy generations agree."""
+    adapter_dir, adapter_bytes = models.save_adapter(model, tokenizer, run.out / "adapter")
+    metrics.update(adapter_dir=str(adapter_dir), adapter_bytes=adapter_bytes)
+    run.say(f"adapter saved to {adapter_dir}: {adapter_bytes / MIB:.2f} MiB")
+    reloaded, _ = models.load_adapter(run.profile, adapter_dir, run.method, hw=run.hw, model_path=run.model_path)
+    k = min(len(eval_rows), run.profile.extra.get("reload_check_examples", 16))
+    prompts = list(eval_rows["messages"][:k])
+    ours = [r["prediction"] for r in rows_after[:k]]
+    theirs = evaluate.generate(reloaded, tokenizer, prompts, max_new_tokens=run.profile.max_new_tokens)
+    metrics["reload_same_generations"] = ours == theirs
+    metrics["reload_checked_examples"] = k
+    run.say(f"reloaded adapter: {sum(a == b for a, b in zip(ours, theirs, strict=True))} of {k} greedy generations "
+            "identical")
+    del reloaded
+    gc.collect()
+    return adapter_dir
+
+
+def merge_and_check(run: RunSetup, model, tokenizer, adapter_dir, eval_rows, metrics: dict) -> None:
+    """Section 7: merge into a 16-bit base, compare logits with the unmerged adapter, score the merged model."""
+    probe = evaluate.probe_batch(tokenizer, eval_rows["messages"], n=2)
+    merged, report = models.merge_adapter(run.profile, adapter_dir, probe, method=run.method, hw=run.hw,
+                                          model_path=run.model_path, out_dir=run.out / "merged", trained_model=model)
+    metrics["merge"] = report.to_dict()
+    metrics["exact_match_merged"], _ = evaluate.exact_match(merged, tokenizer, eval_rows, **run.generation_kwargs)
+    run.say(f"merged into a {report.dtype} base: max |logit diff| vs unmerged {report.max_abs_diff:.2e} "
+            f"(tolerance {report.tolerance:.0e}: {'ok' if report.ok else 'TOO LARGE'}); exact match "
+            f"{metrics['exact_match_merged']:.1%}")
+    del merged
+    gc.collect()
+
+
+def write_outputs(run: RunSetup, result: SFTResult, metrics: dict) -> None:
+    """metrics.json and loss.png in the output folder."""
+    import matplotlib.pyplot as plt
+
+    (run.out / "metrics.json").write_text(json.dumps(metrics, indent=1, default=str))
+    fig = plot_loss(result.log_history, title=f"{run.profile.name}: {run.method} training loss")
+    fig.savefig(run.out / "loss.png", dpi=100)
+    plt.close(fig)
+    run.say(f"predicted peak {metrics['predicted_peak_bytes'] / GIB:.3f} GiB ({metrics['predicted_peak_kind']}); "
+            f"measured {metrics['peak_memory_bytes'] / GIB:.3f} GiB ({metrics['peak_memory_kind']})")
+    run.say(f"metrics written to {run.out / 'metrics.json'}")
 
 
 def run_pipeline(profile, *, method: str | None = None, output_dir="runs/sft", model_path=None, splits=None,
@@ -513,6 +464,8 @@ def run_pipeline(profile, *, method: str | None = None, output_dir="runs/sft", m
                  checkpoint_dir=None, merge: bool = True, n_show: int = 5, callbacks: Sequence = (),
                  verbose: bool = True) -> dict:
     """Preflight, data, evaluation before, SFT, evaluation after, adapter save/reload, merge, metrics.json.
+
+    Each step is one call, in the order of notebook 03's sections.
 
     Args:
         profile: the run profile.
@@ -535,121 +488,45 @@ def run_pipeline(profile, *, method: str | None = None, output_dir="runs/sft", m
         verbose: print progress and reports.
 
     Returns:
-        The metrics dict written to output_dir/metrics.json (see the issue's list of keys), with
-        `table` (base vs tuned generations) and `log_history` beside it.
+        The metrics dict written to output_dir/metrics.json, with `table` (base vs tuned
+        generations) and `log_history` beside it.
 
     Raises:
         WontFitError: the preflight estimate exceeds the GPU.
         TrainingOutOfMemory: training ran out of memory (checkpoints kept).
         ValueError: bad data, method or tokenizer.
     """
-    from transformers import AutoConfig
-
-    say = print if verbose else (lambda *a, **k: None)
-    method = models.check_method(method or profile.method)
-    if rank is not None:
-        profile = profile.replace(lora_r=rank)
-    if seed is not None:
-        profile = profile.replace(seed=seed)
-    hw = hw or hardware.detect()
-    precision = decide_precision(hw, method)
-    say(f"method {method} | {precision.note}")
-    out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    path = str(model_path) if model_path is not None else models.tiny.resolve_model_path(profile.model_id)
-    model_config = AutoConfig.from_pretrained(path)
-    fsdp = models._uses_fsdp()
-    preflight = preflight_memory(model_config, profile, method, hw, precision, fsdp=fsdp, verbose=verbose)
-
-    splits = splits if splits is not None else data.load_profile_dataset(profile, loader=loader)
-    model, tokenizer = load_model_and_tokenizer(profile, method, hw=hw, model_path=path)
-    train_set, train_report = prepare_sft_data(tokenizer, splits["train"], profile.max_length, "train", verbose)
-    eval_set, eval_report = prepare_sft_data(tokenizer, splits["eval"], profile.max_length, "eval", verbose)
-    main = _is_main_process()
-    em_kwargs = dict(max_new_tokens=profile.max_new_tokens, batch_size=profile.extra.get("eval_batch_size", 16))
-
-    metrics: dict = {"profile": profile.name, "method": method, "model": path, "dataset": profile.dataset_id,
-                     "dtype_decided": precision.decided, "dtype_executed": precision.executed,
-                     "world_size": _world_size()}
-    if main:
-        metrics["eval_loss_before"] = evaluate.eval_loss(model, tokenizer, eval_set, profile.max_length)
-        metrics["exact_match_before"], rows_before = evaluate.exact_match(model, tokenizer, splits["eval"], **em_kwargs)
-        say(f"before: eval loss {metrics['eval_loss_before']:.3f}, exact match {metrics['exact_match_before']:.1%}")
-
-    ckpt_dir = Path(checkpoint_dir) if checkpoint_dir else out / "checkpoints"
-    result = sft(model, tokenizer, train_set, profile, ckpt_dir, method=method, max_steps=max_steps,
-                 learning_rate=learning_rate, resume=resume, seed=profile.seed, callbacks=callbacks, hw=hw,
-                 verbose=verbose)
+    run = configure_run(profile, method=method, output_dir=output_dir, model_path=model_path, hw=hw, rank=rank,
+                        seed=seed, verbose=verbose)  # 1. number format
+    preflight = run_preflight(run, verbose)  # 2. will it fit?
+    splits = splits if splits is not None else data.load_profile_dataset(run.profile, loader=loader)  # 3. data
+    model, tokenizer = load_model_and_tokenizer(run.profile, run.method, hw=run.hw, model_path=run.model_path)
+    train_set, train_report, eval_set, eval_report = tokenize_splits(run, tokenizer, splits, verbose)
+    metrics: dict = {"profile": run.profile.name, "method": run.method, "model": run.model_path,
+                     "dataset": run.profile.dataset_id, "dtype_decided": run.precision.decided,
+                     "dtype_executed": run.precision.executed, "world_size": _world_size()}
+    if _is_main_process():
+        rows_before = evaluate_before(run, model, tokenizer, eval_set, splits["eval"], metrics)  # 4. before
+    ckpt_dir = Path(checkpoint_dir) if checkpoint_dir else run.out / "checkpoints"
+    result = sft(model, tokenizer, train_set, run.profile, ckpt_dir, method=run.method, max_steps=max_steps,
+                 learning_rate=learning_rate, resume=resume, seed=run.profile.seed, callbacks=callbacks, hw=run.hw,
+                 verbose=verbose)  # 5. training
     model = result.model
-    train_metrics = {k: result.metrics[k] for k in ("train_runtime_s", "train_tokens_per_s", "peak_memory_bytes",
-                                                    "peak_memory_kind", "final_loss", "train_loss_mean", "global_step")}
-    metrics.update(train_metrics)
-    # Every process evaluates its own copy of the trained model: under DDP the copies must agree.
-    metrics["eval_loss_after"] = evaluate.eval_loss(model, tokenizer, eval_set, profile.max_length)
-    rank_id = int(os.environ.get("RANK", 0))
-    (out / f"train_metrics_rank{rank_id}.json").write_text(json.dumps(
-        {**train_metrics, "eval_loss_after": metrics["eval_loss_after"], "trainable_hash": trainable_hash(model),
-         "losses": result.losses}, indent=1))
-    if not main:
+    record_training(run, result, tokenizer, eval_set, metrics)
+    if not _is_main_process():
         return metrics
-
-    metrics["exact_match_after"], rows_after = evaluate.exact_match(model, tokenizer, splits["eval"], **em_kwargs)
-    say(f"after:  eval loss {metrics['eval_loss_after']:.3f}, exact match {metrics['exact_match_after']:.1%}")
+    rows_after = evaluate_after(run, model, tokenizer, splits["eval"], metrics)  # 6. after training
     table = evaluate.side_by_side(rows_before, rows_after, n=n_show)
-
-    # Predicted peak for the batches this run really had (longest kept example), beside the measurement.
-    on_gpu = precision.executed != "float32"
-    est = estimate_memory(model_config, profile, method, precision, seq_len=train_report.longest_kept,
-                          device="cuda" if on_gpu else "cpu", fsdp=fsdp)
-    metrics["predicted_peak_bytes"] = int(est.reserved if on_gpu else est.peak_allocated)
-    metrics["predicted_peak_kind"] = "vram.estimate().reserved" if on_gpu else "vram.estimate(device='cpu').peak_allocated"
-    metrics["preflight_total_bytes"] = int(preflight.total)
-
-    if method == "full":
-        full_dir = out / "model"
-        model.save_pretrained(full_dir, safe_serialization=True)
-        tokenizer.save_pretrained(full_dir)
-        metrics.update(adapter_dir=None, adapter_bytes=None, model_dir=str(full_dir),
-                       model_bytes=models.folder_bytes(full_dir, "*.safetensors"))
+    record_memory(run, preflight, train_report, metrics)  # 8. predicted and measured memory
+    if run.method == "full":  # 7. save, reload, merge
+        save_full_model(run, model, tokenizer, metrics)
     else:
-        adapter_dir, adapter_bytes = models.save_adapter(model, tokenizer, out / "adapter")
-        metrics.update(adapter_dir=str(adapter_dir), adapter_bytes=adapter_bytes)
-        say(f"adapter saved to {adapter_dir}: {adapter_bytes / 2**20:.2f} MiB")
-        # Reload into a fresh base: the same greedy generations.
-        reloaded, _ = models.load_adapter(profile, adapter_dir, method, hw=hw, model_path=path)
-        k = min(len(splits["eval"]), profile.extra.get("reload_check_examples", 16))
-        prompts = list(splits["eval"]["messages"][:k])
-        ours = [r["prediction"] for r in rows_after[:k]]
-        theirs = evaluate.generate(reloaded, tokenizer, prompts, max_new_tokens=profile.max_new_tokens)
-        metrics["reload_same_generations"] = ours == theirs
-        metrics["reload_checked_examples"] = k
-        say(f"reloaded adapter: {sum(a == b for a, b in zip(ours, theirs, strict=True))} of {k} greedy generations identical")
-        del reloaded
-        gc.collect()
+        adapter_dir = save_and_reload_adapter(run, model, tokenizer, splits["eval"], rows_after, metrics)
         if merge:
-            probe = probe_batch(tokenizer, splits["eval"], n=2)
-            merged, report = models.merge_adapter(profile, adapter_dir, probe, method=method, hw=hw, model_path=path,
-                                                  out_dir=out / "merged", trained_model=model)
-            metrics["merge"] = report.to_dict()
-            metrics["exact_match_merged"], _ = evaluate.exact_match(merged, tokenizer, splits["eval"], **em_kwargs)
-            say(f"merged into a {report.dtype} base: max |logit diff| vs unmerged {report.max_abs_diff:.2e} "
-                f"(tolerance {report.tolerance:.0e}: {'ok' if report.ok else 'TOO LARGE'}); exact match "
-                f"{metrics['exact_match_merged']:.1%}")
-            del merged
-            gc.collect()
-
-    metrics["data"] = {"train": train_report.to_dict(), "eval": eval_report.to_dict()}
-    metrics["table"] = table
-    metrics["log_history"] = result.log_history
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=1, default=str))
-    fig = plot_loss(result.log_history, title=f"{profile.name}: {method} training loss")
-    fig.savefig(out / "loss.png", dpi=100)
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
-    say(f"predicted peak {metrics['predicted_peak_bytes'] / GIB:.3f} GiB ({metrics['predicted_peak_kind']}); measured "
-        f"{metrics['peak_memory_bytes'] / GIB:.3f} GiB ({metrics['peak_memory_kind']})")
-    say(f"metrics written to {out / 'metrics.json'}")
+            merge_and_check(run, model, tokenizer, adapter_dir, splits["eval"], metrics)
+    metrics.update(data={"train": train_report.to_dict(), "eval": eval_report.to_dict()}, table=table,
+                   log_history=result.log_history)
+    write_outputs(run, result, metrics)
     return metrics
 
 

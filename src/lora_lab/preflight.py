@@ -1,0 +1,179 @@
+"""Memory before and after a training run: the preflight that stops a run that cannot fit, and the
+out-of-memory message for one that ran out anyway.
+
+- `estimate_memory`: `lora_lab.vram.estimate` for a run's settings (profile, method, precision,
+  several processes).
+- `preflight_memory`: that estimate against the GPU's usable memory, before loading anything;
+  raises `WontFitError` with the estimator's suggestions.
+- `oom_message` (`_oom_message`): what the estimator predicted and which changes would fit, for
+  `TrainingOutOfMemory`.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from . import hardware, models, vram
+from .models import Precision
+from .units import GIB
+
+__all__ = ["TrainingOutOfMemory", "WontFitError", "estimate_memory", "preflight_memory", "usable_gpu_bytes"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Errors a learner can act on
+
+
+class WontFitError(ValueError):
+    """The memory estimate for the chosen settings exceeds the GPU: we stop before loading anything."""
+
+
+class TrainingOutOfMemory(RuntimeError):
+    """Training ran out of memory; the message says what to change and which checkpoint survives.
+
+    Attributes:
+        step: optimizer steps completed before the failure.
+        last_checkpoint: the newest checkpoint folder on disk (None if none was written).
+        suggestions: changes that the estimator says would fit.
+    """
+
+    def __init__(self, message: str, step: int, last_checkpoint: str | None, suggestions: list[str]):
+        super().__init__(message)
+        self.step = step
+        self.last_checkpoint = last_checkpoint
+        self.suggestions = suggestions
+
+
+# ---------------------------------------------------------------------------------------------
+# Memory: the estimator before anything heavy, and its prediction beside the measurement
+
+
+def _estimator_precision(precision: Precision, method: str) -> str:
+    if precision.executed == "float32":
+        return "fp32"
+    if method == "full":
+        return "mixed"
+    return "fp16" if precision.executed == "float16" else "bf16"
+
+
+def _world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", 1))
+
+
+def estimate_memory(model_config, profile, method: str, precision: Precision, *, rank: int | None = None,
+                    seq_len: int | None = None, batch_size: int | None = None, device: str | None = None,
+                    fsdp: bool = False):
+    """`lora_lab.vram.estimate` for this run's settings (per GPU when several processes train).
+
+    Args:
+        model_config: a transformers config (or anything `vram.load_arch` reads).
+        profile: the run profile (batch, rank, targets, optimizer, checkpointing, dropout).
+        method: "qlora", "lora" or "full".
+        precision: the run's `Precision` (the decided dtype when `device` is "cuda").
+        rank: LoRA rank (default: the profile's).
+        seq_len: the longest padded sequence (default: profile.max_length, the worst case).
+        batch_size: sequences per micro-step (default: the profile's).
+        device: "cuda" or "cpu" (default: cuda unless the run executes in fp32 without a GPU).
+        fsdp: weights, gradients and optimizer states sharded over the processes.
+    """
+    on_cuda = device == "cuda" if device else precision.executed != "float32" or torch.cuda.is_available()
+    if on_cuda and precision.executed == "float32" and precision.decided != "float32":
+        # Estimating for the GPU this run is meant for (e.g. a T4 reading on a CPU test machine).
+        cap = (7, 5) if precision.decided == "float16" else (8, 0)
+        precision = models.precision_for("cuda", cap, method)
+    n = _world_size()
+    return vram.estimate(
+        model_config,
+        method=method,
+        rank=profile.lora_r if rank is None else rank,
+        lora_alpha=profile.lora_alpha,
+        target_modules=profile.lora_targets,
+        batch_size=profile.batch_size if batch_size is None else batch_size,
+        seq_len=profile.max_length if seq_len is None else seq_len,
+        gradient_checkpointing=profile.gradient_checkpointing,
+        optimizer=profile.optimizer,
+        precision=_estimator_precision(precision, method),
+        lora_dropout=profile.lora_dropout,
+        num_gpus=n if fsdp else 1,
+        sharding="fsdp" if fsdp and n > 1 else None,
+        device="cuda" if on_cuda else "cpu",
+    )
+
+
+def usable_gpu_bytes(hw: hardware.Hardware) -> int | None:
+    """What the GPU offers a run: torch's total for the card (14.74 GiB on a Colab T4); None on the CPU."""
+    return hw.gpu_total_bytes if hw.device_type == "cuda" else None
+
+
+def preflight_memory(model_config, profile, method: str, hw: hardware.Hardware, precision: Precision, *,
+                     rank: int | None = None, fsdp: bool = False, verbose: bool = True):
+    """Estimate the run's peak GPU memory before loading anything, and stop if it cannot fit.
+
+    Returns:
+        The `MemoryEstimate` (for the worst case: every batch padded to profile.max_length).
+
+    Raises:
+        WontFitError: the estimate exceeds the GPU's usable memory; the message carries the
+            estimator's suggestions (shorter sequences, smaller batch, QLoRA, a bigger GPU...).
+    """
+    device = "cuda" if hw.device_type == "cuda" else "cpu"
+    est = estimate_memory(model_config, profile, method, precision, rank=rank, device=device, fsdp=fsdp)
+    usable = usable_gpu_bytes(hw)
+    if usable is None:
+        if verbose:
+            print(f"preflight: no GPU; the tensors of one step need about {est.peak_allocated / GIB:.3f} GiB of RAM "
+                  f"(estimate for batch {profile.batch_size} x {profile.max_length} tokens, {method}).")
+        return est
+    kwargs = dict(est.settings)
+    for key in ("model", "num_gpus"):
+        kwargs.pop(key, None)
+    kwargs = {k: v for k, v in kwargs.items() if k in _ESTIMATE_ARGS and v is not None}
+    if not est.fits(usable):
+        tips = vram.suggestions(model_config, usable, **kwargs)
+        raise WontFitError(
+            f"This run will not fit: the estimate is {est.total / GIB:.1f} GiB for {method} with batch "
+            f"{profile.batch_size} x {profile.max_length} tokens, and {hw.gpu_name} offers {usable / GIB:.1f} GiB. "
+            + ("Try: " + "; ".join(tips) + "." if tips else "No single change fits: pick a smaller model.")
+        )
+    if verbose:
+        print(f"preflight: estimated peak {est.total / GIB:.2f} GiB of {usable / GIB:.2f} GiB usable on {hw.gpu_name} "
+              f"({(usable - est.total) / GIB:.2f} GiB to spare; worst case: every batch {profile.max_length} tokens)")
+        if hw.gpu_free_bytes is not None and hw.gpu_free_bytes < est.total:
+            print(f"WARNING: only {hw.gpu_free_bytes / GIB:.1f} GiB is free right now: restart the runtime to free "
+                  "memory held by earlier cells before training.")
+    return est
+
+
+_ESTIMATE_ARGS = {"method", "rank", "lora_alpha", "target_modules", "batch_size", "seq_len", "gradient_checkpointing",
+                  "optimizer", "precision", "double_quant", "attention", "lora_dropout", "sharding", "device"}
+
+
+def _oom_message(step: int, max_steps: int, last_checkpoint: str | None, model_config, profile, method: str,
+                 precision: Precision, hw: hardware.Hardware, seq_len: int) -> tuple[str, list[str]]:
+    """An out-of-memory message built from the estimator: what it predicted and what would fit."""
+    tips: list[str] = []
+    est = None
+    try:
+        est = estimate_memory(model_config, profile, method, precision, seq_len=seq_len, device="cuda")
+        usable = usable_gpu_bytes(hw) or est.total
+        # The run did not fit in practice, whatever the estimate said: ask what cuts the step's own
+        # memory (everything but the CUDA context) by 15%.
+        fixed = vram.CUDA_CONTEXT_BYTES
+        budget = fixed + int(0.85 * (min(usable, est.total) - fixed))
+        kwargs = {k: v for k, v in est.settings.items() if k in _ESTIMATE_ARGS and v is not None}
+        kwargs.pop("sharding", None)
+        tips = vram.suggestions(model_config, budget, **kwargs)
+    except Exception as err:  # the estimator cannot read this model: fall back to general advice
+        tips = [f"(estimator unavailable: {err})"]
+    tips = tips or [f"batch {max(1, profile.batch_size // 2)} with gradient accumulation {profile.grad_accum * 2}",
+                    f"max_length {max(64, seq_len // 2)}"]
+    lines = [f"Out of memory at step {step + 1} of {max_steps}."]
+    if est is not None:
+        lines.append(f"The estimator predicted {est.total / GIB:.2f} GiB for batch {profile.batch_size} x {seq_len} tokens "
+                     f"({method}, {est.settings.get('precision')}).")
+    lines.append("Checkpoint kept: " + (f"{last_checkpoint} (continue with resume=True / --resume)."
+                                        if last_checkpoint else "none yet (no step was saved before the failure)."))
+    lines.append("Try: " + "; ".join(tips) + ". Restarting the runtime also frees memory held by earlier cells.")
+    return "\n".join(lines), tips
