@@ -193,8 +193,9 @@ print(evaluate.format_table(rows_before[:3]))
 # One more bf16 trap hides in trl itself: for a quantized model, `SFTTrainer` converts the LoRA
 # matrices to bf16 whatever `fp16`/`bf16` say. On a T4 that brings bf16 back into an fp16 run, and on
 # any machine it rounds every update to bf16's 8-bit mantissa. `sft` casts them back to fp32 right
-# after building the trainer (`train.keep_trainable_fp32`); on this course's tiny model the bf16
-# adapters had cost QLoRA a large part of its held-out exact match.
+# after building the trainer (`compat.keep_trainable_fp32`: `lora_lab.compat` holds every library
+# workaround, each tied to the versions it is for); on this course's tiny model the bf16 adapters
+# had cost QLoRA a large part of its held-out exact match.
 #
 # On Colab, set `USE_DRIVE = True` to write checkpoints to Google Drive: after a disconnect, rerun
 # the notebook and training continues from the newest checkpoint (`RESUME`).

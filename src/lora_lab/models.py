@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from . import hardware, tiny
+from .compat import keep_cpu_4bit_layout
 
 #: Fine-tuning methods: 4-bit base + LoRA, 16-bit base + LoRA, every weight trains.
 METHODS = ("qlora", "lora", "full")
@@ -277,24 +278,6 @@ def load_model_and_tokenizer(profile, method: str = "qlora", hw: hardware.Hardwa
     model.lora_lab_precision = precision
     model.lora_lab_method = method
     return model, tokenizer
-
-
-def keep_cpu_4bit_layout(model) -> int:
-    """Stop bitsandbytes from repacking 4-bit weights for its bf16 CPU inference kernel; return layers changed.
-
-    On a CPU with AVX512-BF16, bitsandbytes (0.50) repacks a `Linear4bit` weight the first time the
-    layer runs in eval mode without gradients, with its scales rounded to bf16, and from then on
-    always calls a kernel that has no backward pass. Evaluating before training would then silently
-    cut the gradient through every frozen 4-bit layer (LoRA matrices below it learn from a wrong
-    signal) and change the numbers the model computes. Keeping the standard layout costs some
-    inference speed on such CPUs and changes nothing on a GPU.
-    """
-    changed = 0
-    for module in model.modules():
-        if getattr(module, "support_avx512bf16_for_cpu", False):
-            module.support_avx512bf16_for_cpu = False
-            changed += 1
-    return changed
 
 
 def lora_config(profile, r: int | None = None, alpha: int | None = None, targets=None, dropout: float | None = None,

@@ -43,6 +43,7 @@ import torch
 
 from . import data, evaluate, hardware, models, profiles
 from .callbacks import TrainingMonitor, peak_memory
+from .compat import keep_trainable_fp32
 from .drive import drive_checkpoint_dir
 from .models import Precision, decide_precision, load_model_and_tokenizer, lora_config
 from .preflight import (
@@ -132,24 +133,6 @@ def sft_config_kwargs(profile, output_dir, precision: Precision, *, max_steps: i
         use_cpu=distributed_cpu,  # accelerate sets up multi-process CPU (DDP) only when asked explicitly
         eos_token=None,  # the tokenizer's own eos (checked distinct from pad)
     )
-
-
-def keep_trainable_fp32(model) -> int:
-    """Cast trainable parameters back to fp32 after `SFTTrainer.__init__`; return how many were cast.
-
-    trl 1.16 converts the LoRA matrices of every quantized model to bf16, whatever `fp16`/`bf16`
-    say. On a T4 (no native bf16) that puts bf16 matmuls back into the fp16 run we chose on
-    purpose, and anywhere it rounds each update to bf16's 8-bit mantissa: with small learning-rate
-    steps many updates vanish. On the tiny model it cost QLoRA a large share of its held-out exact
-    match, and it made a resumed run drift from an uninterrupted one. fp32 adapters with fp16/bf16
-    autocast are ordinary mixed precision, and what `lora_lab.vram` assumes (peft's default).
-    """
-    cast = 0
-    for param in model.parameters():
-        if param.requires_grad and param.dtype in (torch.bfloat16, torch.float16):
-            param.data = param.data.float()
-            cast += 1
-    return cast
 
 
 def _last_checkpoint(folder) -> str | None:
