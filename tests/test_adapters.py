@@ -175,3 +175,59 @@ def test_train_specialist_trains_saves_and_caches(profile, tiny_model_path, tmp_
     assert again.cached and again.adapter_dir == run.adapter_dir and again.final_loss == run.final_loss
     other = adapters.SpecialistRecipe(**{**run.recipe, "max_steps": 5})
     assert other.key(profile) != recipe.key(profile)
+
+
+def test_memory_report_measures_shared_base_and_merged_copies(profile, tiny_model_path, adapter_dirs, multi,
+                                                               tmp_path):
+    from transformers import AutoConfig
+
+    model, tokenizer = multi
+    merged, _ = adapters.merge_to_standalone(profile, adapter_dirs["recall"], tmp_path / "merged", tokenizer,
+                                             PROMPTS, model_path=tiny_model_path)
+    size = adapters.predict_adapter_bytes(AutoConfig.from_pretrained(tiny_model_path), R, profile.lora_targets)
+    report = adapters.memory_report(model, merged, size)
+    assert report.n_adapters == len(NAMES)
+    # fp32 LoRA matrices in memory: exactly what the formula says for three adapters.
+    assert report.adapter_bytes == report.adapter_bytes_formula == len(NAMES) * size.tensor_bytes
+    # The shared base is the merged model's size: the same fp32 weights, without the adapters.
+    assert report.base_bytes == report.merged_model_bytes
+    # Tensors of the merged model: its parameters (tied ones once) plus non-parameter buffers.
+    assert report.merged_model_bytes_formula <= report.merged_model_bytes < 1.01 * report.merged_model_bytes_formula
+    assert report.merged_dtype == "float32"
+    assert report.shared_total < report.merged_total == len(NAMES) * report.merged_model_bytes
+    assert f"{len(NAMES)} merged float32 models" in report.summary()
+
+
+def test_score_table_scores_each_adapter_and_the_base_on_each_task(profile, multi):
+    from datasets import Dataset
+
+    from lora_lab import evaluate
+
+    model, tokenizer = multi
+    model.set_adapter("extract")
+    prompts = [[{"role": "user", "content": p}] for p in PROMPTS]
+
+    def answers_of(name: str, task: str) -> list[str]:
+        budget = adapters.max_new_tokens_for(profile, task)
+        if name == "__base__":
+            with model.disable_adapter():
+                return evaluate.generate(model, tokenizer, prompts, max_new_tokens=budget)
+        model.set_adapter(name)
+        return evaluate.generate(model, tokenizer, prompts, max_new_tokens=budget)
+
+    # One held-out set per "task", whose reference answers are what one model says: that model must
+    # score 1.0 on it, and a model answering differently must not.
+    owners = {"recall": "__base__", "format": "format"}
+    expected = {owner: answers_of(owner, task) for task, owner in owners.items()}
+    evals = {task: Dataset.from_dict({"messages": [p + [{"role": "assistant", "content": a}]
+                                                   for p, a in zip(prompts, expected[owner], strict=True)],
+                                      "answer": expected[owner]})
+             for task, owner in owners.items()}
+    model.set_adapter("extract")
+    table = adapters.score_table(model, tokenizer, evals, ["__base__", "format"], profile)
+    assert model.active_adapter == "extract"  # restored
+    assert set(table) == {"__base__", "format"} and all(set(row) == set(evals) for row in table.values())
+    assert table["__base__"]["recall"] == 1.0 and table["format"]["format"] == 1.0
+    differ = [a != b for a, b in zip(expected["__base__"], expected["format"], strict=True)]
+    assert any(differ)  # the adapter changes answers (random B): the table must tell them apart
+    assert table["format"]["recall"] == pytest.approx(1 - sum(differ) / len(differ))

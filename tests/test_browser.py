@@ -43,8 +43,6 @@ def jupyterlab(tmp_path_factory):
         if os.environ.get("CI"):
             pytest.fail(f"{CHROMIUM} is missing in CI: .ci/run should have installed Debian's chromium.")
         pytest.skip(f"{CHROMIUM} not installed (apt-get install chromium) ")
-    if not NOTEBOOK.exists():
-        pytest.skip("notebook 01 does not exist yet")
     work = tmp_path_factory.mktemp("lab")
     nb = json.loads(NOTEBOOK.read_text())
     # The committed notebook carries no kernel metadata; name the kernel so no dialog asks for one.

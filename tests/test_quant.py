@@ -5,12 +5,11 @@ with the library a QLoRA run really uses. Nothing touches the network; the model
 locally built tiny model.
 """
 
+import bitsandbytes.functional as bnb_functional
 import pytest
 import torch
 
 from lora_lab import quant
-
-bnb_functional = pytest.importorskip("bitsandbytes.functional")
 
 MILLION = 1024 * 1024  # 2**20 values: "at least a million", and a whole number of 64- and 4096-blocks
 

@@ -1,5 +1,7 @@
 """Quizzes: right answers accepted, wrong and malformed ones get feedback, computed answers stay computed."""
 
+import math
+
 import pytest
 
 from lora_lab import hardware, quiz
@@ -32,7 +34,12 @@ def test_every_question_has_a_reachable_right_answer(q):
         assert 0 <= q.answer < len(q.options)
         assert sum(q.check(i).correct for i in range(len(q.options))) == 1
     else:
-        assert q.check(q.value()).correct
+        right = q.value()
+        assert math.isfinite(right) and right != 0
+        step = 2 * q.rel_tol + 1e-6  # beyond the accepted relative error
+        assert q.check(f"{right * (1 + q.rel_tol / 2):,}").correct  # within it, typed with separators
+        assert not q.check(right * (1 + step)).correct and "Too high" in q.check(right * (1 + step)).message
+        assert not q.check(right * (1 - step)).correct and "Too low" in q.check(right * (1 - step)).message
 
 
 def test_widgets_give_feedback_without_tracebacks():

@@ -135,8 +135,12 @@ def test_sweep_runs_learn_and_are_seeded(tiny_model_path, tmp_path, monkeypatch)
     row = first["runs"][0]
     assert row["eval_loss"] < first["baseline"]["eval_loss"]
     assert row["trainable"] == vram.lora_params(vram.load_arch(str(tiny_model_path)), 2, "all-linear")
-    assert row["memory"] == row["memory_weights"] + row["memory_gradients"] + row["memory_optimizer"] + \
-        row["memory_activations"]
+    # The measured step holds what LoRA predicts: fp32 gradients for the adapter only, and AdamW's two
+    # fp32 moments per adapter value plus one fp32 step counter per adapter tensor (4 layers x 7 x A,B).
+    assert row["memory_gradients"] == 4 * row["trainable"]
+    assert row["memory_optimizer"] == 2 * 4 * row["trainable"] + 4 * (4 * 7 * 2)
+    assert row["memory_weights"] == 4 * row["total_params"]  # the fp32 base and adapter, each tensor once
+    assert row["memory_activations"] > 0
     # a second run, without the cache, gives identical numbers
     second = rank.sft_sweep(profile, plan, model_path=str(tiny_model_path), only=["r=2"], use_cache=False,
                             verbose=False)
@@ -167,3 +171,21 @@ def test_alpha_fixed_keeps_the_best_lr_where_alpha_equal_r_moves_it():
     fixed, equal = rank.SCALING_RULES[:2]
     assert res["spread"][fixed] == 1.0
     assert res["best_lr"][equal]["128"] < res["best_lr"][equal]["2"]
+
+
+def test_trainer_sweep_trains_through_sft_and_reports_the_loop_fields(tiny_model_path):
+    """The GPU profiles' engine (`lora_lab.train.sft`, QLoRA), run here on the tiny model for a few steps."""
+    from lora_lab import profiles
+
+    profile = profiles.get_profile("cpu").replace(n_eval=20, logging_steps=2, save_steps=100)
+    plan = rank.PLANS["cpu"].__class__(**{**rank.PLANS["cpu"].__dict__, "steps": 8, "engine": "trainer"})
+    result = rank.sft_sweep(profile, plan, model_path=str(tiny_model_path), only=["r=2"], verbose=False)
+    assert result["baseline"] is None and result["plan"]["engine"] == "trainer"
+    (row,) = result["runs"]
+    # The fields the notebook's tables and plots read from a loop run are all there.
+    assert {"name", "method", "rank", "targets", "lr", "group", "trainable", "memory", "seconds_per_step",
+            "eval_loss", "exact_match", "final_train_loss", "losses"} <= set(row)
+    assert (row["name"], row["rank"]) == ("r=2", 2)
+    assert row["trainable"] == vram.lora_params(vram.load_arch(str(tiny_model_path)), 2, "all-linear")
+    assert row["final_train_loss"] == row["losses"][-1][1] < row["losses"][0][1]  # it trained
+    assert row["memory"] > 0 and 0.0 <= row["exact_match"] <= 1.0 and row["eval_loss"] > 0
