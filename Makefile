@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 NOTEBOOK_SOURCES := $(wildcard notebooks/[0-9][0-9]_*.py)
 
-.PHONY: setup run test lint sync check-sync pytest nbtest clean colab-links exercises figures bench
+.PHONY: setup run test lint sync check-sync pytest nbtest clean colab-links colab-check-install exercises figures bench
 
 # Create the virtual environment and install the pinned stack (torch pinned: a bare
 # `torch` would pull a multi-GB CUDA build) plus this package in editable mode.
@@ -55,6 +55,12 @@ colab-links: $(STAMP)
 	@test -n "$(REPO)" || (echo "usage: make colab-links REPO=owner/name" && exit 2)
 	$(BIN)/python -m lora_lab.colab set-repo "$(REPO)"
 	$(MAKE) sync
+
+# Colab's install step must leave Colab's own torch and numpy alone: a fresh virtualenv with stand-in
+# torch 2.8.0 and numpy 2.0.2 (metadata only), then pip's resolver plans colab/requirements.txt plus this
+# package there; fails if the plan touches torch or numpy. Needs the package registry (CI calls it).
+colab-check-install: $(STAMP)
+	$(BIN)/python colab/check_install.py
 
 # Learner copies of every notebook, solutions removed, into build/learners/.
 exercises: $(STAMP)
