@@ -20,7 +20,7 @@ setup: $(STAMP)
 
 # Execute every notebook in order (cpu profile unless a GPU is present) into build/notebooks/.
 run: $(STAMP)
-	$(BIN)/python -m lora_lab.course run
+	$(BIN)/python -m lora_lab.tooling.course run
 
 test: $(STAMP) lint check-sync pytest nbtest
 
@@ -31,8 +31,8 @@ lint: $(STAMP)
 check-sync: $(STAMP)
 	touch $(NOTEBOOK_SOURCES)
 	$(BIN)/jupytext --quiet --sync $(NOTEBOOK_SOURCES)
-	$(BIN)/python -m lora_lab.course strip
-	$(BIN)/python -m lora_lab.course check
+	$(BIN)/python -m lora_lab.tooling.course strip
+	$(BIN)/python -m lora_lab.tooling.course check
 	git diff --exit-code --stat -- notebooks
 
 pytest: $(STAMP)
@@ -44,7 +44,7 @@ nbtest: $(STAMP)
 # After editing a notebooks/NN_topic.py: regenerate its .ipynb twin, without outputs.
 sync: $(STAMP)
 	$(BIN)/jupytext --quiet --sync $(NOTEBOOK_SOURCES)
-	$(BIN)/python -m lora_lab.course strip
+	$(BIN)/python -m lora_lab.tooling.course strip
 
 clean:
 	rm -rf build .pytest_cache .ruff_cache
@@ -53,7 +53,7 @@ clean:
 # Point colab/REPO, every badge and every Colab install cell at REPO=owner/name.
 colab-links: $(STAMP)
 	@test -n "$(REPO)" || (echo "usage: make colab-links REPO=owner/name" && exit 2)
-	$(BIN)/python -m lora_lab.colab set-repo "$(REPO)"
+	$(BIN)/python -m lora_lab.tooling.colab set-repo "$(REPO)"
 	$(MAKE) sync
 
 # Colab's install step must leave Colab's own torch and numpy alone: a fresh virtualenv with stand-in
@@ -64,11 +64,11 @@ colab-check-install: $(STAMP)
 
 # Learner copies of every notebook, solutions removed, into build/learners/.
 exercises: $(STAMP)
-	$(BIN)/python -m lora_lab.course exercises
+	$(BIN)/python -m lora_lab.tooling.course exercises
 
 # Every figure of the course as PNG and SVG into build/figures/ (runs the notebooks).
 figures: $(STAMP)
-	$(BIN)/python -m lora_lab.course figures
+	$(BIN)/python -m lora_lab.tooling.course figures
 
 # The VRAM estimator against measured training steps; writes benchmarks/results/vram_accuracy_cpu.csv.
 bench: $(STAMP)

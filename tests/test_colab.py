@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from lora_lab import colab
+from lora_lab.tooling import colab
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.py"))

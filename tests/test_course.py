@@ -10,7 +10,7 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from lora_lab import course
+from lora_lab.tooling import course
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.py"))
@@ -64,7 +64,7 @@ def test_make_exercises_writes_every_notebook(tmp_path):
 
 def test_figure_backend_saves_png_and_svg(tmp_path):
     script = "import matplotlib.pyplot as plt\nplt.plot([1, 2, 3])\nplt.show()\nplt.figure(); plt.bar([1], [2]); plt.show()\n"
-    env = {**os.environ, "MPLBACKEND": "module://lora_lab.figure_backend",
+    env = {**os.environ, "MPLBACKEND": "module://lora_lab.tooling.figure_backend",
            "LORA_LAB_FIGURES_DIR": str(tmp_path), "LORA_LAB_FIGURES_PREFIX": "demo"}
     subprocess.run([sys.executable, "-c", script], env=env, check=True)
     names = sorted(p.name for p in tmp_path.iterdir())

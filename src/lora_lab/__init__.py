@@ -1,10 +1,35 @@
 """lora-lab: the helper package behind the course's notebooks.
 
-Modules (import the one you need):
-    hardware  what machine this is and which dtype to compute in
-    profiles  the `t4` / `cpu` run profiles
-    tiny      the cpu profile's locally built tiny Llama and tokenizer
-    data      the course's synthetic instruction tasks and the t4 dataset loader
+Lesson helpers (import the one you need):
+    units        one GIB/MIB and one cache root ($LORA_LAB_CACHE) for every module
+    hardware     what machine this is and which dtype to compute in
+    profiles     the `t4` / `cpu` run profiles
+    tiny         the cpu profile's locally built tiny Llama and tokenizer
+    data         the course's synthetic instruction tasks, the t4 dataset loader, validation
+    sft_data     SFT tokenization (labels on the answer only, checked per example) and the one collator
+    models       loading in NF4/16-bit, the quantization config, saving, reloading, merging adapters
+    compat       every library workaround, each gated on the versions it is for and tested
+    preflight    the memory estimate before a run (WontFitError) and the out-of-memory advice after one
+    train        SFT with trl (`sft`) and the notebook-03 pipeline (`run_pipeline`, `python -m lora_lab.train`)
+    train_plots  the training-loss plot
+    drive        checkpoints on Google Drive (Colab, opt-in)
+    evaluate     greedy generation, exact match, answer-only eval loss, probe batches
+    callbacks    loss / tokens per second / peak memory logging, simulated disconnect and OOM
+    vram         the memory estimator, reverse questions, its command line (notebook 01)
+    memory       measures one real training step by category (notebook 01)
+    widgets      the interactive VRAM calculator
+    plots        the calculator's chart
+    rank         parameter math, low-rank recovery, scaling rules, the rank sweep (notebook 02)
+    rank_plots   notebook 02's figures
+    quant        NF4, FP4, INT4 and double quantization from scratch (notebook 04)
+    quant_plots  notebook 04's figures
+    adapters     specialists: switch, hot-swap, mixed batches, merge, combine (notebook 05)
+    quiz         quick checks with feedback; answers computed by the package
+
+Build tooling (`lora_lab.tooling`, not imported by the lessons):
+    tooling.course          runs, checks, strips and exports the notebooks
+    tooling.colab           Open-in-Colab badges, the Colab install cell, set-repo
+    tooling.figure_backend  saves every figure as PNG and SVG for `course figures`
 """
 
 __version__ = "0.1.0"

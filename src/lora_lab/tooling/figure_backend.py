@@ -1,6 +1,6 @@
 """A matplotlib backend that saves every shown figure as PNG and SVG (for `make figures`).
 
-`python -m lora_lab.course figures` runs each notebook with this backend switched on, so the
+`python -m lora_lab.tooling.course figures` runs each notebook with this backend switched on, so the
 course's figures land in build/figures/ as `NN_topic-01.png` / `.svg`, ready for slides, without
 any notebook having to save its own figures.
 

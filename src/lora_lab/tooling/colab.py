@@ -2,7 +2,7 @@
 
 Every notebook starts with an Open-in-Colab badge and one install cell that runs only on Colab.
 Both name the course repository, whose address lives in one place, `colab/REPO`;
-`python -m lora_lab.colab set-repo owner/name` (``make colab-links REPO=owner/name``) writes it
+`python -m lora_lab.tooling.colab set-repo owner/name` (``make colab-links REPO=owner/name``) writes it
 there and rewrites every notebook's badge and install cell from it.
 """
 
@@ -13,7 +13,7 @@ import re
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 REPO_FILE = ROOT / "colab" / "REPO"
 NOTEBOOKS = ROOT / "notebooks"
 INSTALL_TAG = "colab-install"
@@ -95,7 +95,7 @@ def notebook_problems(path: Path, repo: str | None = None) -> list[str]:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lora_lab.colab")
+    parser = argparse.ArgumentParser(prog="python -m lora_lab.tooling.colab")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("set-repo", help="point colab/REPO, badges and install cells at owner/name")
     p.add_argument("repo")

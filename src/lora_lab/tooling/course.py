@@ -1,10 +1,10 @@
 """Course-level commands behind the Makefile: run every notebook, check the notebook pairs.
 
-    python -m lora_lab.course run     # execute notebooks/NN_*.ipynb in order into build/notebooks/
-    python -m lora_lab.course check   # every .py has its .ipynb twin, same cells, no outputs
-    python -m lora_lab.course strip   # remove outputs and execution counts from notebooks/*.ipynb
-    python -m lora_lab.course exercises  # learner copies without solutions into build/learners/
-    python -m lora_lab.course figures    # every figure of the course as PNG + SVG into build/figures/
+    python -m lora_lab.tooling.course run     # execute notebooks/NN_*.ipynb in order into build/notebooks/
+    python -m lora_lab.tooling.course check   # every .py has its .ipynb twin, same cells, no outputs
+    python -m lora_lab.tooling.course strip   # remove outputs and execution counts from notebooks/*.ipynb
+    python -m lora_lab.tooling.course exercises  # learner copies without solutions into build/learners/
+    python -m lora_lab.tooling.course figures    # every figure of the course as PNG + SVG into build/figures/
 
 `run` prints one line per notebook (name, seconds, ok/failed) and exits non-zero if any failed;
 a failed notebook's executed copy is still written, with the error in it, so nothing is lost.
@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 NOTEBOOKS = ROOT / "notebooks"
 BUILD = ROOT / "build" / "notebooks"
 LEARNERS = ROOT / "build" / "learners"
@@ -28,8 +28,8 @@ SOLUTION_TAG = "solution"
 PLACEHOLDER = "# Your solution here. (The instructor's copy of this notebook has one.)\n"
 #: Prepended to a notebook by `figures`: every figure shown, or left open at a cell's end, is saved.
 FIGURE_HOOK = """import matplotlib
-matplotlib.use("module://lora_lab.figure_backend")
-from lora_lab import figure_backend
+matplotlib.use("module://lora_lab.tooling.figure_backend")
+from lora_lab.tooling import figure_backend
 get_ipython().events.register("post_execute", figure_backend.show)"""
 
 
@@ -143,7 +143,7 @@ def write_learner_copies(folder: Path = NOTEBOOKS, out_dir: Path = LEARNERS) -> 
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lora_lab.course", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m lora_lab.tooling.course", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     p_run = sub.add_parser("run", help="execute the notebooks into build/notebooks/")
     p_run.add_argument("notebooks", nargs="*", type=Path, help="default: every notebooks/NN_*.ipynb")
