@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import time
+import warnings
 
 import pytest
 import torch
@@ -300,3 +301,185 @@ def test_calculator_hides_only_the_custom_box():
     hidden = [name for name, c in box.controls.items() if c.layout.display == "none"]
     assert hidden == ["custom"]
     assert len({id(c.layout) for c in box.controls.values()}) == len(box.controls)
+
+
+# ---- validation: every config field the estimator uses, sizes, booleans, objects -----------------------
+
+LLAMA = "meta-llama/Llama-3.2-1B"
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("num_hidden_layers", -32, "num_hidden_layers must be a positive whole number"),
+    ("num_hidden_layers", 0, "num_hidden_layers must be a positive"),
+    ("num_attention_heads", 0, "num_attention_heads must be a positive"),
+    ("num_key_value_heads", 0, "num_key_value_heads must be a positive"),
+    ("num_key_value_heads", 5, "multiple of num_key_value_heads"),
+    ("hidden_size", -2048, "hidden_size must be a positive"),
+    ("hidden_size", 2050, "divisible by num_attention_heads"),
+    ("intermediate_size", 8192.5, "intermediate_size must be a positive whole"),
+    ("vocab_size", float("inf"), "vocab_size must be a positive whole"),
+    ("vocab_size", "128256", "vocab_size must be a positive whole"),
+    ("head_dim", 0, "head_dim must be a positive"),
+    ("tie_word_embeddings", "yes", "tie_word_embeddings must be true or false"),
+])
+def test_bad_config_fields_are_refused_with_the_field_named(field, value, message):
+    cfg = {**vram.preset_config(LLAMA), field: value}
+    if field == "hidden_size" and value == 2050:
+        cfg.pop("head_dim", None)
+    with pytest.raises(ValueError, match=message):
+        vram.estimate(cfg, method="lora")
+
+
+def test_a_json_list_or_a_model_object_is_refused_with_what_to_pass(tmp_path):
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps([vram.preset_config(LLAMA)]))
+    with pytest.raises(ValueError, match="JSON object"):
+        vram.estimate(str(path), method="lora")
+    with pytest.raises(ValueError, match="JSON object"):
+        vram.estimate([vram.preset_config(LLAMA)], method="lora")
+    path.write_text("{not json")
+    with pytest.raises(ValueError, match="cannot read it as a config.json"):
+        vram.estimate(str(path), method="lora")
+
+    class FakeModel(torch.nn.Module):  # what a learner holds after from_pretrained
+        config = object()
+
+    with pytest.raises(ValueError, match=r"pass its configuration instead: estimate\(model.config"):
+        vram.estimate(FakeModel(), method="lora")
+
+
+@pytest.mark.parametrize("change,message", [
+    (dict(gradient_checkpointing="no"), "gradient_checkpointing must be True or False"),
+    (dict(gradient_checkpointing=1), "gradient_checkpointing must be True or False"),
+    (dict(double_quant="false"), "double_quant must be True or False"),
+    (dict(lora_dropout=float("nan")), "lora_dropout must be in"),
+    (dict(lora_dropout=1.0), "lora_dropout must be in"),
+    (dict(lora_alpha=float("inf")), "lora_alpha must be"),
+    (dict(seq_len=512.0), "seq_len must be a positive whole number"),
+])
+def test_bad_flags_are_refused(change, message):
+    with pytest.raises(ValueError, match=message):
+        vram.estimate(LLAMA, **{"method": "qlora", **change})
+
+
+@pytest.mark.parametrize("count", [float("inf"), float("nan"), -7e9, 0])
+def test_bad_parameter_counts_are_refused(count):
+    with pytest.raises(ValueError, match="finite|positive"):
+        vram.estimate(count, method="lora")
+
+
+def test_full_fine_tuning_warns_that_lora_flags_are_ignored():
+    with pytest.warns(UserWarning, match=r"rank=64.*target_modules='q_proj,v_proj'.*double_quant=False.*ignored"):
+        est = vram.estimate(LLAMA, method="full", rank=64, target_modules=QV, double_quant=False)
+    assert est.trainable_params == est.total_params
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the defaults warn of nothing
+        vram.estimate(LLAMA, method="full")
+        vram.estimate(LLAMA, method="qlora", rank=64, double_quant=False)
+
+
+def test_rank_limit_names_the_binding_layer():
+    # Qwen2.5-0.5B: q_proj 896 x 896 passes rank 200, k_proj and v_proj (896 x 128) bind
+    with pytest.raises(ValueError, match=r"k_proj's smaller dimension \(896 x 128\).*rank <= 128"):
+        vram.estimate("Qwen/Qwen2.5-0.5B", method="lora", rank=200)
+    with pytest.raises(ValueError, match=r"v_proj.*rank <= 128"):
+        vram.estimate("Qwen/Qwen2.5-0.5B", method="lora", rank=200, target_modules=("o_proj", "v_proj"))
+
+
+@pytest.mark.parametrize("gpu,suggested", [("T4", "Colab T4"), ("t4", "Colab T4"), ("a100 80gb", "A100 80GB")])
+def test_gpu_names_suggest_the_known_card(gpu, suggested):
+    with pytest.raises(ValueError, match=f"Did you mean '{suggested}'"):
+        vram.verdict(LLAMA, gpu, method="qlora")
+    with pytest.raises(ValueError, match="finite positive"):
+        vram.verdict(LLAMA, float("inf"), method="qlora")
+
+
+# ---- any model id: the Hub (or its cache) first, presets only as suggestions ------------------------
+
+
+
+@pytest.fixture
+def hub(monkeypatch):
+    """Stub `AutoConfig.from_pretrained`: a dict id -> config or exception; records the calls."""
+    from transformers import AutoConfig, PretrainedConfig
+
+    table, calls = {}, []
+
+    def fake(model_id, **kwargs):
+        calls.append((model_id, kwargs))
+        result = table.get(model_id, OSError(f"{model_id} is not a local folder and is not a valid model "
+                                             "identifier listed on 'https://huggingface.co/models'"))
+        if isinstance(result, BaseException):
+            raise result
+        return PretrainedConfig.from_dict(result) if not hasattr(result, "to_dict") else result
+
+    monkeypatch.setattr(AutoConfig, "from_pretrained", fake)
+    vram._hub_arch.cache_clear()
+    yield table, calls
+    vram._hub_arch.cache_clear()
+
+
+def _config_object(raw):
+    from transformers import AutoConfig
+
+    return AutoConfig.for_model(**{k: v for k, v in raw.items() if not k.startswith("_")})
+
+
+def test_hub_ids_resolve_before_any_preset_suggestion(hub):
+    table, calls = hub
+    raw = {**vram.preset_config("Qwen/Qwen2.5-7B"), "hidden_size": 5120, "intermediate_size": 13824,
+           "num_hidden_layers": 48, "num_attention_heads": 40, "num_key_value_heads": 8}  # Qwen2.5-14B's shape
+    table["Qwen/Qwen2.5-14B"] = _config_object(raw)
+    vram.estimate("Qwen/Qwen2.5-14B", method="qlora")
+    assert vram.load_arch("Qwen/Qwen2.5-14B").total_params == vram.load_arch(raw).total_params == 14_770_033_664
+    assert calls and calls[0][1].get("trust_remote_code") is False
+    # a name close to a preset is asked too (the Hub knows models the package does not ship)
+    table["Qwen/Qwen2.5-7b"] = _config_object(vram.preset_config("Qwen/Qwen2.5-7B"))
+    assert vram.load_arch("Qwen/Qwen2.5-7b").total_params == TABLE["Qwen/Qwen2.5-7B"][0]
+
+
+def test_hub_failures_say_why_and_suggest_presets(hub):
+    from huggingface_hub.errors import GatedRepoError, LocalEntryNotFoundError
+
+    table, _ = hub
+    offline = OSError("We couldn't connect to 'https://huggingface.co' to load the files")
+    offline.__cause__ = LocalEntryNotFoundError("not cached")
+    table["Qwen/Qwen2.5-7b"] = offline
+    with pytest.raises(ValueError, match=r"offline.*Did you mean 'Qwen/Qwen2.5-7B'"):
+        vram.estimate("Qwen/Qwen2.5-7b", method="lora")
+    with pytest.raises(ValueError, match=r"not found on the Hub.*Did you mean 'Qwen/Qwen2.5-1.5B'"):
+        vram.estimate("Qwen/Qwen2.5-1.5Bx", method="lora")
+    gated = OSError("You are trying to access a gated repo.")
+    cause = GatedRepoError.__new__(GatedRepoError)  # as huggingface_hub raises it, without an HTTP response
+    Exception.__init__(cause, "401 Client Error: access to this model is restricted")
+    gated.__cause__ = cause
+    table["meta-llama/Llama-3.1-70B"] = gated
+    with pytest.raises(ValueError, match=r"gated.*config.json"):
+        vram.estimate("meta-llama/Llama-3.1-70B", method="qlora")
+
+
+def test_cli_takes_a_count_like_the_widget():
+    out = _cli("--model", "7B", "--method", "qlora", "--json")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["total"] == vram.estimate(7_000_000_000, method="qlora").total
+    bad = _cli("--model", "1e400", "--method", "qlora")
+    assert bad.returncode == 2 and "finite" in bad.stderr
+    t4 = _cli("--model", "7B", "--method", "qlora", "--gpu", "T4")
+    assert t4.returncode == 2 and "Colab T4" in t4.stderr
+
+
+@pytest.mark.parametrize("text,message", [
+    ("inf", "finite"), ("1e400", "finite"), ("nan", "finite"), ("-7B", "positive"), ("0", "positive"),
+    ("seven", "neither a parameter count"), ("", "Type a model"),
+])
+def test_calculator_shows_an_error_for_every_bad_custom_entry(text, message):
+    from lora_lab import widgets
+
+    box = widgets.vram_calculator()
+    box.controls["model"].value = widgets.CUSTOM
+    box.controls["custom"].value = "7B"
+    assert "vram-error" not in box.verdict._dom_classes and "needs" in box.verdict.value or "fits" in box.verdict.value
+    box.controls["custom"].value = text
+    assert "vram-error" in box.verdict._dom_classes
+    assert message in box.verdict.value and "fits on" not in box.verdict.value and "needs" not in box.verdict.value
+    assert "Traceback" not in json.dumps(box.chart.outputs)

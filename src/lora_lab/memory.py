@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-GIB = 2**30
+from .units import GIB
 
 
 @dataclass(frozen=True)
@@ -371,11 +371,11 @@ def build_training_model(
             model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype, attn_implementation=attention)
         model = model.to(device)
         if gradient_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     else:
         model = AutoModelForCausalLM.from_config(cfg, dtype=dtype, attn_implementation=attention).to(device)
         if gradient_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = False
     if method != "full":
         from peft import LoraConfig, get_peft_model

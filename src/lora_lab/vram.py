@@ -50,13 +50,15 @@ import argparse
 import difflib
 import functools
 import json
+import math
 import os
 import sys
 import warnings
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 
-GIB = 2**30
+from .units import GIB
+
 GB = 10**9
 
 METHODS = ("full", "lora", "qlora")
@@ -212,9 +214,14 @@ def arch_from_dict(cfg: dict, name: str = "config") -> Arch:
     Raises:
         ValueError: if a field the estimate needs is missing.
     """
-    if "text_config" in cfg and "hidden_size" not in cfg:
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{name}: a config must be a JSON object of fields (a dict, like a model's config.json), "
+                         f"not a {type(cfg).__name__}.")
+    if isinstance(cfg.get("text_config"), dict) and "hidden_size" not in cfg:
         cfg = {**cfg["text_config"], "tie_word_embeddings": cfg.get("tie_word_embeddings", False)}
     model_type = cfg.get("model_type", "llama")
+    if not isinstance(model_type, str):
+        raise ValueError(f"{name}: model_type must be a string such as 'llama' (got {model_type!r}).")
     missing = [k for k in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
                            "num_attention_heads") if cfg.get(k) is None]
     if missing:
@@ -223,12 +230,18 @@ def arch_from_dict(cfg: dict, name: str = "config") -> Arch:
         warnings.warn(
             f"{name}: model_type {model_type!r} is not one the estimator was checked on; it is treated as a "
             "Llama-style block (q/k/v/o, gated MLP, two RMSNorms).", stacklevel=3)
-    V, h, I_ = int(cfg["vocab_size"]), int(cfg["hidden_size"]), int(cfg["intermediate_size"])
-    L, H = int(cfg["num_hidden_layers"]), int(cfg["num_attention_heads"])
-    kv = int(_get(cfg, "num_key_value_heads", default=H))
-    d = int(_get(cfg, "head_dim", default=h // H))
+    V, h, I_ = (_config_count(cfg, k, name) for k in ("vocab_size", "hidden_size", "intermediate_size"))
+    L, H = _config_count(cfg, "num_hidden_layers", name), _config_count(cfg, "num_attention_heads", name)
+    kv = _config_count(cfg, "num_key_value_heads", name, default=H)
+    if H % kv:
+        raise ValueError(f"{name}: num_attention_heads ({H}) must be a multiple of num_key_value_heads ({kv}): "
+                         "each key/value head serves a whole group of query heads.")
+    if cfg.get("head_dim") is None and h % H:
+        raise ValueError(f"{name}: hidden_size ({h}) must be divisible by num_attention_heads ({H}) when the "
+                         "config has no head_dim; set head_dim or a head count that divides the width.")
+    d = _config_count(cfg, "head_dim", name, default=h // H)
     q_dim, kv_dim = H * d, kv * d
-    tied = bool(cfg.get("tie_word_embeddings", True if model_type.startswith("gemma") else False))
+    tied = _config_bool(cfg, "tie_word_embeddings", name, default=model_type.startswith("gemma"))
     if model_type == "phi3":
         linears = (
             Linear("qkv_proj", h, q_dim + 2 * kv_dim, False, "attn_in"),
@@ -272,6 +285,27 @@ def arch_from_dict(cfg: dict, name: str = "config") -> Arch:
         sdpa_supported=model_type != "gemma2",
         max_positions=cfg.get("max_position_embeddings"),
     )
+
+
+def _config_count(cfg: dict, key: str, name: str, default=None) -> int:
+    """A positive whole-number config field (layers, heads, widths, vocabulary), or ValueError."""
+    value = cfg.get(key)
+    if value is None:
+        value = default
+    ok = (not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+          and value == int(value) and value > 0)
+    if not ok:
+        raise ValueError(f"{name}: {key} must be a positive whole number (got {value!r}); fix it in the config.")
+    return int(value)
+
+
+def _config_bool(cfg: dict, key: str, name: str, default: bool) -> bool:
+    value = cfg.get(key)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise ValueError(f"{name}: {key} must be true or false (got {value!r}); fix it in the config.")
+    return value
 
 
 def generic_arch(n_params: int) -> Arch:
@@ -333,7 +367,7 @@ def preset_names() -> tuple[str, ...]:
 def preset_config(name: str) -> dict:
     """The shipped config.json of a preset, as a dict (see `preset_names()`)."""
     if name not in preset_names():
-        raise ValueError(_unknown_preset_message(name))
+        raise ValueError(f"Unknown model preset {name!r}. {_unknown_preset_message(name)}")
     return json.loads((resources.files("lora_lab") / "configs" / _preset_file(name)).read_text())
 
 
@@ -343,8 +377,8 @@ def _unknown_preset_message(name: str) -> str:
     lowered = {n.lower().split("/")[-1]: n for n in names}
     close += [lowered[k] for k in difflib.get_close_matches(name.lower().split("/")[-1], lowered, n=3, cutoff=0.5)
               if lowered[k] not in close]
-    hint = f" Did you mean {', '.join(repr(c) for c in close[:3])}?" if close else ""
-    return (f"Unknown model preset {name!r}.{hint} Presets: {', '.join(names)}. "
+    hint = f"Did you mean {', '.join(repr(c) for c in close[:3])}? " if close else ""
+    return (f"{hint}Presets shipped with the package (usable offline): {', '.join(names)}. "
             "You can also pass a transformers config, a path to a config.json, or a parameter count.")
 
 
@@ -355,21 +389,57 @@ def _preset_arch(name: str) -> Arch:
 
 @functools.lru_cache(maxsize=64)
 def _path_arch(path: str, mtime: float) -> Arch:
-    with open(path) as f:
-        return arch_from_dict(json.load(f), path)
+    try:
+        with open(path) as f:
+            cfg = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: cannot read it as a config.json ({err}); pass a model's config.json.") from None
+    return arch_from_dict(cfg, path)
+
+
+def parse_model_text(text: str):
+    """What a learner types as a model: '7B', '7e9', '135M', '1,500,000,000' -> a count; else the text.
+
+    Used by the command line and the notebook's calculator alike, so `--model 7B` means the same
+    in both. Suffixes K, M, B, T scale by 1e3, 1e6, 1e9, 1e12.
+
+    Raises:
+        ValueError: for a count that is not a finite positive number ('inf', '1e400', '-5').
+    """
+    t = str(text).strip()
+    compact = t.replace(",", "").replace("_", "")
+    if not compact:
+        raise ValueError("Type a model: a parameter count (e.g. 7B or 7e9), a preset or Hub id, or a config.json path.")
+    scale = {"k": 1e3, "m": 1e6, "b": 1e9, "t": 1e12}.get(compact[-1].lower())
+    try:
+        number = float(compact[:-1] if scale else compact) * (scale or 1)
+    except ValueError:
+        return t  # a name or a path
+    if not math.isfinite(number):
+        raise ValueError(f"A parameter count must be a finite number (got {text!r}); type e.g. 7B or 7e9.")
+    if number <= 0:
+        raise ValueError(f"A parameter count must be positive (got {text!r}); type e.g. 7B or 7e9.")
+    return int(number)
 
 
 def load_arch(model) -> Arch:
-    """An `Arch` from a preset name, a `PretrainedConfig`, a config dict or path, a count, or an Arch.
+    """An `Arch` from a preset name, a Hub id, a `PretrainedConfig`, a config dict or path, a count, or an Arch.
+
+    A name that is neither a shipped preset nor a local path is looked up with
+    `transformers.AutoConfig.from_pretrained` (the local Hub cache, then the Hub; remote code is
+    never run). Only when that fails are close preset names suggested, with the reason.
 
     Raises:
-        ValueError: for an unknown preset (with the closest names) or an unusable config.
+        ValueError: saying what to pass instead, for a name that cannot be resolved (offline, not
+            found, gated), an unusable config, a non-finite or non-positive count, or a model object.
     """
     if isinstance(model, Arch):
         return model
     if isinstance(model, bool):
         raise ValueError("model must be a preset name, a config, a config.json path or a parameter count.")
     if isinstance(model, (int, float)):
+        if not math.isfinite(model):
+            raise ValueError(f"A parameter count must be a finite number (got {model}).")
         if model <= 0:
             raise ValueError(f"A parameter count must be positive (got {model}).")
         return _generic_cached(int(model))
@@ -382,9 +452,7 @@ def load_arch(model) -> Arch:
             path = os.path.join(path, "config.json")
         if os.path.isfile(path):
             return _path_arch(path, os.path.getmtime(path))
-        if "/" in text and not _looks_like_typo(text) and os.environ.get("HF_HUB_OFFLINE", "0") != "1":
-            return _hub_arch(text)
-        raise ValueError(_unknown_preset_message(text))
+        return _hub_arch(text)
     if isinstance(model, dict):
         return arch_from_dict(model, model.get("_name_or_path") or model.get("model_type", "config"))
     if hasattr(model, "to_dict") and hasattr(model, "model_type"):
@@ -393,25 +461,49 @@ def load_arch(model) -> Arch:
         if getattr(model, "head_dim", None) and "head_dim" not in cfg:
             cfg["head_dim"] = model.head_dim
         return arch_from_dict(cfg, getattr(model, "_name_or_path", "") or model.model_type)
-    raise ValueError(f"Cannot read a model from {type(model).__name__}: pass a preset name, a "
+    if hasattr(model, "config") and hasattr(model, "parameters"):
+        raise ValueError(f"Got a {type(model).__name__} model object; pass its configuration instead: "
+                         "estimate(model.config, ...).")
+    if isinstance(model, (list, tuple)):
+        raise ValueError(f"A config must be a JSON object of fields (a dict, like a model's config.json), "
+                         f"not a {type(model).__name__}.")
+    raise ValueError(f"Cannot read a model from {type(model).__name__}: pass a preset name, a Hub id, a "
                      "transformers config, a path to a config.json, or a parameter count.")
 
 
-def _looks_like_typo(name: str) -> bool:
-    """True when `name` is one or two characters away from a preset (don't ask the Hub then)."""
-    return bool(difflib.get_close_matches(name, preset_names(), n=1, cutoff=0.85))
+def _hub_failure_reason(err: BaseException, model_id: str) -> str:
+    """Why `AutoConfig.from_pretrained(model_id)` failed, in words that say what to do."""
+    chain, e = [], err
+    while e is not None and len(chain) < 10:
+        chain.append(e)
+        e = e.__cause__ or e.__context__
+    names = {base.__name__ for x in chain for base in type(x).__mro__}
+    text = " ".join(str(x) for x in chain).lower()
+    if "GatedRepoError" in names or "gated repo" in text:
+        return (f"{model_id!r} is a gated model on the Hub: accept its licence and log in (`hf auth login`), or "
+                "download its config.json and pass that path")
+    if "RepositoryNotFoundError" in names or "not a valid model identifier" in text or "not a local folder or a "             "valid repository" in text:
+        return f"{model_id!r} was not found on the Hub (check the spelling, or pass a config.json path)"
+    if ({"LocalEntryNotFoundError", "OfflineModeIsEnabled", "ConnectError", "TimeoutException"} & names
+            or "couldn't connect" in text or "offline" in text):
+        return (f"{model_id!r} is not in the local Hub cache and the Hub cannot be reached (offline); pass a "
+                "config.json path or a parameter count")
+    if "trust_remote_code" in text or "does not recognize this architecture" in text:
+        return (f"{model_id!r} needs custom code to read its config, which the course never runs; pass its "
+                "config.json path")
+    return f"loading {model_id!r}'s config from the Hub failed ({type(err).__name__}: {str(err)[:200]})"
 
 
 @functools.lru_cache(maxsize=32)
 def _hub_arch(model_id: str) -> Arch:
-    """A Hub id's config through `AutoConfig.from_pretrained` (needs the network, e.g. on Colab)."""
-    try:
-        from transformers import AutoConfig
+    """A Hub id's config through `AutoConfig.from_pretrained` (local cache first, then the Hub)."""
+    from transformers import AutoConfig
 
-        cfg = AutoConfig.from_pretrained(model_id)
-    except Exception as err:  # offline, gated or misspelled: say what to do instead
-        raise ValueError(f"{_unknown_preset_message(model_id)} (Loading its config from the Hub failed: "
-                         f"{type(err).__name__}.)") from None
+    try:
+        cfg = AutoConfig.from_pretrained(model_id, trust_remote_code=False)
+    except Exception as err:  # offline, gated, misspelled or remote code: say why, then suggest presets
+        raise ValueError(f"Cannot resolve model {model_id!r}: {_hub_failure_reason(err, model_id)}. "
+                         f"{_unknown_preset_message(model_id)}") from None
     return load_arch(cfg)
 
 
@@ -532,10 +624,14 @@ def _gpu_bytes(gpu) -> int:
     if isinstance(gpu, GPU):
         return gpu.usable_bytes
     if isinstance(gpu, (int, float)) and not isinstance(gpu, bool):
+        if not math.isfinite(gpu) or gpu <= 0:
+            raise ValueError(f"A GPU size in bytes must be a finite positive number (got {gpu!r}).")
         return int(gpu)
     if isinstance(gpu, str) and gpu in GPUS:
         return GPUS[gpu].usable_bytes
-    close = difflib.get_close_matches(str(gpu), list(GPUS), n=2, cutoff=0.3)
+    word = str(gpu).strip().lower()
+    close = [n for n in GPUS if word and (word == n.lower() or word in n.lower().split())]
+    close += [n for n in difflib.get_close_matches(str(gpu), list(GPUS), n=2, cutoff=0.3) if n not in close]
     hint = f" Did you mean {' or '.join(map(repr, close))}?" if close else ""
     raise ValueError(f"Unknown GPU {gpu!r}.{hint} Known: {', '.join(GPUS)} (or pass a size in bytes).")
 
@@ -550,6 +646,51 @@ def _check_choice(value, choices, what):
 def _check_positive_int(value, what):
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ValueError(f"{what} must be a positive whole number (got {value!r}).")
+
+
+def _check_bool(value, what):
+    """Refuse 'no', 0, None...: a string is truthy, so `gradient_checkpointing='no'` would mean yes."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{what} must be True or False (got {value!r}).")
+
+
+def _check_number(value, what, *, lo: float, hi: float | None = None, allow_none: bool = False):
+    """A finite real number in [lo, hi) (hi excluded), or ValueError naming the field."""
+    if value is None and allow_none:
+        return
+    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+    if not ok or value < lo or (hi is not None and value >= hi):
+        bound = f"in [{lo:g}, {hi:g})" if hi is not None else f"a finite number >= {lo:g}"
+        raise ValueError(f"{what} must be {bound} (got {value!r}).")
+
+
+def _check_rank_fits(rank: int, targets) -> None:
+    """LoRA's rank cannot exceed an adapted layer's smaller side; name the layer that binds."""
+    if not targets:
+        return
+    binding = min(targets, key=lambda li: min(li.d_in, li.d_out))
+    limit = min(binding.d_in, binding.d_out)
+    if rank > limit:
+        raise ValueError(f"rank {rank} is larger than {binding.name}'s smaller dimension ({binding.d_in} x "
+                         f"{binding.d_out}), the smallest adapted layer: use rank <= {limit}, or leave "
+                         f"{binding.name} out of target_modules.")
+
+
+def _warn_ignored_lora_flags(method: str, rank, target_modules, double_quant, lora_dropout) -> None:
+    """Full fine-tuning has no adapters: flags that only shape LoRA/QLoRA are ignored, say so."""
+    ignored = []
+    if method == "full":
+        if rank != 16:
+            ignored.append(f"rank={rank}")
+        if target_modules not in ("all-linear", "all_linear"):
+            ignored.append(f"target_modules={_targets_repr(target_modules)!r}")
+        if lora_dropout:
+            ignored.append(f"lora_dropout={lora_dropout}")
+    if method != "qlora" and double_quant is not True:
+        ignored.append(f"double_quant={double_quant}")
+    if ignored:
+        warnings.warn(f"method={method!r}: {', '.join(ignored)} only apply to "
+                      f"{'LoRA/QLoRA' if method == 'full' else 'QLoRA'} and are ignored.", stacklevel=3)
 
 
 def _param_bytes(precision: str) -> int:
@@ -705,8 +846,11 @@ def estimate(
     _check_positive_int(num_gpus, "num_gpus")
     if method != "full":
         _check_positive_int(rank, "rank")
-    if not 0.0 <= float(lora_dropout) < 1.0:
-        raise ValueError(f"lora_dropout must be in [0, 1) (got {lora_dropout}).")
+    _check_bool(gradient_checkpointing, "gradient_checkpointing")
+    _check_bool(double_quant, "double_quant")
+    _check_number(lora_dropout, "lora_dropout", lo=0.0, hi=1.0)
+    _check_number(lora_alpha, "lora_alpha", lo=0.0, allow_none=True)
+    _warn_ignored_lora_flags(method, rank, target_modules, double_quant, lora_dropout)
     if sharding == "fsdp" and num_gpus < 2:
         raise ValueError("sharding='fsdp' splits memory over several GPUs: set num_gpus >= 2, or sharding=None.")
     arch = load_arch(model)
@@ -714,10 +858,7 @@ def estimate(
         warnings.warn(f"seq_len {seq_len} exceeds {arch.name}'s context of {arch.max_positions} tokens; the "
                       "model was not trained for sequences that long.", stacklevel=2)
     targets = resolve_targets(arch, target_modules) if method != "full" else ()
-    for li in targets:
-        if rank > min(li.d_in, li.d_out):
-            raise ValueError(f"rank {rank} is larger than {li.name}'s smaller dimension "
-                             f"({li.d_in} x {li.d_out}): use rank <= {min(li.d_in, li.d_out)}.")
+    _check_rank_fits(rank, targets)
 
     L, h, V = arch.num_layers, arch.hidden_size, arch.vocab_size
     b, s = batch_size, seq_len
@@ -977,9 +1118,9 @@ def verdict(model, gpu, **kwargs) -> str:
     Raises:
         ValueError: for bad inputs, from `estimate`.
     """
+    cap = _gpu_bytes(gpu)  # first: a bad GPU is refused before anything else
     est = _quiet_estimate(model, **kwargs)
     name = _gpu_name(gpu)
-    cap = _gpu_bytes(gpu)
     if est.fits(gpu):
         return f"fits on {_article(name)} with {(cap - est.total) / GIB:.1f} GiB to spare (needs {est.total / GIB:.1f} GiB)"
     tips = suggestions(model, gpu, **kwargs)
@@ -1014,13 +1155,6 @@ def cheat_sheet(rows, *, methods=METHODS, **kwargs) -> list[dict]:
 # --------------------------------------------------------------------------------------------
 
 
-def _parse_model(text: str):
-    try:
-        return int(float(text)) if text.replace(".", "", 1).replace("e", "", 1).isdigit() else text
-    except ValueError:
-        return text
-
-
 def main(argv=None) -> int:
     """`python -m lora_lab.vram --model Qwen/Qwen2.5-7B --method qlora --rank 16 --batch-size 4 --seq-len 512`."""
     parser = argparse.ArgumentParser(prog="python -m lora_lab.vram", description="Estimate fine-tuning GPU memory.")
@@ -1041,7 +1175,10 @@ def main(argv=None) -> int:
     parser.add_argument("--gpu", default=None, help=f"say whether it fits on one of: {', '.join(GPUS)}")
     parser.add_argument("--json", action="store_true", help="print to_dict() as JSON")
     args = parser.parse_args(argv)
-    model = _parse_model(args.model)
+    try:
+        model = parse_model_text(args.model)
+    except ValueError as err:
+        parser.error(str(err))
     kwargs = dict(method=args.method, rank=args.rank, target_modules=args.targets, batch_size=args.batch_size,
                   seq_len=args.seq_len, gradient_checkpointing=not args.no_gradient_checkpointing,
                   optimizer=args.optimizer, precision=args.precision, attention=args.attention,
