@@ -570,6 +570,7 @@ class MemoryEstimate:
     total_params: int  # all parameters (base + LoRA), counted as values
     trainable_params: int  # parameters that get gradients and optimizer states
     settings: dict = field(default_factory=dict)  # the arguments of estimate(), for the record
+    terms: dict = field(default_factory=dict)  # activations by named term (bytes), summing to activations
 
     @property
     def peak_allocated(self) -> int:
@@ -693,11 +694,6 @@ def _warn_ignored_lora_flags(method: str, rank, target_modules, double_quant, lo
                       f"{'LoRA/QLoRA' if method == 'full' else 'QLoRA'} and are ignored.", stacklevel=3)
 
 
-def _param_bytes(precision: str) -> int:
-    """Storage bytes of a trainable or 16-bit-base parameter under `precision`."""
-    return 4 if precision in ("fp32", "mixed") else 2
-
-
 def nf4_bytes(n: int, double_quant: bool = True) -> int:
     """Bytes bitsandbytes uses to store an `n`-value weight in NF4, quantization state included.
 
@@ -731,56 +727,327 @@ def _optimizer_bytes(sizes: list[int], optimizer: str, state_dtype_bytes: int) -
     return total + (OPT8_QMAP_BYTES if any8 else 0)
 
 
-def _layer_saved(arch: Arch, *, method, targets, c, t, b, s, attention, padded, dropout, mask_bytes) -> dict:
-    """Bytes one decoder block saves for backward (no checkpointing), by component.
+@dataclass(frozen=True)
+class StepShape:
+    """One training step's settings, resolved: everything the per-category functions read.
 
-    `c` is the compute dtype's width, `t` = batch x seq tokens. Worked out from what each op of
-    the transformers block saves (see the module docstring); checked against saved-tensor hooks.
+    The widths (bytes per value) say which dtype each kind of tensor has in the course's recipe.
+    They differ by method and precision because three libraries each pick a dtype:
+    `prepare_model_for_kbit_training` upcasts every non-4-bit weight of a QLoRA model to fp32 (so
+    its embeddings, norms and residual stream are fp32); bitsandbytes' 4-bit layers compute in the
+    compute dtype but return their input's dtype; peft keeps the LoRA matrices in fp32 and casts
+    each adapted layer's input to fp32 before them. Autocast (the Trainer's `bf16=True` /
+    `fp16=True`) then runs every matmul in 16-bit, casting whatever it gets.
     """
-    h, I_, H = arch.hidden_size, arch.intermediate_size, arch.num_heads
-    full = method == "full"
-    adapted = {li.name for li in targets} if not full else set()
-    out: dict[str, int] = {}
-    # Norms: the fp32 input (a copy in 16-bit, the tensor itself in fp32) and 1/rms per token; the
-    # normalised tensor too when the norm weight is trainable.
-    xhat = 4 if arch.norm_saves_fp32_scaled else c
-    norm = 4 * t * h + 4 * t + (xhat * t * h if full else 0)
-    out["norms"] = arch.norms_per_layer * norm + (2 * 4 * t * arch.q_dim if arch.qk_norm_params else 0)
-    # Linear inputs. Shared tensors are counted once, by their source: the attention norm's
-    # output, the attention output, the MLP norm's output, the gated product.
-    sizes = {"attn_in": h, "attn_out": arch.q_dim, "mlp_in": h, "mlp_act": I_}
-    shared_saved = set()
-    lora_in = 0
-    for li in arch.linears:
-        if full:
-            shared_saved.add(li.source)
-        elif li.name in adapted:
-            if dropout > 0:  # a dropped-out copy (fed to lora_A) and the dropout mask
-                lora_in += (c + mask_bytes) * t * li.d_in
-            elif c != 4:  # peft casts the input to the fp32 adapter, autocast back: a copy per module
-                lora_in += c * t * li.d_in
-            else:  # fp32: lora_A saves the very tensor the base layer got
-                shared_saved.add(li.source)
+
+    arch: Arch  # the model
+    method: str  # "full", "lora" or "qlora"
+    targets: tuple[Linear, ...]  # the adapted linear layers of one block (empty for full)
+    rank: int  # LoRA rank
+    batch: int  # sequences per micro-step (b)
+    seq: int  # padded sequence length (s)
+    precision: str  # "fp32", "bf16", "fp16" or "mixed"
+    autocast: bool  # forward and loss run under torch.autocast in the 16-bit compute dtype
+    checkpointing: bool  # gradient checkpointing (only each block's input kept)
+    optimizer: str  # OPTIMIZERS entry
+    double_quant: bool  # QLoRA double quantization
+    eager: bool  # eager attention (seq x seq scores materialised) instead of SDPA
+    dropout: float  # LoRA dropout probability
+    num_gpus: int  # GPUs the step runs on
+    sharding: str | None  # None or "fsdp"
+    device: str  # "cuda" or "cpu"
+
+    @property
+    def tokens(self) -> int:
+        return self.batch * self.seq
+
+    @property
+    def compute(self) -> int:
+        """Width of the compute dtype: 2 for bf16/fp16 (and mixed), 4 for fp32."""
+        return 4 if self.precision == "fp32" else 2
+
+    @property
+    def base(self) -> int:
+        """Width of the non-quantized model weights (QLoRA: upcast to fp32 by peft)."""
+        return 4 if self.precision in ("fp32", "mixed") or self.method == "qlora" else 2
+
+    @property
+    def residual(self) -> int:
+        """Width of the residual stream and the norms' outputs: the embedding's dtype."""
+        return self.base
+
+    @property
+    def linear_out(self) -> int:
+        """Width of a base linear layer's output. bitsandbytes' 4-bit layers cast their output back
+        to the input's dtype (fp32 in QLoRA); otherwise autocast's dtype, else the weights'."""
+        if self.method == "qlora":
+            return self.residual
+        return self.compute if self.autocast else self.base
+
+    @property
+    def attn(self) -> int:
+        """Width of the tensors the attention saves (autocast casts q, k, v to 16-bit)."""
+        return self.compute if self.autocast else self.linear_out
+
+    @property
+    def logits(self) -> int:
+        """Width of the output head's logits (before the loss's fp32 copy)."""
+        return self.compute if self.autocast else self.base
+
+    @property
+    def padded(self) -> bool:
+        """Several sequences are padded to the longest, so SDPA gets a mask."""
+        return self.batch > 1
+
+
+def _step_shape(model, *, method, rank, target_modules, batch_size, seq_len, gradient_checkpointing, optimizer,
+                precision, autocast, double_quant, attention, lora_dropout, num_gpus, sharding,
+                device) -> StepShape:
+    """Validate every argument of `estimate` and resolve them into a `StepShape`."""
+    _check_choice(method, METHODS, "method")
+    _check_choice(optimizer, OPTIMIZERS, "optimizer")
+    _check_choice(precision, PRECISIONS, "precision")
+    _check_choice(attention, ATTENTIONS, "attention")
+    _check_choice(sharding, SHARDINGS, "sharding")
+    _check_choice(device, ("cuda", "cpu"), "device")
+    _check_positive_int(batch_size, "batch_size")
+    _check_positive_int(seq_len, "seq_len")
+    _check_positive_int(num_gpus, "num_gpus")
+    if method != "full":
+        _check_positive_int(rank, "rank")
+    _check_bool(gradient_checkpointing, "gradient_checkpointing")
+    _check_bool(double_quant, "double_quant")
+    _check_bool(autocast, "autocast")
+    _check_number(lora_dropout, "lora_dropout", lo=0.0, hi=1.0)
+    _warn_ignored_lora_flags(method, rank, target_modules, double_quant, lora_dropout)
+    if sharding == "fsdp" and num_gpus < 2:
+        raise ValueError("sharding='fsdp' splits memory over several GPUs: set num_gpus >= 2, or sharding=None.")
+    arch = load_arch(model)
+    if arch.max_positions and seq_len > arch.max_positions:
+        warnings.warn(f"seq_len {seq_len} exceeds {arch.name}'s context of {arch.max_positions} tokens; the "
+                      "model was not trained for sequences that long.", stacklevel=3)
+    targets = resolve_targets(arch, target_modules) if method != "full" else ()
+    _check_rank_fits(rank, targets)
+    return StepShape(arch=arch, method=method, targets=targets, rank=rank, batch=batch_size, seq=seq_len,
+                     precision=precision, autocast=precision == "mixed" or (autocast and precision != "fp32"),
+                     checkpointing=gradient_checkpointing, optimizer=optimizer, double_quant=double_quant,
+                     eager=attention == "eager" or not arch.sdpa_supported, dropout=float(lora_dropout),
+                     num_gpus=num_gpus, sharding=sharding, device=device)
+
+
+# ---- parameters, weights, gradients, optimizer states ---------------------------------------
+
+
+def lora_total_params(st: StepShape) -> int:
+    """LoRA parameters of the whole model: r * (d_in + d_out) per adapted layer and block."""
+    return st.arch.num_layers * sum(st.rank * (li.d_in + li.d_out) for li in st.targets)
+
+
+def trainable_sizes(st: StepShape) -> list[int]:
+    """The size of every trainable tensor (the optimizer's view of the model)."""
+    if st.method == "full":
+        return _full_param_sizes(st.arch)
+    return [n for li in st.targets for n in (st.rank * li.d_in, st.rank * li.d_out)] * st.arch.num_layers
+
+
+def weight_bytes(st: StepShape) -> int:
+    """Every parameter at its storage width: 16/32-bit base, NF4 blocks for QLoRA, fp32 LoRA."""
+    arch = st.arch
+    lora = 4 * lora_total_params(st)  # peft keeps adapters in fp32
+    if st.method == "full":
+        return arch.total_params * st.base
+    if st.method == "lora":
+        return arch.total_params * st.base + lora
+    linear_weights = arch.num_layers * sum(li.d_in * li.d_out for li in arch.linears)
+    quant = arch.num_layers * sum(nf4_bytes(li.d_in * li.d_out, st.double_quant) for li in arch.linears)
+    rest = arch.total_params - linear_weights  # embeddings, norms, head, biases
+    return quant + 4 * rest + lora  # prepare_model_for_kbit_training upcasts the rest to fp32
+
+
+def gradient_bytes(st: StepShape) -> int:
+    """One gradient per trainable value, in the trainable parameter's dtype."""
+    width = st.base if st.method == "full" else 4
+    return sum(trainable_sizes(st)) * width
+
+
+def optimizer_state_bytes(st: StepShape) -> int:
+    """AdamW's two moments (or 8-bit blocks, or none for SGD) for every trainable tensor."""
+    sizes = trainable_sizes(st)
+    states = _optimizer_bytes(sizes, st.optimizer, st.base if st.method == "full" else 4)
+    if st.device == "cpu" and st.optimizer == "adamw":
+        states += 4 * len(sizes)  # torch keeps each step count as an fp32 tensor on the CPU
+    return states
+
+
+# ---- activations ----------------------------------------------------------------------------
+
+
+def _source_widths(st: StepShape) -> dict[str, int]:
+    """dtype width of each linear layer's input, by where it comes from."""
+    return {"attn_in": st.residual, "mlp_in": st.residual, "attn_out": st.attn, "mlp_act": st.linear_out}
+
+
+def _norm_bytes(st: StepShape) -> int:
+    """One block's norms: the fp32 input and 1/rms per token, plus the normalised tensor when the
+    norm weight trains (in fp32 for Gemma, whose norm scales in fp32)."""
+    arch, t, h = st.arch, st.tokens, st.arch.hidden_size
+    xhat = 4 if arch.norm_saves_fp32_scaled else st.residual
+    one = 4 * t * h + 4 * t + (xhat * t * h if st.method == "full" else 0)
+    return arch.norms_per_layer * one + (2 * 4 * t * arch.q_dim if arch.qk_norm_params else 0)
+
+
+def _lora_input_bytes(st: StepShape) -> tuple[int, set]:
+    """What each adapted layer's LoRA branch saves for backward, and the inputs it shares.
+
+    peft computes `lora_B(lora_A(dropout(x.to(fp32))))`. On a 16-bit input the cast is a new
+    fp32 tensor per adapted layer, and lora_A saves it: 4 bytes per input value, a copy per layer
+    even when q, k and v read the same input (the *peft fp32 input cast*). Under autocast lora_A
+    casts that copy back to 16-bit and saves the 16-bit one instead. Dropout saves its output and
+    its mask (one byte per value on CUDA, the input's width on the CPU). lora_B saves lora_A's
+    output (batch x seq x rank). On an fp32 input without dropout, lora_A saves the very tensor
+    the base layer received, shared between layers that read it.
+    """
+    t, c = st.tokens, st.compute
+    widths = _source_widths(st)
+    total, shared = 0, set()
+    for li in st.targets:
+        if st.dropout > 0:
+            total += (4 + (1 if st.device == "cuda" else 4)) * t * li.d_in  # dropout output and mask
+            total += c * t * li.d_in if st.autocast else 0  # autocast's 16-bit copy for lora_A
+        elif st.autocast:
+            total += c * t * li.d_in  # autocast's 16-bit copy of peft's fp32 cast
+        elif widths[li.source] != 4:
+            total += 4 * t * li.d_in  # peft's fp32 cast of a 16-bit input, saved by lora_A
+        else:
+            shared.add(li.source)
+        total += (c if st.autocast else 4) * t * st.rank  # lora_A's output, saved by lora_B
+    return total, shared
+
+
+def _attention_bytes(st: StepShape) -> tuple[int, bool]:
+    """The attention core's saved tensors; and whether its saved output is o_proj's input."""
+    arch, t, a = st.arch, st.tokens, st.attn
+    q, kv, H = arch.q_dim, arch.kv_dim, arch.num_heads
+    gqa = arch.num_kv_heads != H
+    if st.eager:
+        kv_saved = 2 * q if gqa else 2 * kv  # repeat_kv copies, saved by the matmuls
+        # fp32 softmax output, its copy in the attention dtype, the softcap's tanh output
+        scores = st.batch * H * st.seq * st.seq * (4 + (a if a != 4 else 0) + (a if arch.attn_softcap else 0))
+        return a * t * (q + kv_saved) + scores, False  # o_proj's input is a new, contiguous tensor
+    kv_saved = 2 * q if (st.padded and gqa) else 2 * kv
+    if arch.fused_qkv and not (st.autocast and st.linear_out != st.compute):
+        kv_saved = kv + (q + 2 * kv)  # v is a view into the fused qkv output: its whole storage stays
+    return a * t * (q + kv_saved) + a * t * q + 4 * st.batch * H * st.seq, True  # q, k, v, output, logsumexp
+
+
+def _weight_copy_bytes(st: StepShape) -> int:
+    """Autocast's 16-bit copies of one block's fp32 matmul weights, saved for backward.
+
+    Trainable fp32 weights (LoRA matrices, mixed-precision full fine-tuning) are cast once per
+    forward and cached; frozen fp32 weights are cast at each use; both copies stay for backward.
+    """
+    if not st.autocast:
+        return 0
+    c = st.compute
+    base = 0 if st.method == "qlora" or st.base == c else sum(li.d_in * li.d_out for li in st.arch.linears)
+    lora = sum(st.rank * (li.d_in + li.d_out) for li in st.targets)
+    return c * (base + lora)
+
+
+def layer_saved(st: StepShape) -> dict[str, int]:
+    """Bytes one decoder block saves for backward without checkpointing, by component.
+
+    Worked out from what each operation of the transformers block saves, with the dtype each
+    tensor has (`StepShape`); checked against saved-tensor hooks by `lora_lab.memory`.
+    """
+    arch, t = st.arch, st.tokens
+    full = st.method == "full"
+    widths = _source_widths(st)
+    sizes = {"attn_in": arch.hidden_size, "attn_out": arch.q_dim, "mlp_in": arch.hidden_size,
+             "mlp_act": arch.intermediate_size}
+    out = {"norms": _norm_bytes(st)}
+    lora_in, shared = _lora_input_bytes(st)
+    casts = 0
+    for li in arch.linears if full else ():  # a trainable weight's gradient needs its input
+        if st.autocast and widths[li.source] != st.compute:
+            casts += st.compute * t * li.d_in  # autocast's 16-bit copy, one per layer
+        else:
+            shared.add(li.source)
+    attention, output_is_o_input = _attention_bytes(st)
+    if output_is_o_input:
+        shared.discard("attn_out")
     out["lora_inputs"] = lora_in
-    # Attention core.
-    q, kv = arch.q_dim, arch.kv_dim
-    use_eager = attention == "eager" or not arch.sdpa_supported
-    if use_eager:
-        kv_saved = 2 * q if arch.num_kv_heads != H else 2 * kv  # repeat_kv copies, saved by the matmuls
-        scores = b * H * s * s * (4 + (c if c != 4 else 0) + (c if arch.attn_softcap else 0))
-        core = c * t * (q + kv_saved) + scores
-        # the transposed, contiguous attention output is a new tensor, only saved by o_proj
-    else:
-        kv_saved = 2 * q if (padded and arch.num_kv_heads != H) else 2 * kv
-        if arch.fused_qkv:  # v is a view into the fused qkv output: its whole storage stays
-            kv_saved = kv + (q + 2 * kv)
-        core = c * t * (q + kv_saved) + c * t * q + 4 * b * H * s  # q, k, v, output, logsumexp
-        shared_saved.discard("attn_out")  # the output saved by SDPA is o_proj's input
-    out["attention"] = core
-    # Gated MLP: the gate pre-activation, the activation, the up projection.
-    out["mlp"] = 3 * c * t * I_
-    out["linear_inputs"] = sum(c * t * sizes[src] for src in shared_saved)
+    out["attention"] = attention
+    out["mlp"] = 3 * st.linear_out * t * arch.intermediate_size  # gate pre-activation, activation, up
+    out["linear_inputs"] = casts + sum(widths[src] * t * sizes[src] for src in shared)
+    out["weight_copies"] = _weight_copy_bytes(st)
     return out
+
+
+def _head_weight_copy(st: StepShape) -> int:
+    """Autocast's 16-bit copy of an fp32 output head (QLoRA, mixed), saved for backward."""
+    return st.compute * st.arch.vocab_size * st.arch.hidden_size if st.autocast and st.base != st.compute else 0
+
+
+def activation_terms(st: StepShape) -> dict[str, int]:
+    """Everything saved for backward at the end of the forward pass, by named term."""
+    arch, t, h, V = st.arch, st.tokens, st.arch.hidden_size, st.arch.vocab_size
+    full = st.method == "full"
+    layer = layer_saved(st)
+    terms = {}
+    if st.checkpointing:
+        terms["layer_inputs"] = arch.num_layers * st.residual * t * h  # each block's input, kept by the checkpoint
+    else:
+        for name, value in layer.items():
+            terms[f"layers.{name}"] = arch.num_layers * value
+    terms["rope"] = 2 * st.seq * arch.head_dim * st.residual  # RoPE cos and sin, shared by every layer
+    if st.padded:
+        terms["mask"] = st.batch * st.seq * st.seq * (st.residual if st.eager else 1)  # the 4-D attention mask
+    xhat = 4 if arch.norm_saves_fp32_scaled else st.residual
+    terms["final_norm"] = 4 * t * h + 4 * t + (xhat * t * h if full else 0)
+    if full:  # lm_head saves its input only when its weight trains
+        terms["head_input"] = (st.compute if st.autocast and st.residual != st.compute else st.residual) * t * h
+    terms["head_weight_copy"] = _head_weight_copy(st)
+    terms["logprobs"] = 4 * t * V  # log_softmax output, fp32, kept for the loss's backward
+    terms["logit_softcap"] = st.logits * t * V if arch.logit_softcap else 0
+    terms["ids"] = 8 * t * (2 if full else 1)  # labels for the loss (and input ids for a trainable embedding)
+    return terms
+
+
+# ---- transient peaks and overhead ------------------------------------------------------------
+
+
+def transient_bytes(st: StepShape) -> int:
+    """The largest short-lived peak on top of the saved tensors.
+
+    The logits and their fp32 copy at the loss (with checkpointing, autocast's cached weight
+    copies are alive then too: the cache is emptied when the forward pass leaves autocast); the
+    gradient of the log-probs and the logits at the start of backward; one block's recomputed
+    activations under checkpointing plus its MLP gradients; one dequantized 4-bit weight.
+    """
+    arch, t, V = st.arch, st.tokens, st.arch.vocab_size
+    layer_bytes = sum(layer_saved(st).values())
+    logits_fwd = st.logits * t * V + (4 * t * V if st.logits != 4 else 0)
+    if st.checkpointing:
+        logits_fwd += arch.num_layers * _weight_copy_bytes(st)
+    logits_bwd = 8 * t * V  # gradient of the log-probs and of the logits, both fp32
+    layer_bwd = (layer_bytes if st.checkpointing else 0) + 2 * st.linear_out * t * max(arch.intermediate_size,
+                                                                                         arch.hidden_size)
+    dequant = st.compute * max(li.d_in * li.d_out for li in arch.linears) if st.method == "qlora" else 0
+    peak = max(logits_fwd, logits_bwd, layer_bwd + dequant)
+    if st.sharding == "fsdp":
+        peak += arch.layer_params * st.base  # one layer's weights gathered in full
+    return peak
+
+
+def overhead_bytes(activations: int, transient: int) -> int:
+    """The CUDA context plus the caching allocator's slack on the step's dynamic memory."""
+    return CUDA_CONTEXT_BYTES + int(ALLOCATOR_SLACK * (activations + transient))
+
+
+def _shard(value: int, st: StepShape) -> int:
+    """Per-GPU share of weights, gradients or optimizer states under FSDP."""
+    return -(-value // st.num_gpus) if st.sharding == "fsdp" else value
 
 
 def estimate(
@@ -801,12 +1068,13 @@ def estimate(
     num_gpus: int = 1,
     sharding: str | None = None,
     device: str = "cuda",
+    autocast: bool = True,
 ) -> MemoryEstimate:
     """Estimate the memory of one training step of `model` with the course's recipe.
 
     Args:
-        model: a preset name (`preset_names()`), a `transformers.PretrainedConfig`, a path to a
-            config.json (or its folder), or a bare parameter count (a Llama-2-style dense decoder).
+        model: a preset name (`preset_names()`), a Hub id, a `transformers.PretrainedConfig`, a path
+            to a config.json (or its folder), or a bare parameter count (a Llama-2-style decoder).
         method: "full" (every weight trains), "lora" (16-bit frozen base plus adapters) or
             "qlora" (NF4 frozen base plus adapters).
         rank: LoRA rank r (ignored for "full").
@@ -817,7 +1085,8 @@ def estimate(
         gradient_checkpointing: keep only each layer's input and recompute the rest in backward.
         optimizer: "adamw", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit" or "sgd" (plain,
             no momentum). Paged states can spill to CPU under pressure; we count them on the GPU.
-        precision: "fp32", "bf16", "fp16" or "mixed" (fp32 weights, 16-bit autocast compute).
+        precision: "fp32", "bf16" or "fp16" (the base loaded in that dtype; LoRA adapters stay
+            fp32, peft's default), or "mixed" (fp32 weights, bf16/fp16 autocast compute).
         double_quant: QLoRA double quantization of the absmax values (bnb_4bit_use_double_quant).
         attention: "sdpa" (no seq x seq scores kept) or "eager" (the scores are materialised).
         lora_dropout: peft's LoRA dropout; above 0 each adapted layer keeps a dropped-out copy of
@@ -826,126 +1095,43 @@ def estimate(
         sharding: None (each GPU holds everything) or "fsdp" (weights, gradients and optimizer
             states split over `num_gpus`); the figures are per GPU.
         device: "cuda" (the default: what the estimate is for) or "cpu" (dropout masks are stored
-            in the compute dtype there instead of one byte; used to check against CPU measurement).
+            in the input's dtype there instead of one byte; used to check against CPU measurement).
+        autocast: with "bf16"/"fp16", run forward and loss under `torch.autocast` as the Trainer
+            does with `bf16=True`/`fp16=True` (the default); False is pure 16-bit loading.
 
     Returns:
-        A `MemoryEstimate` in bytes.
+        A `MemoryEstimate` in bytes; `terms` names every activation term.
 
     Raises:
         ValueError: saying what to change, for unknown methods, optimizers, precisions or
-            presets, non-positive sizes, or a rank larger than an adapted layer allows.
+            presets, non-positive or non-finite sizes, non-boolean flags, an unusable config,
+            or a rank larger than an adapted layer allows.
     """
-    _check_choice(method, METHODS, "method")
-    _check_choice(optimizer, OPTIMIZERS, "optimizer")
-    _check_choice(precision, PRECISIONS, "precision")
-    _check_choice(attention, ATTENTIONS, "attention")
-    _check_choice(sharding, SHARDINGS, "sharding")
-    _check_choice(device, ("cuda", "cpu"), "device")
-    _check_positive_int(batch_size, "batch_size")
-    _check_positive_int(seq_len, "seq_len")
-    _check_positive_int(num_gpus, "num_gpus")
-    if method != "full":
-        _check_positive_int(rank, "rank")
-    _check_bool(gradient_checkpointing, "gradient_checkpointing")
-    _check_bool(double_quant, "double_quant")
-    _check_number(lora_dropout, "lora_dropout", lo=0.0, hi=1.0)
     _check_number(lora_alpha, "lora_alpha", lo=0.0, allow_none=True)
-    _warn_ignored_lora_flags(method, rank, target_modules, double_quant, lora_dropout)
-    if sharding == "fsdp" and num_gpus < 2:
-        raise ValueError("sharding='fsdp' splits memory over several GPUs: set num_gpus >= 2, or sharding=None.")
-    arch = load_arch(model)
-    if arch.max_positions and seq_len > arch.max_positions:
-        warnings.warn(f"seq_len {seq_len} exceeds {arch.name}'s context of {arch.max_positions} tokens; the "
-                      "model was not trained for sequences that long.", stacklevel=2)
-    targets = resolve_targets(arch, target_modules) if method != "full" else ()
-    _check_rank_fits(rank, targets)
-
-    L, h, V = arch.num_layers, arch.hidden_size, arch.vocab_size
-    b, s = batch_size, seq_len
-    t = b * s
-    c = 4 if precision == "fp32" else 2  # compute dtype width
-    p16 = _param_bytes(precision)
-
-    # ---- parameters
-    n_lora = L * sum(rank * (li.d_in + li.d_out) for li in targets)
-    total_params = arch.total_params + n_lora
-    linear_weight_params = L * sum(li.d_in * li.d_out for li in arch.linears)
-    head_matmul_params = arch.vocab_size * h  # the head's matmul weight (tied or not)
-    if method == "full":
-        trainable_sizes = _full_param_sizes(arch)
-        weights = arch.total_params * p16
-        if precision == "mixed":  # autocast's cached 16-bit copies of every matmul weight
-            weights += 2 * (linear_weight_params + head_matmul_params)
-        grad_bytes = p16
-        state_bytes = p16
-    else:
-        trainable_sizes = [n for li in targets for n in (rank * li.d_in, rank * li.d_out)] * L
-        lora_w = 4 * n_lora  # peft keeps adapters in fp32
-        if method == "lora":
-            weights = arch.total_params * p16 + lora_w
-            if precision == "mixed":  # 16-bit copies of the frozen fp32 weights, saved for backward
-                weights += 2 * (linear_weight_params + head_matmul_params)
-        else:
-            quant = L * sum(nf4_bytes(li.d_in * li.d_out, double_quant) for li in arch.linears)
-            rest = arch.total_params - linear_weight_params  # embeddings, norms, head, biases
-            weights = quant + 4 * rest + lora_w  # prepare_model_for_kbit_training upcasts them to fp32
-        grad_bytes = 4
-        state_bytes = 4
-    trainable = sum(trainable_sizes)
-    gradients = trainable * grad_bytes
-    optimizer_states = _optimizer_bytes(trainable_sizes, optimizer, state_bytes)
-    if device == "cpu" and optimizer in ("adamw", "paged_adamw_32bit", "adamw_8bit", "paged_adamw_8bit"):
-        if optimizer == "adamw":
-            optimizer_states += 4 * len(trainable_sizes)  # torch keeps each step count as an fp32 tensor
-
-    # ---- activations saved for backward
-    padded = b > 1  # a batch of several sequences is padded to the longest, so SDPA gets a mask
-    mask_bytes = 1 if device == "cuda" else c
-    layer = _layer_saved(arch, method=method, targets=targets, c=c, t=t, b=b, s=s, attention=attention,
-                         padded=padded, dropout=float(lora_dropout), mask_bytes=mask_bytes)
-    layer_bytes = sum(layer.values()) + len(targets) * c * t * rank  # + lora_A's outputs, saved by lora_B
-    use_eager = attention == "eager" or not arch.sdpa_supported
-    shared = 2 * s * arch.head_dim * c  # RoPE cos and sin, shared by every layer
-    if padded:
-        shared += b * s * s * (c if use_eager else 1)  # the 4-D attention mask
-    if gradient_checkpointing:
-        per_layers = L * c * t * h  # each layer's input, kept by the checkpoint
-    else:
-        per_layers = L * layer_bytes
-    full = method == "full"
-    final_norm = 4 * t * h + 4 * t + ((4 if arch.norm_saves_fp32_scaled else c) * t * h if full else 0)
-    head_in = c * t * h if full else 0  # lm_head saves its input only when its weight trains
-    logprobs = 4 * t * V  # log_softmax output, fp32, kept for the loss's backward
-    softcap = c * t * V if arch.logit_softcap else 0
-    ids = 8 * t * (2 if full else 1)  # labels for the loss (and input ids for a trainable embedding)
-    activations = per_layers + shared + final_norm + head_in + logprobs + softcap + ids
-
-    # ---- transient peaks
-    logits_fwd = c * t * V + (4 * t * V if c != 4 else 0)  # the logits, then their fp32 copy for the loss
-    logits_bwd = 8 * t * V  # gradient of the log-probs and of the logits, both fp32
-    layer_bwd = (layer_bytes if gradient_checkpointing else 0) + 2 * c * t * max(arch.intermediate_size, h)
-    dequant = c * max(li.d_in * li.d_out for li in arch.linears) if method == "qlora" else 0
-    transient = max(logits_fwd, logits_bwd, layer_bwd + dequant)
-
-    # ---- sharding
-    if sharding == "fsdp":
-        weights = -(-weights // num_gpus)
-        gradients = -(-gradients // num_gpus)
-        optimizer_states = -(-optimizer_states // num_gpus)
-        transient += arch.layer_params * p16  # one layer's weights gathered in full
-
-    overhead = CUDA_CONTEXT_BYTES + int(ALLOCATOR_SLACK * (activations + transient))
+    st = _step_shape(model, method=method, rank=rank, target_modules=target_modules, batch_size=batch_size,
+                     seq_len=seq_len, gradient_checkpointing=gradient_checkpointing, optimizer=optimizer,
+                     precision=precision, autocast=autocast, double_quant=double_quant, attention=attention,
+                     lora_dropout=lora_dropout, num_gpus=num_gpus, sharding=sharding, device=device)
+    weights = _shard(weight_bytes(st), st)
+    gradients = _shard(gradient_bytes(st), st)
+    optimizer_states = _shard(optimizer_state_bytes(st), st)
+    terms = activation_terms(st)
+    activations = sum(terms.values())
+    transient = transient_bytes(st)
+    overhead = overhead_bytes(activations, transient)
     total = weights + gradients + optimizer_states + activations + transient + overhead
-    settings = dict(model=arch.name, method=method, rank=rank if method != "full" else None,
+    settings = dict(model=st.arch.name, method=method, rank=rank if method != "full" else None,
                     lora_alpha=lora_alpha, target_modules=_targets_repr(target_modules) if method != "full" else None,
-                    batch_size=b, seq_len=s, gradient_checkpointing=gradient_checkpointing, optimizer=optimizer,
-                    precision=precision, double_quant=double_quant if method == "qlora" else None,
-                    attention="eager" if use_eager else "sdpa", lora_dropout=lora_dropout, num_gpus=num_gpus,
+                    batch_size=batch_size, seq_len=seq_len, gradient_checkpointing=gradient_checkpointing,
+                    optimizer=optimizer, precision=precision, autocast=st.autocast,
+                    double_quant=double_quant if method == "qlora" else None,
+                    attention="eager" if st.eager else "sdpa", lora_dropout=lora_dropout, num_gpus=num_gpus,
                     sharding=sharding, device=device)
     return MemoryEstimate(
         weights=int(weights), gradients=int(gradients), optimizer_states=int(optimizer_states),
         activations=int(activations), transient=int(transient), overhead=int(overhead), total=int(total),
-        total_params=int(total_params), trainable_params=int(trainable), settings=settings,
+        total_params=int(st.arch.total_params + lora_total_params(st)), trainable_params=int(sum(trainable_sizes(st))),
+        settings=settings, terms={k: int(v) for k, v in terms.items()},
     )
 
 
