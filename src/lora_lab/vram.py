@@ -910,7 +910,8 @@ def _lora_input_bytes(st: StepShape) -> tuple[int, set]:
     fp32 tensor per adapted layer, and lora_A saves it: 4 bytes per input value, a copy per layer
     even when q, k and v read the same input (the *peft fp32 input cast*). Under autocast lora_A
     casts that copy back to 16-bit and saves the 16-bit one instead. Dropout saves its output and
-    its mask (one byte per value on CUDA, the input's width on the CPU). lora_B saves lora_A's
+    its mask (one byte per value on CUDA, the input's width on the CPU); lora_A then keeps the
+    dropped-out copy (or autocast's 16-bit cast of it). lora_B saves lora_A's
     output (batch x seq x rank). On an fp32 input without dropout, lora_A saves the very tensor
     the base layer received, shared between layers that read it.
     """
@@ -919,8 +920,9 @@ def _lora_input_bytes(st: StepShape) -> tuple[int, set]:
     total, shared = 0, set()
     for li in st.targets:
         if st.dropout > 0:
-            total += (4 + (1 if st.device == "cuda" else 4)) * t * li.d_in  # dropout output and mask
-            total += c * t * li.d_in if st.autocast else 0  # autocast's 16-bit copy for lora_A
+            total += (1 if st.device == "cuda" else 4) * t * li.d_in  # the dropout mask (fp32 noise on the CPU)
+            total += (c if st.autocast else 4) * t * li.d_in  # lora_A's input: the dropped-out copy (16-bit
+            # under autocast, which casts it again)
         elif st.autocast:
             total += c * t * li.d_in  # autocast's 16-bit copy of peft's fp32 cast
         elif widths[li.source] != 4:
@@ -991,6 +993,21 @@ def layer_saved(st: StepShape) -> dict[str, int]:
     return out
 
 
+def _first_block_savings(st: StepShape) -> dict[str, int]:
+    """What the first block does not save when its input needs no gradient.
+
+    With a frozen embedding (LoRA, QLoRA) and no checkpointing (which would make the embedding
+    output require grad), nothing upstream of the first block trains, so operations there that
+    save tensors only to pass gradients on to their input save nothing: the first norm (its fp32
+    input and 1/rms) and the dropout masks of the adapted layers that read it.
+    """
+    if st.method == "full" or st.checkpointing:
+        return {}
+    t, h = st.tokens, st.arch.hidden_size
+    masks = sum((1 if st.device == "cuda" else 4) * t * li.d_in for li in st.targets if li.source == "attn_in")
+    return {"norms": 4 * t * h + 4 * t, "lora_inputs": masks if st.dropout > 0 else 0}
+
+
 def _head_weight_copy(st: StepShape) -> int:
     """Autocast's 16-bit copy of an fp32 output head (QLoRA, mixed), saved for backward."""
     return st.compute * st.arch.vocab_size * st.arch.hidden_size if st.autocast and st.base != st.compute else 0
@@ -1005,8 +1022,9 @@ def activation_terms(st: StepShape) -> dict[str, int]:
     if st.checkpointing:
         terms["layer_inputs"] = arch.num_layers * st.residual * t * h  # each block's input, kept by the checkpoint
     else:
+        first = _first_block_savings(st)
         for name, value in layer.items():
-            terms[f"layers.{name}"] = arch.num_layers * value
+            terms[f"layers.{name}"] = arch.num_layers * value - first.get(name, 0)
     terms["rope"] = 2 * st.seq * arch.head_dim * st.residual  # RoPE cos and sin, shared by every layer
     if st.padded:
         terms["mask"] = st.batch * st.seq * st.seq * (st.residual if st.eager else 1)  # the 4-D attention mask
