@@ -1392,7 +1392,9 @@ def main(argv=None) -> int:
     parser.add_argument("--seq-len", type=int, default=512)
     parser.add_argument("--no-gradient-checkpointing", action="store_true")
     parser.add_argument("--optimizer", default="adamw")
-    parser.add_argument("--precision", default="bf16")
+    parser.add_argument("--precision", default="bf16", help="fp32, bf16, fp16 or mixed")
+    parser.add_argument("--no-autocast", action="store_true",
+                        help="pure 16-bit loading (default: autocast, as the Trainer's bf16/fp16 flags do)")
     parser.add_argument("--attention", default="sdpa")
     parser.add_argument("--lora-dropout", type=float, default=0.0)
     parser.add_argument("--no-double-quant", action="store_true")
@@ -1407,7 +1409,8 @@ def main(argv=None) -> int:
         parser.error(str(err))
     kwargs = dict(method=args.method, rank=args.rank, target_modules=args.targets, batch_size=args.batch_size,
                   seq_len=args.seq_len, gradient_checkpointing=not args.no_gradient_checkpointing,
-                  optimizer=args.optimizer, precision=args.precision, attention=args.attention,
+                  optimizer=args.optimizer, precision=args.precision, autocast=not args.no_autocast,
+                  attention=args.attention,
                   lora_dropout=args.lora_dropout, double_quant=not args.no_double_quant,
                   num_gpus=args.num_gpus, sharding=args.sharding)
     try:
