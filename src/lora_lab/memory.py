@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import warnings
 from dataclasses import asdict, dataclass
 
 import torch
@@ -390,8 +391,10 @@ def build_training_model(
 
         if gradient_checkpointing and method == "lora":
             model.enable_input_require_grads()
-        model = get_peft_model(model, LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=target_modules,
-                                                 lora_dropout=lora_dropout, task_type="CAUSAL_LM"))
+        with warnings.catch_warnings():  # peft 0.21 reads transformers 5's deprecated is_gradient_checkpointing
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            model = get_peft_model(model, LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=target_modules,
+                                                     lora_dropout=lora_dropout, task_type="CAUSAL_LM"))
     model.train()
     return model, make_optimizer(model, optimizer)
 
