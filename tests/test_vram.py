@@ -470,6 +470,8 @@ def test_cli_takes_a_count_like_the_widget():
     out = _cli("--model", "7B", "--method", "qlora", "--json")
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["total"] == vram.estimate(7_000_000_000, method="qlora").total
+    pure = _cli("--model", "7B", "--method", "lora", "--precision", "fp16", "--no-autocast", "--json")
+    assert json.loads(pure.stdout)["total"] == vram.estimate(7e9, method="lora", precision="fp16", autocast=False).total
     bad = _cli("--model", "1e400", "--method", "qlora")
     assert bad.returncode == 2 and "finite" in bad.stderr
     t4 = _cli("--model", "7B", "--method", "qlora", "--gpu", "T4")
