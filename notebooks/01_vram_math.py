@@ -25,7 +25,7 @@ print(profile.summary())
 # ## The question
 #
 # "Will it fit on my GPU?" is the first thing to answer before fine-tuning, and the popular
-# calculators answer it badly (see `shared/reference/measured-memory.md`): one takes the *largest*
+# calculators answer it badly: one (accelerate's `estimate-memory`) takes the *largest*
 # part of the memory instead of the *sum* and forgets activations, another assumes every model has
 # untied embeddings and full multi-head attention and ignores the LoRA rank, and none separates the
 # logits, which dominate on today's 128k-256k-token vocabularies.
@@ -45,7 +45,7 @@ print(profile.summary())
 # | optimizer states | AdamW keeps two running averages per trainable parameter |
 # | activations | the tensors autograd saves in the forward pass for the backward pass |
 # | transient | short-lived peaks: the logits and their gradient, one recomputed layer |
-# | overhead | the CUDA context and the caching allocator's slack |
+# | overhead | the CUDA context, a logits block the caching allocator cannot reuse, and its slack |
 
 # %%
 from lora_lab import vram
@@ -79,9 +79,12 @@ for (precision, ckpt), est in rows.items():
     b = est.breakdown()
     print(f"{precision:<9} {'on' if ckpt else 'off':<14}" + "".join(f"{b[p] / GIB:>11.1f} " for p in parts)
           + f"{est.total / GIB:>9.1f}  GiB")
-n = rows[("mixed", True)].total_params
-state_bytes = (rows[("mixed", True)].weights + rows[("mixed", True)].gradients + rows[("mixed", True)].optimizer_states) / n
-print(f"\nmixed precision: {state_bytes:.1f} bytes per parameter before activations")
+mixed = vram.estimate(SEVEN_B, method="full", precision="mixed", gradient_checkpointing=False, **SEVEN_B_SETTINGS)
+n = mixed.total_params
+state_bytes = (mixed.weights + mixed.gradients + mixed.optimizer_states) / n
+copies = (mixed.terms["layers.weight_copies"] + mixed.terms["head_weight_copy"]) / n
+print(f"\nmixed precision: {state_bytes:.1f} bytes per parameter for fp32 weights, gradients and AdamW states, "
+      f"plus {copies:.1f} for autocast's 16-bit copies of the matmul weights = {state_bytes + copies:.1f}")
 
 # %% [markdown]
 # Three things the syllabus's arithmetic leaves out:
@@ -102,6 +105,79 @@ for name in ("mistralai/Mistral-7B-v0.3", "meta-llama/Llama-3.1-8B", "Qwen/Qwen2
     logprobs = 4 * SEVEN_B_SETTINGS["batch_size"] * SEVEN_B_SETTINGS["seq_len"] * a.vocab_size
     print(f"{name:<28} vocab {a.vocab_size:>7,}: fp32 log-probs {logprobs / GIB:.2f} GiB = "
           f"{100 * logprobs / e.activations:.0f}% of QLoRA's saved activations")
+
+# %% [markdown]
+# ## Why fp32 adapters on a 16-bit base cost activation memory
+#
+# The course keeps the LoRA matrices in fp32 (peft's default) while the frozen base runs in
+# 16-bit: small updates to A and B would round away in fp16 or bf16. That choice has a price in
+# activations, and it comes from one line of peft's LoRA layer: before `lora_A`, peft casts the
+# layer's input to the adapter's dtype, `x.to(lora_A.weight.dtype)`. On a 16-bit input that makes
+# a **new fp32 tensor, one per adapted layer**, and `lora_A` keeps its input for the backward pass
+# (it needs it for A's gradient). q, k and v read the same input, but each makes its own copy.
+# Under autocast (the Trainer's `fp16=True`, our T4 recipe) `lora_A`'s matmul casts that fp32
+# copy back to 16-bit and keeps the 16-bit one instead: 2 bytes per value instead of 4, still one
+# copy per adapted layer. With fp32 everywhere (the `cpu` profile) there is no cast, and the
+# adapters share the tensor the base layer received.
+#
+# First on a one-layer Llama, measured: the tensors one forward pass saves for backward, in pure
+# bf16 (no autocast). Look for the `float32` tensors of shape (tokens, width): one per adapted
+# layer.
+
+# %%
+from collections import Counter
+
+import torch
+
+from lora_lab import memory
+
+one_layer = memory.shrink_config(vram.preset_config("meta-llama/Llama-3.2-1B"), layers=1, width_divisor=16,
+                                 vocab_divisor=64)
+lora_model, _ = memory.build_training_model(one_layer, "lora", rank=8, dtype=torch.bfloat16)
+batch = memory.random_batch(one_layer["vocab_size"], 1, 32)
+saved = Counter((shape, dtype) for shape, dtype, _ in memory.saved_tensor_report(lora_model, batch, top=1000))
+for (shape, dtype), count in sorted(saved.items(), key=lambda kv: -kv[1]):
+    print(f"{count} x {str(shape):<18} {dtype}")
+adapted = [m for m in lora_model.modules() if hasattr(m, "lora_A")]
+print(f"\n{len(adapted)} adapted layers; their input widths: {sorted(m.in_features for m in adapted)}")
+del lora_model
+
+# %% [markdown]
+# Now the same term at full size: Mistral-7B QLoRA on a Colab T4, rank 16 on all linear layers,
+# fp16 autocast, batch 4 x 512 tokens. The estimator names it `layers.lora_inputs` (with the
+# outputs of `lora_A`, which `lora_B` keeps).
+
+# %%
+T4_QLORA = dict(method="qlora", rank=16, batch_size=4, seq_len=512, optimizer="paged_adamw_8bit", precision="fp16")
+t4_gib = vram.GPUS["Colab T4"].usable_bytes / GIB
+no_ckpt = vram.estimate(SEVEN_B, gradient_checkpointing=False, **T4_QLORA)
+with_ckpt = vram.estimate(SEVEN_B, gradient_checkpointing=True, **T4_QLORA)
+copies = no_ckpt.terms["layers.lora_inputs"]
+per_layer = copies / arch.num_layers
+print(f"{'method':<7}{'autocast':<10}{'per-layer LoRA copies':>22}{'shared layer inputs':>21}{'activations':>13}")
+variants = {}
+for method in ("qlora", "lora"):
+    for autocast in (True, False):
+        e = vram.estimate(SEVEN_B, gradient_checkpointing=False, autocast=autocast, **{**T4_QLORA, "method": method})
+        variants[(method, autocast)] = e
+        print(f"{method:<7}{str(autocast):<10}{e.terms['layers.lora_inputs'] / GIB:>18.2f} GiB"
+              f"{e.terms['layers.linear_inputs'] / GIB:>17.2f} GiB{e.activations / GIB:>9.2f} GiB")
+print(f"\nQLoRA, fp16 autocast, total without checkpointing: {no_ckpt.total / GIB:.2f} GiB; with: "
+      f"{with_ckpt.total / GIB:.2f} GiB (a T4 offers {t4_gib:.2f} GiB)")
+
+# %%
+from IPython.display import Markdown, display
+
+lora_pure = variants[("lora", False)].terms["layers.lora_inputs"]
+display(Markdown(
+    f"On a T4 the copies of Mistral-7B's QLoRA step (fp16 autocast, batch 4 x 512, no checkpointing) come to "
+    f"**{copies / GIB:.2f} GiB**, {100 * copies / no_ckpt.activations:.0f}% of its saved activations; the step "
+    f"needs {no_ckpt.total / GIB:.1f} GiB and {'fits' if no_ckpt.fits('Colab T4') else 'does not fit'} on the "
+    f"T4. With gradient checkpointing only the layer being recomputed holds them, {per_layer / 2**20:.0f} MiB at "
+    f"a time, and the step needs {with_ckpt.total / GIB:.1f} GiB. Two other cases in the table: a LoRA step on a "
+    f"16-bit base *without* autocast keeps fp32 copies, {lora_pure / GIB:.2f} GiB; a QLoRA step without "
+    f"autocast keeps none, because `prepare_model_for_kbit_training` made the residual stream fp32 and peft's "
+    f"cast changes nothing, so the adapters share the base layers' (fp32) inputs instead."))
 
 # %% [markdown]
 # ## LoRA's parameter count: the 4096 x 4096, r = 8 example
@@ -137,7 +213,7 @@ for name in ("meta-llama/Llama-3.1-8B", "Qwen/Qwen2.5-7B"):
 # %%
 SHEET_SETTINGS = dict(batch_size=4, seq_len=512, gradient_checkpointing=True, optimizer="adamw", rank=16)
 SHEET_MODELS = {"3B": "meta-llama/Llama-3.2-3B", "7B": SEVEN_B, "13B": 13e9, "30B": 30e9, "70B": 70e9}
-# The syllabus's figures (shared/seed/000_7786e5ea6ca59129.txt, "VRAM Requirements: The Cheat Sheet"), GB.
+# The syllabus's figures (its "VRAM Requirements: The Cheat Sheet"), GB.
 SYLLABUS = {"3B": ("~50", "~12", "~5-6"), "7B": ("100-120", "~20", "~8-10"), "13B": ("~200", "~35", "~15"),
             "30B": ("~480", "~80", "~48"), "70B": ("~1120", "~180", "~80")}
 sheet = {}
@@ -268,8 +344,9 @@ for row in results:
 
 # %% [markdown]
 # The benchmark `benchmarks/vram_accuracy.py` runs the same comparison over four real
-# architectures (Qwen2.5, Llama-3.2, Gemma-2, Phi-3, cut to two layers and narrower widths) x full /
-# LoRA / QLoRA x checkpointing on and off x two sequence lengths x two batch sizes, and writes
+# architectures (Qwen2.5, Llama-3.2, Gemma-2, Phi-3, cut to 1-4 layers and narrower widths) x full /
+# LoRA / QLoRA x checkpointing on and off x every precision the calculator offers (fp32; bf16 and
+# fp16 with fp32 adapters, with and without autocast; mixed), and writes
 # `benchmarks/results/vram_accuracy_cpu.csv`:
 
 # %%
@@ -279,42 +356,57 @@ from pathlib import Path
 csv_path = Path("../benchmarks/results/vram_accuracy_cpu.csv")
 if csv_path.exists():
     bench = list(csv.DictReader(csv_path.open()))
-    for part in memory.CATEGORIES:
-        worst = max(abs(float(r[f"error_{part}"])) for r in bench)
-        print(f"{part:<18} largest |error| over {len(bench)} runs: {100 * worst:.2f}%")
+    labels = sorted({r.get("precision_label", "fp32") for r in bench})
+    print(f"{'precision':<11}{'runs':>5}  " + "".join(f"{part[:16]:>18}" for part in memory.CATEGORIES))
+    for label in labels:
+        sub = [r for r in bench if r.get("precision_label", "fp32") == label]
+        worst = "".join(f"{100 * max(abs(float(r[f'error_{part}'])) for r in sub):>17.2f}%" for part in memory.CATEGORIES)
+        print(f"{label:<11}{len(sub):>5}  {worst}")
     exact = all(r["measured_total_params"] == r["predicted_total_params"] and
                 r["measured_trainable_params"] == r["predicted_trainable_params"] for r in bench)
-    print("parameter and trainable counts exact in every run:", exact)
+    print("largest |error| per category; parameter and trainable counts exact in every run:", exact)
 else:
     print("run `python benchmarks/vram_accuracy.py` from the repository root to produce", csv_path)
 
 # %% [markdown]
 # ### Against published GPU measurements
 #
-# A CPU cannot show the CUDA context or the allocator, so the estimator is also checked against
-# published runs whose settings are stated. LitGPT's resource tables (A100 40 GB, `bf16-true`,
-# AdamW, LoRA r = 8 on q and v, no activation checkpointing, Alpaca padded to its longest example
-# of 1,304 tokens) report `torch.cuda.max_memory_allocated` in GB; the estimate's matching
-# quantity is `peak_allocated` (everything but the CUDA context and allocator slack). Figures from
-# `shared/reference/measured-memory.md`.
+# A CPU cannot show the CUDA context or the caching allocator, so the estimator is also checked
+# against published runs whose settings are stated. They ship with the package
+# (`lora_lab/published_memory.json`, read by `lora_lab.published`), each with its source:
 
 # %%
-LITGPT = [("meta-llama/Llama-2-7b-hf", "lora", 1, True, 21.30), ("meta-llama/Llama-2-7b-hf", "lora", 2, True, 29.07),
-          ("meta-llama/Llama-2-7b-hf", "qlora", 1, False, 14.14), ("meta-llama/Llama-2-7b-hf", "qlora", 1, True, 13.84),
-          ("meta-llama/Llama-2-13b-hf", "lora", 1, True, 38.12), ("meta-llama/Llama-2-13b-hf", "qlora", 1, False, 23.14),
-          ("meta-llama/Llama-2-13b-hf", "qlora", 1, True, 22.55)]
-for model, method, batch, dq, published in LITGPT:
-    est = vram.estimate(model, method=method, batch_size=batch, double_quant=dq, rank=8, target_modules=("q_proj", "v_proj"),
-                        seq_len=1304, gradient_checkpointing=False, precision="bf16", optimizer="adamw")
-    label = f"{model.split('/')[-1]} {method}{' +DQ' if method == 'qlora' and dq else ''} batch {batch}"
-    print(f"{label:<32} published {published:6.2f} GB   predicted {est.peak_allocated / 1e9:6.2f} GB   "
-          f"({100 * (est.peak_allocated / 1e9 / published - 1):+.0f}%)")
+from lora_lab import published
+
+for name, source in published.sources().items():
+    print(f"{name}: {source['url']}\n  {source['what']}\n")
+rows = published.compare()
+print(f"{'source':<9}{'model':<16}{'method':<7}{'batch':>6}{'seq':>7}  {'quantity':<15}{'published':>11}"
+      f"{'estimate':>10}{'error':>8}")
+for row in rows:
+    print(f"{row['source']:<9}{row['model'].split('/')[-1]:<16}{row['method']:<7}{row['batch_size'] or 1:>6}"
+          f"{row['seq_len'] or '':>7}  {row['quantity']:<15}{row['published'] / 1e9:>8.2f} GB"
+          f"{row['predicted'] / 1e9:>7.2f} GB{100 * row['error']:>+7.1f}%")
 
 # %% [markdown]
-# The estimate comes in a little under the published LoRA figures and further under the QLoRA
-# ones: LitGPT's model code and its older bitsandbytes differ from our transformers + peft recipe
-# (the tests allow 25% for that reason, and say which quantity each point is).
-#
+# `error` is estimate / published - 1: positive means the estimate errs high, the safe side (a low
+# estimate tells you a run fits when it does not). Two terms matter most at the long QLoRA
+# sequences: `prepare_model_for_kbit_training` leaves the residual stream in fp32, so each
+# checkpointed layer input costs 4 bytes per value, not 2; and at the start of backward the fp32
+# gradients of the log-probabilities and logits are twice the size of the 16-bit logits freed just
+# before, so the caching allocator cannot reuse that block and keeps it reserved. What is left, the
+# allocator's rounding and fragmentation (`ALLOCATOR_SLACK`), is calibrated on the published line:
+
+# %%
+worst_low = min(r["error"] for r in rows)
+display(Markdown(
+    f"The Unsloth line implies an allocator slack of **{100 * published.implied_allocator_slack():.1f}%** of the "
+    f"step's dynamic memory; the estimator uses {100 * vram.ALLOCATOR_SLACK:.0f}%. Over the {len(rows)} "
+    f"published points the largest error is {100 * max(abs(r['error']) for r in rows):.1f}%, and the furthest "
+    f"the estimate falls below a published figure is {100 * -min(0, worst_low):.1f}%. The LitGPT QLoRA rows "
+    f"err high on purpose: LitGPT keeps its embeddings and norms in bf16, where peft upcasts them to fp32."))
+
+# %% [markdown]
 # ## What to take away
 #
 # * Add the parts up: weights + gradients + optimizer states + activations + the backward peak +
@@ -322,6 +414,9 @@ for model, method, batch, dq, published in LITGPT:
 # * LoRA shrinks gradients and optimizer states to almost nothing; the frozen base and the
 #   activations remain. QLoRA shrinks the base; checkpointing and a shorter longest sequence shrink
 #   the activations; big vocabularies make the logits a term of their own.
+# * Dtypes are memory too: fp32 adapters on a 16-bit base cost one copy of each adapted layer's
+#   input (16-bit under autocast, fp32 without), and QLoRA's fp32 residual stream doubles what
+#   gradient checkpointing keeps.
 # * Say your settings. A memory figure without batch size, sequence length, checkpointing and
 #   optimizer is not a figure you can check.
 

@@ -23,11 +23,12 @@ from __future__ import annotations
 
 import contextlib
 import math
+import warnings
 from dataclasses import asdict, dataclass
 
 import torch
 
-GIB = 2**30
+from .units import GIB
 
 
 @dataclass(frozen=True)
@@ -178,7 +179,7 @@ def _to_device(batch: dict, device) -> dict:
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
-def measure_step(model, batch: dict, optimizer) -> MeasuredMemory:
+def measure_step(model, batch: dict, optimizer, autocast_dtype: torch.dtype | None = None) -> MeasuredMemory:
     """Run one real training step (forward, loss, backward, optimizer step) and measure its memory.
 
     Args:
@@ -187,6 +188,8 @@ def measure_step(model, batch: dict, optimizer) -> MeasuredMemory:
         batch: `input_ids`, `attention_mask` and `labels` tensors; their padded length is the
             sequence length the estimate should be asked about.
         optimizer: the optimizer over the trainable parameters (states are created by this step).
+        autocast_dtype: run the forward pass and the loss under `torch.autocast` in this dtype, as
+            the Trainer does with `bf16=True` / `fp16=True` (backward runs outside it, as there).
 
     Returns:
         A `MeasuredMemory`. Activations are the bytes saved for backward at the end of the forward
@@ -211,7 +214,9 @@ def measure_step(model, batch: dict, optimizer) -> MeasuredMemory:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
 
-    with SavedTensorRecorder(model, exclude=weights) as recorder:
+    autocast = (torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None
+                else contextlib.nullcontext())
+    with SavedTensorRecorder(model, exclude=weights) as recorder, autocast:
         loss = model(**batch).loss
     activations = recorder.total
     loss.backward()
@@ -317,6 +322,7 @@ def build_training_model(
     optimizer: str = "adamw",
     double_quant: bool = True,
     dtype: torch.dtype = torch.float32,
+    compute_dtype: torch.dtype | None = None,
     device: str = "cpu",
     seed: int = 0,
     workdir: str | None = None,
@@ -336,6 +342,8 @@ def build_training_model(
         config: a config.json dict (e.g. `lora_lab.vram.preset_config(...)`, shrunk with
             `shrink_config`).
         model_path: a folder saved with `save_pretrained` to load instead of random weights.
+        dtype: the dtype the base model is loaded in (peft keeps LoRA matrices in fp32 regardless).
+        compute_dtype: QLoRA's `bnb_4bit_compute_dtype` (default: `dtype`).
         method: "full", "lora" or "qlora".
         optimizer: "adamw" (torch), "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit"
             (bitsandbytes) or "sgd".
@@ -360,7 +368,7 @@ def build_training_model(
         with _no_progress_bars(), tempfile.TemporaryDirectory(dir=workdir) as tmp:
             if model_path is None:
                 AutoModelForCausalLM.from_config(cfg, dtype=dtype).save_pretrained(tmp)
-            quant = bnb_config(compute_dtype=dtype, double_quant=double_quant)
+            quant = bnb_config(compute_dtype=compute_dtype or dtype, double_quant=double_quant)
             model = AutoModelForCausalLM.from_pretrained(model_path or tmp, quantization_config=quant,
                                                          dtype=dtype, attn_implementation=attention,
                                                          device_map=device)
@@ -371,19 +379,21 @@ def build_training_model(
             model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype, attn_implementation=attention)
         model = model.to(device)
         if gradient_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     else:
         model = AutoModelForCausalLM.from_config(cfg, dtype=dtype, attn_implementation=attention).to(device)
         if gradient_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = False
     if method != "full":
         from peft import LoraConfig, get_peft_model
 
         if gradient_checkpointing and method == "lora":
             model.enable_input_require_grads()
-        model = get_peft_model(model, LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=target_modules,
-                                                 lora_dropout=lora_dropout, task_type="CAUSAL_LM"))
+        with warnings.catch_warnings():  # peft 0.21 reads transformers 5's deprecated is_gradient_checkpointing
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            model = get_peft_model(model, LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=target_modules,
+                                                     lora_dropout=lora_dropout, task_type="CAUSAL_LM"))
     model.train()
     return model, make_optimizer(model, optimizer)
 
@@ -432,12 +442,19 @@ CATEGORIES = ("weights", "gradients", "optimizer_states", "activations")
 def compare(config: dict, method: str, *, batch_size: int, seq_len: int, gradient_checkpointing: bool,
             rank: int = 16, target_modules="all-linear", optimizer: str = "adamw", attention: str = "sdpa",
             lora_dropout: float = 0.0, pad_last: int | None = None, seed: int = 0, model_path: str | None = None,
-            device: str = "cpu", dtype: torch.dtype = torch.float32) -> dict:
+            device: str = "cpu", dtype: torch.dtype = torch.float32, precision: str | None = None,
+            autocast: bool = True) -> dict:
     """Measure one real training step and put the estimate beside it.
 
     On the CPU (fp32) every category is counted exactly. On CUDA the row also carries the
     measured peaks (`measured_peak_allocated`, `measured_peak_reserved`) next to the estimate's
     `peak_allocated` and `reserved`.
+
+    Precision: `precision` is the estimator's ("fp32", "bf16", "fp16" or "mixed"); without it,
+    `dtype` picks it. "bf16"/"fp16" load the base in that dtype (peft keeps the adapters in fp32)
+    and, with `autocast` (the default, as the Trainer does it), run forward and loss under
+    `torch.autocast`; `autocast=False` is pure 16-bit loading. "mixed" keeps fp32 weights and
+    autocasts to bf16.
 
     Batches of more than one sequence are padded (the second sequence is shorter by
     `pad_last` tokens, default seq_len // 8), as real batches are.
@@ -452,18 +469,24 @@ def compare(config: dict, method: str, *, batch_size: int, seq_len: int, gradien
     from . import vram
 
     t0 = time.perf_counter()
+    if precision is None:
+        precision = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+    compute = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "mixed": torch.bfloat16}[precision]
+    load_dtype = torch.float32 if precision == "mixed" else compute
+    autocast = precision == "mixed" or (autocast and precision != "fp32")
     model, opt = build_training_model(config, method, rank=rank, target_modules=target_modules,
                                       lora_dropout=lora_dropout, gradient_checkpointing=gradient_checkpointing,
                                       attention=attention, optimizer=optimizer, seed=seed, model_path=model_path,
-                                      device=device, dtype=dtype)
+                                      device=device, dtype=load_dtype, compute_dtype=compute)
     batch = random_batch(config["vocab_size"], batch_size, seq_len,
                          pad_last=seq_len // 8 if pad_last is None else pad_last, seed=seed)
-    measured = measure_step(model, batch, opt)
+    measured = measure_step(model, batch, opt, autocast_dtype=compute if autocast else None)
     est = vram.estimate(config, method=method, rank=rank, target_modules=target_modules, batch_size=batch_size,
                         seq_len=seq_len, gradient_checkpointing=gradient_checkpointing, optimizer=optimizer,
-                        precision={torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype],
-                        attention=attention, lora_dropout=lora_dropout, device="cuda" if device == "cuda" else "cpu")
+                        precision=precision, autocast=autocast, attention=attention, lora_dropout=lora_dropout,
+                        device="cuda" if device == "cuda" else "cpu")
     row = dict(model=config.get("_name_or_path", config.get("model_type")), method=method, rank=rank,
+               precision=precision, autocast=autocast,
                gradient_checkpointing=gradient_checkpointing, seq_len=seq_len, batch_size=batch_size,
                optimizer=optimizer, attention=attention, lora_dropout=lora_dropout,
                measured_total_params=measured.total_params, predicted_total_params=est.total_params,

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from .vram import GIB, GPUS, MemoryEstimate
+from .units import GIB
+from .vram import GPUS, MemoryEstimate
 
 #: Stacking order and colours of the memory parts (colour-blind-safe Okabe-Ito palette).
 PARTS = (

@@ -84,18 +84,18 @@ def estimate_memory(model_config, profile, method: str, precision: Precision, *,
         cap = (7, 5) if precision.decided == "float16" else (8, 0)
         precision = models.precision_for("cuda", cap, method)
     n = _world_size()
+    lora = {} if method == "full" else dict(  # full fine-tuning has no adapters (vram warns if given them)
+        rank=profile.lora_r if rank is None else rank, lora_alpha=profile.lora_alpha,
+        target_modules=profile.lora_targets, lora_dropout=profile.lora_dropout)
     return vram.estimate(
         model_config,
         method=method,
-        rank=profile.lora_r if rank is None else rank,
-        lora_alpha=profile.lora_alpha,
-        target_modules=profile.lora_targets,
+        **lora,
         batch_size=profile.batch_size if batch_size is None else batch_size,
         seq_len=profile.max_length if seq_len is None else seq_len,
         gradient_checkpointing=profile.gradient_checkpointing,
         optimizer=profile.optimizer,
         precision=_estimator_precision(precision, method),
-        lora_dropout=profile.lora_dropout,
         num_gpus=n if fsdp else 1,
         sharding="fsdp" if fsdp and n > 1 else None,
         device="cuda" if on_cuda else "cpu",

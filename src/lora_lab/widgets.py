@@ -13,6 +13,7 @@ verdict while an input is bad), and each control carries a `vram-<name>` class.
 from __future__ import annotations
 
 import html
+import math
 import os
 
 from . import vram
@@ -28,22 +29,24 @@ CUSTOM = "custom (parameter count or config.json path)"
 
 
 def _parse_custom(text: str):
-    """A custom model entry: '7e9', '13B', '135M' or a path to a config.json."""
-    t = text.strip().replace(",", "").replace("_", "")
-    if not t:
-        raise ValueError("Type a parameter count (e.g. 7B or 7e9) or a path to a config.json.")
-    scale = {"b": 1e9, "m": 1e6}.get(t[-1].lower())
-    try:
-        return int(float(t[:-1]) * scale) if scale else int(float(t))
-    except ValueError:
-        if os.path.exists(t):
-            return t
-        raise ValueError(f"{text!r} is neither a parameter count (7B, 7e9) nor an existing config.json path.") from None
+    """A custom model entry: '7e9', '13B', '135M', a path to a config.json, or a Hub id ('org/name').
+
+    Counts are parsed by `vram.parse_model_text`, as on the command line. Raises ValueError.
+    """
+    model = vram.parse_model_text(text)
+    if isinstance(model, str) and not os.path.exists(model) and "/" not in model:
+        raise ValueError(f"{text!r} is neither a parameter count (7B, 7e9), an existing config.json path, "
+                         "nor a Hub model id (org/name).")
+    return model
 
 
 def calculator_inputs(state: dict) -> tuple[object, dict]:
     """Turn the calculator's control values into (model, estimate kwargs). Pure; raises ValueError."""
     model = _parse_custom(state["custom"]) if state["model"] == CUSTOM else state["model"]
+    for key in ("rank", "batch_size", "seq_len"):
+        value = state[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ValueError(f"{key.replace('_', ' ')} must be a whole number (got {value!r}).")
     kwargs = dict(
         method=state["method"],
         rank=int(state["rank"]),
@@ -65,6 +68,8 @@ def render(state: dict):
         return vram.verdict(model, state["gpu"], **kwargs), est, None
     except ValueError as err:
         return None, None, str(err)
+    except (ArithmeticError, TypeError, KeyError) as err:  # never a traceback (or a stale verdict) in the widget
+        return None, None, f"cannot use this input ({type(err).__name__}: {err}); change the highlighted value."
 
 
 DEFAULT_STATE = {
