@@ -17,6 +17,7 @@ Lesson helpers (import the one you need):
     callbacks    loss / tokens per second / peak memory logging, simulated disconnect and OOM
     vram         the memory estimator, reverse questions, its command line (notebook 01)
     memory       measures one real training step by category (notebook 01)
+    published    published GPU memory measurements, with sources, that calibrate and check the estimator
     widgets      the interactive VRAM calculator
     plots        the calculator's chart
     rank         parameter math, low-rank recovery, scaling rules, the rank sweep (notebook 02)
