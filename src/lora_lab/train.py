@@ -377,7 +377,7 @@ def sft_config_kwargs(profile, output_dir, precision: Precision, *, max_steps: i
     distributed_cpu = _world_size() > 1 and not torch.cuda.is_available()
     return dict(
         output_dir=str(output_dir),  # checkpoints go here (checkpoint-N folders)
-        max_steps=profile.max_steps if max_steps is None else max_steps,  # optimizer steps
+        max_steps=profile.capped_steps(profile.max_steps if max_steps is None else max_steps),  # optimizer steps
         per_device_train_batch_size=profile.batch_size,  # sequences per micro-step and process
         gradient_accumulation_steps=profile.grad_accum,  # micro-steps per optimizer step
         learning_rate=profile.learning_rate if learning_rate is None else learning_rate,  # peak LR
@@ -394,12 +394,12 @@ def sft_config_kwargs(profile, output_dir, precision: Precision, *, max_steps: i
         activation_checkpointing_kwargs={"use_reentrant": False},  # non-reentrant: works with frozen inputs
         max_length=profile.max_length,  # our data is already within it; trl would cut, we drop instead
         packing=False,  # packing needs flash-attention's varlen kernels for exactness (not on a T4/CPU)
-        padding_free=False,  # same reason; length-grouped batches cut padding instead (profile.extra)
-        train_sampling_strategy="group_by_length" if profile.extra.get("group_by_length") else "random",
+        padding_free=False,  # same reason; length-grouped batches cut padding instead (profile.group_by_length)
+        train_sampling_strategy="group_by_length" if profile.group_by_length else "random",
         logging_steps=profile.logging_steps,  # loss, tokens/s and peak memory this often
         save_strategy="steps",  # checkpoints every save_steps ...
         save_steps=profile.save_steps,
-        save_total_limit=profile.extra.get("save_total_limit", 3),  # ... keeping the newest few
+        save_total_limit=profile.save_total_limit,  # ... keeping the newest few
         save_only_model=False,  # keep optimizer, scheduler and RNG states: needed for an exact resume
         seed=seed,  # model init, dropout
         data_seed=seed,  # data order
@@ -701,7 +701,7 @@ def run_pipeline(profile, *, method: str | None = None, output_dir="runs/sft", m
     train_set, train_report = prepare_sft_data(tokenizer, splits["train"], profile.max_length, "train", verbose)
     eval_set, eval_report = prepare_sft_data(tokenizer, splits["eval"], profile.max_length, "eval", verbose)
     main = _is_main_process()
-    em_kwargs = dict(max_new_tokens=profile.max_new_tokens, batch_size=profile.extra.get("eval_batch_size", 16))
+    em_kwargs = dict(max_new_tokens=profile.max_new_tokens, batch_size=profile.eval_batch_size)
 
     metrics: dict = {"profile": profile.name, "method": method, "model": path, "dataset": profile.dataset_id,
                      "dtype_decided": precision.decided, "dtype_executed": precision.executed,
@@ -752,7 +752,7 @@ def run_pipeline(profile, *, method: str | None = None, output_dir="runs/sft", m
         say(f"adapter saved to {adapter_dir}: {adapter_bytes / 2**20:.2f} MiB")
         # Reload into a fresh base: the same greedy generations.
         reloaded, _ = models.load_adapter(profile, adapter_dir, method, hw=hw, model_path=path)
-        k = min(len(splits["eval"]), profile.extra.get("reload_check_examples", 16))
+        k = min(len(splits["eval"]), profile.reload_check_examples)
         prompts = list(splits["eval"]["messages"][:k])
         ours = [r["prediction"] for r in rows_after[:k]]
         theirs = evaluate.generate(reloaded, tokenizer, prompts, max_new_tokens=profile.max_new_tokens)
