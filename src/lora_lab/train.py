@@ -39,11 +39,20 @@ from pathlib import Path
 import torch
 
 from . import data, evaluate, hardware, models, profiles, vram
-from .callbacks import TrainingMonitor, peak_memory
+from .callbacks import (
+    DivergenceGuard,
+    TrainingDiverged,
+    TrainingMonitor,
+    compare_memory,
+    measure_cpu_step,
+    peak_memory,
+    peak_readings,
+    start_peak_measurement,
+)
 from .models import Precision, decide_precision, load_model_and_tokenizer, lora_config
 
 __all__ = [
-    "DataReport", "Precision", "SFTResult", "TrainingOutOfMemory", "WontFitError", "decide_precision",
+    "DataReport", "Precision", "SFTResult", "TrainingDiverged", "TrainingOutOfMemory", "WontFitError", "decide_precision",
     "estimate_memory", "load_model_and_tokenizer", "lora_config", "main", "plot_loss", "prepare_sft_data",
     "preflight_memory", "run_pipeline", "sft", "sft_config_kwargs",
 ]
@@ -503,11 +512,12 @@ def sft(model, tokenizer, splits_or_train, profile, output_dir, *, method: str =
     config = SFTConfig(**kwargs)
     monitor = TrainingMonitor()
     trainer = SFTTrainer(model=model, args=config, train_dataset=train, eval_dataset=eval_dataset,
-                         processing_class=tokenizer, callbacks=[monitor, *callbacks])
+                         processing_class=tokenizer, callbacks=[monitor, DivergenceGuard(), *callbacks])
     keep_trainable_fp32(trainer.model)
     checkpoint = _last_checkpoint(output_dir) if resume else None
     if verbose and resume:
         print(f"resuming from {checkpoint}" if checkpoint else f"resume: no checkpoint in {output_dir}, starting fresh")
+    start_peak_measurement()  # empty the cache and reset the peaks: the evaluation before does not count
     start = time.perf_counter()
     try:
         output = trainer.train(resume_from_checkpoint=checkpoint)
@@ -533,6 +543,7 @@ def sft(model, tokenizer, splits_or_train, profile, output_dir, *, method: str =
         "train_tokens": int(tokens),
         "peak_memory_bytes": peak,
         "peak_memory_kind": kind,
+        **{f"peak_{k}_bytes": v for k, v in peak_readings().items()},  # CUDA allocator peaks (None on the CPU)
         "final_loss": losses[-1] if losses else None,
         "train_loss_mean": output.metrics.get("train_loss"),
         "global_step": trainer.state.global_step,
@@ -739,6 +750,10 @@ def run_pipeline(profile, *, method: str | None = None, output_dir="runs/sft", m
     metrics["predicted_peak_bytes"] = int(est.reserved if on_gpu else est.peak_allocated)
     metrics["predicted_peak_kind"] = "vram.estimate().reserved" if on_gpu else "vram.estimate(device='cpu').peak_allocated"
     metrics["preflight_total_bytes"] = int(preflight.total)
+    # Like with like: allocated with allocated, reserved with reserved; on the CPU, the step's tensor bytes.
+    cpu_step = None if on_gpu else measure_cpu_step(model, train_set, profile, tokenizer.pad_token_id)
+    readings = {k: result.metrics.get(f"peak_{k}_bytes") for k in ("allocated", "reserved")}
+    metrics["memory_check"] = compare_memory(est, readings, cpu_step)
 
     if method == "full":
         full_dir = out / "model"
@@ -782,8 +797,7 @@ def run_pipeline(profile, *, method: str | None = None, output_dir="runs/sft", m
     import matplotlib.pyplot as plt
 
     plt.close(fig)
-    say(f"predicted peak {metrics['predicted_peak_bytes'] / GIB:.3f} GiB ({metrics['predicted_peak_kind']}); measured "
-        f"{metrics['peak_memory_bytes'] / GIB:.3f} GiB ({metrics['peak_memory_kind']})")
+    say(metrics["memory_check"]["summary"])
     say(f"metrics written to {out / 'metrics.json'}")
     return metrics
 
