@@ -92,6 +92,8 @@ class RunProfile:
             f"  model {self.model_id} | data {self.dataset_id} | method {self.method}\n"
             f"  {self.max_steps} steps x batch {self.batch_size}x{self.grad_accum} at lr {self.learning_rate:g}"
             f" | LoRA r={self.lora_r} alpha={self.lora_alpha} on {self.lora_targets}"
+            + (f"\n  REHEARSAL: every run capped at {self.step_cap} steps, {self.n_eval} eval examples, "
+               f"{self.max_new_tokens} new tokens" if self.rehearsal else "")
         )
 
 
