@@ -19,6 +19,7 @@ from lora_lab import hardware, profiles
 
 hw = hardware.preflight()
 profile = profiles.get_profile()
+hw = profiles.hardware_for(profile, hw)  # a t4 rehearsal decides as on a T4 and executes on this CPU
 print(profile.summary())
 
 # %% [markdown]
@@ -38,7 +39,9 @@ print(profile.summary())
 # 6. **Save, reload, merge**: the adapter alone, the same answers after a reload, and a merge into
 #    a 16-bit copy of the base whose logits match the adapter's.
 #
-# On a GPU this runs the `t4` profile (Qwen2.5-1.5B-Instruct on GSM8K maths problems). Without one it
+# On a GPU this runs the `t4` profile (Qwen2.5-1.5B-Instruct learning text-to-SQL on
+# `b-mc2/sql-create-context`, CC-BY-4.0: a behaviour the base model lacks, with answers `sqlite3` can
+# check; GSM8K, which Qwen2.5-1.5B-Instruct already solves well, stays loadable). Without one it
 # runs the `cpu` profile: the tiny model from notebook 00 on the course's own question-answer tasks.
 # The code is the same; everything below comes from `lora_lab.train`, `lora_lab.models` and
 # `lora_lab.evaluate`, and the command `python -m lora_lab.train` runs the same pipeline.
@@ -52,7 +55,7 @@ import matplotlib.pyplot as plt
 import torch
 from transformers import AutoConfig
 
-from lora_lab import callbacks, data, evaluate, models, tiny, train, vram
+from lora_lab import callbacks, data, evaluate, gpu_runs, models, tiny, train, vram
 
 GIB = 2**30
 METHOD = profile.method  # "qlora"; "lora" or "full" run through the same code, for comparison
@@ -198,6 +201,11 @@ print(evaluate.format_table(rows_before[:3]))
 # the notebook and training continues from the newest checkpoint (`RESUME`).
 
 # %%
+if hw.device_type == "cuda":  # at full size, against the memory free right now: shrink, or never start
+    decision = gpu_runs.preflight(gpu_runs.sft_run("03", "main", profile, METHOD), hw)
+    if not decision.runs:
+        raise SystemExit(decision.note)
+    profile = decision.apply(profile)
 checkpoints = OUTPUT_DIR / "checkpoints"
 if USE_DRIVE:
     checkpoints = train.drive_checkpoint_dir(f"03_qlora_sft-{profile.name}") or checkpoints
@@ -300,15 +308,11 @@ if merge_report.max_abs_diff_vs_trained is not None:
 on_gpu = precision.executed != "float32"
 estimate = train.estimate_memory(model_config, profile, METHOD, precision, seq_len=train_report.longest_kept,
                                  device="cuda" if on_gpu else "cpu")
-measured = result.metrics["peak_memory_bytes"]
-if on_gpu:
-    print(f"predicted peak reserved {estimate.reserved / GIB:.2f} GiB, measured "
-          f"torch.cuda.max_memory_reserved() {measured / GIB:.2f} GiB, usable {hw.gpu_total_bytes / GIB:.2f} GiB")
-else:
-    print(f"predicted tensors of one step: {estimate.peak_allocated / 2**20:.1f} MiB; measured peak RSS of this "
-          f"whole Python process: {measured / 2**20:.0f} MiB")
-    print("On the CPU the process's resident memory is mostly the interpreter, torch and the libraries, so it is an "
-          "upper bound, not a check. On a T4 the same cell compares the estimate with torch.cuda.max_memory_reserved().")
+# Like with like: allocated with max_memory_allocated, reserved with max_memory_reserved (peaks reset after
+# emptying the cache right before training); on the CPU, the tensor bytes of one step, never the process's RSS.
+readings = {k: result.metrics.get(f"peak_{k}_bytes") for k in ("allocated", "reserved")}
+cpu_step = None if on_gpu else callbacks.measure_cpu_step(tuned, train_set, profile, tokenizer.pad_token_id)
+print(callbacks.compare_memory(estimate, readings, cpu_step)["summary"])
 
 # %% [markdown]
 # ## Why the tiny model suffers more from 4 bits
@@ -407,23 +411,21 @@ for n_gpus, sharding in ((1, None), (2, None), (2, "fsdp"), (4, "fsdp")):
 # batch 1 at the t4 profile's 512 tokens:
 
 # %%
-seven_b = t4_profile.replace(model_id="Qwen/Qwen2.5-7B-Instruct", batch_size=1, grad_accum=16, max_steps=10,
-                             save_steps=1000, logging_steps=2)
+seven_b = gpu_runs.seven_b_profile(t4_profile)
 est_7b = train.estimate_memory(vram.preset_config("Qwen/Qwen2.5-7B"), seven_b, "qlora", fp16, device="cuda")
 print(est_7b)
 print(f"fits a Colab T4 ({t4.usable_bytes / GIB:.2f} GiB): {est_7b.fits(t4)}")
-if RUN_7B and hw.device_type == "cuda":
-    import gc
-
-    del merged  # the 16-bit merged copy is the biggest thing still on the GPU
-    gc.collect()
-    torch.cuda.empty_cache()
-    train.preflight_memory(AutoConfig.from_pretrained(seven_b.model_id), seven_b, "qlora", hw,
-                           models.decide_precision(hw, "qlora"))
+if hw.device_type == "cuda":
+    del merged  # the 16-bit merged copy is the biggest thing this notebook still holds on the GPU
+    gpu_runs.free_gpu_memory()
+    # Against the memory free now (after this notebook's own models), not what was free at the start.
+    decision = gpu_runs.preflight(gpu_runs.seven_b_run(t4_profile), hw)
+if RUN_7B and torch.cuda.is_available() and decision.runs:
+    seven_b = decision.apply(seven_b)
     m7, tok7 = train.load_model_and_tokenizer(seven_b, "qlora", hw=hw)
     short = train.sft(m7, tok7, splits["train"].select(range(64)), seven_b, OUTPUT_DIR / "7b", method="qlora", hw=hw)
-    print(f"7B: {short.metrics['global_step']} steps, measured peak {short.metrics['peak_memory_bytes'] / GIB:.2f} GiB "
-          f"(predicted {est_7b.reserved / GIB:.2f} GiB reserved)")
+    print(f"7B: {short.metrics['global_step']} steps, peak reserved {short.metrics['peak_reserved_bytes'] / GIB:.2f} GiB "
+          f"(predicted {decision.estimate().reserved / GIB:.2f} GiB)")
 else:
     print("(set RUN_7B = True on a GPU runtime for a 10-step run that measures it)")
 

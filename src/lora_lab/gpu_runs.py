@@ -110,7 +110,11 @@ def sft_run(notebook: str, run: str, profile, method: str | None = None, *, mode
     )
     if isinstance(kwargs["target_modules"], tuple):
         kwargs["target_modules"] = list(kwargs["target_modules"])
-    model = estimator_model(model_id or profile.model_id)
+    if model_id is None:  # a rehearsal asks about the real model it stands in for
+        from .profiles import PROFILES
+
+        model_id = PROFILES[profile.name].model_id if profile.rehearsal else profile.model_id
+    model = estimator_model(model_id)
     return _with_estimate(PlannedRun(notebook, run, model, kwargs, grad_accum=profile.grad_accum))
 
 

@@ -93,7 +93,9 @@ class RunProfile:
             f"  {self.max_steps} steps x batch {self.batch_size}x{self.grad_accum} at lr {self.learning_rate:g}"
             f" | LoRA r={self.lora_r} alpha={self.lora_alpha} on {self.lora_targets}"
             + (f"\n  REHEARSAL: every run capped at {self.step_cap} steps, {self.n_eval} eval examples, "
-               f"{self.max_new_tokens} new tokens" if self.rehearsal else "")
+               f"{self.max_new_tokens} new tokens; not executed on this CPU:"
+               + "".join(f"\n    - {line}" for line in REHEARSAL_SKIPS)
+               if self.rehearsal else "")
         )
 
 
@@ -164,6 +166,14 @@ PROFILES: dict[str, RunProfile] = {
         cpu_threads=1,
     ),
 }
+#: What a CPU rehearsal cannot execute (a rehearsal's summary lists it, so each notebook prints it).
+REHEARSAL_SKIPS = (
+    "fp16 autocast and loss scaling (decided for compute capability 7.5, executed in fp32)",
+    "bitsandbytes' CUDA kernels (its CPU implementation of NF4 and 8-bit AdamW runs instead)",
+    "paged optimizer memory (needs CUDA)",
+    "torch.cuda memory readings (the estimate is compared with the step's tensor bytes instead)",
+    "the Hub model and dataset (a scaled-down random Qwen2 and local rows in the same formats)",
+)
 #: Environment variable that, with the t4 profile, runs it as a rehearsal on this CPU (any non-empty
 #: value but "0"): `LORA_LAB_PROFILE=t4 LORA_LAB_REHEARSAL=1`. `make t4-rehearsal` sets both.
 REHEARSAL_ENV = "LORA_LAB_REHEARSAL"
@@ -222,15 +232,20 @@ def rehearsal_requested() -> bool:
     return os.environ.get(REHEARSAL_ENV, "").strip() not in ("", "0")
 
 
-def hardware_for(profile: RunProfile):
+def hardware_for(profile: RunProfile, detected=None):
     """The hardware reading a run of `profile` plans with: this machine's, or in a rehearsal a Colab T4's.
 
     A rehearsal takes every decision a T4 would (fp16 from compute capability 7.5, the preflight
     against 14.74 GiB) and executes on this CPU in fp32 (`lora_lab.models.decide_precision`).
+
+    Args:
+        detected: this machine's reading if the caller has one (else `hardware.detect()`).
     """
     from . import hardware, models
 
-    return models.simulated_gpu() if profile.rehearsal else hardware.detect()
+    if profile.rehearsal:
+        return models.simulated_gpu()
+    return detected if detected is not None else hardware.detect()
 
 
 def why(profile: RunProfile) -> str:

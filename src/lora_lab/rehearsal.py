@@ -217,19 +217,11 @@ def ensure_standin_model(folder: str | os.PathLike | None = None) -> Path:
     return target
 
 
-#: What a CPU rehearsal cannot execute, printed by the notebooks so the executed copy says so.
-SKIPPED_ON_CPU = (
-    "fp16 autocast and the fp16 gradient scaler (decided for compute capability 7.5; executed in fp32 here)",
-    "bitsandbytes' CUDA kernels (its CPU implementation of NF4 and the 8-bit optimizer runs instead)",
-    "paged optimizer memory (paging needs CUDA unified memory)",
-    "torch.cuda memory readings (the estimate is compared with the step's tensor bytes instead)",
-    "the Hub model and dataset (a scaled-down Qwen2 with random weights and local rows in the same formats)",
-)
-
-
 def report(profile) -> str:
-    """The lines a notebook prints under a rehearsal: what ran as on a T4 and what did not."""
+    """The lines a notebook can print under a rehearsal: what ran as on a T4 and what did not."""
+    from .profiles import REHEARSAL_SKIPS
+
     if not profile.rehearsal:
         return ""
     return ("t4 REHEARSAL on this CPU: the t4 profile's settings and decisions, with local stand-ins.\n"
-            "Skipped or replaced here:\n" + "\n".join(f"  - {line}" for line in SKIPPED_ON_CPU))
+            "Not executed here:\n" + "\n".join(f"  - {line}" for line in REHEARSAL_SKIPS))
