@@ -105,7 +105,8 @@ class SpecialistRecipe:
              "grad_accum": profile.grad_accum, "targets": list(profile.lora_targets)
              if not isinstance(profile.lora_targets, str) else profile.lora_targets,
              "max_length": profile.max_length, "torch": torch.__version__,
-             "transformers": transformers.__version__, "peft": peft.__version__},
+             "transformers": transformers.__version__, "peft": peft.__version__,
+             **({"step_cap": profile.step_cap} if profile.step_cap else {})},  # a rehearsal trains fewer steps
             sort_keys=True,
         )
         return f"{self.task}-{hashlib.sha256(payload.encode()).hexdigest()[:10]}"
@@ -206,7 +207,8 @@ def train_specialist(profile, recipe: SpecialistRecipe, root: str | os.PathLike 
     if recipe.n_train is not None:
         train_set = train_set.select(range(min(recipe.n_train, len(train_set))))
     # No checkpoints (the adapter is saved once at the end) and a log entry every few steps.
-    run_profile = profile.replace(save_steps=recipe.max_steps + 1, logging_steps=max(1, recipe.max_steps // 10),
+    steps = profile.capped_steps(recipe.max_steps)  # a rehearsal caps every run
+    run_profile = profile.replace(save_steps=steps + 1, logging_steps=max(1, steps // 10),
                                   **recipe.profile_overrides())
     hw = hw or hardware.detect()
     if hw.device_type == "cuda":  # at full size, against the memory free right now: shrink, or never start
