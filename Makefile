@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 NOTEBOOK_SOURCES := $(wildcard notebooks/[0-9][0-9]_*.py)
 
-.PHONY: setup run test lint sync check-sync pytest nbtest clean colab-links colab-check-install exercises figures bench
+.PHONY: setup run test lint sync check-sync pytest nbtest t4-rehearsal gpu-check t4-plan clean colab-links colab-check-install exercises figures bench
 
 # Create the virtual environment and install the pinned stack (torch pinned: a bare
 # `torch` would pull a multi-GB CUDA build) plus this package in editable mode.
@@ -22,7 +22,7 @@ setup: $(STAMP)
 run: $(STAMP)
 	$(BIN)/python -m lora_lab.tooling.course run
 
-test: $(STAMP) lint check-sync pytest nbtest
+test: $(STAMP) lint check-sync pytest nbtest t4-rehearsal
 
 lint: $(STAMP)
 	$(BIN)/ruff check $(wildcard src tests notebooks benchmarks)
@@ -40,6 +40,21 @@ pytest: $(STAMP)
 
 nbtest: $(STAMP)
 	$(BIN)/python -m pytest --nbmake --nbmake-timeout=900 notebooks/[0-9][0-9]_*.ipynb
+
+# Every notebook's t4 path on this CPU (LORA_LAB_PROFILE=t4 LORA_LAB_REHEARSAL=1): the t4 settings and
+# decisions with a scaled-down random Qwen2 and local SQL/GSM8K rows; executed copies in build/rehearsal/.
+t4-rehearsal: $(STAMP)
+	$(BIN)/python -m lora_lab.tooling.course t4-rehearsal
+
+# Every training run of every notebook as a Colab T4 plans it (estimator at full size), as JSON lines.
+t4-plan: $(STAMP)
+	$(BIN)/python -m lora_lab.tooling.course t4-plan --json
+
+# On a CUDA machine (no Hub access needed): real training steps of the shipped presets at full depth with
+# random weights against the estimator, and the t4 rehearsal at Qwen2.5-1.5B size under a 14.74 GiB cap.
+# Writes benchmarks/results/gpu_check_<gpu>.csv. Exits 2 without a CUDA GPU.
+gpu-check: $(STAMP)
+	$(BIN)/python benchmarks/gpu_check.py
 
 # After editing a notebooks/NN_topic.py: regenerate its .ipynb twin, without outputs.
 sync: $(STAMP)

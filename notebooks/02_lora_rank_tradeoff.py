@@ -19,6 +19,7 @@ from lora_lab import hardware, profiles
 
 hw = hardware.preflight()
 profile = profiles.get_profile()
+hw = profiles.hardware_for(profile, hw)  # a t4 rehearsal decides as on a T4 and executes on this CPU
 print(profile.summary())
 
 # %% [markdown]
@@ -249,12 +250,16 @@ for r in plan.ranks:
                         gradient_checkpointing=True, optimizer="paged_adamw_8bit", precision="fp16")
     estimates.append(dict(rank=r, trainable=est.trainable_params, total=est.total))
 fig = rank_plots.tradeoff(runs, estimates, est_label=f"{REAL} QLoRA on a T4, estimate (MiB)")
-full = next(r for r in runs if r["group"] == "full")
+# A GPU run the preflight skipped (full fine-tuning of the 1.5B model needs more than a T4) has no row.
+full = next((r for r in runs if r["group"] == "full"), None)
 ranked = sorted((r for r in runs if r["group"] == "rank"), key=lambda r: r["rank"])
 print(f"estimated T4 memory (QLoRA, batch 4 x 512): r={plan.ranks[0]} {estimates[0]['total'] / 2**30:.2f} GiB, "
       f"r={plan.ranks[-1]} {estimates[-1]['total'] / 2**30:.2f} GiB")
-print(f"tiny model, measured per step: r={ranked[0]['rank']} {ranked[0]['memory'] / 2**20:.2f} MiB, "
-      f"r={ranked[-1]['rank']} {ranked[-1]['memory'] / 2**20:.2f} MiB, full fine-tuning {full['memory'] / 2**20:.2f} MiB")
+print(f"measured per step: r={ranked[0]['rank']} {ranked[0]['memory'] / 2**20:.2f} MiB, "
+      f"r={ranked[-1]['rank']} {ranked[-1]['memory'] / 2**20:.2f} MiB, full fine-tuning "
+      + (f"{full['memory'] / 2**20:.2f} MiB" if full else "skipped by the preflight"))
+for skipped in sweep.get("skipped", []):
+    print(f"not started: {skipped['run']}: {skipped['note']}")
 
 # %% [markdown]
 # Reading the figure: moving right along the blue line buys held-out loss with parameters; the
@@ -272,7 +277,8 @@ mlp = next(r for r in runs if r["group"] == "targets" and r["name"].startswith("
 print(f"best all-linear rank by held-out loss: r={min(ranked, key=lambda r: r['eval_loss'])['rank']} "
       f"(loss {best_loss:.3f}); smallest rank within 2% of it: r={good_rank}")
 print(f"rank {ranked[0]['rank']}: loss {ranked[0]['eval_loss']:.3f}; rank {ranked[-1]['rank']}: loss "
-      f"{ranked[-1]['eval_loss']:.3f}; full fine-tuning ({full['trainable']:,} parameters): loss {full['eval_loss']:.3f}")
+      f"{ranked[-1]['eval_loss']:.3f}; full fine-tuning "
+      + (f"({full['trainable']:,} parameters): loss {full['eval_loss']:.3f}" if full else "skipped"))
 print(f"attention only ({att['name']}, {att['trainable']:,} parameters): loss {att['eval_loss']:.3f}, exact match "
       f"{att['exact_match']:.1%}")
 print(f"MLP only       ({mlp['name']}, {mlp['trainable']:,} parameters): loss {mlp['eval_loss']:.3f}, exact match "
@@ -287,9 +293,10 @@ print(f"MLP only       ({mlp['name']}, {mlp['trainable']:,} parameters): loss {m
 # %%
 fig = rank_plots.lr_sweep(runs, plan.lr_rank)
 lora_best, lora_loss = rank.best_lr(runs, "lora", plan.lr_rank)
-full_best, full_loss = rank.best_lr(runs, "full")
-print(f"best LR: LoRA r={plan.lr_rank} {lora_best:g} (loss {lora_loss:.3f}); full fine-tuning {full_best:g} "
-      f"(loss {full_loss:.3f}); ratio {lora_best / full_best:.3g}x, measured on a grid of factor-3 steps")
+full_best, full_loss = rank.best_lr(runs, "full") if full else (None, None)
+print(f"best LR: LoRA r={plan.lr_rank} {lora_best:g} (loss {lora_loss:.3f}); "
+      + (f"full fine-tuning {full_best:g} (loss {full_loss:.3f}); ratio {lora_best / full_best:.3g}x, measured on a "
+         "grid of factor-3 steps" if full else "no full fine-tuning run to compare with"))
 
 # %% [markdown]
 # ## 5. Merging
@@ -334,19 +341,20 @@ summary.add("The best learning rate moved by " + ", ".join(f"{v:.1f}x under {k}"
             + ("under which it moves most." if max(spreads, key=spreads.get) == rank.SCALING_RULES[1]
                else "we expected to move most, and here it did not."))
 summary.add(f"On the course task the smallest all-linear rank within 2% of the best held-out loss is r={good_rank}; "
-            f"r={ranked[0]['rank']} reached {ranked[0]['eval_loss']:.3f} vs {best_loss:.3f} for the best rank "
-            f"and {full['eval_loss']:.3f} for full fine-tuning"
+            f"r={ranked[0]['rank']} reached {ranked[0]['eval_loss']:.3f} vs {best_loss:.3f} for the best rank"
+            + (f" and {full['eval_loss']:.3f} for full fine-tuning" if full else " (full fine-tuning was skipped)")
             + (f"; no rank closes the gap to full fine-tuning, which also trains the embeddings and norms that "
                f"all-linear LoRA leaves frozen (ranks {ranked[0]['rank']}-{ranked[-1]['rank']} span "
                f"{max(r['eval_loss'] for r in ranked) - best_loss:.3f} in loss)."
-               if full["eval_loss"] < best_loss else "."))
+               if full and full["eval_loss"] < best_loss else "."))
 summary.add(f"Targets: at equal parameters, MLP-only reached {mlp['eval_loss']:.3f} and attention-only "
             f"{att['eval_loss']:.3f} ({'MLP' if mlp['eval_loss'] < att['eval_loss'] else 'attention'} better by "
             f"{abs(mlp['eval_loss'] - att['eval_loss']):.3f}, the direction 'LoRA Without Regret' "
             f"{'found' if mlp['eval_loss'] < att['eval_loss'] else 'did not find'}; one seed, so a gap this small "
             "is a lead, not a result).")
-summary.add(f"Best LoRA learning rate {lora_best:g} vs full fine-tuning {full_best:g}: {lora_best / full_best:.3g}x "
-            "(the literature's rule of thumb is about 10x).")
+if full:
+    summary.add(f"Best LoRA learning rate {lora_best:g} vs full fine-tuning {full_best:g}: {lora_best / full_best:.3g}x "
+                "(the literature's rule of thumb is about 10x).")
 summary.add(f"Memory depends little on the rank for a real model: the estimate for {REAL} with QLoRA goes from "
             f"{estimates[0]['total'] / 2**30:.2f} to {estimates[-1]['total'] / 2**30:.2f} GiB "
             f"({estimates[-1]['total'] / estimates[0]['total'] - 1:+.0%}) from r={plan.ranks[0]} to r={plan.ranks[-1]}.")

@@ -19,6 +19,7 @@ from lora_lab import hardware, profiles
 
 hw = hardware.preflight()
 profile = profiles.get_profile()
+hw = profiles.hardware_for(profile, hw)  # a t4 rehearsal decides as on a T4 and executes on this CPU
 print(profile.summary())
 
 # %% [markdown]
@@ -38,7 +39,9 @@ print(profile.summary())
 # 6. **Save, reload, merge**: the adapter alone, the same answers after a reload, and a merge into
 #    a 16-bit copy of the base whose logits match the adapter's.
 #
-# On a GPU this runs the `t4` profile (Qwen2.5-1.5B-Instruct on GSM8K maths problems). Without one it
+# On a GPU this runs the `t4` profile (Qwen2.5-1.5B-Instruct learning text-to-SQL on
+# `b-mc2/sql-create-context`, CC-BY-4.0: a behaviour the base model lacks, with answers `sqlite3` can
+# check; GSM8K, which Qwen2.5-1.5B-Instruct already solves well, stays loadable). Without one it
 # runs the `cpu` profile: the tiny model from notebook 00 on the course's own question-answer tasks.
 # The code is the same; everything below comes from `lora_lab.train`, `lora_lab.models` and
 # `lora_lab.evaluate`, and the command `python -m lora_lab.train` runs the same pipeline.
@@ -52,11 +55,9 @@ import matplotlib.pyplot as plt
 import torch
 from transformers import AutoConfig
 
-from lora_lab import callbacks, data, evaluate, models, preflight, sft_data, tiny, train, vram
-from lora_lab.drive import drive_checkpoint_dir
-from lora_lab.train_plots import plot_loss
-from lora_lab.units import GIB, MIB
+from lora_lab import callbacks, data, evaluate, gpu_runs, models, tiny, train, vram
 
+GIB = 2**30
 METHOD = profile.method  # "qlora"; "lora" or "full" run through the same code, for comparison
 OUTPUT_DIR = Path("runs") / "03_qlora_sft" / profile.name
 USE_DRIVE = False  # Colab: True puts checkpoints on Google Drive (you will be asked to mount it)
@@ -91,15 +92,15 @@ print("\nthis machine:", precision.note)
 model_path = tiny.resolve_model_path(profile.model_id)
 model_config = AutoConfig.from_pretrained(model_path)
 try:
-    preflight_estimate = preflight.preflight_memory(model_config, profile, METHOD, hw, precision)
-except preflight.WontFitError as err:
+    preflight = train.preflight_memory(model_config, profile, METHOD, hw, precision)
+except train.WontFitError as err:
     print(err)
     raise SystemExit("Stopped before loading the model: change the settings in the cell above and rerun.") from None
 
 t4 = vram.GPUS["Colab T4"]
 t4_profile = profiles.PROFILES["t4"]
-t4_estimate = preflight.estimate_memory(vram.preset_config("Qwen/Qwen2.5-1.5B"), t4_profile, "qlora",
-                                        models.precision_for("cuda", (7, 5)), device="cuda")
+t4_estimate = train.estimate_memory(vram.preset_config("Qwen/Qwen2.5-1.5B"), t4_profile, "qlora",
+                                    models.precision_for("cuda", (7, 5)), device="cuda")
 print(f"\nThe t4 profile on a T4 (Qwen2.5-1.5B, QLoRA, batch {t4_profile.batch_size} x {t4_profile.max_length} tokens):")
 print(t4_estimate)
 print(f"usable on a Colab T4: {t4.usable_bytes / GIB:.2f} GiB -> fits: {t4_estimate.fits(t4)}")
@@ -110,9 +111,9 @@ print(f"usable on a Colab T4: {t4.usable_bytes / GIB:.2f} GiB -> fits: {t4_estim
 
 # %%
 try:
-    preflight.preflight_memory(vram.preset_config("Qwen/Qwen2.5-7B"), t4_profile, "full", models.simulated_gpu(),
-                               models.precision_for("cuda", (7, 5), "full"), verbose=False)
-except preflight.WontFitError as err:
+    train.preflight_memory(vram.preset_config("Qwen/Qwen2.5-7B"), t4_profile, "full", models.simulated_gpu(),
+                           models.precision_for("cuda", (7, 5), "full"), verbose=False)
+except train.WontFitError as err:
     print(err)
 
 # %% [markdown]
@@ -140,8 +141,8 @@ print(tokenizer.apply_chat_template(splits["train"][0]["messages"], tokenize=Fal
 # answer ends with eos (or the model never learns to stop), and it is no longer than `max_length`.
 
 # %%
-train_set, train_report = sft_data.prepare_sft_data(tokenizer, splits["train"], profile.max_length, "train")
-eval_set, eval_report = sft_data.prepare_sft_data(tokenizer, splits["eval"], profile.max_length, "eval")
+train_set, train_report = train.prepare_sft_data(tokenizer, splits["train"], profile.max_length, "train")
+eval_set, eval_report = train.prepare_sft_data(tokenizer, splits["eval"], profile.max_length, "eval")
 
 example = train_set[0]
 first = next(i for i, label in enumerate(example["labels"]) if label != -100)
@@ -161,7 +162,7 @@ broken = copy.deepcopy(tokenizer)
 broken.chat_template = ("{% for m in messages %}{% if m['role'] != 'assistant' %}{{ m['content'] }}"
                         "{{ eos_token }}{% endif %}{% endfor %}")
 try:
-    sft_data.prepare_sft_data(broken, splits["train"].select(range(3)), profile.max_length, "train")
+    train.prepare_sft_data(broken, splits["train"].select(range(3)), profile.max_length, "train")
 except ValueError as err:
     print("refused:", err)
 
@@ -173,7 +174,7 @@ except ValueError as err:
 
 # %%
 n_4bit = sum(type(m).__name__ == "Linear4bit" for m in model.modules())
-print(f"{n_4bit} linear layers in 4-bit NF4; model footprint {model.get_memory_footprint() / MIB:.1f} MiB")
+print(f"{n_4bit} linear layers in 4-bit NF4; model footprint {model.get_memory_footprint() / 2**20:.1f} MiB")
 eval_kwargs = dict(max_new_tokens=profile.max_new_tokens, batch_size=16)
 loss_before = evaluate.eval_loss(model, tokenizer, eval_set, profile.max_length)
 em_before, rows_before = evaluate.exact_match(model, tokenizer, splits["eval"], **eval_kwargs)
@@ -193,22 +194,26 @@ print(evaluate.format_table(rows_before[:3]))
 # One more bf16 trap hides in trl itself: for a quantized model, `SFTTrainer` converts the LoRA
 # matrices to bf16 whatever `fp16`/`bf16` say. On a T4 that brings bf16 back into an fp16 run, and on
 # any machine it rounds every update to bf16's 8-bit mantissa. `sft` casts them back to fp32 right
-# after building the trainer (`compat.keep_trainable_fp32`: `lora_lab.compat` holds every library
-# workaround, each tied to the versions it is for); on this course's tiny model the bf16 adapters
-# had cost QLoRA a large part of its held-out exact match.
+# after building the trainer (`train.keep_trainable_fp32`); on this course's tiny model the bf16
+# adapters had cost QLoRA a large part of its held-out exact match.
 #
 # On Colab, set `USE_DRIVE = True` to write checkpoints to Google Drive: after a disconnect, rerun
 # the notebook and training continues from the newest checkpoint (`RESUME`).
 
 # %%
+if hw.device_type == "cuda":  # at full size, against the memory free right now: shrink, or never start
+    decision = gpu_runs.preflight(gpu_runs.sft_run("03", "main", profile, METHOD), hw)
+    if not decision.runs:
+        raise SystemExit(decision.note)
+    profile = decision.apply(profile)
 checkpoints = OUTPUT_DIR / "checkpoints"
 if USE_DRIVE:
-    checkpoints = drive_checkpoint_dir(f"03_qlora_sft-{profile.name}") or checkpoints
+    checkpoints = train.drive_checkpoint_dir(f"03_qlora_sft-{profile.name}") or checkpoints
 if not RESUME and checkpoints.exists():
     shutil.rmtree(checkpoints)  # a fresh run: old local checkpoints would be resumed from by mistake
 try:
     result = train.sft(model, tokenizer, train_set, profile, checkpoints, method=METHOD, resume=RESUME, hw=hw)
-except preflight.TrainingOutOfMemory as err:
+except train.TrainingOutOfMemory as err:
     print(err)
     raise SystemExit("Out of memory: apply one of the suggestions above, then rerun (RESUME = True keeps the steps done).") from None
 tuned = result.model
@@ -216,7 +221,7 @@ for record in result.records:
     print(f"step {record['step']:>4}  loss {record['loss']:.3f}  {record['tokens_per_s']:>8.0f} tokens/s  "
           f"peak {record['peak_memory_bytes'] / GIB:.2f} GiB ({record['peak_memory_kind']})")
 print({k: result.metrics[k] for k in ("train_runtime_s", "train_tokens_per_s", "final_loss")})
-plot_loss(result.log_history, title=f"{profile.name}: {METHOD} training loss")
+train.plot_loss(result.log_history, title=f"{profile.name}: {METHOD} training loss")
 plt.show()
 
 # %%
@@ -239,7 +244,7 @@ print("in the newest:", sorted(f.name for f in saved[-1].iterdir()) if saved els
 try:
     train.sft(tuned, tokenizer, train_set, profile, OUTPUT_DIR / "oom-demo", method=METHOD, hw=hw, verbose=False,
               callbacks=[callbacks.SimulateOutOfMemory(step=0)])
-except preflight.TrainingOutOfMemory as err:
+except train.TrainingOutOfMemory as err:
     print(err)
 
 # %% [markdown]
@@ -264,7 +269,7 @@ if profile.name == "cpu":  # the course's promise for the cpu profile, checked o
 # %%
 adapter_dir, adapter_bytes = models.save_adapter(tuned, tokenizer, OUTPUT_DIR / "adapter")
 n_lora = sum(p.numel() for n, p in tuned.named_parameters() if "lora_" in n)
-print(f"adapter: {adapter_bytes / MIB:.2f} MiB for {n_lora:,} LoRA parameters "
+print(f"adapter: {adapter_bytes / 2**20:.2f} MiB for {n_lora:,} LoRA parameters "
       f"({adapter_bytes / n_lora:.1f} bytes each: peft saves fp32)")
 reloaded, _ = models.load_adapter(profile, adapter_dir, METHOD, hw=hw)
 prompts = splits["eval"]["messages"][:16]
@@ -279,12 +284,12 @@ del reloaded
 # carrying the unmerged adapter.
 
 # %%
-probe = evaluate.probe_batch(tokenizer, splits["eval"]["messages"], n=2)
+probe = train.probe_batch(tokenizer, splits["eval"], n=2)
 merged, merge_report = models.merge_adapter(profile, adapter_dir, probe, method=METHOD, hw=hw,
                                             out_dir=OUTPUT_DIR / "merged", trained_model=tuned)
 print(f"merged into a {merge_report.dtype} base: max |logit difference| vs unmerged {merge_report.max_abs_diff:.2e} "
       f"(tolerance {merge_report.tolerance:.0e}) -> {'ok' if merge_report.ok else 'TOO LARGE'}")
-print(f"merged model saved: {merge_report.merged_bytes / MIB:.1f} MiB in {merge_report.merged_dir}")
+print(f"merged model saved: {merge_report.merged_bytes / 2**20:.1f} MiB in {merge_report.merged_dir}")
 em_merged, _ = evaluate.exact_match(merged, tokenizer, splits["eval"], **eval_kwargs)
 print(f"exact match of the merged model: {em_merged:.1%} (the QLoRA model: {em_after:.1%})")
 if merge_report.max_abs_diff_vs_trained is not None:
@@ -301,17 +306,13 @@ if merge_report.max_abs_diff_vs_trained is not None:
 
 # %%
 on_gpu = precision.executed != "float32"
-estimate = preflight.estimate_memory(model_config, profile, METHOD, precision, seq_len=train_report.longest_kept,
-                                     device="cuda" if on_gpu else "cpu")
-measured = result.metrics["peak_memory_bytes"]
-if on_gpu:
-    print(f"predicted peak reserved {estimate.reserved / GIB:.2f} GiB, measured "
-          f"torch.cuda.max_memory_reserved() {measured / GIB:.2f} GiB, usable {hw.gpu_total_bytes / GIB:.2f} GiB")
-else:
-    print(f"predicted tensors of one step: {estimate.peak_allocated / MIB:.1f} MiB; measured peak RSS of this "
-          f"whole Python process: {measured / MIB:.0f} MiB")
-    print("On the CPU the process's resident memory is mostly the interpreter, torch and the libraries, so it is an "
-          "upper bound, not a check. On a T4 the same cell compares the estimate with torch.cuda.max_memory_reserved().")
+estimate = train.estimate_memory(model_config, profile, METHOD, precision, seq_len=train_report.longest_kept,
+                                 device="cuda" if on_gpu else "cpu")
+# Like with like: allocated with max_memory_allocated, reserved with max_memory_reserved (peaks reset after
+# emptying the cache right before training); on the CPU, the tensor bytes of one step, never the process's RSS.
+readings = {k: result.metrics.get(f"peak_{k}_bytes") for k in ("allocated", "reserved")}
+cpu_step = None if on_gpu else callbacks.measure_cpu_step(tuned, train_set, profile, tokenizer.pad_token_id)
+print(callbacks.compare_memory(estimate, readings, cpu_step)["summary"])
 
 # %% [markdown]
 # ## Why the tiny model suffers more from 4 bits
@@ -410,23 +411,21 @@ for n_gpus, sharding in ((1, None), (2, None), (2, "fsdp"), (4, "fsdp")):
 # batch 1 at the t4 profile's 512 tokens:
 
 # %%
-seven_b = t4_profile.replace(model_id="Qwen/Qwen2.5-7B-Instruct", batch_size=1, grad_accum=16, max_steps=10,
-                             save_steps=1000, logging_steps=2)
-est_7b = preflight.estimate_memory(vram.preset_config("Qwen/Qwen2.5-7B"), seven_b, "qlora", fp16, device="cuda")
+seven_b = gpu_runs.seven_b_profile(t4_profile)
+est_7b = train.estimate_memory(vram.preset_config("Qwen/Qwen2.5-7B"), seven_b, "qlora", fp16, device="cuda")
 print(est_7b)
 print(f"fits a Colab T4 ({t4.usable_bytes / GIB:.2f} GiB): {est_7b.fits(t4)}")
-if RUN_7B and hw.device_type == "cuda":
-    import gc
-
-    del merged  # the 16-bit merged copy is the biggest thing still on the GPU
-    gc.collect()
-    torch.cuda.empty_cache()
-    preflight.preflight_memory(AutoConfig.from_pretrained(seven_b.model_id), seven_b, "qlora", hw,
-                               models.decide_precision(hw, "qlora"))
+if hw.device_type == "cuda":
+    del merged  # the 16-bit merged copy is the biggest thing this notebook still holds on the GPU
+    gpu_runs.free_gpu_memory()
+    # Against the memory free now (after this notebook's own models), not what was free at the start.
+    decision = gpu_runs.preflight(gpu_runs.seven_b_run(t4_profile), hw)
+if RUN_7B and torch.cuda.is_available() and decision.runs:
+    seven_b = decision.apply(seven_b)
     m7, tok7 = train.load_model_and_tokenizer(seven_b, "qlora", hw=hw)
     short = train.sft(m7, tok7, splits["train"].select(range(64)), seven_b, OUTPUT_DIR / "7b", method="qlora", hw=hw)
-    print(f"7B: {short.metrics['global_step']} steps, measured peak {short.metrics['peak_memory_bytes'] / GIB:.2f} GiB "
-          f"(predicted {est_7b.reserved / GIB:.2f} GiB reserved)")
+    print(f"7B: {short.metrics['global_step']} steps, peak reserved {short.metrics['peak_reserved_bytes'] / GIB:.2f} GiB "
+          f"(predicted {decision.estimate().reserved / GIB:.2f} GiB)")
 else:
     print("(set RUN_7B = True on a GPU runtime for a 10-step run that measures it)")
 

@@ -19,6 +19,7 @@ from lora_lab import hardware, profiles
 
 hw = hardware.preflight()
 profile = profiles.get_profile()
+hw = profiles.hardware_for(profile, hw)  # a t4 rehearsal decides as on a T4 and executes on this CPU
 print(profile.summary())
 
 # %% [markdown]
@@ -38,8 +39,8 @@ print(profile.summary())
 #
 # On the `cpu` profile the tasks are the course's three families (`lora_lab.data`): **recall** a
 # fact the base learned in pretraining, **extract** a fact stated in the prompt, and **format** two
-# facts as a `name = ... ; color = ...` record. On the `t4` profile the specialists are GSM8K
-# (maths) and the extract and format families, trained with QLoRA on the real model.
+# facts as a `name = ... ; color = ...` record. On the `t4` profile the specialists are text-to-SQL
+# (`b-mc2/sql-create-context`) and the extract and format families, trained with QLoRA on the real model.
 
 # %%
 import time
@@ -50,7 +51,7 @@ from lora_lab import adapters, evaluate, models, tiny, units
 
 set_seed(profile.seed)
 T0 = time.perf_counter()
-model_path = tiny.ensure_tiny_model() if profile.is_local else profile.model_id
+model_path = tiny.resolve_model_path(profile.model_id)
 recipes = adapters.default_recipes(profile)
 for recipe in recipes.values():
     print(recipe)
@@ -68,7 +69,8 @@ for task, recipe in recipes.items():
     runs[task] = adapters.train_specialist(profile, recipe, hw=hw)
     run = runs[task]
     how = "reused from the cache" if run.cached else f"trained in {run.train_seconds:.1f} s"
-    print(f"{task:<8} {recipe.max_steps} steps, {how}; training loss {run.first_loss:.2f} -> {run.final_loss:.2f}")
+    print(f"{task:<8} {profile.capped_steps(recipe.max_steps)} steps, {how}; training loss {run.first_loss:.2f} -> "
+          f"{run.final_loss:.2f}")
 
 # %% [markdown]
 # ### How big is an adapter?
@@ -373,7 +375,8 @@ for task in names:
 # ## On the `t4` profile
 #
 # The same cells run on a T4 with the real model: `adapters.default_recipes` then trains QLoRA
-# specialists for GSM8K and the extract and format families (short runs of 60 steps each), and every
+# specialists for text-to-SQL and the extract and format families (short runs of 60 steps each, each
+# preflighted at full size against the GPU memory free when it starts, memory freed between them), and every
 # measurement above is taken on the 1.5B model. The recipes it would use:
 
 # %%

@@ -285,10 +285,17 @@ def gsm8k_answer(text: str) -> str:
     return text.split("####")[-1].strip().replace(",", "").rstrip(".")
 
 
+def sql_prompt(question: str, context: str) -> str:
+    """The user turn of a text-to-SQL example: the tables, the question, and the form of the answer."""
+    return (f"Tables:\n{context.strip()}\n\nQuestion: {question.strip()}\n"
+            "Answer with one SQLite query and nothing else.")
+
+
 def normalise(dataset: Dataset, source: str) -> Dataset:
     """Map a Hub dataset's own columns to the course schema (messages, answer, task).
 
-    Supported layouts: `messages` (already chat), `question`/`answer` (GSM8K),
+    Supported layouts: `messages` (already chat), `question`/`context`/`answer` (text-to-SQL,
+    b-mc2/sql-create-context: task "sql", `context` kept), `question`/`answer` (GSM8K: task "gsm8k"),
     `instruction`/`input`/`output` (Alpaca-style), `instruction`/`context`/`response` (Dolly).
 
     Raises:
@@ -302,12 +309,21 @@ def normalise(dataset: Dataset, source: str) -> Dataset:
         if "task" not in cols:
             out = out.map(lambda r: {"task": source})
         return out
-    if {"question", "answer"} <= cols:
+    if {"question", "context", "answer"} <= cols:  # b-mc2/sql-create-context: text-to-SQL
+        def row(r):
+            return {
+                "messages": [{"role": "user", "content": sql_prompt(r["question"], r["context"])},
+                             {"role": "assistant", "content": r["answer"]}],
+                "answer": r["answer"],
+                "context": r["context"],  # the CREATE TABLE statements sqlite3 checks answers against
+                "task": "sql",
+            }
+    elif {"question", "answer"} <= cols:  # GSM8K: scored on the final number
         def row(r):
             return {
                 "messages": [{"role": "user", "content": r["question"]}, {"role": "assistant", "content": r["answer"]}],
                 "answer": gsm8k_answer(r["answer"]) or r["answer"],
-                "task": source,
+                "task": "gsm8k",
             }
     elif {"instruction", "output"} <= cols:
         def row(r):
@@ -366,6 +382,8 @@ def load_profile_dataset(profile, loader=None) -> DatasetDict:
     if profile.dataset_id == COURSE_TASKS_ID:
         splits = course_splits(profile.tasks, n_eval=profile.n_eval, seed=profile.seed)
     else:
+        if loader is None and getattr(profile, "rehearsal", False):  # local files in the Hub dataset's format
+            from .rehearsal import load_standin_dataset as loader
         splits = load_hub_dataset(profile.dataset_id, profile.dataset_config, profile.n_eval, profile.seed, loader)
     if profile.n_train is not None:
         splits["train"] = splits["train"].select(range(min(profile.n_train, len(splits["train"]))))

@@ -2,9 +2,11 @@
 
 - `generate`: greedy decoding from chat prompts (the tokenizer's chat template with
   ``add_generation_prompt=True``), batched with left padding, stopping at the eos token.
-- `exact_match`: the share of held-out examples whose generated answer equals the reference,
-  after light normalisation (case, spaces, a final full stop, thousands separators); for GSM8K-style
-  solutions the final answer after ``####`` is compared.
+- `exact_match`: the share of held-out examples whose generated answer matches the reference,
+  scored by task (`score`): course answers after light normalisation (case, spaces, a final full
+  stop, thousands separators); GSM8K by the final number of a free-form solution (`final_answer`);
+  SQL by normalised exact match, with `sqlite3` checking the query against the example's own
+  CREATE TABLE statements (`extract_sql`, `normalise_sql`, `sqlite_accepts`).
 - `eval_loss`: the mean cross-entropy over the tokens that carry loss in training (the assistant
   answer and its eos), computed from the same tokenization as training.
 - `side_by_side`: a few prompts with the reference and two models' answers, for a table.
@@ -118,26 +120,210 @@ def normalise_answer(text: str) -> str:
     return text.rstrip(".").strip()
 
 
+# ---------------------------------------------------------------------------------------------
+# Scoring by task: what "the same answer" means for course answers, maths and SQL
+
+#: Task names `score` knows; any other task (the course families) is compared as written.
+SCORED_TASKS = ("course", "gsm8k", "sql")
+
+_NUMBER = r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+"
+
+
+def normalise_number(text: str) -> str:
+    """A number as GSM8K writes its final answers: no currency sign, thousands separator or trailing .0.
+
+    "$1,234.00" -> "1234", "-3.50" -> "-3.5", "0.25" -> "0.25". Text that holds no number is
+    returned lower-cased and stripped, so that it can still be compared.
+    """
+    text = str(text).strip()
+    match = re.search(_NUMBER, text.replace("$", "").replace("€", "").replace("£", ""))
+    if not match:
+        return text.lower().rstrip(".")
+    number = match.group(0).replace(",", "")
+    if "." in number:
+        number = number.rstrip("0").rstrip(".")
+    if number in ("", "-", "-0"):
+        number = "0"
+    return number
+
+
+def _boxed(text: str) -> str | None:
+    """The content of the last \boxed{...} in `text` (braces may nest), or None."""
+    start = text.rfind("\\boxed{")
+    if start < 0:
+        return None
+    depth, i = 1, start + len("\\boxed{")
+    for j in range(i, len(text)):
+        if text[j] == "{":
+            depth += 1
+        elif text[j] == "}":
+            depth -= 1
+            if depth == 0:
+                return text[i:j]
+    return None
+
+
 def final_answer(prediction: str) -> str:
-    """The part of a prediction to compare: what follows '####' in a GSM8K-style solution, else all."""
-    if "####" in prediction:
-        return data.gsm8k_answer(prediction)
-    return prediction
+    """The final numeric answer of a free-form maths solution, normalised (see `normalise_number`).
+
+    Looks, in this order, for: what follows '####' (GSM8K's own format); a LaTeX ``\boxed{...}``;
+    "the answer is ..." / "answer: ..." (the last such phrase); else the last number in the text.
+    An instruct model that explains its working in its own words is scored on its result, not on
+    its format. Returns "" when the text holds no number at all.
+    """
+    text = str(prediction)
+    if "####" in text:
+        tail = text.split("####")[-1].strip().splitlines()
+        if tail and re.search(_NUMBER, tail[0]):
+            return normalise_number(tail[0])
+    boxed = _boxed(text)
+    if boxed is not None and re.search(_NUMBER, boxed.replace("{", " ").replace("}", " ")):
+        return normalise_number(boxed.replace("{", " ").replace("}", " "))
+    phrases = list(re.finditer(r"(?:the\s+(?:final\s+)?answer\s+is|answer\s*:)\s*:?\s*\**\s*([$€£]?\s*(?:" + _NUMBER + "))",
+                               text, flags=re.IGNORECASE))
+    if phrases:
+        return normalise_number(phrases[-1].group(1))
+    numbers = re.findall(r"[$€£]?\s*(?:" + _NUMBER + ")", text)
+    numbers = [n for n in numbers if re.search(r"\d", n)]
+    return normalise_number(numbers[-1]) if numbers else ""
 
 
-def exact_match(model, tokenizer, dataset, max_new_tokens: int = 16, batch_size: int = 16) -> tuple[float, list[dict]]:
-    """Greedy-generate an answer for each example and compare it with the reference answer.
+_SQL_START = re.compile(r"\b(SELECT|WITH)\b", re.IGNORECASE)
+_FENCE = re.compile(r"```[ \t]*(?:sql|sqlite)?[ \t]*\n?(.*?)```", re.IGNORECASE | re.DOTALL)
+_PROSE_LINE = re.compile(r"^\s*(?:This|The|Here|Note|Explanation|It|In this|That|These|We|I )\b")
+_SQL_TOKEN = re.compile(r"'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"|`[^`]*`|\[[^\]]*\]|\d+(?:\.\d+)?|\w+|<=|>=|<>|!=|==|\|\||\S")
+
+
+def extract_sql(text: str) -> str:
+    """The SQL query in a model's answer, without the prose around it.
+
+    Handles a fenced code block (```sql ... ```), a "SQL:" or "Query:" prefix, a sentence before the
+    query ("Here is the query: SELECT ..."), and explanations after it (after a semicolon, a blank
+    line, a line of prose, or a sentence starting on the same line). Returns "" when there is no
+    SELECT or WITH statement.
+    """
+    text = str(text)
+    fence = _FENCE.search(text)
+    if fence:
+        text = fence.group(1)
+    start = _SQL_START.search(text)
+    if not start:
+        return ""
+    sql = text[start.start():]
+    sql = _cut_outside_quotes(sql)
+    lines = []
+    for line in sql.split("\n"):
+        if not line.strip() or (lines and _PROSE_LINE.match(line)):
+            if lines:
+                break
+            continue
+        lines.append(line)
+    return " ".join(" ".join(lines).split()).rstrip(";").strip().rstrip(".").strip()
+
+
+def _cut_outside_quotes(sql: str) -> str:
+    """`sql` up to its first semicolon or its first sentence of prose, ignoring both inside quotes."""
+    quote = None
+    for i, ch in enumerate(sql):
+        if quote:
+            if ch == quote:
+                quote = None
+            continue
+        if ch in "'\"`":
+            quote = ch
+        elif ch == ";":
+            return sql[:i]
+        elif ch == "." and re.match(r"\.\s+[A-Z][a-z]", sql[i:i + 4]) and not re.match(r"\d", sql[i + 1:i + 2]):
+            return sql[:i]
+    return sql
+
+
+def normalise_sql(sql: str) -> str:
+    """SQL as tokens joined by single spaces: keywords and names lower-cased, string literals kept.
+
+    Spacing, case outside quotes, the quote character of string literals ('x' or "x") and a final
+    semicolon do not change the normalised form; anything else does.
+    """
+    tokens = []
+    for tok in _SQL_TOKEN.findall(str(sql).strip().rstrip(";")):
+        if tok[0] in "'\"" and len(tok) >= 2:
+            tokens.append("'" + tok[1:-1] + "'")
+        else:
+            tokens.append(tok.lower())
+    return " ".join(tokens)
+
+
+def sqlite_accepts(sql: str, context: str) -> tuple[bool, str]:
+    """(True, "") when sqlite3 prepares and runs `sql` against the tables `context` creates.
+
+    `context` is the example's own CREATE TABLE statements; the tables are empty, so the query
+    runs in microseconds. Returns (False, sqlite's error message) otherwise.
+    """
+    import sqlite3
+
+    if not sql.strip():
+        return False, "no SQL query found in the answer"
+    conn = sqlite3.connect(":memory:")
+    try:
+        conn.executescript(context)
+        steps = [0]
+
+        def budget():  # a runaway query (recursive CTE) is cut off, not waited for
+            steps[0] += 1
+            return 1 if steps[0] > 1000 else 0
+
+        conn.set_progress_handler(budget, 1000)
+        conn.execute(sql).fetchall()
+        return True, ""
+    except (sqlite3.Error, sqlite3.Warning, ValueError) as err:
+        return False, str(err)
+    finally:
+        conn.close()
+
+
+def score(task: str | None, prediction: str, reference: str, context: str | None = None) -> dict:
+    """Whether `prediction` answers like `reference` for a task, and what was compared.
+
+    Args:
+        task: "gsm8k" (final numbers compared), "sql" (normalised SQL compared; `valid_sql` says
+            whether sqlite3 accepts the prediction against `context`), anything else: the answers
+            compared as written, after `normalise_answer`.
+        prediction: the model's full answer.
+        reference: the dataset's answer.
+        context: SQL only: the example's CREATE TABLE statements.
+
+    Returns:
+        {"correct": bool, "extracted": what was compared} plus, for SQL, "valid_sql" and "sql_error".
+    """
+    if task == "gsm8k":
+        got = final_answer(prediction)
+        want = final_answer(reference)  # a bare number ("18") or a whole GSM8K solution ("... #### 18")
+        return {"correct": bool(got) and got == want, "extracted": got}
+    if task == "sql":
+        got = extract_sql(prediction)
+        valid, error = sqlite_accepts(got, context or "")
+        return {"correct": bool(got) and normalise_sql(got) == normalise_sql(extract_sql(reference) or reference),
+                "extracted": got, "valid_sql": valid, "sql_error": error}
+    return {"correct": normalise_answer(prediction) == normalise_answer(reference), "extracted": prediction}
+
+
+def exact_match(model, tokenizer, dataset, max_new_tokens: int = 16, batch_size: int = 16,
+                task: str | None = None) -> tuple[float, list[dict]]:
+    """Greedy-generate an answer for each example and score it against the reference (`score`).
 
     Args:
         model: the model to evaluate.
         tokenizer: its tokenizer.
         dataset: rows with `messages` (the prompt is everything before the last assistant turn)
-            and `answer` (the reference).
+            and `answer` (the reference); a `task` column picks each row's scoring, and SQL rows
+            carry their CREATE TABLE statements in `context`.
         max_new_tokens: generation budget per answer.
         batch_size: prompts per generate call.
+        task: score every row as this task (default: each row's `task`, else as written).
 
     Returns:
-        (score in [0, 1], rows): one dict per example with prompt, answer, prediction, correct.
+        (score in [0, 1], rows): one dict per example with prompt, answer, prediction, correct
+        (and, for SQL, valid_sql and sql_error).
 
     Raises:
         ValueError: for an empty dataset or one without `messages` and `answer`.
@@ -147,11 +333,24 @@ def exact_match(model, tokenizer, dataset, max_new_tokens: int = 16, batch_size:
         raise ValueError("exact_match needs an 'answer' column with the reference answers.")
     prompts = [_as_messages(m) for m in dataset["messages"]]
     predictions = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    tasks = [task] * len(dataset) if task or "task" not in dataset.column_names else dataset["task"]
+    contexts = dataset["context"] if "context" in dataset.column_names else [None] * len(dataset)
     rows = []
-    for prompt, answer, prediction in zip(prompts, dataset["answer"], predictions, strict=True):
-        correct = normalise_answer(final_answer(prediction)) == normalise_answer(answer)
-        rows.append({"prompt": prompt[-1]["content"], "answer": answer, "prediction": prediction, "correct": correct})
+    for prompt, answer, prediction, row_task, context in zip(prompts, dataset["answer"], predictions, tasks, contexts,
+                                                             strict=True):
+        verdict = score(row_task, prediction, answer, context)
+        row = {"prompt": prompt[-1]["content"], "answer": answer, "prediction": prediction,
+               "correct": verdict["correct"]}
+        if "valid_sql" in verdict:
+            row.update(valid_sql=verdict["valid_sql"], sql_error=verdict["sql_error"])
+        rows.append(row)
     return sum(r["correct"] for r in rows) / len(rows), rows
+
+
+def valid_sql_rate(rows: Sequence[dict]) -> float | None:
+    """Share of `exact_match` rows whose SQL sqlite3 accepted; None when the rows are not SQL."""
+    flags = [r["valid_sql"] for r in rows if "valid_sql" in r]
+    return sum(flags) / len(flags) if flags else None
 
 
 @torch.no_grad()

@@ -194,14 +194,14 @@ def ensure_pad_token(tokenizer, model=None) -> str:
 
 
 def set_cpu_threads(profile, hw: hardware.Hardware | None = None) -> int:
-    """Apply `profile.extra["cpu_threads"]` to torch on a CPU run; return the thread count in use.
+    """Apply `profile.cpu_threads` to torch on a CPU run; return the thread count in use.
 
     The tiny model's matrices are so small that each matmul takes microseconds; with several
     threads, every operation waits for the others to synchronise, and on a busy machine that wait
     is a scheduler time slice (~10 ms). One thread made the cpu profile's training step about
     15x faster on a shared 2-core machine (measured for this course). GPU runs are left alone.
     """
-    threads = profile.extra.get("cpu_threads")
+    threads = profile.cpu_threads
     on_gpu = hw is not None and hw.device_type == "cuda" and torch.cuda.is_available()
     if threads and not on_gpu and torch.get_num_threads() != threads:
         torch.set_num_threads(threads)

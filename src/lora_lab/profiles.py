@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -54,11 +54,28 @@ class RunProfile:
     logging_steps: int  # log loss, tokens/s and memory every this many steps
     save_steps: int  # checkpoint every this many steps
     seed: int = 0  # seeds data order, LoRA init and dropout: same seed, same numbers
-    extra: dict = field(default_factory=dict)  # profile-specific knobs (documented where used)
+    # What exact match compares (lora_lab.evaluate.score): "course" (the answer as written),
+    # "gsm8k" (the final number of a free-form solution) or "sql" (normalised SQL, checked by sqlite3).
+    task: str = "course"
+    # Batches of similar lengths: less padding without packing (lora_lab.train.sft_config_kwargs).
+    group_by_length: bool = False
+    cpu_threads: int | None = None  # torch threads on a CPU run (None: torch's default); models.set_cpu_threads
+    eval_batch_size: int = 16  # prompts per generate call in exact-match evaluation
+    save_total_limit: int = 3  # checkpoints kept on disk (the newest ones)
+    reload_check_examples: int = 16  # held-out prompts generated again from the reloaded adapter
+    # Rehearsal: run this profile's decisions on the CPU with local stand-ins for the Hub model and
+    # data (lora_lab.rehearsal); only what a CPU cannot execute (fp16 autocast, CUDA kernels) differs.
+    rehearsal: bool = False
+    # Rehearsal only: every training run stops after at most this many optimizer steps (None: no cap).
+    step_cap: int | None = None
 
     @property
     def effective_batch(self) -> int:
         return self.batch_size * self.grad_accum
+
+    def capped_steps(self, steps: int) -> int:
+        """`steps`, or fewer when the profile caps every run (the rehearsal)."""
+        return steps if self.step_cap is None else min(steps, self.step_cap)
 
     @property
     def is_local(self) -> bool:
@@ -75,6 +92,10 @@ class RunProfile:
             f"  model {self.model_id} | data {self.dataset_id} | method {self.method}\n"
             f"  {self.max_steps} steps x batch {self.batch_size}x{self.grad_accum} at lr {self.learning_rate:g}"
             f" | LoRA r={self.lora_r} alpha={self.lora_alpha} on {self.lora_targets}"
+            + (f"\n  REHEARSAL: every run capped at {self.step_cap} steps, {self.n_eval} eval examples, "
+               f"{self.max_new_tokens} new tokens; not executed on this CPU:"
+               + "".join(f"\n    - {line}" for line in REHEARSAL_SKIPS)
+               if self.rehearsal else "")
         )
 
 
@@ -84,9 +105,11 @@ PROFILES: dict[str, RunProfile] = {
         description="a real 1.5B instruct model with QLoRA on a free Colab T4 (about 14.7 GiB usable)",
         # Apache-2.0, not gated; 1.54B parameters (shared/reference/model-configs.md).
         model_id="Qwen/Qwen2.5-1.5B-Instruct",
-        # MIT licence; grade-school maths with a final answer after '####': exact match is checkable.
-        dataset_id="openai/gsm8k",
-        dataset_config="main",
+        # CC-BY-4.0, not gated: an English question, the CREATE TABLE statements it is about, and
+        # the SQL that answers it. A behaviour the base model lacks, with an answer sqlite3 can check
+        # (GSM8K stays loadable: Qwen2.5-1.5B-Instruct already solves most of it).
+        dataset_id="b-mc2/sql-create-context",
+        dataset_config=None,
         tasks=(),
         method="qlora",
         max_length=512,
@@ -102,14 +125,15 @@ PROFILES: dict[str, RunProfile] = {
         lora_targets="all-linear",
         optimizer="paged_adamw_8bit",
         gradient_checkpointing=True,
-        n_train=None,
+        n_train=4000,  # of the dataset's 78.6k: 150 steps x 16 examples use 2,400 (tokenizing all takes minutes)
         n_eval=100,
-        max_new_tokens=320,
+        max_new_tokens=128,  # one SQL query; the longest answers of the dataset are under 100 tokens
         logging_steps=10,
         save_steps=50,
-        # Batches of similar lengths (GSM8K answers vary a lot): less padding without packing, which
-        # needs flash-attention kernels a T4 does not have (lora_lab.train.sft_config_kwargs).
-        extra={"group_by_length": True},
+        task="sql",
+        # Batches of similar lengths (the CREATE TABLE contexts vary a lot): less padding without
+        # packing, which needs flash-attention kernels a T4 does not have.
+        group_by_length=True,
     ),
     "cpu": RunProfile(
         name="cpu",
@@ -139,9 +163,46 @@ PROFILES: dict[str, RunProfile] = {
         save_steps=50,
         # One torch thread: the tiny model's matmuls are too small to split, and thread
         # synchronisation dominated the step on a shared 2-core machine (lora_lab.models.set_cpu_threads).
-        extra={"cpu_threads": 1},
+        cpu_threads=1,
     ),
 }
+#: What a CPU rehearsal cannot execute (a rehearsal's summary lists it, so each notebook prints it).
+REHEARSAL_SKIPS = (
+    "fp16 autocast and loss scaling (decided for compute capability 7.5, executed in fp32)",
+    "bitsandbytes' CUDA kernels (its CPU implementation of NF4 and 8-bit AdamW runs instead)",
+    "paged optimizer memory (needs CUDA)",
+    "torch.cuda memory readings (the estimate is compared with the step's tensor bytes instead)",
+    "the Hub model and dataset (a scaled-down random Qwen2 and local rows in the same formats)",
+)
+#: Environment variable that, with the t4 profile, runs it as a rehearsal on this CPU (any non-empty
+#: value but "0"): `LORA_LAB_PROFILE=t4 LORA_LAB_REHEARSAL=1`. `make t4-rehearsal` sets both.
+REHEARSAL_ENV = "LORA_LAB_REHEARSAL"
+#: The `model_id` of the rehearsal's stand-in: a scaled-down Qwen2 with random weights (lora_lab.rehearsal).
+QWEN_STANDIN_ID = "lora-lab/qwen2-standin"
+
+
+def rehearsal_of(profile: RunProfile) -> RunProfile:
+    """`profile`'s settings and decisions, run on the CPU with local stand-ins and capped sizes.
+
+    Kept: method (QLoRA), batch, gradient accumulation, max length, learning rate, LoRA settings,
+    optimizer, checkpointing, checkpoint cadence, task and scoring. Changed: the model (a Qwen2
+    architecture scaled down, random weights, ChatML template), the data (a few dozen rows in the
+    Hub dataset's own format, written by lora_lab.rehearsal), and the sizes: steps, eval examples
+    and generation length, so that every notebook runs in about a minute.
+    """
+    return profile.replace(
+        description=f"REHEARSAL of '{profile.name}' on this CPU: its settings, local stand-ins, capped sizes",
+        model_id=QWEN_STANDIN_ID,
+        rehearsal=True,
+        step_cap=2,  # two optimizer steps of batch 4 x 4: enough to reach a checkpoint and a resume
+        save_steps=1,  # a checkpoint after each step (the t4 cadence would never be reached in 2 steps)
+        logging_steps=1,
+        n_eval=4,
+        max_new_tokens=16,
+        eval_batch_size=4,
+        reload_check_examples=2,
+        cpu_threads=1,
+    )
 
 
 def available() -> list[str]:
@@ -161,11 +222,37 @@ def get_profile(name: str | None = None) -> RunProfile:
             f"Unknown run profile {chosen!r}. Choose one of: {', '.join(available())} "
             f"(set {PROFILE_ENV} or pass name=...)."
         )
+    if chosen == "t4" and rehearsal_requested():
+        return rehearsal_of(PROFILES[chosen])
     return PROFILES[chosen]
+
+
+def rehearsal_requested() -> bool:
+    """True when $LORA_LAB_REHEARSAL asks for the t4 profile to run as a CPU rehearsal."""
+    return os.environ.get(REHEARSAL_ENV, "").strip() not in ("", "0")
+
+
+def hardware_for(profile: RunProfile, detected=None):
+    """The hardware reading a run of `profile` plans with: this machine's, or in a rehearsal a Colab T4's.
+
+    A rehearsal takes every decision a T4 would (fp16 from compute capability 7.5, the preflight
+    against 14.74 GiB) and executes on this CPU in fp32 (`lora_lab.models.decide_precision`).
+
+    Args:
+        detected: this machine's reading if the caller has one (else `hardware.detect()`).
+    """
+    from . import hardware, models
+
+    if profile.rehearsal:
+        return models.simulated_gpu()
+    return detected if detected is not None else hardware.detect()
 
 
 def why(profile: RunProfile) -> str:
     """A sentence saying why this profile was picked."""
+    if profile.rehearsal:
+        return (f"{PROFILE_ENV}={os.environ.get(PROFILE_ENV)} and {REHEARSAL_ENV}={os.environ.get(REHEARSAL_ENV)} "
+                "are set: the t4 path runs on this CPU with local stand-ins.")
     if os.environ.get(PROFILE_ENV):
         return f"{PROFILE_ENV}={os.environ[PROFILE_ENV]} is set."
     if torch.cuda.is_available():

@@ -39,7 +39,7 @@ from pathlib import Path
 
 import torch
 
-from . import models, sft_data, units, vram
+from . import gpu_runs, models, profiles, sft_data, units, vram
 
 #: Ranks the parameter table and the recovery experiment cover.
 RANKS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -716,20 +716,29 @@ def _trainer_sweep(profile, plan: SweepPlan, path: str, only=None, verbose=True)
     """The sweep through `lora_lab.train.sft` (QLoRA on a GPU profile); same result fields as the loop."""
     from . import evaluate, train
 
-    runs = []
+    runs, skipped = [], []
     splits = None
-    for cfg in sweep_configs(plan, path):
+    hw = profiles.hardware_for(profile)
+    # Every run at full size (the profile's real model) against the memory free when it starts.
+    real = gpu_runs.estimator_model(profiles.PROFILES[profile.name].model_id)
+    planned = gpu_runs.sweep_runs(profile, plan, sweep_configs(plan, real))
+    for cfg, run in zip(sweep_configs(plan, path), planned, strict=True):
         if only is not None and cfg.name not in only:
             continue
+        decision = gpu_runs.preflight(run, hw, verbose=verbose)
+        if not decision.runs:
+            skipped.append(decision.to_dict())
+            continue
+        run_profile = decision.apply(profile)
         method = "full" if cfg.method == "full" else profile.method
-        model, tokenizer = train.load_model_and_tokenizer(profile, method, model_path=path)
+        model, tokenizer = train.load_model_and_tokenizer(run_profile, method, hw=hw, model_path=path)
         if splits is None:
             splits, train_set, eval_set = prepared_data(profile, tokenizer)
-        lora = None if cfg.method == "full" else train.lora_config(profile, r=cfg.rank, alpha=plan.alpha,
+        lora = None if cfg.method == "full" else train.lora_config(run_profile, r=cfg.rank, alpha=plan.alpha,
                                                                    targets=cfg.targets)
         with tempfile.TemporaryDirectory() as tmp:
-            result = train.sft(model, tokenizer, train_set, profile, tmp, method=method, lora=lora,
-                               max_steps=plan.steps, learning_rate=cfg.lr, seed=profile.seed, verbose=False)
+            result = train.sft(model, tokenizer, train_set, run_profile, tmp, method=method, lora=lora,
+                               max_steps=plan.steps, learning_rate=cfg.lr, seed=profile.seed, hw=hw, verbose=False)
         m = result.model
         trainable = sum(p.numel() for p in m.parameters() if p.requires_grad)
         loss = evaluate.eval_loss(m, tokenizer, eval_set, profile.max_length)
@@ -742,7 +751,8 @@ def _trainer_sweep(profile, plan: SweepPlan, path: str, only=None, verbose=True)
             print(f"{cfg.name:<18} eval loss {loss:.3f}  exact match {em:6.1%}  {trainable:,} trainable")
         runs.append(row)
         del model, m, result
-    return dict(runs=runs, plan=asdict(plan), baseline=None)
+        gpu_runs.free_gpu_memory()  # the next run starts from an empty cache
+    return dict(runs=runs, plan=asdict(plan), baseline=None, skipped=skipped)
 
 
 def best_lr(runs: Sequence[dict], method: str, rank: int | None = None) -> tuple[float, float]:

@@ -293,6 +293,10 @@ def weights_hash(model) -> str:
 
 def resolve_model_path(model_id: str) -> str:
     """A `from_pretrained` argument for a profile's model id: the tiny model's folder, or the id."""
-    from .profiles import TINY_MODEL_ID
+    from .profiles import QWEN_STANDIN_ID, TINY_MODEL_ID
 
+    if model_id == QWEN_STANDIN_ID:  # the t4 rehearsal's stand-in (lora_lab.rehearsal)
+        from .rehearsal import ensure_standin_model
+
+        return str(ensure_standin_model())
     return str(ensure_tiny_model()) if model_id == TINY_MODEL_ID else model_id

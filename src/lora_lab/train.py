@@ -42,7 +42,16 @@ from pathlib import Path
 import torch
 
 from . import data, evaluate, hardware, models, profiles
-from .callbacks import TrainingMonitor, peak_memory
+from .callbacks import (
+    DivergenceGuard,
+    TrainingDiverged,
+    TrainingMonitor,
+    compare_memory,
+    measure_cpu_step,
+    peak_memory,
+    peak_readings,
+    start_peak_measurement,
+)
 from .compat import keep_trainable_fp32
 from .drive import drive_checkpoint_dir
 from .models import Precision, decide_precision, load_model_and_tokenizer, lora_config
@@ -56,10 +65,10 @@ from .preflight import (
 )
 from .sft_data import DataReport, prepare_sft_data
 from .train_plots import plot_loss
-from .units import GIB, MIB
+from .units import MIB
 
 __all__ = [
-    "Precision", "RunSetup", "SFTResult", "configure_run", "decide_precision", "load_model_and_tokenizer",
+    "Precision", "RunSetup", "SFTResult", "TrainingDiverged", "configure_run", "decide_precision", "load_model_and_tokenizer",
     "lora_config", "main", "run_pipeline", "sft", "sft_config_kwargs",
 ]
 
@@ -97,7 +106,7 @@ def sft_config_kwargs(profile, output_dir, precision: Precision, *, max_steps: i
     distributed_cpu = _world_size() > 1 and not torch.cuda.is_available()
     return dict(
         output_dir=str(output_dir),  # checkpoints go here (checkpoint-N folders)
-        max_steps=profile.max_steps if max_steps is None else max_steps,  # optimizer steps
+        max_steps=profile.capped_steps(profile.max_steps if max_steps is None else max_steps),  # optimizer steps
         per_device_train_batch_size=profile.batch_size,  # sequences per micro-step and process
         gradient_accumulation_steps=profile.grad_accum,  # micro-steps per optimizer step
         learning_rate=profile.learning_rate if learning_rate is None else learning_rate,  # peak LR
@@ -114,12 +123,12 @@ def sft_config_kwargs(profile, output_dir, precision: Precision, *, max_steps: i
         activation_checkpointing_kwargs={"use_reentrant": False},  # non-reentrant: works with frozen inputs
         max_length=profile.max_length,  # our data is already within it; trl would cut, we drop instead
         packing=False,  # packing needs flash-attention's varlen kernels for exactness (not on a T4/CPU)
-        padding_free=False,  # same reason; length-grouped batches cut padding instead (profile.extra)
-        train_sampling_strategy="group_by_length" if profile.extra.get("group_by_length") else "random",
+        padding_free=False,  # same reason; length-grouped batches cut padding instead (profile.group_by_length)
+        train_sampling_strategy="group_by_length" if profile.group_by_length else "random",
         logging_steps=profile.logging_steps,  # loss, tokens/s and peak memory this often
         save_strategy="steps",  # checkpoints every save_steps ...
         save_steps=profile.save_steps,
-        save_total_limit=profile.extra.get("save_total_limit", 3),  # ... keeping the newest few
+        save_total_limit=profile.save_total_limit,  # ... keeping the newest few
         save_only_model=False,  # keep optimizer, scheduler and RNG states: needed for an exact resume
         seed=seed,  # model init, dropout
         data_seed=seed,  # data order
@@ -205,11 +214,12 @@ def sft(model, tokenizer, splits_or_train, profile, output_dir, *, method: str =
     config = SFTConfig(**kwargs)
     monitor = TrainingMonitor()
     trainer = SFTTrainer(model=model, args=config, train_dataset=train, eval_dataset=eval_dataset,
-                         processing_class=tokenizer, callbacks=[monitor, *callbacks])
+                         processing_class=tokenizer, callbacks=[monitor, DivergenceGuard(), *callbacks])
     keep_trainable_fp32(trainer.model)
     checkpoint = _last_checkpoint(output_dir) if resume else None
     if verbose and resume:
         print(f"resuming from {checkpoint}" if checkpoint else f"resume: no checkpoint in {output_dir}, starting fresh")
+    start_peak_measurement()  # empty the cache and reset the peaks: the evaluation before does not count
     start = time.perf_counter()
     try:
         output = trainer.train(resume_from_checkpoint=checkpoint)
@@ -235,6 +245,7 @@ def sft(model, tokenizer, splits_or_train, profile, output_dir, *, method: str =
         "train_tokens": int(tokens),
         "peak_memory_bytes": peak,
         "peak_memory_kind": kind,
+        **{f"peak_{k}_bytes": v for k, v in peak_readings().items()},  # CUDA allocator peaks (None on the CPU)
         "final_loss": losses[-1] if losses else None,
         "train_loss_mean": output.metrics.get("train_loss"),
         "global_step": trainer.state.global_step,
@@ -305,7 +316,7 @@ class RunSetup:
     def generation_kwargs(self) -> dict:
         """`evaluate.exact_match`'s budget: answer length and prompts per generate call."""
         return dict(max_new_tokens=self.profile.max_new_tokens,
-                    batch_size=self.profile.extra.get("eval_batch_size", 16))
+                    batch_size=self.profile.eval_batch_size)
 
 
 def configure_run(profile, *, method=None, output_dir="runs/sft", model_path=None, hw=None, rank=None, seed=None,
@@ -376,14 +387,20 @@ def evaluate_after(run: RunSetup, model, tokenizer, eval_rows, metrics: dict) ->
     return rows
 
 
-def record_memory(run: RunSetup, preflight, train_report: DataReport, metrics: dict) -> None:
-    """Section 8: the estimator's peak for the batches this run really had (longest kept example)."""
+def record_memory(run: RunSetup, preflight, train_report: DataReport, result: SFTResult, train_set, tokenizer,
+                  metrics: dict) -> None:
+    """Section 8: the estimator's peak for the batches this run really had (longest kept example), beside
+    the measurement of the same kind: allocated with allocated, reserved with reserved; on the CPU, the
+    tensor bytes one step holds (never the process's RSS)."""
     on_gpu = run.precision.executed != "float32"
     est = estimate_memory(run.model_config, run.profile, run.method, run.precision,
                           seq_len=train_report.longest_kept, device="cuda" if on_gpu else "cpu", fsdp=run.fsdp)
     metrics["predicted_peak_bytes"] = int(est.reserved if on_gpu else est.peak_allocated)
     metrics["predicted_peak_kind"] = "vram.estimate().reserved" if on_gpu else "vram.estimate(device='cpu').peak_allocated"
     metrics["preflight_total_bytes"] = int(preflight.total)
+    cpu_step = None if on_gpu else measure_cpu_step(result.model, train_set, run.profile, tokenizer.pad_token_id)
+    readings = {k: result.metrics.get(f"peak_{k}_bytes") for k in ("allocated", "reserved")}
+    metrics["memory_check"] = compare_memory(est, readings, cpu_step)
 
 
 def save_full_model(run: RunSetup, model, tokenizer, metrics: dict) -> None:
@@ -401,7 +418,7 @@ def save_and_reload_adapter(run: RunSetup, model, tokenizer, eval_rows, rows_aft
     metrics.update(adapter_dir=str(adapter_dir), adapter_bytes=adapter_bytes)
     run.say(f"adapter saved to {adapter_dir}: {adapter_bytes / MIB:.2f} MiB")
     reloaded, _ = models.load_adapter(run.profile, adapter_dir, run.method, hw=run.hw, model_path=run.model_path)
-    k = min(len(eval_rows), run.profile.extra.get("reload_check_examples", 16))
+    k = min(len(eval_rows), run.profile.reload_check_examples)
     prompts = list(eval_rows["messages"][:k])
     ours = [r["prediction"] for r in rows_after[:k]]
     theirs = evaluate.generate(reloaded, tokenizer, prompts, max_new_tokens=run.profile.max_new_tokens)
@@ -436,8 +453,7 @@ def write_outputs(run: RunSetup, result: SFTResult, metrics: dict) -> None:
     fig = plot_loss(result.log_history, title=f"{run.profile.name}: {run.method} training loss")
     fig.savefig(run.out / "loss.png", dpi=100)
     plt.close(fig)
-    run.say(f"predicted peak {metrics['predicted_peak_bytes'] / GIB:.3f} GiB ({metrics['predicted_peak_kind']}); "
-            f"measured {metrics['peak_memory_bytes'] / GIB:.3f} GiB ({metrics['peak_memory_kind']})")
+    run.say(metrics["memory_check"]["summary"])
     run.say(f"metrics written to {run.out / 'metrics.json'}")
 
 
@@ -500,7 +516,7 @@ def run_pipeline(profile, *, method: str | None = None, output_dir="runs/sft", m
         return metrics
     rows_after = evaluate_after(run, model, tokenizer, splits["eval"], metrics)  # 6. after training
     table = evaluate.side_by_side(rows_before, rows_after, n=n_show)
-    record_memory(run, preflight, train_report, metrics)  # 8. predicted and measured memory
+    record_memory(run, preflight, train_report, result, train_set, tokenizer, metrics)  # 8. predicted and measured memory
     if run.method == "full":  # 7. save, reload, merge
         save_full_model(run, model, tokenizer, metrics)
     else:

@@ -23,6 +23,7 @@ NOTEBOOKS = ROOT / "notebooks"
 BUILD = ROOT / "build" / "notebooks"
 LEARNERS = ROOT / "build" / "learners"
 FIGURES = ROOT / "build" / "figures"
+REHEARSAL = ROOT / "build" / "rehearsal"
 #: Cells tagged so hold an exercise's solution; learner copies replace their code.
 SOLUTION_TAG = "solution"
 PLACEHOLDER = "# Your solution here. (The instructor's copy of this notebook has one.)\n"
@@ -142,6 +143,25 @@ def write_learner_copies(folder: Path = NOTEBOOKS, out_dir: Path = LEARNERS) -> 
     return written
 
 
+def print_t4_plan(as_json: bool) -> int:
+    """Print `gpu_runs.t4_plan()`: runs that start (JSON lines with --json) and, on stderr, runs skipped."""
+    import json
+
+    from . import gpu_runs
+
+    for run in gpu_runs.t4_plan():
+        if not run.runs:
+            print(f"notebook {run.notebook} {run.run}: {run.note}", file=sys.stderr)
+        elif as_json:
+            d = run.to_dict()
+            print(json.dumps({k: d[k] for k in ("notebook", "run", "model", "estimate_kwargs", "predicted_peak_bytes")}))
+        else:
+            kw = run.estimate_kwargs
+            print(f"notebook {run.notebook} {run.run:<22} {run.model:<20} {kw['method']:<5} batch {kw['batch_size']}x"
+                  f"{run.grad_accum} x {kw['seq_len']}: {run.predicted_peak_bytes / 2**30:5.2f} GiB ({run.action})")
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lora_lab.tooling.course", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -153,7 +173,23 @@ def main(argv=None) -> int:
     sub.add_parser("exercises", help="write learner copies without solutions to build/learners/")
     p_fig = sub.add_parser("figures", help="save every figure as PNG and SVG into build/figures/")
     p_fig.add_argument("notebooks", nargs="*", type=Path, help="default: every notebooks/NN_*.ipynb")
+    p_plan = sub.add_parser("t4-plan", help="every training run of every notebook as a Colab T4 plans it")
+    p_plan.add_argument("--json", action="store_true", help="one JSON object per run that will start")
+    p_reh = sub.add_parser("t4-rehearsal", help="execute the notebooks' t4 path on this CPU into build/rehearsal/")
+    p_reh.add_argument("notebooks", nargs="*", type=Path, help="default: every notebooks/NN_*.ipynb")
+    p_reh.add_argument("--out", type=Path, default=REHEARSAL)
     args = parser.parse_args(argv)
+    if args.command == "t4-plan":
+        return print_t4_plan(args.json)
+    if args.command == "t4-rehearsal":
+        # The profile is the one switch: the kernels inherit these and get_profile() returns the rehearsal.
+        from .profiles import PROFILE_ENV, REHEARSAL_ENV
+
+        os.environ.update({PROFILE_ENV: "t4", REHEARSAL_ENV: "1"})
+        notebooks = args.notebooks or course_notebooks()
+        failed = run(notebooks, args.out)
+        print(f"{len(notebooks) - failed}/{len(notebooks)} notebooks rehearsed the t4 profile; copies in {args.out}")
+        return 1 if failed else 0
     if args.command == "run":
         notebooks = args.notebooks or course_notebooks()
         failed = run(notebooks, args.out)

@@ -1,0 +1,227 @@
+"""Local stand-ins for the t4 profile's Hub model and datasets, so CI can rehearse the t4 path on a CPU.
+
+The rehearsal (`LORA_LAB_PROFILE=t4 LORA_LAB_REHEARSAL=1`, see `lora_lab.profiles.rehearsal_of`)
+keeps every setting and decision of the `t4` profile and replaces only what would come from the
+Hub:
+
+- the model: a Qwen2-architecture causal LM (`Qwen2ForCausalLM`, grouped-query attention with
+  q/k/v biases, tied embeddings, rope theta 1e6, as in Qwen2.5-1.5B) built from a scaled-down config
+  with random weights, and a byte-level BPE tokenizer with Qwen2.5's ChatML chat template
+  (``<|im_start|>role ... <|im_end|>``; eos ``<|im_end|>``, pad ``<|endoftext|>``);
+- the datasets: a few dozen rows in the Hub datasets' own formats, written to JSONL files by this
+  module and read back with `datasets.load_dataset("json", ...)`: b-mc2/sql-create-context
+  (`question`, `context`, `answer`; train split only, like the Hub's) and openai/gsm8k
+  (`question`, `answer` ending in ``#### N``; train and test).
+
+Random weights cannot answer anything, so a rehearsal's scores are 0 and its losses are those of
+a random model: it checks that the t4 code path runs end to end, with the t4 decisions, not what
+the real run learns.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from . import data
+from .units import cache_dir
+
+#: Qwen2.5's ChatML chat template (its default system turn shortened): turns end with <|im_end|>.
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if loop.first and message['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+EOS_TOKEN = "<|im_end|>"  # Qwen2.5-Instruct's end of turn, and its eos
+PAD_TOKEN = "<|endoftext|>"  # Qwen2.5's pad token
+#: The scaled-down Qwen2 (real Qwen2.5-1.5B: hidden 1536, 12 query / 2 key-value heads, MLP 8960, 28 layers).
+STANDIN_SIZES = dict(hidden_size=96, num_attention_heads=6, num_key_value_heads=1, intermediate_size=224,
+                     num_hidden_layers=2)
+STANDIN_VOCAB = 1024  # BPE vocabulary trained on the stand-in data and the course's own text
+SQL_ID = "b-mc2/sql-create-context"
+GSM8K_ID = "openai/gsm8k"
+
+
+# ---------------------------------------------------------------------------------------------
+# Data in the Hub datasets' formats
+
+_TABLES = [
+    ("head", [("name", "VARCHAR"), ("born_state", "VARCHAR"), ("age", "INTEGER")]),
+    ("department", [("name", "VARCHAR"), ("budget_in_billions", "INTEGER"), ("num_employees", "INTEGER")]),
+    ("farm", [("farm_id", "INTEGER"), ("total_horses", "INTEGER"), ("cows", "INTEGER")]),
+    ("city", [("official_name", "VARCHAR"), ("status", "VARCHAR"), ("population", "INTEGER")]),
+    ("singer", [("name", "VARCHAR"), ("country", "VARCHAR"), ("age", "INTEGER")]),
+    ("table_name_12", [("player", "VARCHAR"), ("school", "VARCHAR"), ("round", "INTEGER")]),
+]
+_NAMES = ["Ben", "Ana", "Lima", "Oslo", "Rome", "Sam", "Kim", "Tokyo"]
+
+
+def sql_rows(n: int, seed: int = 0) -> list[dict]:
+    """`n` text-to-SQL rows shaped like b-mc2/sql-create-context's (question, context, answer)."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        table, columns = _TABLES[i % len(_TABLES)]
+        context = f"CREATE TABLE {table} ({', '.join(f'{c} {t}' for c, t in columns)})"
+        text_cols = [c for c, t in columns if t == "VARCHAR"]
+        num_cols = [c for c, t in columns if t == "INTEGER"]
+        kind = rng.randrange(3)
+        num = rng.choice(num_cols)
+        value = rng.randint(2, 90)
+        if kind == 0:
+            q, a = (f"How many {table} rows have {num.replace('_', ' ')} greater than {value}?",
+                    f"SELECT COUNT(*) FROM {table} WHERE {num} > {value}")
+        elif kind == 1 and text_cols:
+            col, name = rng.choice(text_cols), rng.choice(_NAMES)
+            q, a = (f"What is the {num.replace('_', ' ')} of the {table} whose {col.replace('_', ' ')} is {name}?",
+                    f'SELECT {num} FROM {table} WHERE {col} = "{name}"')
+        else:
+            q, a = (f"What is the average {num.replace('_', ' ')} of all {table} entries?",
+                    f"SELECT AVG({num}) FROM {table}")
+        rows.append({"question": q, "context": context, "answer": a})
+    return rows
+
+
+def gsm8k_rows(n: int, seed: int = 0) -> list[dict]:
+    """`n` grade-school maths rows shaped like openai/gsm8k's (a worked answer ending in '#### N')."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        a, b, price = rng.randint(3, 40), rng.randint(2, 30), rng.randint(2, 9)
+        total = (a + b) * price
+        rows.append({
+            "question": f"Mia buys {a} pens on Monday and {b} pens on Tuesday. Each pen costs ${price}. "
+                        "How much does she spend?",
+            "answer": f"She buys {a} + {b} = <<{a}+{b}={a + b}>>{a + b} pens.\n"
+                      f"They cost {a + b} * {price} = <<{a + b}*{price}={total}>>{total} dollars.\n#### {total:,}",
+        })
+    return rows
+
+
+def write_standin_dataset(dataset_id: str, folder: str | os.PathLike | None = None) -> Path:
+    """Write the stand-in of `dataset_id` as JSONL split files; return their folder.
+
+    Raises:
+        ValueError: for a dataset the rehearsal has no stand-in for.
+    """
+    splits = {SQL_ID: {"train": sql_rows(48)},  # the Hub dataset has a train split only
+              GSM8K_ID: {"train": gsm8k_rows(40), "test": gsm8k_rows(12, seed=1)}}
+    if dataset_id not in splits:
+        raise ValueError(f"The rehearsal has no local stand-in for {dataset_id!r}: use {SQL_ID} or {GSM8K_ID}.")
+    out = Path(folder) if folder else cache_dir("rehearsal") / dataset_id.replace("/", "__")
+    out.mkdir(parents=True, exist_ok=True)
+    for split, rows in splits[dataset_id].items():
+        (out / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return out
+
+
+def load_standin_dataset(dataset_id: str, config: str | None = None):
+    """Stands in for `datasets.load_dataset(dataset_id, config)` in a rehearsal: the local JSONL files."""
+    from datasets import load_dataset
+
+    folder = write_standin_dataset(dataset_id)
+    files = {p.stem: str(p) for p in sorted(folder.glob("*.jsonl"))}
+    return load_dataset("json", data_files=files)
+
+
+# ---------------------------------------------------------------------------------------------
+# A Qwen2-architecture model with random weights and a ChatML tokenizer
+
+
+def _corpus() -> list[str]:
+    texts = []
+    for row in sql_rows(200, seed=2):
+        texts += [data.sql_prompt(row["question"], row["context"]), row["answer"]]
+    texts += [r["question"] + "\n" + r["answer"] for r in gsm8k_rows(100, seed=3)]
+    world = data.make_world(seed=0)
+    for task in data.TASK_FAMILIES:
+        for row in data.make_examples(task, world.entities[:60], 1, 0):
+            texts += [m["content"] for m in row["messages"]]
+    return texts
+
+
+def build_tokenizer():
+    """A byte-level BPE tokenizer (as Qwen2.5's) trained on the stand-in text, with ChatML specials."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=STANDIN_VOCAB, special_tokens=[PAD_TOKEN, "<|im_start|>", EOS_TOKEN],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    bpe.train_from_iterator(_corpus(), trainer)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token=EOS_TOKEN, pad_token=PAD_TOKEN,
+                                        chat_template=CHATML_TEMPLATE)
+    tokenizer.padding_side = "right"
+    tokenizer.model_max_length = 1024
+    return tokenizer
+
+
+def standin_config(tokenizer):
+    """Qwen2.5-1.5B's config (the course's copy) with its sizes scaled down to `STANDIN_SIZES`."""
+    from transformers import Qwen2Config
+
+    from . import vram
+
+    real = vram.preset_config("Qwen/Qwen2.5-1.5B")
+    keep = {k: real[k] for k in ("hidden_act", "rms_norm_eps", "rope_theta", "tie_word_embeddings", "attention_dropout")}
+    return Qwen2Config(**keep, **STANDIN_SIZES, vocab_size=len(tokenizer), max_position_embeddings=1024,
+                       bos_token_id=None, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                       use_sliding_window=False)
+
+
+def _key() -> str:
+    import tokenizers
+    import transformers
+
+    payload = json.dumps({"sizes": STANDIN_SIZES, "vocab": STANDIN_VOCAB, "template": CHATML_TEMPLATE,
+                          "torch": torch.__version__, "transformers": transformers.__version__,
+                          "tokenizers": tokenizers.__version__, "version": 1}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:12]
+
+
+def ensure_standin_model(folder: str | os.PathLike | None = None) -> Path:
+    """The stand-in model's folder (safetensors + tokenizer), built on first use (about a second)."""
+    from transformers import GenerationConfig, Qwen2ForCausalLM
+
+    target = Path(folder) if folder else cache_dir("rehearsal") / f"qwen2-standin-{_key()}"
+    if (target / "config.json").exists() and (target / "tokenizer.json").exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".building-", dir=target.parent))
+    try:
+        tokenizer = build_tokenizer()
+        torch.manual_seed(0)
+        model = Qwen2ForCausalLM(standin_config(tokenizer))
+        model.generation_config = GenerationConfig(eos_token_id=tokenizer.eos_token_id,
+                                                   pad_token_id=tokenizer.pad_token_id, do_sample=False)
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        if target.exists():
+            shutil.rmtree(tmp)
+        else:
+            tmp.rename(target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def report(profile) -> str:
+    """The lines a notebook can print under a rehearsal: what ran as on a T4 and what did not."""
+    from .profiles import REHEARSAL_SKIPS
+
+    if not profile.rehearsal:
+        return ""
+    return ("t4 REHEARSAL on this CPU: the t4 profile's settings and decisions, with local stand-ins.\n"
+            "Not executed here:\n" + "\n".join(f"  - {line}" for line in REHEARSAL_SKIPS))
