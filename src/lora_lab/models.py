@@ -369,6 +369,9 @@ def load_adapter(profile, adapter_dir, method: str = "qlora", hw=None, model_pat
     """
     from peft import PeftModel
 
+    from .checkpoints import require_whole_safetensors
+
+    require_whole_safetensors(Path(adapter_dir) / "adapter_model.safetensors")  # a clear message, not a SafetensorError
     base, tokenizer = load_model_and_tokenizer(profile, method, hw=hw, model_path=model_path)
     model = PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=False)
     model.eval()
