@@ -929,9 +929,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not args.allow_cpu and (problem := _needs_gpu_message(profile)):
             raise ValueError(problem)
         changes = {"n_eval": args.eval_size, "max_length": args.max_length, "model_id": args.model}
-        if args.dataset:
-            changes.update(dataset_id=args.dataset, dataset_config=args.dataset_config, tasks=())
         profile = profile.replace(**{k: v for k, v in changes.items() if v is not None})
+        if args.dataset:
+            profile = profile.replace(dataset_id=args.dataset, dataset_config=args.dataset_config, tasks=())
         if args.drive is not None:
             checkpoint_dir = drive_dir_from_cli(args.drive, Path(args.output_dir).name)
             print(f"checkpoints go to {checkpoint_dir}")
