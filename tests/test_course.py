@@ -71,3 +71,26 @@ def test_figure_backend_saves_png_and_svg(tmp_path):
     assert names == ["demo-01.png", "demo-01.svg", "demo-02.png", "demo-02.svg"]
     assert (tmp_path / "demo-01.png").read_bytes()[:4] == b"\x89PNG"
     assert b"<svg" in (tmp_path / "demo-02.svg").read_bytes()[:500]
+
+
+# ---------------------------------------------------------------------------------------------
+# The commands fail with a clear message, never a traceback or "0/0 notebooks ok"
+
+
+def test_run_refuses_a_missing_path_and_a_source_file(tmp_path, capsys):
+    assert course.main(["run", str(tmp_path / "nope.ipynb"), "--out", str(tmp_path / "out")]) == 2
+    assert "nope.ipynb does not exist" in capsys.readouterr().err
+    assert course.main(["run", str(SOURCES[0]), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "is not a notebook (.ipynb)" in err and SOURCES[0].with_suffix(".ipynb").name in err and "make sync" in err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("command", [["run"], ["check"], ["strip"], ["exercises"], ["figures"]])
+def test_commands_fail_when_they_find_no_notebooks(tmp_path, monkeypatch, capsys, command):
+    """As when the package is installed without -e: notebooks/ beside the package does not exist."""
+    monkeypatch.setattr(course, "NOTEBOOKS", tmp_path / "site-packages" / "notebooks")
+    assert course.main(command) == 2
+    err = capsys.readouterr().err
+    assert "No notebooks" in err and "pip install -e ." in err
+    assert course.check(tmp_path) == [f"No notebook sources (NN_topic.py) in {tmp_path}: nothing to check."]

@@ -38,6 +38,35 @@ def course_notebooks(folder: Path = NOTEBOOKS) -> list[Path]:
     return sorted(p for p in folder.glob("[0-9][0-9]_*.ipynb"))
 
 
+class NotebookError(ValueError):
+    """No notebooks to work on, or a path that is missing or not a notebook: the message says what to pass."""
+
+
+def notebooks_to_run(paths: list[Path] | None = None, folder: Path | None = None) -> list[Path]:
+    """The notebooks a command works on: `paths` (each checked), else every lesson in `folder`.
+
+    Raises:
+        NotebookError: no lesson notebooks found (e.g. the package installed without `-e`, so
+            `folder` is not a clone's notebooks/), a missing path, or a path that is not a .ipynb.
+    """
+    folder = folder or NOTEBOOKS
+    if not paths:
+        found = course_notebooks(folder)
+        if not found:
+            raise NotebookError(f"No notebooks (NN_topic.ipynb) in {folder}. The course commands work on a clone of "
+                                "the repository, with the package installed from it (`pip install -e .`, which "
+                                "`make setup` does); or pass the notebooks to run.")
+        return found
+    for path in paths:
+        if not path.exists():
+            raise NotebookError(f"{path} does not exist.")
+        if path.suffix != ".ipynb" or not path.is_file():
+            hint = f" Pass {path.with_suffix('.ipynb')} (`make sync` writes it from the .py source)." if (
+                path.suffix == ".py") else ""
+            raise NotebookError(f"{path} is not a notebook (.ipynb).{hint}")
+    return list(paths)
+
+
 def run(notebooks: list[Path], out_dir: Path = BUILD, timeout: int = 1800, prepend: str | None = None) -> int:
     """Execute each notebook top to bottom into `out_dir`; return how many failed.
 
@@ -83,6 +112,8 @@ def check(folder: Path = NOTEBOOKS) -> list[str]:
 
     problems = []
     scripts = sorted(folder.glob("[0-9][0-9]_*.py"))
+    if not scripts:
+        problems.append(f"No notebook sources (NN_topic.py) in {folder}: nothing to check.")
     for py in scripts:
         ipynb = py.with_suffix(".ipynb")
         if not ipynb.exists():
@@ -154,27 +185,40 @@ def main(argv=None) -> int:
     p_fig = sub.add_parser("figures", help="save every figure as PNG and SVG into build/figures/")
     p_fig.add_argument("notebooks", nargs="*", type=Path, help="default: every notebooks/NN_*.ipynb")
     args = parser.parse_args(argv)
+    try:
+        return _command(args)
+    except NotebookError as err:
+        print(err, file=sys.stderr)
+        return 2
+
+
+def _command(args) -> int:
     if args.command == "run":
-        notebooks = args.notebooks or course_notebooks()
+        notebooks = notebooks_to_run(args.notebooks)
         failed = run(notebooks, args.out)
         print(f"{len(notebooks) - failed}/{len(notebooks)} notebooks ok; executed copies in {args.out}")
         return 1 if failed else 0
     if args.command == "exercises":
+        notebooks_to_run()
         for path in write_learner_copies():
             print(f"wrote {path.relative_to(ROOT)}")
         return 0
     if args.command == "figures":
         os.environ.setdefault("LORA_LAB_FIGURES_DIR", str(FIGURES))
-        notebooks = args.notebooks or course_notebooks()
+        notebooks = notebooks_to_run(args.notebooks)
         failed = run(notebooks, ROOT / "build" / "figure-runs", prepend=FIGURE_HOOK)
         files = sorted(Path(os.environ["LORA_LAB_FIGURES_DIR"]).glob("*.png"))
         print(f"{len(files)} figures as PNG + SVG in {os.environ['LORA_LAB_FIGURES_DIR']}")
         return 1 if failed else 0
     if args.command == "check":
+        notebooks_to_run()
         problems = check()
         for p in problems:
             print(p)
+        if not problems:
+            print(f"all {len(course_notebooks())} notebook pairs in sync and stripped")
         return 1 if problems else 0
+    notebooks_to_run()
     strip()
     return 0
 
