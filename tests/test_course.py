@@ -94,3 +94,18 @@ def test_commands_fail_when_they_find_no_notebooks(tmp_path, monkeypatch, capsys
     err = capsys.readouterr().err
     assert "No notebooks" in err and "pip install -e ." in err
     assert course.check(tmp_path) == [f"No notebook sources (NN_topic.py) in {tmp_path}: nothing to check."]
+
+
+def test_run_prints_one_line_per_notebook_and_no_kernel_transport_warning(tmp_path):
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("print('hello')")])
+    path = tmp_path / "00_hello.ipynb"
+    nbformat.write(nb, path)
+    result = subprocess.run([sys.executable, "-m", "lora_lab.course", "run", str(path), "--out", str(tmp_path / "out")],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 2 and lines[0].startswith("00_hello.ipynb") and lines[0].endswith("ok")
+    assert lines[1].startswith("1/1 notebooks ok")
+    assert "TCP" not in result.stderr and "encryption" not in result.stderr, result.stderr
+    executed = nbformat.read(tmp_path / "out" / "00_hello.ipynb", as_version=4)
+    assert executed.cells[0].outputs[0]["text"] == "hello\n"

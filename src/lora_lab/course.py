@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -67,6 +69,23 @@ def notebooks_to_run(paths: list[Path] | None = None, folder: Path | None = None
     return list(paths)
 
 
+def _kernel_manager():
+    """A kernel manager talking to its kernel over local (IPC) sockets, and the folder holding them.
+
+    Over TCP (jupyter_client's default) ipykernel logs "Kernel is running over TCP without
+    encryption..." for every notebook: it reads as a security problem to a learner, and it is
+    not one here (the kernel only listens on localhost). IPC sockets, which that warning itself
+    recommends, remove the cause instead of hiding the line. Windows has no IPC transport: there
+    the default TCP stays (and the warning with it).
+    """
+    from jupyter_client.manager import KernelManager
+
+    if os.name == "nt":
+        return KernelManager(kernel_name="python3"), None
+    socket_dir = tempfile.mkdtemp(prefix="lora-lab-kernel-")
+    return KernelManager(kernel_name="python3", transport="ipc", ip=os.path.join(socket_dir, "kernel")), socket_dir
+
+
 def run(notebooks: list[Path], out_dir: Path = BUILD, timeout: int = 1800, prepend: str | None = None) -> int:
     """Execute each notebook top to bottom into `out_dir`; return how many failed.
 
@@ -84,7 +103,9 @@ def run(notebooks: list[Path], out_dir: Path = BUILD, timeout: int = 1800, prepe
         if prepend:
             nb.cells.insert(0, nbformat.v4.new_code_cell(prepend))
             os.environ["LORA_LAB_FIGURES_PREFIX"] = path.stem
-        client = NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}})
+        km, socket_dir = _kernel_manager()
+        client = NotebookClient(nb, km=km, timeout=timeout, kernel_name="python3",
+                                resources={"metadata": {"path": str(path.parent)}})
         start = time.perf_counter()
         status = "ok"
         try:
@@ -94,6 +115,8 @@ def run(notebooks: list[Path], out_dir: Path = BUILD, timeout: int = 1800, prepe
             failed += 1
             reason = str(err).strip().splitlines()
             status += f" ({reason[-1][:120]})" if reason else ""
+        if socket_dir:
+            shutil.rmtree(socket_dir, ignore_errors=True)
         nbformat.write(nb, out_dir / path.name)
         print(f"{path.name:<36} {time.perf_counter() - start:7.1f} s  {status}", flush=True)
     return failed
