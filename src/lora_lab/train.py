@@ -408,6 +408,7 @@ def sft_config_kwargs(profile, output_dir, precision: Precision, *, max_steps: i
         disable_tqdm=False,  # progress bars
         eval_strategy="no",  # evaluation runs before and after, with exact match (lora_lab.evaluate)
         dataloader_num_workers=0,  # deterministic and Colab-friendly
+        dataloader_pin_memory=torch.cuda.is_available(),  # pinned host memory speeds copies to a GPU; none here
         ddp_find_unused_parameters=False,  # every LoRA matrix gets a gradient every step
         ddp_backend="gloo" if distributed_cpu else None,  # CPU processes talk over gloo
         use_cpu=distributed_cpu,  # accelerate sets up multi-process CPU (DDP) only when asked explicitly
