@@ -27,6 +27,8 @@ LEARNERS = ROOT / "build" / "learners"
 FIGURES = ROOT / "build" / "figures"
 #: Cells tagged so hold an exercise's solution; learner copies replace their code.
 SOLUTION_TAG = "solution"
+#: A cell tagged so shows stderr on purpose and explains it; `unexplained_stderr` skips it.
+STDERR_TAG = "stderr-explained"
 PLACEHOLDER = "# Your solution here. (The instructor's copy of this notebook has one.)\n"
 #: Prepended to a notebook by `figures`: every figure shown, or left open at a cell's end, is saved.
 FIGURE_HOOK = """import matplotlib
@@ -115,11 +117,30 @@ def run(notebooks: list[Path], out_dir: Path = BUILD, timeout: int = 1800, prepe
             failed += 1
             reason = str(err).strip().splitlines()
             status += f" ({reason[-1][:120]})" if reason else ""
+        if km.has_kernel:  # nbclient shuts down only the kernels it created itself
+            km.shutdown_kernel(now=True)
         if socket_dir:
             shutil.rmtree(socket_dir, ignore_errors=True)
         nbformat.write(nb, out_dir / path.name)
         print(f"{path.name:<36} {time.perf_counter() - start:7.1f} s  {status}", flush=True)
     return failed
+
+
+def unexplained_stderr(nb) -> list[tuple[int, str]]:
+    """(cell index, first line) of every stderr output of an executed notebook whose cell does not explain it.
+
+    A cell that shows stderr on purpose carries the STDERR_TAG tag and says why in its text; any
+    other stderr is library noise a learner cannot act on (silence it in `lora_lab.quiet`) or a
+    problem to fix.
+    """
+    found = []
+    for i, cell in enumerate(nb.cells):
+        if cell.cell_type != "code" or STDERR_TAG in cell.metadata.get("tags", ()):
+            continue
+        for out in cell.get("outputs", ()):
+            if out.get("output_type") == "stream" and out.get("name") == "stderr" and out.get("text", "").strip():
+                found.append((i, out["text"].strip().splitlines()[0][:200]))
+    return found
 
 
 def _cells(path: Path) -> list[tuple[str, str, tuple[str, ...]]]:
