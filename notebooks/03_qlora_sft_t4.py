@@ -366,6 +366,10 @@ del original, reference
 # python -m lora_lab.train --profile t4 --drive --resume                  # Colab: checkpoints on Drive, resume
 # ```
 #
+# On Colab, `!python -m lora_lab.train ...` runs in a separate process, which cannot mount Google Drive: mount
+# it in a notebook cell first (`from google.colab import drive; drive.mount("/content/drive")`); `--drive` then
+# uses `/content/drive/MyDrive/lora-lab/RUN/checkpoints`, or the mounted folder you pass (`--drive PATH`).
+#
 # It writes `metrics.json` (eval loss and exact match before and after, runtime, tokens/s, measured and
 # predicted peak memory, adapter folder and size, the reload and merge checks), `loss.png`, the
 # adapter and the merged model into `--output-dir`.

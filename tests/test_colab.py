@@ -68,3 +68,24 @@ def test_readme_colab_section_lists_every_notebook_with_its_badge():
     section = readme.split("## On Google Colab", 1)[1].split("\n## ", 1)[0]
     for source in SOURCES:
         assert colab.badge_url(colab.course_repo(), source.with_suffix(".ipynb").name) in section, source.name
+
+
+@pytest.mark.parametrize("repo", ["me/fork\n", "../..", "owner/..", "owner/.", "-me/fork", "me-/fork", "me--x/fork",
+                                  "me/fork\"; import os", "me/", "/fork", "m\u00e9/fork", "me/fork ", "a" * 40 + "/x"])
+def test_set_repo_accepts_only_a_github_owner_and_name(repo, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(colab, "REPO_FILE", tmp_path / "REPO")
+    monkeypatch.setattr(colab, "NOTEBOOKS", tmp_path)
+    assert colab.main(["set-repo", "--", repo]) == 2
+    assert "owner/name" in capsys.readouterr().err
+    assert not (tmp_path / "REPO").exists()
+
+
+@pytest.mark.parametrize("repo", ["lora-lab/lora-lab", "Me/my.fork_2", "a/b", "x1-y2/.github"])
+def test_set_repo_accepts_real_addresses(repo):
+    assert colab.check_repo(repo) == repo
+
+
+def test_colab_check_fails_without_notebooks(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(colab, "NOTEBOOKS", tmp_path)
+    assert colab.main(["check"]) == 2
+    assert "No notebook sources" in capsys.readouterr().err

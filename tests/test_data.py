@@ -1,5 +1,7 @@
 """The course data: deterministic, split correctly, and validated with clear messages."""
 
+import json
+
 import pytest
 from datasets import Dataset, DatasetDict
 
@@ -89,3 +91,78 @@ def test_hub_layouts_are_normalised_like_the_real_datasets():
     assert len(out["train"]) == 8 and out["eval"][0]["answer"] == "hi"
     with pytest.raises(ValueError, match="columns are"):
         data.normalise(Dataset.from_list([{"foo": 1}]), "x/y")
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input: refused with a message that says what to change (issue: nothing trained on garbage)
+
+USER = {"role": "user", "content": "what is the color of mipoka ?"}
+
+
+@pytest.mark.parametrize(
+    "rows, message",
+    [
+        ([{"messages": [USER, {"role": "assistant", "content": ""}]}], "answer is empty"),
+        ([{"messages": [USER, {"role": "assistant", "content": " \n\t"}]}], "answer is empty"),
+        ([{"messages": [USER, {"role": "assistant", "content": "red"}], "answer": "  "}], "'answer' reference is empty"),
+        ([{"messages": [USER, {"role": "assistant", "content": "red"}, USER]}], "ends on a user turn"),
+        ([{"messages": [{"role": "system", "content": "be brief"}, USER]}], "no assistant message"),
+        (["hello"], "Example 0 of the dataset is a str"),
+        ([42], "Example 0 of the dataset is a int"),
+        ([{"messages": [USER, {"role": "assistant", "content": "red"}]}, "oops"], "Example 1 of the dataset is a str"),
+        ({"messages": [[USER]]}, "a dict of columns"),
+        (DatasetDict(train=Dataset.from_list([{"messages": [USER]}])), "pass one split"),
+        ("data.jsonl", "must be a list of examples"),
+        (7, "must be a list of examples"),
+    ],
+)
+def test_bad_rows_are_refused_with_what_to_change(rows, message):
+    with pytest.raises(ValueError, match=message):
+        data.validate(rows)
+
+
+def test_a_single_data_file_is_read_in_every_format(tmp_path):
+    rows = [{"messages": [USER, {"role": "assistant", "content": f"answer {i}"}]} for i in range(12)]
+    jsonl = tmp_path / "d.jsonl"
+    jsonl.write_text("\n".join(json.dumps(r) for r in rows) + "\n\n")
+    as_json = tmp_path / "d.json"
+    as_json.write_text(json.dumps(rows))
+    lines_in_json = tmp_path / "lines.json"
+    lines_in_json.write_text(jsonl.read_text())
+    parquet = tmp_path / "d.parquet"
+    Dataset.from_list(rows).to_parquet(parquet)
+    for path in (jsonl, as_json, lines_in_json, parquet):
+        assert data.read_data_file(path).to_list() == rows, path.name
+    splits = data.load_hub_dataset(str(jsonl), n_eval=2)
+    assert (len(splits["train"]), len(splits["eval"])) == (10, 2)
+    assert splits["eval"][0]["answer"].startswith("answer")
+
+
+@pytest.mark.parametrize(
+    "name, text, message",
+    [
+        ("empty.jsonl", "", r"empty\.jsonl is empty"),
+        ("blank.jsonl", "\n  \n", r"blank\.jsonl is empty"),
+        ("bad.jsonl", '{"messages": []}\n{"messages": [oops]}\n', r"bad\.jsonl, line 2: not valid JSON"),
+        ("bad.json", '[\n {"messages": []},\n {"messages": [}\n]', r"bad\.json, line 3: not valid JSON"),
+        ("list.jsonl", '["user", "hi"]\n', r"list\.jsonl, example 1: expected a JSON object"),
+        ("notes.txt", "hello", "unsupported data file"),
+        ("broken.parquet", "not parquet", r"broken\.parquet: not a readable Parquet file"),
+    ],
+)
+def test_empty_and_malformed_files_name_the_file_and_line(tmp_path, name, text, message):
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(ValueError, match=message):
+        data.load_hub_dataset(str(path), n_eval=1)
+
+
+def test_a_dataset_smaller_than_the_eval_split_says_which_size_to_pass(tmp_path):
+    path = tmp_path / "small.jsonl"
+    path.write_text("\n".join(json.dumps({"messages": [USER, {"role": "assistant", "content": "red"}]})
+                              for _ in range(30)))
+    with pytest.raises(ValueError, match=r"has 30 examples, and the eval split needs 100.*--eval-size 6"):
+        data.load_hub_dataset(str(path), n_eval=100)
+    with pytest.raises(ValueError, match="has 30 examples, and the eval split needs 30"):
+        data.load_hub_dataset(str(path), n_eval=30)
+    assert len(data.load_hub_dataset(str(path), n_eval=6)["eval"]) == 6

@@ -43,3 +43,10 @@ def test_profiles_are_complete_and_frozen():
     changed = cpu.replace(max_steps=7)
     assert changed.max_steps == 7 and cpu.max_steps != 7
     assert f"r={cpu.lora_r}" in cpu.summary()
+
+
+def test_an_unknown_profile_in_the_environment_names_the_variable(monkeypatch):
+    monkeypatch.setenv(profiles.PROFILE_ENV, "bogus")
+    with pytest.raises(ValueError, match=r"Unknown run profile 'bogus'.*cpu, t4.*LORA_LAB_PROFILE='bogus' names no run profile"):
+        profiles.get_profile()
+    assert profiles.get_profile("cpu").name == "cpu"  # an explicit name wins over the variable

@@ -69,3 +69,16 @@ def test_fact_recall_is_chance_for_an_untrained_model(tmp_path):
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(tiny.build_config(SMALL, tok))
     assert tiny.fact_recall(model, tok, world) < 0.2
+
+
+def test_the_build_reports_each_stage_and_the_time_left(tmp_path, capsys):
+    tiny.ensure_tiny_model(SMALL, tmp_path, verbose=True)
+    lines = capsys.readouterr().out.splitlines()
+    stages = [line.strip()[:5] for line in lines if line.strip().startswith("[")]
+    assert stages == ["[1/4]", "[2/4]", "[3/4]", "[4/4]"]
+    steps = [line for line in lines if "pretraining: step" in line]
+    assert len(steps) == 13  # every 2 steps of 25 (SMALL), and the last
+    assert "about" in steps[0] and "left" in steps[0] and steps[-1].endswith(", done")
+    assert tiny.progress_line(30, 120, 10.0, 2.5) == (
+        "  pretraining: step 30/120 (25%), loss 2.500, 10 s so far, about 30 s left")
+    assert tiny.progress_line(60, 120, 75.0).endswith("1 min 15 s so far, about 1 min 15 s left")

@@ -174,6 +174,67 @@ def test_same_seed_same_run_and_resume_equals_uninterrupted(splits, tmp_path):
     assert all(torch.equal(a[k], r[k]) for k in a)
 
 
+def test_resume_skips_a_partial_or_corrupt_newest_checkpoint_and_still_ends_identical(splits, tmp_path, capsys):
+    """A disconnect mid-save leaves checkpoint-N incomplete: resume from the newest complete one, same bits."""
+    import shutil
+
+    from lora_lab import checkpoints
+
+    profile = small_profile()
+    model, tok = train.load_model_and_tokenizer(profile, "qlora")
+    whole = train.sft(model, tok, splits, profile, tmp_path / "whole", method="qlora", verbose=False)
+    run = tmp_path / "run"
+    model, tok = train.load_model_and_tokenizer(profile, "qlora")
+    train.sft(model, tok, splits, profile, run, method="qlora", callbacks=(callbacks.StopAtStep(4),), verbose=False)
+    good = run / "checkpoint-4"
+    assert checkpoints.checkpoint_problem(good) is None
+    assert checkpoints.run_info(good) == {"method": "qlora", "rank": profile.lora_r}
+    # checkpoint-5: the weights were written, the rest was not (cut before trainer_state.json).
+    (run / "checkpoint-5").mkdir()
+    shutil.copy(good / "adapter_model.safetensors", run / "checkpoint-5")
+    # checkpoint-6: everything there, but the adapter file was cut short.
+    shutil.copytree(good, run / "checkpoint-6")
+    adapter = run / "checkpoint-6" / "adapter_model.safetensors"
+    adapter.write_bytes(adapter.read_bytes()[: adapter.stat().st_size // 2])
+    # checkpoint-7: optimizer state cut short.
+    shutil.copytree(good, run / "checkpoint-7")
+    optimizer = run / "checkpoint-7" / "optimizer.pt"
+    optimizer.write_bytes(optimizer.read_bytes()[:100])
+    newest, skipped = checkpoints.newest_complete(run)
+    assert newest == str(good)
+    assert [name for name, _ in skipped] == ["checkpoint-7", "checkpoint-6", "checkpoint-5"]
+    assert "optimizer.pt is truncated" in skipped[0][1] and "adapter_model.safetensors is truncated" in skipped[1][1]
+    assert "no trainer_state.json" in skipped[2][1]
+    # A truncated adapter file gets a clear message, not a raw SafetensorError.
+    with pytest.raises(ValueError, match=r"adapter_model\.safetensors is truncated.*cut off while saving"):
+        models.load_adapter(profile, run / "checkpoint-6", "qlora")
+    capsys.readouterr()
+    model, tok = train.load_model_and_tokenizer(profile, "qlora")
+    resumed = train.sft(model, tok, splits, profile, run, method="qlora", resume=True, verbose=False)
+    said = capsys.readouterr().out
+    assert "resume: skipping checkpoint-6" in said and "adapter_model.safetensors is truncated" in said
+    assert resumed.metrics["resumed_from"] == str(good)
+    assert resumed.losses == whole.losses
+    w, r = adapter_state(whole.model), adapter_state(resumed.model)
+    assert all(torch.equal(w[k], r[k]) for k in w)
+
+
+def test_resume_with_another_rank_or_method_names_both(splits, tmp_path):
+    profile = small_profile(max_steps=2, save_steps=2)
+    model, tok = train.load_model_and_tokenizer(profile, "qlora")
+    train.sft(model, tok, splits, profile, tmp_path, method="qlora", verbose=False)
+    model, tok = train.load_model_and_tokenizer(profile, "qlora")
+    with pytest.raises(ValueError, match=rf"trained with method qlora, rank {profile.lora_r}, this run asks for "
+                                         rf"method qlora, rank {2 * profile.lora_r}.*--rank {profile.lora_r}"):
+        train.sft(model, tok, splits, profile.replace(lora_r=2 * profile.lora_r), tmp_path, method="qlora",
+                  resume=True, verbose=False)
+    model, tok = train.load_model_and_tokenizer(profile, "lora")
+    with pytest.raises(ValueError, match=rf"trained with method qlora, rank {profile.lora_r}, this run asks for "
+                                         rf"method lora, rank {profile.lora_r}.*--method qlora"):
+        train.sft(model, tok, splits, profile, tmp_path, method="lora", resume=True, verbose=False)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == ["checkpoint-2"]  # nothing new was saved
+
+
 class OutOfMemoryInForward(transformers.TrainerCallback):
     """From optimizer step `step` on, the next forward pass takes memory and then runs out, as on a full GPU.
 

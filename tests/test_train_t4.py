@@ -100,7 +100,7 @@ def test_command_line_on_stand_ins(qwen_standin, tmp_path, monkeypatch):
     monkeypatch.setattr(train.profiles, "get_profile",
                         lambda name=None: t4_profile(qwen_standin) if name == "t4" else profiles.PROFILES[name])
     out = tmp_path / "run"
-    code = train.main(["--profile", "t4", "--model", str(qwen_standin), "--dataset", str(folder), "--method", "lora",
+    code = train.main(["--profile", "t4", "--allow-cpu", "--model", str(qwen_standin), "--dataset", str(folder), "--method", "lora",
                        "--rank", "4", "--max-steps", "2", "--output-dir", str(out), "--no-merge"])
     assert code == 0
     metrics = json.loads((out / "metrics.json").read_text())

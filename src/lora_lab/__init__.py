@@ -3,6 +3,7 @@
 Lesson helpers (import the one you need):
     units        one GIB/MIB and one cache root ($LORA_LAB_CACHE) for every module
     hardware     what machine this is and which dtype to compute in
+    quiet        the few library messages the preflight silences for learners, each with its reason
     profiles     the `t4` / `cpu` run profiles
     tiny         the cpu profile's locally built tiny Llama and tokenizer
     data         the course's synthetic instruction tasks, the t4 dataset loader, validation
@@ -10,9 +11,10 @@ Lesson helpers (import the one you need):
     models       loading in NF4/16-bit, the quantization config, saving, reloading, merging adapters
     compat       every library workaround, each gated on the versions it is for and tested
     preflight    the memory estimate before a run (WontFitError) and the out-of-memory advice after one
+    checkpoints  which checkpoint a resume can use: complete, newest, same method and rank
     train        SFT with trl (`sft`) and the notebook-03 pipeline (`run_pipeline`, `python -m lora_lab.train`)
     train_plots  the training-loss plot
-    drive        checkpoints on Google Drive (Colab, opt-in)
+    drive        checkpoints on Google Drive: mounted from a notebook (Colab, opt-in) or a mounted path from the CLI
     evaluate     greedy generation, exact match, answer-only eval loss, probe batches
     callbacks    loss / tokens per second / peak memory logging, divergence guard, simulated disconnect and OOM
     gpu_runs     every GPU run preflighted at full size against free memory: run, shrink or skip; the t4 plan

@@ -23,9 +23,11 @@ message instead of training on nothing.
 
 from __future__ import annotations
 
+import json
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from datasets import Dataset, DatasetDict
 
@@ -214,7 +216,8 @@ def course_splits(
         evals += pool[:share]
     random.Random(seed).shuffle(train)
     if len(evals) != n_eval:
-        raise ValueError(f"Only {len(evals)} held-out examples could be made, {n_eval} were asked for.")
+        raise ValueError(f"Only {len(evals)} held-out examples could be made, {n_eval} were asked for: pass a "
+                         f"smaller eval size (--eval-size {len(evals)} or n_eval=...).")
     return DatasetDict(train=Dataset.from_list(train), eval=Dataset.from_list(evals))
 
 
@@ -223,29 +226,46 @@ def course_splits(
 
 
 def validate(dataset, name: str = "dataset") -> None:
-    """Refuse data that would train on nothing or crash half-way, saying what to change.
+    """Refuse data that would train on nothing, score against nothing, or crash half-way.
 
-    Checks: not empty; a `messages` column; each a non-empty list of dicts with a known `role` and
-    string `content`; at least one assistant message (the only tokens that carry loss).
+    Checks: a list or `Dataset` of rows (not a dict of columns, not a string); not empty; each
+    row a mapping with a `messages` list of ``{"role", "content"}`` dicts with a known role and
+    string content; at least one assistant message; the conversation ends on an assistant turn
+    (the answer that carries loss); no assistant answer (nor `answer` reference) empty or only
+    whitespace: an empty reference would score 100% exact match against an empty generation.
 
     Raises:
-        ValueError: naming the first offending example and what is wrong with it.
+        ValueError: naming the first offending example and what to change.
     """
-    if dataset is None or len(dataset) == 0:
+    if isinstance(dataset, (str, bytes)) or not hasattr(dataset, "__len__") or not hasattr(dataset, "__getitem__"):
+        raise ValueError(f"The {name} must be a list of examples or a datasets.Dataset, got "
+                         f"{type(dataset).__name__}: load it first (lora_lab.data.read_data_file(path)).")
+    if isinstance(dataset, Mapping):
+        what = "a DatasetDict: pass one split, e.g. splits['train']" if isinstance(dataset, DatasetDict) else (
+            "a dict of columns: pass a list of rows, or datasets.Dataset.from_dict(columns)")
+        raise ValueError(f"The {name} is {what}.")
+    if len(dataset) == 0:
         raise ValueError(f"The {name} is empty: nothing to train or evaluate on.")
-    columns = getattr(dataset, "column_names", None) or list(dataset[0].keys())
+    first = dataset[0]
+    if not isinstance(first, Mapping):
+        raise ValueError(f"Example 0 of the {name} is a {type(first).__name__} ({str(first)[:40]!r}), not a row: "
+                         "each example must be a mapping like {'messages': [...]}.")
+    columns = getattr(dataset, "column_names", None) or list(first.keys())
     if "messages" not in columns:
         raise ValueError(
-            f"The {name} has no 'messages' column (it has: {', '.join(columns)}). Convert it with "
+            f"The {name} has no 'messages' column (it has: {', '.join(map(str, columns))}). Convert it with "
             "lora_lab.data.normalise(...) or map each row to "
             "{'messages': [{'role': 'user', 'content': ...}, {'role': 'assistant', 'content': ...}]}."
         )
     for i, row in enumerate(dataset):
-        messages = row["messages"]
+        if not isinstance(row, Mapping):
+            raise ValueError(f"Example {i} of the {name} is a {type(row).__name__}, not a row: each example "
+                             "must be a mapping like {'messages': [...]}.")
+        messages = row.get("messages")
         if not isinstance(messages, list) or not messages:
             raise ValueError(f"Example {i} of the {name}: 'messages' must be a non-empty list of messages.")
         for j, m in enumerate(messages):
-            if not isinstance(m, dict) or "role" not in m or "content" not in m:
+            if not isinstance(m, Mapping) or "role" not in m or "content" not in m:
                 raise ValueError(f"Example {i}, message {j}: each message needs 'role' and 'content' fields.")
             if m["role"] not in ROLES:
                 raise ValueError(
@@ -255,8 +275,27 @@ def validate(dataset, name: str = "dataset") -> None:
                 raise ValueError(
                     f"Example {i}, message {j}: content must be a string, got {type(m['content']).__name__}."
                 )
+            if m["role"] == "assistant" and not m["content"].strip():
+                raise ValueError(
+                    f"Example {i} of the {name}, message {j}: the assistant's answer is empty. Training on it "
+                    "teaches the model to say nothing, and an empty reference scores 100% exact match: fill in "
+                    "the answer or drop the example."
+                )
         if not any(m["role"] == "assistant" for m in messages):
-            raise ValueError(f"Example {i} of the {name} has no assistant message: it would carry no loss.")
+            raise ValueError(f"Example {i} of the {name} has no assistant message: it would carry no loss. "
+                             "Add the assistant's answer or drop the example.")
+        if messages[-1]["role"] != "assistant":
+            raise ValueError(
+                f"Example {i} of the {name} ends on a {messages[-1]['role']} turn: only the last assistant answer "
+                "carries loss, so what follows it would be silently dropped. End each conversation with the "
+                "assistant's answer."
+            )
+        answer = row.get("answer")
+        if answer is not None and (not isinstance(answer, str) or not answer.strip()):
+            raise ValueError(
+                f"Example {i} of the {name}: the 'answer' reference is empty, so exact match would score an empty "
+                "generation as correct. Fill in 'answer' or drop the column."
+            )
 
 
 def to_prompt_completion(dataset: Dataset) -> Dataset:
@@ -349,18 +388,106 @@ def normalise(dataset: Dataset, source: str) -> Dataset:
     return dataset.map(row, remove_columns=sorted(cols))
 
 
+#: Single data files `--dataset` accepts, by suffix.
+DATA_FILE_SUFFIXES = (".jsonl", ".json", ".parquet")
+
+
+def _json_rows(path: Path, text: str) -> list:
+    """Rows of a JSON Lines text (one object per line), or a ValueError naming the file and line."""
+    rows = []
+    for n, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}, line {n}: not valid JSON ({err.msg} at column {err.colno}). Each line of a "
+                             ".jsonl file must be one JSON object, e.g. {\"messages\": [...]}.") from None
+    return rows
+
+
+def read_data_file(path) -> Dataset:
+    """One data file as a `Dataset`: JSON Lines (.jsonl), JSON (.json: a list of rows, or JSON Lines), Parquet.
+
+    Raises:
+        ValueError: the file is missing, empty, malformed (naming the line) or holds rows that are
+            not objects, or its suffix is not one of DATA_FILE_SUFFIXES.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"Data file {path} does not exist.")
+    suffix = path.suffix.lower()
+    if suffix not in DATA_FILE_SUFFIXES:
+        raise ValueError(f"{path}: unsupported data file; use one of {', '.join(DATA_FILE_SUFFIXES)}.")
+    if suffix == ".parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        try:
+            rows = pq.read_table(path).to_pylist()
+        except (pa.ArrowException, OSError) as err:
+            raise ValueError(f"{path}: not a readable Parquet file ({err}).") from None
+    else:
+        text = path.read_text(encoding="utf-8", errors="replace")
+        if not text.strip():
+            raise ValueError(f"{path} is empty: it holds no examples.")
+        if suffix == ".json":
+            try:
+                loaded = json.loads(text)
+            except json.JSONDecodeError as err:
+                if err.msg != "Extra data":  # "Extra data": a .json file written as JSON Lines
+                    raise ValueError(f"{path}, line {err.lineno}: not valid JSON ({err.msg} at column "
+                                     f"{err.colno}).") from None
+                loaded = _json_rows(path, text)
+            rows = loaded if isinstance(loaded, list) else loaded.get("data") if isinstance(loaded, dict) else None
+            if not isinstance(rows, list):
+                raise ValueError(f"{path}: expected a list of examples (or JSON Lines), got {type(loaded).__name__}.")
+        else:
+            rows = _json_rows(path, text)
+    if not rows:
+        raise ValueError(f"{path} is empty: it holds no examples.")
+    for n, row in enumerate(rows, start=1):
+        if not isinstance(row, dict):
+            raise ValueError(f"{path}, example {n}: expected a JSON object like {{\"messages\": [...]}}, "
+                             f"got {type(row).__name__} {str(row)[:40]!r}.")
+    try:
+        return Dataset.from_list(rows)
+    except Exception as err:  # pyarrow cannot type the column (e.g. a number where others have text)
+        raise ValueError(f"{path}: the examples do not share one layout ({type(err).__name__}: "
+                         f"{str(err)[:200]}). Give every row the same fields with the same types.") from None
+
+
+def _check_eval_size(n_rows: int, n_eval: int, source: str) -> None:
+    """Refuse an eval split that would take all (or more than all) of a dataset's rows."""
+    if n_eval < 1:
+        raise ValueError(f"The eval size must be at least 1, got {n_eval}.")
+    if n_rows <= n_eval:
+        raise ValueError(
+            f"{source} has {n_rows} examples, and the eval split needs {n_eval} plus at least one to train on: "
+            f"pass a smaller eval size (--eval-size {max(1, n_rows // 5)}, or n_eval=...) or use more data."
+        )
+
+
 def load_hub_dataset(dataset_id: str, config: str | None = None, n_eval: int = 100, seed: int = 0, loader=None):
-    """Load a Hub instruction dataset and return it normalised with `train` and `eval` splits.
+    """Load a Hub instruction dataset, a data folder or one data file, normalised with `train` and `eval` splits.
 
     Args:
-        dataset_id: Hub id, or a local path/file that `datasets.load_dataset` understands.
+        dataset_id: Hub id, a local folder that `datasets.load_dataset` understands, or one
+            .jsonl/.json/.parquet file (`read_data_file`).
         config: the dataset's configuration name (GSM8K: "main").
         n_eval: held-out examples, taken from the test split if there is one, else from train.
         loader: stands in for `datasets.load_dataset` (tests pass a local loader; no network).
+
+    Raises:
+        ValueError: an unreadable or empty file, an unknown layout, bad rows, or fewer examples
+            than the eval split needs.
     """
-    if loader is None:
-        from datasets import load_dataset as loader
-    raw = loader(dataset_id, config) if config else loader(dataset_id)
+    if loader is None and Path(dataset_id).is_file():
+        raw = read_data_file(dataset_id)
+    else:
+        if loader is None:
+            from datasets import load_dataset as loader
+        raw = loader(dataset_id, config) if config else loader(dataset_id)
     if isinstance(raw, Dataset):
         raw = DatasetDict(train=raw)
     train = normalise(raw["train"], dataset_id)
@@ -368,6 +495,7 @@ def load_hub_dataset(dataset_id: str, config: str | None = None, n_eval: int = 1
     if held is not None:
         evals = normalise(held, dataset_id).shuffle(seed=seed).select(range(min(n_eval, len(held))))
     else:
+        _check_eval_size(len(train), n_eval, dataset_id)
         parts = train.train_test_split(test_size=n_eval, seed=seed)
         train, evals = parts["train"], parts["test"]
     validate(train, f"{dataset_id} train split")

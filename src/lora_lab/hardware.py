@@ -180,7 +180,13 @@ def _fmt_bytes(n: int | None) -> str:
 
 
 def preflight(requested_dtype: str | None = None, hw: Hardware | None = None, file=None) -> Hardware:
-    """Print the machine, the packages and any warnings as a short table; return the reading."""
+    """Print the machine, the packages and any warnings as a short table; return the reading.
+
+    Also silences the library messages a learner cannot act on (`lora_lab.quiet` lists each and why).
+    """
+    from .quiet import quiet_library_noise
+
+    quiet_library_noise()
     hw = hw or detect()
     cap = hw.compute_capability
     rows = [

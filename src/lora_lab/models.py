@@ -268,11 +268,11 @@ def load_model_and_tokenizer(profile, method: str = "qlora", hw: hardware.Hardwa
         if method == "qlora":
             from peft import prepare_model_for_kbit_training
 
-            model = prepare_model_for_kbit_training(
-                model,
-                use_gradient_checkpointing=profile.gradient_checkpointing,
-                gradient_checkpointing_kwargs={"use_reentrant": False},
-            )
+            # peft 0.19 would enable checkpointing through transformers' deprecated
+            # `gradient_checkpointing_enable` (a FutureWarning in 5.24, gone in v6): call the current API.
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+            if profile.gradient_checkpointing:
+                model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     if method == "qlora":
         keep_cpu_4bit_layout(model)
     model.lora_lab_precision = precision
@@ -410,6 +410,9 @@ def load_adapter(profile, adapter_dir, method: str = "qlora", hw=None, model_pat
     """
     from peft import PeftModel
 
+    from .checkpoints import require_whole_safetensors
+
+    require_whole_safetensors(Path(adapter_dir) / "adapter_model.safetensors")  # a clear message, not a SafetensorError
     base, tokenizer = load_model_and_tokenizer(profile, method, hw=hw, model_path=model_path)
     model = PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=False)
     model.eval()

@@ -215,13 +215,13 @@ def get_profile(name: str | None = None) -> RunProfile:
     Raises:
         ValueError: for a name that is not a profile, listing the choices.
     """
-    chosen = name or os.environ.get(PROFILE_ENV) or ("t4" if torch.cuda.is_available() else "cpu")
+    from_env = not name and bool(os.environ.get(PROFILE_ENV, "").strip())
+    chosen = name or os.environ.get(PROFILE_ENV, "").strip() or ("t4" if torch.cuda.is_available() else "cpu")
     chosen = chosen.strip().lower()
     if chosen not in PROFILES:
-        raise ValueError(
-            f"Unknown run profile {chosen!r}. Choose one of: {', '.join(available())} "
-            f"(set {PROFILE_ENV} or pass name=...)."
-        )
+        where = (f"{PROFILE_ENV}={os.environ[PROFILE_ENV]!r} names no run profile: set it to one of them or unset it"
+                 if from_env else f"set {PROFILE_ENV} or pass name=...")
+        raise ValueError(f"Unknown run profile {chosen!r}. Choose one of: {', '.join(available())} ({where}).")
     if chosen == "t4" and rehearsal_requested():
         return rehearsal_of(PROFILES[chosen])
     return PROFILES[chosen]

@@ -153,8 +153,25 @@ def _batches(token_ids: list[list[int]], batch: int, steps: int, pad_id: int, se
         yield input_ids, mask, labels
 
 
-def pretrain(model, tokenizer, recipe: TinyRecipe, world: data.World, log_every: int = 100) -> dict:
+def _duration(seconds: float) -> str:
+    """'1 min 05 s' or '42 s'."""
+    seconds = max(0, round(seconds))
+    return f"{seconds // 60} min {seconds % 60:02d} s" if seconds >= 60 else f"{seconds} s"
+
+
+def progress_line(step: int, total: int, elapsed: float, loss: float | None = None) -> str:
+    """One progress line: steps done, share, loss, time so far and an estimate of the time left."""
+    left = elapsed / step * (total - step) if step else float("nan")
+    text = f"  pretraining: step {step}/{total} ({step / total:.0%})"
+    text += f", loss {loss:.3f}" if loss is not None else ""
+    text += f", {_duration(elapsed)} so far"
+    return text + (f", about {_duration(left)} left" if step < total else ", done")
+
+
+def pretrain(model, tokenizer, recipe: TinyRecipe, world: data.World, log_every: int = 100, say=None) -> dict:
     """Full-parameter pretraining on the fact corpus with a plain PyTorch loop.
+
+    `say` (e.g. `print`) gets a progress line about every tenth of the run, with the time left.
 
     Returns:
         A record with the loss every `log_every` steps, the final loss and the seconds taken.
@@ -173,6 +190,7 @@ def pretrain(model, tokenizer, recipe: TinyRecipe, world: data.World, log_every:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at)
     model.train()
     losses, start = [], time.perf_counter()
+    report_every = max(1, recipe.pretrain_steps // 10)
     batches = _batches(token_ids, recipe.pretrain_batch, recipe.pretrain_steps, tokenizer.pad_token_id, recipe.seed)
     for step, (input_ids, mask, labels) in enumerate(batches):
         loss = model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
@@ -183,6 +201,8 @@ def pretrain(model, tokenizer, recipe: TinyRecipe, world: data.World, log_every:
         optimizer.zero_grad(set_to_none=True)
         if step % log_every == 0 or step == recipe.pretrain_steps - 1:
             losses.append((step, round(loss.item(), 4)))
+        if say and ((step + 1) % report_every == 0 or step + 1 == recipe.pretrain_steps):
+            say(progress_line(step + 1, recipe.pretrain_steps, time.perf_counter() - start, loss.item()))
     model.eval()
     return {"losses": losses, "final_loss": losses[-1][1], "seconds": round(time.perf_counter() - start, 1)}
 
@@ -224,22 +244,32 @@ def fact_recall(model, tokenizer, world: data.World | None = None, attributes=No
     return correct / len(prefixes)
 
 
-def build(recipe: TinyRecipe, out_dir: Path) -> dict:
-    """Build tokenizer, model and pretraining from scratch into `out_dir`; return the build record."""
+def build(recipe: TinyRecipe, out_dir: Path, say=None) -> dict:
+    """Build tokenizer, model and pretraining from scratch into `out_dir`; return the build record.
+
+    `say` (e.g. `print`) gets a line per stage and progress lines during pretraining.
+    """
     from transformers import AutoModelForCausalLM, GenerationConfig
 
+    say = say or (lambda *a, **k: None)
+    start = time.perf_counter()
     torch.manual_seed(recipe.seed)
     world = data.make_world(recipe.n_entities, seed=recipe.seed)
+    say(f"  [1/4] training the tokenizer on the world's text ({recipe.vocab_size} tokens)")
     tokenizer = build_tokenizer(recipe, world)
     config = build_config(recipe, tokenizer)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    report = pretrain(model, tokenizer, recipe, world)
+    say(f"  [2/4] pretraining {sum(p.numel() for p in model.parameters()):,} parameters for "
+        f"{recipe.pretrain_steps} steps (the long part; progress every {max(1, recipe.pretrain_steps // 10)} steps)")
+    report = pretrain(model, tokenizer, recipe, world, say=say)
+    say("  [3/4] measuring fact recall")
     report["fact_recall"] = round(fact_recall(model, tokenizer, world), 4)
     report["parameters"] = sum(p.numel() for p in model.parameters())
     report["recipe"] = dataclasses.asdict(recipe)
     model.generation_config = GenerationConfig(
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, do_sample=False
     )
+    say(f"  [4/4] saving into the cache ({_duration(time.perf_counter() - start)} in all)")
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
@@ -260,10 +290,10 @@ def ensure_tiny_model(recipe: TinyRecipe | None = None, cache_dir: str | os.Path
         return target
     root.mkdir(parents=True, exist_ok=True)
     if verbose:
-        print(f"Building the tiny base model into {target} (once; about a minute on 2 cores)...")
+        print(f"Building the tiny base model into {target} (once; one to a few minutes on 2 cores)...", flush=True)
     tmp = Path(tempfile.mkdtemp(prefix=".building-", dir=root))
     try:
-        report = build(recipe, tmp)
+        report = build(recipe, tmp, say=(lambda line: print(line, flush=True)) if verbose else None)
         if target.exists():  # another process finished first
             shutil.rmtree(tmp)
         else:

@@ -41,7 +41,7 @@ from pathlib import Path
 
 import torch
 
-from . import data, evaluate, hardware, models, profiles
+from . import checkpoints, data, evaluate, hardware, models, profiles
 from .callbacks import (
     DivergenceGuard,
     TrainingDiverged,
@@ -53,7 +53,7 @@ from .callbacks import (
     start_peak_measurement,
 )
 from .compat import keep_trainable_fp32
-from .drive import drive_checkpoint_dir
+from .drive import DRIVE_ROOT, drive_dir_from_cli
 from .models import Precision, decide_precision, load_model_and_tokenizer, lora_config
 from .preflight import (
     TrainingOutOfMemory,
@@ -137,6 +137,7 @@ def sft_config_kwargs(profile, output_dir, precision: Precision, *, max_steps: i
         disable_tqdm=False,  # progress bars
         eval_strategy="no",  # evaluation runs before and after, with exact match (lora_lab.evaluate)
         dataloader_num_workers=0,  # deterministic and Colab-friendly
+        dataloader_pin_memory=torch.cuda.is_available(),  # pinned host memory speeds copies to a GPU; none here
         ddp_find_unused_parameters=False,  # every LoRA matrix gets a gradient every step
         ddp_backend="gloo" if distributed_cpu else None,  # CPU processes talk over gloo
         use_cpu=distributed_cpu,  # accelerate sets up multi-process CPU (DDP) only when asked explicitly
@@ -145,9 +146,23 @@ def sft_config_kwargs(profile, output_dir, precision: Precision, *, max_steps: i
 
 
 def _last_checkpoint(folder) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
+    """The newest checkpoint in `folder` that holds everything resuming needs (`checkpoints.newest_complete`)."""
+    return checkpoints.newest_complete(folder)[0]
 
-    return get_last_checkpoint(str(folder)) if Path(folder).is_dir() else None
+
+def check_settings(**values) -> None:
+    """Refuse a non-positive step count, rank, learning rate, eval size or max_length, naming the setting.
+
+    `max_steps=0` would save an untrained adapter as if it were a result, and -1 silently means
+    "train for the whole number of epochs" to the Trainer.
+
+    Raises:
+        ValueError: e.g. "max_steps must be a positive number, got 0".
+    """
+    for name, value in values.items():
+        if value is not None and not value > 0:
+            flag = "--" + name.replace("_", "-")
+            raise ValueError(f"{name} must be a positive number, got {value} (command line: {flag}).")
 
 
 def _as_train_dataset(splits_or_train):
@@ -196,6 +211,26 @@ def sft(model, tokenizer, splits_or_train, profile, output_dir, *, method: str =
     from trl import SFTConfig, SFTTrainer
 
     models.check_method(method)
+    if method == "full":
+        rank = None
+    elif models.is_peft_model(model):
+        rank = next(iter(model.peft_config.values())).r
+    else:
+        rank = lora.r if lora is not None else profile.lora_r
+    check_settings(max_steps=profile.max_steps if max_steps is None else max_steps,
+                   learning_rate=profile.learning_rate if learning_rate is None else learning_rate,
+                   rank=rank, max_length=profile.max_length)
+    output_dir = Path(output_dir)
+    checkpoint = None
+    if resume:
+        checkpoint, skipped = checkpoints.newest_complete(output_dir)
+        for name, why in skipped:
+            print(f"resume: skipping {name} in {output_dir}: {why}")
+        if checkpoint:
+            checkpoints.check_compatible(checkpoint, method, rank)
+        if verbose:
+            print(f"resuming from {checkpoint}" if checkpoint else
+                  f"resume: no complete checkpoint in {output_dir}, starting fresh")
     seed = profile.seed if seed is None else seed
     precision = getattr(model, "lora_lab_precision", None) or decide_precision(hw or hardware.detect(), method)
     train = _as_train_dataset(splits_or_train)
@@ -206,7 +241,6 @@ def sft(model, tokenizer, splits_or_train, profile, output_dir, *, method: str =
         eval_dataset, _ = prepare_sft_data(tokenizer, eval_dataset, profile.max_length, "eval", verbose=verbose)
     if method != "full" and not models.is_peft_model(model):
         model = models.attach_lora(model, lora or lora_config(profile), seed=seed)
-    output_dir = Path(output_dir)
     kwargs = sft_config_kwargs(profile, output_dir, precision, max_steps=max_steps, learning_rate=learning_rate,
                                seed=seed)
     if eval_dataset is not None:
@@ -214,11 +248,9 @@ def sft(model, tokenizer, splits_or_train, profile, output_dir, *, method: str =
     config = SFTConfig(**kwargs)
     monitor = TrainingMonitor()
     trainer = SFTTrainer(model=model, args=config, train_dataset=train, eval_dataset=eval_dataset,
-                         processing_class=tokenizer, callbacks=[monitor, DivergenceGuard(), *callbacks])
+                         processing_class=tokenizer,
+                         callbacks=[monitor, DivergenceGuard(), checkpoints.run_info_callback(method, rank), *callbacks])
     keep_trainable_fp32(trainer.model)
-    checkpoint = _last_checkpoint(output_dir) if resume else None
-    if verbose and resume:
-        print(f"resuming from {checkpoint}" if checkpoint else f"resume: no checkpoint in {output_dir}, starting fresh")
     start_peak_measurement()  # empty the cache and reset the peaks: the evaluation before does not count
     start = time.perf_counter()
     try:
@@ -495,6 +527,8 @@ def run_pipeline(profile, *, method: str | None = None, output_dir="runs/sft", m
         TrainingOutOfMemory: training ran out of memory (checkpoints kept).
         ValueError: bad data, method or tokenizer.
     """
+    check_settings(rank=rank, max_steps=max_steps, learning_rate=learning_rate, eval_size=profile.n_eval,
+                   max_length=profile.max_length)
     run = configure_run(profile, method=method, output_dir=output_dir, model_path=model_path, hw=hw, rank=rank,
                         seed=seed, verbose=verbose)  # 1. number format
     preflight = run_preflight(run, verbose)  # 2. will it fit?
@@ -533,50 +567,101 @@ def run_pipeline(profile, *, method: str | None = None, output_dir="runs/sft", m
 # Command line
 
 
+def _positive(kind):
+    """An argparse type: a number of `kind` (int or float) above zero, else a message naming the value."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not value > 0:
+            noun = "whole number" if kind is int else "number"
+            raise argparse.ArgumentTypeError(f"must be a positive {noun}, got {text!r}")
+        return value
+
+    parse.__name__ = f"positive {kind.__name__}"
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m lora_lab.train",
         description="QLoRA/LoRA/full SFT, end to end: preflight, train, evaluate, save, reload, merge, metrics.json.")
     parser.add_argument("--profile", choices=profiles.available(), default=None,
                         help="run profile (default: $LORA_LAB_PROFILE, else t4 with a GPU, else cpu)")
+    parser.add_argument("--allow-cpu", action="store_true",
+                        help="run a GPU profile (t4) without a CUDA GPU anyway (slow: hours for a 1.5B model)")
     parser.add_argument("--model", default=None, help="model folder or Hub id (default: the profile's)")
-    parser.add_argument("--dataset", default=None, help="dataset Hub id or local path (default: the profile's)")
+    parser.add_argument("--dataset", default=None,
+                        help="dataset Hub id, local folder, or one .jsonl/.json/.parquet file (default: the profile's)")
     parser.add_argument("--dataset-config", default=None, help="the dataset's configuration name")
+    parser.add_argument("--eval-size", type=_positive(int), default=None,
+                        help="held-out examples for evaluation (default: the profile's)")
+    parser.add_argument("--max-length", type=_positive(int), default=None,
+                        help="longest example in tokens; longer ones are dropped whole (default: the profile's)")
     parser.add_argument("--method", choices=models.METHODS, default=None, help="default: the profile's (qlora)")
-    parser.add_argument("--rank", type=int, default=None, help="LoRA rank (default: the profile's)")
-    parser.add_argument("--max-steps", type=int, default=None, help="optimizer steps (default: the profile's)")
-    parser.add_argument("--learning-rate", type=float, default=None, help="peak learning rate")
+    parser.add_argument("--rank", type=_positive(int), default=None, help="LoRA rank (default: the profile's)")
+    parser.add_argument("--max-steps", type=_positive(int), default=None,
+                        help="optimizer steps (default: the profile's)")
+    parser.add_argument("--learning-rate", type=_positive(float), default=None, help="peak learning rate")
     parser.add_argument("--seed", type=int, default=None, help="seed (default: the profile's)")
     parser.add_argument("--output-dir", default="runs/sft", help="where metrics.json, adapter and merged model go")
     parser.add_argument("--checkpoint-dir", default=None, help="where checkpoints go (default: OUTPUT_DIR/checkpoints)")
-    parser.add_argument("--drive", action="store_true", help="on Colab, checkpoints to Google Drive (mounts it)")
-    parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
+    parser.add_argument("--drive", nargs="?", const="", default=None, metavar="MOUNTED_PATH",
+                        help="checkpoints to Google Drive, which a notebook cell must have mounted first "
+                             f"(default path: {DRIVE_ROOT}/lora-lab/RUN/checkpoints)")
+    parser.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
     parser.add_argument("--no-merge", action="store_true", help="skip merging into a 16-bit base")
     return parser
 
 
+def _needs_gpu_message(profile) -> str | None:
+    """Why a GPU profile should not start here (None when it may): no CUDA GPU for a Hub-sized model."""
+    if profile.is_local or torch.cuda.is_available():
+        return None
+    return (f"The {profile.name} profile trains {profile.model_id} on a CUDA GPU, and this machine has none "
+            "(torch.cuda.is_available() is False): on the CPU it would take hours. Use --profile cpu (the course's "
+            "tiny model), run it on Colab with a T4 runtime, or pass --allow-cpu to try anyway.")
+
+
+def _interrupted_message(checkpoint_dir: Path) -> str:
+    """One line after Ctrl-C: the checkpoint that survives and how to continue from it."""
+    last = _last_checkpoint(checkpoint_dir)
+    if last is None:
+        return (f"Interrupted before the first checkpoint was saved in {checkpoint_dir}: rerun the same command to "
+                "start again.")
+    return (f"Interrupted. The newest complete checkpoint is {last}: rerun the same command with --resume to "
+            "continue from it.")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the pipeline from the command line; exit 0 on success, 2 on a predictable failure."""
+    """Run the pipeline from the command line; exit 0 on success, 2 on a predictable failure, 130 on Ctrl-C."""
+    from datasets.exceptions import DatasetsError
+
     args = build_parser().parse_args(argv)
-    profile = profiles.get_profile(args.profile)
-    if args.dataset:
-        profile = profile.replace(dataset_id=args.dataset, dataset_config=args.dataset_config, tasks=())
-    if args.model:
-        profile = profile.replace(model_id=args.model)
-    checkpoint_dir = args.checkpoint_dir
-    if args.drive:
-        drive = drive_checkpoint_dir(Path(args.output_dir).name)
-        if drive is None:
-            print("--drive: Google Drive is only available on Colab; checkpoints stay local.")
-        checkpoint_dir = drive or checkpoint_dir
+    checkpoint_dir = Path(args.checkpoint_dir or Path(args.output_dir) / "checkpoints")
     try:
+        profile = profiles.get_profile(args.profile)
+        if not args.allow_cpu and (problem := _needs_gpu_message(profile)):
+            raise ValueError(problem)
+        changes = {"n_eval": args.eval_size, "max_length": args.max_length, "model_id": args.model}
+        profile = profile.replace(**{k: v for k, v in changes.items() if v is not None})
+        if args.dataset:
+            profile = profile.replace(dataset_id=args.dataset, dataset_config=args.dataset_config, tasks=())
+        if args.drive is not None:
+            checkpoint_dir = drive_dir_from_cli(args.drive, Path(args.output_dir).name)
+            print(f"checkpoints go to {checkpoint_dir}")
         metrics = run_pipeline(profile, method=args.method, output_dir=args.output_dir, rank=args.rank,
                                max_steps=args.max_steps, learning_rate=args.learning_rate, resume=args.resume,
                                seed=args.seed, checkpoint_dir=checkpoint_dir, merge=not args.no_merge)
-    except (WontFitError, TrainingOutOfMemory, ValueError, OSError) as err:
-        # Predictable failures (won't fit, out of memory, bad data, missing files): a message, no traceback.
+    except (WontFitError, TrainingOutOfMemory, ValueError, OSError, DatasetsError) as err:
+        # Predictable failures (won't fit, out of memory, bad data or settings, missing files): a message,
+        # no traceback.
         print(f"\n{type(err).__name__}: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"\n{_interrupted_message(checkpoint_dir)}", file=sys.stderr)
+        return 130
     if _is_main_process():
         summary = {k: metrics.get(k) for k in ("exact_match_before", "exact_match_after", "eval_loss_before",
                                                "eval_loss_after", "train_runtime_s", "adapter_bytes")}

@@ -17,7 +17,10 @@ ROOT = Path(__file__).resolve().parents[3]
 REPO_FILE = ROOT / "colab" / "REPO"
 NOTEBOOKS = ROOT / "notebooks"
 INSTALL_TAG = "colab-install"
-_REPO_RE = re.compile(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$")
+#: GitHub's rules: an owner is 1-39 letters, digits or single hyphens (not first or last); a repository
+#: name is letters, digits, '.', '_' and '-' (and never '.' or '..'). Matched with fullmatch: `$` would
+#: also accept a trailing newline.
+_REPO_RE = re.compile(r"(?!-)(?!.*--)[A-Za-z0-9-]{1,39}(?<!-)/[A-Za-z0-9_.-]{1,100}")
 _BADGE_RE = re.compile(r"https://colab\.research\.google\.com/github/([^/\s)]+/[^/\s)]+)/blob/main/notebooks/([^)\s]+)")
 _CELL_RE = re.compile(r'^LORA_LAB_REPO = "([^"]*)"', re.MULTILINE)
 #: Words that mean a cell installs something.
@@ -35,8 +38,9 @@ def badge_url(repo: str, notebook: str) -> str:
 
 def check_repo(repo: str) -> str:
     """`repo` if it looks like owner/name, else a ValueError saying what to pass."""
-    if not _REPO_RE.match(repo or ""):
-        raise ValueError(f"REPO must look like owner/name (a GitHub repository), got {repo!r}.")
+    if not isinstance(repo, str) or not _REPO_RE.fullmatch(repo) or repo.split("/")[1] in (".", ".."):
+        raise ValueError(f"REPO must be a GitHub repository as owner/name (letters, digits, '-' in the owner; also "
+                         f"'.' and '_' in the name; no spaces or newlines), got {repo!r}.")
     return repo
 
 
@@ -109,8 +113,13 @@ def main(argv=None) -> int:
             return 2
         print(f"colab/REPO = {args.repo}; rewrote {len(changed)} notebook sources (run `make sync`).")
         return 0
-    problems = [p for py in sorted(NOTEBOOKS.glob("[0-9][0-9]_*.py")) for p in notebook_problems(py)]
-    print("\n".join(problems) or "every notebook has its badge and Colab install cell")
+    sources = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.py"))
+    if not sources:
+        print(f"No notebook sources (NN_topic.py) in {NOTEBOOKS}: run this from a clone of the course "
+              "(installed with `pip install -e .`).", file=sys.stderr)
+        return 2
+    problems = [p for py in sources for p in notebook_problems(py)]
+    print("\n".join(problems) or f"all {len(sources)} notebooks have their badge and Colab install cell")
     return 1 if problems else 0
 
 

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -26,6 +28,8 @@ FIGURES = ROOT / "build" / "figures"
 REHEARSAL = ROOT / "build" / "rehearsal"
 #: Cells tagged so hold an exercise's solution; learner copies replace their code.
 SOLUTION_TAG = "solution"
+#: A cell tagged so shows stderr on purpose and explains it; `unexplained_stderr` skips it.
+STDERR_TAG = "stderr-explained"
 PLACEHOLDER = "# Your solution here. (The instructor's copy of this notebook has one.)\n"
 #: Prepended to a notebook by `figures`: every figure shown, or left open at a cell's end, is saved.
 FIGURE_HOOK = """import matplotlib
@@ -37,6 +41,52 @@ get_ipython().events.register("post_execute", figure_backend.show)"""
 def course_notebooks(folder: Path = NOTEBOOKS) -> list[Path]:
     """The lesson notebooks in order: notebooks/NN_topic.ipynb."""
     return sorted(p for p in folder.glob("[0-9][0-9]_*.ipynb"))
+
+
+class NotebookError(ValueError):
+    """No notebooks to work on, or a path that is missing or not a notebook: the message says what to pass."""
+
+
+def notebooks_to_run(paths: list[Path] | None = None, folder: Path | None = None) -> list[Path]:
+    """The notebooks a command works on: `paths` (each checked), else every lesson in `folder`.
+
+    Raises:
+        NotebookError: no lesson notebooks found (e.g. the package installed without `-e`, so
+            `folder` is not a clone's notebooks/), a missing path, or a path that is not a .ipynb.
+    """
+    folder = folder or NOTEBOOKS
+    if not paths:
+        found = course_notebooks(folder)
+        if not found:
+            raise NotebookError(f"No notebooks (NN_topic.ipynb) in {folder}. The course commands work on a clone of "
+                                "the repository, with the package installed from it (`pip install -e .`, which "
+                                "`make setup` does); or pass the notebooks to run.")
+        return found
+    for path in paths:
+        if not path.exists():
+            raise NotebookError(f"{path} does not exist.")
+        if path.suffix != ".ipynb" or not path.is_file():
+            hint = f" Pass {path.with_suffix('.ipynb')} (`make sync` writes it from the .py source)." if (
+                path.suffix == ".py") else ""
+            raise NotebookError(f"{path} is not a notebook (.ipynb).{hint}")
+    return list(paths)
+
+
+def _kernel_manager():
+    """A kernel manager talking to its kernel over local (IPC) sockets, and the folder holding them.
+
+    Over TCP (jupyter_client's default) ipykernel logs "Kernel is running over TCP without
+    encryption..." for every notebook: it reads as a security problem to a learner, and it is
+    not one here (the kernel only listens on localhost). IPC sockets, which that warning itself
+    recommends, remove the cause instead of hiding the line. Windows has no IPC transport: there
+    the default TCP stays (and the warning with it).
+    """
+    from jupyter_client.manager import KernelManager
+
+    if os.name == "nt":
+        return KernelManager(kernel_name="python3"), None
+    socket_dir = tempfile.mkdtemp(prefix="lora-lab-kernel-")
+    return KernelManager(kernel_name="python3", transport="ipc", ip=os.path.join(socket_dir, "kernel")), socket_dir
 
 
 def run(notebooks: list[Path], out_dir: Path = BUILD, timeout: int = 1800, prepend: str | None = None) -> int:
@@ -56,7 +106,9 @@ def run(notebooks: list[Path], out_dir: Path = BUILD, timeout: int = 1800, prepe
         if prepend:
             nb.cells.insert(0, nbformat.v4.new_code_cell(prepend))
             os.environ["LORA_LAB_FIGURES_PREFIX"] = path.stem
-        client = NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}})
+        km, socket_dir = _kernel_manager()
+        client = NotebookClient(nb, km=km, timeout=timeout, kernel_name="python3",
+                                resources={"metadata": {"path": str(path.parent)}})
         start = time.perf_counter()
         status = "ok"
         try:
@@ -66,9 +118,30 @@ def run(notebooks: list[Path], out_dir: Path = BUILD, timeout: int = 1800, prepe
             failed += 1
             reason = str(err).strip().splitlines()
             status += f" ({reason[-1][:120]})" if reason else ""
+        if km.has_kernel:  # nbclient shuts down only the kernels it created itself
+            km.shutdown_kernel(now=True)
+        if socket_dir:
+            shutil.rmtree(socket_dir, ignore_errors=True)
         nbformat.write(nb, out_dir / path.name)
         print(f"{path.name:<36} {time.perf_counter() - start:7.1f} s  {status}", flush=True)
     return failed
+
+
+def unexplained_stderr(nb) -> list[tuple[int, str]]:
+    """(cell index, first line) of every stderr output of an executed notebook whose cell does not explain it.
+
+    A cell that shows stderr on purpose carries the STDERR_TAG tag and says why in its text; any
+    other stderr is library noise a learner cannot act on (silence it in `lora_lab.quiet`) or a
+    problem to fix.
+    """
+    found = []
+    for i, cell in enumerate(nb.cells):
+        if cell.cell_type != "code" or STDERR_TAG in cell.metadata.get("tags", ()):
+            continue
+        for out in cell.get("outputs", ()):
+            if out.get("output_type") == "stream" and out.get("name") == "stderr" and out.get("text", "").strip():
+                found.append((i, out["text"].strip().splitlines()[0][:200]))
+    return found
 
 
 def _cells(path: Path) -> list[tuple[str, str, tuple[str, ...]]]:
@@ -84,6 +157,8 @@ def check(folder: Path = NOTEBOOKS) -> list[str]:
 
     problems = []
     scripts = sorted(folder.glob("[0-9][0-9]_*.py"))
+    if not scripts:
+        problems.append(f"No notebook sources (NN_topic.py) in {folder}: nothing to check.")
     for py in scripts:
         ipynb = py.with_suffix(".ipynb")
         if not ipynb.exists():
@@ -147,7 +222,7 @@ def print_t4_plan(as_json: bool) -> int:
     """Print `gpu_runs.t4_plan()`: runs that start (JSON lines with --json) and, on stderr, runs skipped."""
     import json
 
-    from . import gpu_runs
+    from lora_lab import gpu_runs
 
     for run in gpu_runs.t4_plan():
         if not run.runs:
@@ -179,38 +254,51 @@ def main(argv=None) -> int:
     p_reh.add_argument("notebooks", nargs="*", type=Path, help="default: every notebooks/NN_*.ipynb")
     p_reh.add_argument("--out", type=Path, default=REHEARSAL)
     args = parser.parse_args(argv)
+    try:
+        return _command(args)
+    except NotebookError as err:
+        print(err, file=sys.stderr)
+        return 2
+
+
+def _command(args) -> int:
     if args.command == "t4-plan":
         return print_t4_plan(args.json)
     if args.command == "t4-rehearsal":
         # The profile is the one switch: the kernels inherit these and get_profile() returns the rehearsal.
-        from .profiles import PROFILE_ENV, REHEARSAL_ENV
+        from lora_lab.profiles import PROFILE_ENV, REHEARSAL_ENV
 
         os.environ.update({PROFILE_ENV: "t4", REHEARSAL_ENV: "1"})
-        notebooks = args.notebooks or course_notebooks()
+        notebooks = notebooks_to_run(args.notebooks)
         failed = run(notebooks, args.out)
         print(f"{len(notebooks) - failed}/{len(notebooks)} notebooks rehearsed the t4 profile; copies in {args.out}")
         return 1 if failed else 0
     if args.command == "run":
-        notebooks = args.notebooks or course_notebooks()
+        notebooks = notebooks_to_run(args.notebooks)
         failed = run(notebooks, args.out)
         print(f"{len(notebooks) - failed}/{len(notebooks)} notebooks ok; executed copies in {args.out}")
         return 1 if failed else 0
     if args.command == "exercises":
+        notebooks_to_run()
         for path in write_learner_copies():
             print(f"wrote {path.relative_to(ROOT)}")
         return 0
     if args.command == "figures":
         os.environ.setdefault("LORA_LAB_FIGURES_DIR", str(FIGURES))
-        notebooks = args.notebooks or course_notebooks()
+        notebooks = notebooks_to_run(args.notebooks)
         failed = run(notebooks, ROOT / "build" / "figure-runs", prepend=FIGURE_HOOK)
         files = sorted(Path(os.environ["LORA_LAB_FIGURES_DIR"]).glob("*.png"))
         print(f"{len(files)} figures as PNG + SVG in {os.environ['LORA_LAB_FIGURES_DIR']}")
         return 1 if failed else 0
     if args.command == "check":
+        notebooks_to_run()
         problems = check()
         for p in problems:
             print(p)
+        if not problems:
+            print(f"all {len(course_notebooks())} notebook pairs in sync and stripped")
         return 1 if problems else 0
+    notebooks_to_run()
     strip()
     return 0
 
