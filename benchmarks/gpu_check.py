@@ -278,7 +278,7 @@ def rehearsal_full_size(workdir: str, steps: int = 10) -> dict:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from lora_lab import data, hardware, models, profiles, rehearsal, train
+    from lora_lab import data, hardware, models, profiles, rehearsal, standin_data, train
 
     folder = os.path.join(workdir, "qwen2.5-1.5b-random")
     cfg_dict = vram.preset_config("Qwen/Qwen2.5-1.5B")
@@ -294,10 +294,10 @@ def rehearsal_full_size(workdir: str, steps: int = 10) -> dict:
         hw = hardware.detect()
         profile = profiles.PROFILES["t4"].replace(model_id=folder, max_steps=steps, logging_steps=1, save_steps=steps + 1)
         fields["precision"] = "fp16" if models.decide_precision(hw, "qlora").fp16 else "bf16"
-        rows = [dict(r, question=r["question"] * 3) for r in rehearsal.sql_rows(profile.effective_batch * steps)]
+        rows = [dict(r, question=r["question"] * 3) for r in standin_data.sql_rows(profile.effective_batch * steps)]
         from datasets import Dataset
 
-        splits = data.normalise(Dataset.from_list(rows), rehearsal.SQL_ID)
+        splits = data.normalise(Dataset.from_list(rows), standin_data.SQL_ID)
         model, tokenizer = train.load_model_and_tokenizer(profile, "qlora", hw=hw, model_path=folder)
         result = train.sft(model, tokenizer, splits, profile, os.path.join(workdir, "ckpt"), hw=hw, verbose=False)
         est = vram.estimate("Qwen/Qwen2.5-1.5B", method="qlora", rank=profile.lora_r, lora_alpha=profile.lora_alpha,

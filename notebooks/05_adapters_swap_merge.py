@@ -15,11 +15,11 @@ if "google.colab" in sys.modules:
                     f"lora-lab @ git+https://github.com/{LORA_LAB_REPO}"], check=True)
 
 # %%
-from lora_lab import hardware, profiles
+from lora_lab import hardware, models, profiles
 
 hw = hardware.preflight()
 profile = profiles.get_profile()
-hw = profiles.hardware_for(profile, hw)  # a t4 rehearsal decides as on a T4 and executes on this CPU
+hw = models.hardware_for(profile, hw)  # a t4 rehearsal decides as on a T4 and executes on this CPU
 print(profile.summary())
 
 # %% [markdown]

@@ -10,7 +10,7 @@ from lora_lab.units import GIB
 
 
 def test_t4_plan_covers_every_training_notebook_within_14_gib():
-    plan = gpu_runs.t4_plan()
+    plan = course.t4_plan()
     started = [r for r in plan if r.runs]
     assert {r.notebook for r in started} == {"02", "03", "05"}
     assert any(r.run == "main" for r in started) and any("7B" in r.run for r in started)

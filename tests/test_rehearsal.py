@@ -5,7 +5,7 @@ import json
 import pytest
 from transformers import AutoConfig, AutoTokenizer
 
-from lora_lab import data, profiles, rehearsal, tiny, train
+from lora_lab import data, models, profiles, rehearsal, standin_data, tiny, train
 
 
 @pytest.fixture
@@ -23,7 +23,7 @@ def test_the_rehearsal_is_the_t4_profile_switched_by_the_environment(rehearsal_e
         assert getattr(rehearsed, field) == getattr(t4, field), field
     assert rehearsed.capped_steps(t4.max_steps) == rehearsed.step_cap < t4.max_steps
     assert "REHEARSAL" in rehearsed.summary() and "REHEARSAL" in rehearsal.report(rehearsed)
-    hw = profiles.hardware_for(rehearsed)
+    hw = models.hardware_for(rehearsed)
     assert hw.device_type == "cuda" and hw.compute_capability == (7, 5)  # decisions as on a T4
     monkeypatch.setenv(profiles.REHEARSAL_ENV, "0")
     assert profiles.get_profile() == t4
@@ -39,15 +39,15 @@ def test_stand_ins_have_the_real_families_formats(rehearsal_env):
                                                                    add_generation_prompt=True)
     sql = data.load_profile_dataset(rehearsal_env)
     assert sql["eval"][0]["task"] == "sql" and "CREATE TABLE" in sql["eval"][0]["context"]
-    gsm = data.load_profile_dataset(rehearsal_env.replace(dataset_id=rehearsal.GSM8K_ID, dataset_config="main"))
+    gsm = data.load_profile_dataset(rehearsal_env.replace(dataset_id=standin_data.GSM8K_ID, dataset_config="main"))
     assert gsm["eval"][0]["task"] == "gsm8k" and gsm["eval"][0]["answer"].isdigit()
     with pytest.raises(ValueError, match="no local stand-in"):
-        rehearsal.load_standin_dataset("someone/else")
+        standin_data.load_standin_dataset("someone/else")
 
 
 def test_the_t4_pipeline_runs_in_rehearsal_with_t4_decisions(rehearsal_env, tmp_path):
     profile = rehearsal_env
-    metrics = train.run_pipeline(profile, output_dir=tmp_path, hw=profiles.hardware_for(profile), verbose=False)
+    metrics = train.run_pipeline(profile, output_dir=tmp_path, hw=models.hardware_for(profile), verbose=False)
     assert metrics["profile"] == "t4" and metrics["method"] == "qlora"
     assert metrics["dtype_decided"] == "float16" and metrics["dtype_executed"] == "float32"
     assert metrics["global_step"] == profile.step_cap

@@ -18,7 +18,8 @@ Lesson helpers (import the one you need):
     evaluate     greedy generation, exact match, answer-only eval loss, probe batches
     callbacks    loss / tokens per second / peak memory logging, divergence guard, simulated disconnect and OOM
     gpu_runs     every GPU run preflighted at full size against free memory: run, shrink or skip; the t4 plan
-    rehearsal    the t4 rehearsal's stand-ins: a scaled-down random Qwen2 and SQL/GSM8K rows
+    rehearsal    the t4 rehearsal's stand-in model: a scaled-down random Qwen2 with a ChatML tokenizer
+    standin_data  the t4 rehearsal's datasets: SQL and GSM8K rows in the Hub datasets' formats
     vram         the memory estimator, reverse questions, its command line (notebook 01)
     memory       measures one real training step by category (notebook 01)
     published    published GPU memory measurements, with sources, that calibrate and check the estimator

@@ -511,7 +511,7 @@ def load_profile_dataset(profile, loader=None) -> DatasetDict:
         splits = course_splits(profile.tasks, n_eval=profile.n_eval, seed=profile.seed)
     else:
         if loader is None and getattr(profile, "rehearsal", False):  # local files in the Hub dataset's format
-            from .rehearsal import load_standin_dataset as loader
+            from .standin_data import load_standin_dataset as loader
         splits = load_hub_dataset(profile.dataset_id, profile.dataset_config, profile.n_eval, profile.seed, loader)
     if profile.n_train is not None:
         splits["train"] = splits["train"].select(range(min(profile.n_train, len(splits["train"]))))

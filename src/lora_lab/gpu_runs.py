@@ -13,7 +13,7 @@ hold a model) and returns a decision:
 
 `free_gpu_memory` runs between runs (garbage collection and `torch.cuda.empty_cache`).
 
-`t4_plan()` lists every training run of every notebook as a Colab T4 would plan it, built by the
+`lora_lab.tooling.course.t4_plan()` lists every training run of every notebook as a Colab T4 would plan it, built by the
 same functions the notebooks call (`sft_run`, `sweep_runs`, `specialist_runs`, `seven_b_run`);
 ``python -m lora_lab.tooling.course t4-plan --json`` prints it, one JSON object per run.
 """
@@ -28,7 +28,7 @@ from .callbacks import free_gpu_memory
 from .units import GIB
 
 __all__ = ["PlannedRun", "T4_PLAN_BUDGET", "fit", "free_gpu_memory", "free_bytes_now", "preflight", "seven_b_run",
-           "sft_run", "specialist_runs", "sweep_runs", "t4_plan"]
+           "sft_run", "specialist_runs", "sweep_runs"]
 
 #: What a planned run may predict on a Colab T4: Colab has reported 14.56-14.74 GiB usable.
 T4_PLAN_BUDGET = int(14.0 * GIB)
@@ -108,7 +108,10 @@ def sft_run(notebook: str, run: str, profile, method: str | None = None, *, mode
         lora_dropout=profile.lora_dropout,
         device="cuda",
     )
-    if isinstance(kwargs["target_modules"], tuple):
+    if method == "full":  # no adapters: the estimator warns when it is given LoRA-only settings
+        for key in ("rank", "lora_alpha", "target_modules", "lora_dropout"):
+            del kwargs[key]
+    elif isinstance(kwargs["target_modules"], tuple):
         kwargs["target_modules"] = list(kwargs["target_modules"])
     if model_id is None:  # a rehearsal asks about the real model it stands in for
         from .profiles import PROFILES
@@ -183,7 +186,7 @@ def preflight(run: PlannedRun, hw=None, verbose: bool = True) -> PlannedRun:
 
 
 # ---------------------------------------------------------------------------------------------
-# The runs of each notebook (the notebooks and t4_plan build them with the same functions)
+# The runs of each notebook (the notebooks and `tooling.course.t4_plan` build them with the same functions)
 
 
 def sweep_runs(profile, plan, configs) -> list[PlannedRun]:
@@ -214,19 +217,3 @@ def seven_b_profile(profile):
 
 def seven_b_run(profile) -> PlannedRun:
     return sft_run("03", "7B QLoRA (optional)", seven_b_profile(profile), "qlora")
-
-
-def t4_plan(budget_bytes: int = T4_PLAN_BUDGET) -> list[PlannedRun]:
-    """Every training run of every notebook on a Colab T4, decided against `budget_bytes`.
-
-    Skipped runs are included with action "skipped" (they are never started).
-    """
-    from . import adapters, profiles, rank
-
-    t4 = profiles.PROFILES["t4"]
-    plan = rank.PLANS["t4"]
-    runs = sweep_runs(t4, plan, rank.sweep_configs(plan, estimator_model(t4.model_id)))
-    runs.append(sft_run("03", "main", t4))
-    runs.append(seven_b_run(t4))
-    runs += specialist_runs(t4, adapters.default_recipes(t4))
-    return [fit(r, budget_bytes) for r in runs]

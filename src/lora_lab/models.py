@@ -123,6 +123,21 @@ def simulated_gpu(name: str = "Tesla T4", capability: tuple[int, int] = (7, 5),
     )
 
 
+def hardware_for(profile, detected=None) -> hardware.Hardware:
+    """The hardware reading a run of `profile` plans with: this machine's, or in a rehearsal a Colab T4's.
+
+    A rehearsal takes every decision a T4 would (fp16 from compute capability 7.5, the preflight
+    against 14.74 GiB) and executes on this CPU in fp32 (`lora_lab.models.decide_precision`).
+
+    Args:
+        profile: the run profile (`lora_lab.profiles`); its `rehearsal` flag decides.
+        detected: this machine's reading if the caller has one (else `hardware.detect()`).
+    """
+    if profile.rehearsal:
+        return simulated_gpu()
+    return detected if detected is not None else hardware.detect()
+
+
 def precision_for(device_type: str, capability: tuple[int, int] | None, method: str = "qlora") -> Precision:
     """The `Precision` a run would use on a given device, e.g. ``precision_for("cuda", (7, 5))`` for a T4.
 

@@ -232,22 +232,6 @@ def rehearsal_requested() -> bool:
     return os.environ.get(REHEARSAL_ENV, "").strip() not in ("", "0")
 
 
-def hardware_for(profile: RunProfile, detected=None):
-    """The hardware reading a run of `profile` plans with: this machine's, or in a rehearsal a Colab T4's.
-
-    A rehearsal takes every decision a T4 would (fp16 from compute capability 7.5, the preflight
-    against 14.74 GiB) and executes on this CPU in fp32 (`lora_lab.models.decide_precision`).
-
-    Args:
-        detected: this machine's reading if the caller has one (else `hardware.detect()`).
-    """
-    from . import hardware, models
-
-    if profile.rehearsal:
-        return models.simulated_gpu()
-    return detected if detected is not None else hardware.detect()
-
-
 def why(profile: RunProfile) -> str:
     """A sentence saying why this profile was picked."""
     if profile.rehearsal:

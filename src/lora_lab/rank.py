@@ -718,7 +718,7 @@ def _trainer_sweep(profile, plan: SweepPlan, path: str, only=None, verbose=True)
 
     runs, skipped = [], []
     splits = None
-    hw = profiles.hardware_for(profile)
+    hw = models.hardware_for(profile)
     # Every run at full size (the profile's real model) against the memory free when it starts.
     real = gpu_runs.estimator_model(profiles.PROFILES[profile.name].model_id)
     planned = gpu_runs.sweep_runs(profile, plan, sweep_configs(plan, real))

@@ -218,13 +218,29 @@ def write_learner_copies(folder: Path = NOTEBOOKS, out_dir: Path = LEARNERS) -> 
     return written
 
 
+def t4_plan(budget_bytes: int | None = None) -> list:
+    """Every training run of every notebook on a Colab T4, decided against `budget_bytes`.
+
+    `budget_bytes` defaults to `gpu_runs.T4_PLAN_BUDGET` (14.0 GiB). Skipped runs are included with
+    action "skipped" (they are never started). The runs are built by the same `lora_lab.gpu_runs`
+    functions the notebooks call before they start each run.
+    """
+    from lora_lab import adapters, gpu_runs, profiles, rank
+
+    t4 = profiles.PROFILES["t4"]
+    plan = rank.PLANS["t4"]
+    runs = gpu_runs.sweep_runs(t4, plan, rank.sweep_configs(plan, gpu_runs.estimator_model(t4.model_id)))
+    runs.append(gpu_runs.sft_run("03", "main", t4))
+    runs.append(gpu_runs.seven_b_run(t4))
+    runs += gpu_runs.specialist_runs(t4, adapters.default_recipes(t4))
+    return [gpu_runs.fit(r, budget_bytes or gpu_runs.T4_PLAN_BUDGET) for r in runs]
+
+
 def print_t4_plan(as_json: bool) -> int:
-    """Print `gpu_runs.t4_plan()`: runs that start (JSON lines with --json) and, on stderr, runs skipped."""
+    """Print `t4_plan()`: runs that start (JSON lines with --json) and, on stderr, runs skipped."""
     import json
 
-    from lora_lab import gpu_runs
-
-    for run in gpu_runs.t4_plan():
+    for run in t4_plan():
         if not run.runs:
             print(f"notebook {run.notebook} {run.run}: {run.note}", file=sys.stderr)
         elif as_json:
