@@ -25,7 +25,7 @@ run: $(STAMP)
 test: $(STAMP) lint check-sync pytest nbtest t4-rehearsal
 
 lint: $(STAMP)
-	$(BIN)/ruff check $(wildcard src tests notebooks benchmarks)
+	$(BIN)/ruff check $(wildcard src tests notebooks benchmarks colab)
 
 # Re-sync every pair from its .py source and fail if anything changed or is missing.
 check-sync: $(STAMP)
