@@ -110,7 +110,7 @@ def test_run_prints_one_line_per_notebook_and_no_kernel_transport_warning(tmp_pa
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("print('hello')")])
     path = tmp_path / "00_hello.ipynb"
     nbformat.write(nb, path)
-    result = subprocess.run([sys.executable, "-m", "lora_lab.course", "run", str(path), "--out", str(tmp_path / "out")],
+    result = subprocess.run([sys.executable, "-m", "lora_lab.tooling.course", "run", str(path), "--out", str(tmp_path / "out")],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
