@@ -47,6 +47,7 @@ from .callbacks import (
     TrainingDiverged,
     TrainingMonitor,
     compare_memory,
+    free_gpu_memory,
     measure_cpu_step,
     peak_memory,
     peak_readings,
@@ -211,34 +212,15 @@ def sft(model, tokenizer, splits_or_train, profile, output_dir, *, method: str =
     from trl import SFTConfig, SFTTrainer
 
     models.check_method(method)
-    if method == "full":
-        rank = None
-    elif models.is_peft_model(model):
-        rank = next(iter(model.peft_config.values())).r
-    else:
-        rank = lora.r if lora is not None else profile.lora_r
+    rank = _adapter_rank(model, method, lora, profile)
     check_settings(max_steps=profile.max_steps if max_steps is None else max_steps,
                    learning_rate=profile.learning_rate if learning_rate is None else learning_rate,
                    rank=rank, max_length=profile.max_length)
     output_dir = Path(output_dir)
-    checkpoint = None
-    if resume:
-        checkpoint, skipped = checkpoints.newest_complete(output_dir)
-        for name, why in skipped:
-            print(f"resume: skipping {name} in {output_dir}: {why}")
-        if checkpoint:
-            checkpoints.check_compatible(checkpoint, method, rank)
-        if verbose:
-            print(f"resuming from {checkpoint}" if checkpoint else
-                  f"resume: no complete checkpoint in {output_dir}, starting fresh")
+    checkpoint = _resume_point(output_dir, method, rank, verbose) if resume else None
     seed = profile.seed if seed is None else seed
     precision = getattr(model, "lora_lab_precision", None) or decide_precision(hw or hardware.detect(), method)
-    train = _as_train_dataset(splits_or_train)
-    report = None
-    if not ("input_ids" in train.column_names and "labels" in train.column_names):
-        train, report = prepare_sft_data(tokenizer, train, profile.max_length, "train", verbose=verbose)
-    if eval_dataset is not None and "input_ids" not in eval_dataset.column_names:
-        eval_dataset, _ = prepare_sft_data(tokenizer, eval_dataset, profile.max_length, "eval", verbose=verbose)
+    train, report, eval_dataset = _tokenized(tokenizer, splits_or_train, eval_dataset, profile, verbose)
     if method != "full" and not models.is_peft_model(model):
         model = models.attach_lora(model, lora or lora_config(profile), seed=seed)
     kwargs = sft_config_kwargs(profile, output_dir, precision, max_steps=max_steps, learning_rate=learning_rate,
@@ -263,15 +245,69 @@ def sft(model, tokenizer, splits_or_train, profile, output_dir, *, method: str =
         message, tips = _oom_message(step, config.max_steps, saved, model_config, profile, method, precision,
                                      hw or hardware.detect(), seq_len)
         del trainer, output_dir
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        free_gpu_memory()
         raise TrainingOutOfMemory(message, step, saved, tips) from None
-    runtime = time.perf_counter() - start
+    metrics = _train_metrics(trainer, output, monitor, time.perf_counter() - start, checkpoint, precision)
+    trained = trainer.model
+    trained.eval()
+    log_history = list(trainer.state.log_history)
+    last = _last_checkpoint(output_dir)
+    # Free the optimizer and the trainer's references before evaluation (a T4 needs the room).
+    trainer.optimizer = None
+    trainer.lr_scheduler = None
+    del trainer
+    free_gpu_memory()
+    return SFTResult(model=trained, log_history=log_history, metrics=metrics, data_report=report,
+                     output_dir=str(output_dir), last_checkpoint=last, records=monitor.records)
+
+
+def _adapter_rank(model, method: str, lora, profile) -> int | None:
+    """The LoRA rank this run trains (None for full fine-tuning): the model's own, the given config's, the profile's."""
+    if method == "full":
+        return None
+    if models.is_peft_model(model):
+        return next(iter(model.peft_config.values())).r
+    return lora.r if lora is not None else profile.lora_r
+
+
+def _resume_point(output_dir: Path, method: str, rank: int | None, verbose: bool) -> str | None:
+    """The newest complete checkpoint to resume from (None: start fresh), saying which ones were skipped and why.
+
+    Raises:
+        ValueError: the checkpoint was trained with another method or rank (the message names both).
+    """
+    checkpoint, skipped = checkpoints.newest_complete(output_dir)
+    for name, why in skipped:
+        print(f"resume: skipping {name} in {output_dir}: {why}")
+    if checkpoint:
+        checkpoints.check_compatible(checkpoint, method, rank)
+    if verbose:
+        print(f"resuming from {checkpoint}" if checkpoint else
+              f"resume: no complete checkpoint in {output_dir}, starting fresh")
+    return checkpoint
+
+
+def _tokenized(tokenizer, splits_or_train, eval_dataset, profile, verbose: bool):
+    """The train set (and optional eval set) tokenized with labels on the answers, unless they already are.
+
+    Returns:
+        (train, its DataReport or None when it came tokenized, eval_dataset or None).
+    """
+    train = _as_train_dataset(splits_or_train)
+    report = None
+    if not ("input_ids" in train.column_names and "labels" in train.column_names):
+        train, report = prepare_sft_data(tokenizer, train, profile.max_length, "train", verbose=verbose)
+    if eval_dataset is not None and "input_ids" not in eval_dataset.column_names:
+        eval_dataset, _ = prepare_sft_data(tokenizer, eval_dataset, profile.max_length, "eval", verbose=verbose)
+    return train, report, eval_dataset
+
+
+def _train_metrics(trainer, output, monitor, runtime: float, checkpoint: str | None, precision: Precision) -> dict:
+    """What `SFTResult.metrics` holds: time, real tokens per second, peak memory, losses, steps."""
     peak, kind = peak_memory()
     losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
     tokens = trainer.state.num_input_tokens_seen - monitor.tokens_at_start  # this call's real tokens, all processes
-    metrics = {
+    return {
         "train_runtime_s": round(runtime, 2),
         "train_tokens_per_s": round(tokens / max(runtime, 1e-9), 1),
         "train_tokens": int(tokens),
@@ -284,19 +320,6 @@ def sft(model, tokenizer, splits_or_train, profile, output_dir, *, method: str =
         "resumed_from": checkpoint,
         "precision": precision.to_dict(),
     }
-    trained = trainer.model
-    trained.eval()
-    log_history = list(trainer.state.log_history)
-    last = _last_checkpoint(output_dir)
-    # Free the optimizer and the trainer's references before evaluation (a T4 needs the room).
-    trainer.optimizer = None
-    trainer.lr_scheduler = None
-    del trainer
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-    return SFTResult(model=trained, log_history=log_history, metrics=metrics, data_report=report,
-                     output_dir=str(output_dir), last_checkpoint=last, records=monitor.records)
 
 
 def _save_after_oom(trainer, output_dir) -> str | None:
