@@ -697,7 +697,7 @@ def run_pipeline(profile, *, method: str | None = None, output_dir="runs/sft", m
         profile = profile.replace(lora_r=rank)
     if seed is not None:
         profile = profile.replace(seed=seed)
-    hw = hw or hardware.detect()
+    hw = hw or profiles.hardware_for(profile)  # a t4 rehearsal plans as on a T4
     precision = decide_precision(hw, method)
     say(f"method {method} | {precision.note}")
     out = Path(output_dir)
