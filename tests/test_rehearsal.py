@@ -47,7 +47,7 @@ def test_stand_ins_have_the_real_families_formats(rehearsal_env):
 
 def test_the_t4_pipeline_runs_in_rehearsal_with_t4_decisions(rehearsal_env, tmp_path):
     profile = rehearsal_env
-    metrics = train.run_pipeline(profile, output_dir=tmp_path, hw=models.hardware_for(profile), verbose=False)
+    metrics = train.run_pipeline(profile, output_dir=tmp_path, verbose=False)  # hardware: a T4 reading, from the profile
     assert metrics["profile"] == "t4" and metrics["method"] == "qlora"
     assert metrics["dtype_decided"] == "float16" and metrics["dtype_executed"] == "float32"
     assert metrics["global_step"] == profile.step_cap

@@ -385,7 +385,7 @@ def configure_run(profile, *, method=None, output_dir="runs/sft", model_path=Non
         profile = profile.replace(lora_r=rank)
     if seed is not None:
         profile = profile.replace(seed=seed)
-    hw = hw or hardware.detect()
+    hw = hw or models.hardware_for(profile)  # a t4 rehearsal plans as on a T4
     precision = decide_precision(hw, method)
     say(f"method {method} | {precision.note}")
     out = Path(output_dir)
