@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import json
 import re
-import struct
 import zipfile
 from pathlib import Path
+
+from .models import safetensors_problem
 
 #: Written into every checkpoint by `RunInfoCallback`: what the run that saved it trained.
 RUN_INFO = "lora_lab_run.json"
@@ -25,41 +26,6 @@ WEIGHT_FILES = ("adapter_model.safetensors", "model.safetensors")
 #: Saved with torch.save (zip archives) by the Trainer; resuming reads each of them.
 STATE_FILES = ("optimizer.pt", "scheduler.pt")
 _STEP = re.compile(r"^checkpoint-(\d+)$")
-
-
-def safetensors_problem(path) -> str | None:
-    """What is wrong with a .safetensors file (missing, cut short, bad header), or None if it is whole.
-
-    Reads only the header: its length (8 bytes), then the JSON index of tensors whose byte ranges
-    must end exactly at the end of the file. A file cut short by a disconnect fails that check.
-    """
-    path = Path(path)
-    if not path.is_file():
-        return f"{path.name} is missing"
-    size = path.stat().st_size
-    try:
-        with open(path, "rb") as f:
-            (n,) = struct.unpack("<Q", f.read(8))
-            if n > size - 8:
-                return f"{path.name} is truncated ({size} bytes, shorter than its own header)"
-            header = json.loads(f.read(n))
-        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
-    except (struct.error, ValueError, KeyError, TypeError, IndexError) as err:
-        return f"{path.name} is not a valid safetensors file ({type(err).__name__})"
-    if size != 8 + n + end:
-        return f"{path.name} is truncated or corrupt ({size} bytes; its header describes {8 + n + end})"
-    return None
-
-
-def require_whole_safetensors(path) -> None:
-    """Raise a ValueError saying what to do when a weights file is cut short or corrupt."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"No {path.name} in {path.parent}: pass the folder an adapter was saved to.")
-    problem = safetensors_problem(path)
-    if problem:
-        raise ValueError(f"{Path(path).parent}: {problem}. It was probably cut off while saving (a disconnect or "
-                         "full disk): save it again, or use an earlier checkpoint.")
 
 
 def checkpoint_problem(folder) -> str | None:

@@ -399,6 +399,35 @@ def read_safetensors(path: str | os.PathLike) -> SafetensorsFile:
                            header_bytes=size - tensor_bytes)
 
 
+def safetensors_problem(path) -> str | None:
+    """What is wrong with a .safetensors file (missing, cut short, bad header), or None if it is whole.
+
+    `read_safetensors` opens the header only; safetensors itself checks that the tensors it lists
+    cover the file exactly, so a file cut short by a disconnect fails here without loading any data.
+    """
+    from safetensors import SafetensorError
+
+    path = Path(path)
+    if not path.is_file():
+        return f"{path.name} is missing"
+    try:
+        read_safetensors(path)
+    except (SafetensorError, OSError, KeyError) as err:
+        return f"{path.name} is truncated or not a valid safetensors file ({err})"
+    return None
+
+
+def require_whole_safetensors(path) -> None:
+    """Raise a ValueError saying what to do when a weights file is missing, cut short or corrupt."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"No {path.name} in {path.parent}: pass the folder an adapter was saved to.")
+    problem = safetensors_problem(path)
+    if problem:
+        raise ValueError(f"{path.parent}: {problem}. It was probably cut off while saving (a disconnect or "
+                         "full disk): save it again, or use an earlier checkpoint.")
+
+
 def save_adapter(model, tokenizer, out_dir: str | os.PathLike) -> tuple[Path, int]:
     """Save the LoRA adapter (safetensors) and the tokenizer; return (folder, adapter file bytes).
 
@@ -424,8 +453,6 @@ def load_adapter(profile, adapter_dir, method: str = "qlora", hw=None, model_pat
         (peft_model, tokenizer), the model in eval mode.
     """
     from peft import PeftModel
-
-    from .checkpoints import require_whole_safetensors
 
     require_whole_safetensors(Path(adapter_dir) / "adapter_model.safetensors")  # a clear message, not a SafetensorError
     base, tokenizer = load_model_and_tokenizer(profile, method, hw=hw, model_path=model_path)
