@@ -65,9 +65,11 @@ class Case:
     build_bytes: int  # the most the model takes while it is built (QLoRA: its 16-bit weights first)
 
     def estimate_kwargs(self) -> dict:
-        return dict(method=self.method, rank=RANK, lora_alpha=ALPHA, target_modules="all-linear",
-                    batch_size=BATCH, seq_len=self.seq_len, gradient_checkpointing=self.gradient_checkpointing,
-                    optimizer=OPTIMIZER, precision=self.precision, lora_dropout=DROPOUT, device="cuda")
+        lora = {} if self.method == "full" else dict(rank=RANK, lora_alpha=ALPHA, target_modules="all-linear",
+                                                     lora_dropout=DROPOUT)  # full fine-tuning has no adapters
+        return dict(method=self.method, **lora, batch_size=BATCH, seq_len=self.seq_len,
+                    gradient_checkpointing=self.gradient_checkpointing, optimizer=OPTIMIZER,
+                    precision=self.precision, device="cuda")
 
 
 def precision_for(method: str, capability: tuple[int, int]) -> str:

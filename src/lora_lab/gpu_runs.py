@@ -75,7 +75,14 @@ def _with_estimate(run: PlannedRun, **changes) -> PlannedRun:
 
 
 def estimator_model(model_id: str) -> str:
-    """The estimator preset for a Hub model id: an instruct model has its base model's architecture."""
+    """What the estimator reads for a model id: the preset (an instruct model has its base model's
+    architecture), or the local folder of a model the course builds (the cpu profile's tiny one)."""
+    from .profiles import TINY_MODEL_ID
+
+    if model_id == TINY_MODEL_ID:
+        from .tiny import resolve_model_path
+
+        return resolve_model_path(model_id)
     for name in (model_id, model_id.replace("-Instruct", "")):
         if name in vram.preset_names():
             return name
