@@ -189,3 +189,14 @@ def test_trainer_sweep_trains_through_sft_and_reports_the_loop_fields(tiny_model
     assert row["trainable"] == vram.lora_params(vram.load_arch(str(tiny_model_path)), 2, "all-linear")
     assert row["final_train_loss"] == row["losses"][-1][1] < row["losses"][0][1]  # it trained
     assert row["memory"] > 0 and 0.0 <= row["exact_match"] <= 1.0 and row["eval_loss"] > 0
+
+
+def test_cached_results_are_keyed_by_the_package_code(monkeypatch):
+    """The cache root outlives a checkout: a change to the code must not reuse results it did not make."""
+    from lora_lab import units
+
+    payload = {"plan": "x", "ranks": [1, 2]}
+    before = rank._key(payload)
+    assert rank._key(payload) == before  # the same code and settings hit the same file
+    monkeypatch.setattr(units, "code_version", lambda: "another-code")
+    assert rank._key(payload) != before

@@ -88,7 +88,7 @@ class SpecialistRecipe:
         return out
 
     def key(self, profile) -> str:
-        """A short hash of the recipe, the base model and the library versions."""
+        """A short hash of the recipe, the base model, the library versions and the package code."""
         import peft
         import transformers
 
@@ -98,7 +98,7 @@ class SpecialistRecipe:
              "grad_accum": profile.grad_accum, "targets": list(profile.lora_targets)
              if not isinstance(profile.lora_targets, str) else profile.lora_targets,
              "max_length": profile.max_length, "torch": torch.__version__,
-             "transformers": transformers.__version__, "peft": peft.__version__,
+             "transformers": transformers.__version__, "peft": peft.__version__, "code": units.code_version(),
              **({"step_cap": profile.step_cap} if profile.step_cap else {})},  # a rehearsal trains fewer steps
             sort_keys=True,
         )

@@ -62,7 +62,7 @@ def _key(payload: dict) -> str:
     import transformers
 
     full = {"payload": payload, "torch": torch.__version__, "transformers": transformers.__version__,
-            "peft": peft.__version__, "version": 1}
+            "peft": peft.__version__, "code": units.code_version()}
     return hashlib.sha256(json.dumps(full, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 

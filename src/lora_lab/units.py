@@ -6,6 +6,8 @@ modules with different defaults; every module now imports them from here.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import os
 from pathlib import Path
 
@@ -23,3 +25,15 @@ def cache_root() -> Path:
 def cache_dir(kind: str) -> Path:
     """One sub-folder of the cache root per kind of artefact (`tiny`, `rank`, `adapters`, ...)."""
     return cache_root() / kind
+
+
+@functools.lru_cache(maxsize=1)
+def code_version() -> str:
+    """A short hash of the package's own source: part of every cache key, so that results cached under
+    the cache root (which outlives a checkout) are recomputed whenever the code that made them changes."""
+    digest = hashlib.sha256()
+    package = Path(__file__).resolve().parent
+    for path in sorted(package.rglob("*.py")):
+        digest.update(str(path.relative_to(package)).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:12]
