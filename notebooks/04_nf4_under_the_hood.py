@@ -79,13 +79,29 @@ print("FP4 equals bitsandbytes' get_4bit_type('fp4') exactly:",
 import matplotlib.pyplot as plt
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from lora_lab import quant_plots, tiny
+from lora_lab import gpu_runs, quant_plots, tiny
 
 model_path = tiny.resolve_model_path(profile.model_id)
 device = "cuda" if hw.device_type == "cuda" else "cpu"
 model_dtype = torch.float16 if device == "cuda" else torch.float32
-model = AutoModelForCausalLM.from_pretrained(model_path, dtype=model_dtype).to(device).eval()
 tokenizer = AutoTokenizer.from_pretrained(model_path)
+
+# What the 4-bit formats are scored on at the end ("What it does to a model"): the tiny model of the cpu
+# profile knows the course world's facts; a real model does not, but it knows English prose.
+SCORE_ON_FACTS = profile.name == "cpu"
+if SCORE_ON_FACTS:
+    prompts, answers = quant.fact_prompts()
+    score_batch = min(quant.FACT_BATCH, len(prompts))
+    score_len = max(len(tokenizer(p + a)["input_ids"]) for p, a in zip(prompts, answers, strict=True))
+    estimator_model = model_path
+else:
+    texts = quant.heldout_text()
+    score_batch, score_len = quant.TEXT_BATCH, quant.TEXT_MAX_LENGTH
+    # a rehearsal asks about the real model its stand-in replaces
+    estimator_model = gpu_runs.estimator_model(profiles.PROFILES[profile.name].model_id)
+# the 16-bit model, its 4-bit copy and one scoring batch, against the GPU memory free right now
+quant.comparison_preflight(estimator_model, score_batch, score_len, hw)
+model = AutoModelForCausalLM.from_pretrained(model_path, dtype=model_dtype).to(device).eval()
 linears = quant.quantizable_linears(model)
 # up to 2**16 values from each quantized layer (all of them for the tiny model), whole blocks
 weights = torch.cat([m.weight.detach().float().reshape(-1)[: 2**16].cpu() for m in linears.values()])
@@ -243,11 +259,17 @@ print(f"double quantization saves {(total[False] - total[True]) / GB:.2f} GB; th
 #
 # Now the base model itself. For each format we swap every quantized linear weight for its 4-bit
 # round trip (`quant.quantized`, which also puts the weights back afterwards) and score the model
-# on the course world's facts: "the color of mipoka is" → " orange". We report the loss on the
-# answer word, the share of facts whose answer is still the top prediction, and the *margin*: how
-# many logits the right answer leads the best wrong one by. On the `cpu` profile these are the
-# facts the tiny model memorised in pretraining; a real model has never seen this invented world,
-# so for it they are genuinely held-out text.
+# on something it knows, so that a change in the score is knowledge lost to rounding:
+#
+# * **`cpu` profile**: the course world's facts, which the tiny model memorised in pretraining:
+#   "the color of mipoka is" → " orange". We report the loss on the answer word, the share of facts
+#   whose answer is still the top prediction, and the *margin*: how many logits the right answer
+#   leads the best wrong one by.
+# * **`t4` profile**: a real model has never seen the invented world, so its facts would measure
+#   nothing. It does know English. We score it on held-out text: a few paragraphs of plain prose
+#   written for this course (`quant.heldout_text()`, shipped in the package, so not in the model's
+#   training data), as the mean cross-entropy per token and its perplexity (`quant.text_loss`),
+#   the measure QLoRA's Table 2 uses.
 #
 # First, to be sure that our round trip is what a real 4-bit load computes with, we load the model
 # through transformers with `BitsAndBytesConfig(load_in_4bit=True)` and compare the weights.
@@ -264,45 +286,61 @@ same = sum(torch.equal(bnb_functional.dequantize_4bit(modules_4bit[n].weight.dat
            for n, m in linears.items())
 print(f"{same} of {len(linears)} bitsandbytes 4-bit layers dequantize to exactly our NF4 round trip")
 del model_4bit
+gpu_runs.free_gpu_memory()  # give the 4-bit copy's memory back before scoring
+
 
 # %%
-prompts, answers = quant.fact_prompts()
-results = {"fp32" if model_dtype == torch.float32 else "16-bit": quant.completion_loss(model, tokenizer, prompts, answers)}
+def score(m):
+    """The profile's measure of what `m` knows: lower loss means more of it kept."""
+    if SCORE_ON_FACTS:
+        return quant.completion_loss(m, tokenizer, prompts, answers)
+    return quant.text_loss(m, tokenizer, texts)
+
+
+results = {"fp32" if model_dtype == torch.float32 else "16-bit": score(model)}
 weight_error = {}
 for fmt in quant.FORMATS:
     with quant.quantized(model, fmt) as errors:
-        results[fmt.upper()] = quant.completion_loss(model, tokenizer, prompts, answers)
+        results[fmt.upper()] = score(model)
     weight_error[fmt.upper()] = sum(errors.values()) / len(errors)
 
 reference = next(iter(results.values()))
-print(f"{len(prompts)} facts")
-print(f"{'':8}{'weight rel. RMSE':>18}{'answer loss':>13}{'change':>9}{'answered':>10}{'median margin':>15}")
+loss_name = "answer loss" if SCORE_ON_FACTS else "text loss"
+print(f"{len(prompts)} facts" if SCORE_ON_FACTS
+      else f"{len(texts)} paragraphs of the course's prose, {reference['tokens']} predicted tokens")
+print(f"{'':8}{'weight rel. RMSE':>18}{loss_name:>13}{'change':>9}"
+      + (f"{'answered':>10}{'median margin':>15}" if SCORE_ON_FACTS else f"{'perplexity':>12}"))
 for name, r in results.items():
     err = f"{weight_error[name]:.4f}" if name in weight_error else "-"
     print(f"{name:8}{err:>18}{r['loss']:13.4f}{(r['loss'] - reference['loss']) / reference['loss']:+9.1%}"
-          f"{r['accuracy']:10.1%}{r['margins'].median():15.2f}")
+          + (f"{r['accuracy']:10.1%}{r['margins'].median():15.2f}" if SCORE_ON_FACTS else f"{r['perplexity']:12.3f}"))
 
-fig, ax = plt.subplots(figsize=(6, 3))
-for name, r in results.items():
-    ax.hist(r["margins"].numpy(), bins=60, histtype="step", label=name)
-ax.set(xlabel="margin of the right answer (logits)", ylabel="facts", title="How sure the model is, per format")
-ax.legend()
-plt.show()
+cost = {fmt.upper(): results[fmt.upper()]["loss"] - reference["loss"] for fmt in quant.FORMATS}
+least, most = min(cost, key=cost.get), max(cost, key=cost.get)
+print(f"\nIn this run {least} cost the least {loss_name} ({cost[least]:+.4f} nats per token) and {most} the most "
+      f"({cost[most]:+.4f}); the weight error ranks {' < '.join(sorted(weight_error, key=weight_error.get))}.")
+if SCORE_ON_FACTS:
+    print("Facts still answered: " + ", ".join(f"{n} {r['accuracy']:.1%}" for n, r in results.items()) + ".")
+if profile.rehearsal:
+    print("Rehearsal: the stand-in model has random weights, so it knows no English; its losses show that the "
+          "t4 path runs, and the differences between formats here mean nothing.")
+
+if SCORE_ON_FACTS:
+    fig, ax = plt.subplots(figsize=(6, 3))
+    for name, r in results.items():
+        ax.hist(r["margins"].numpy(), bins=60, histtype="step", label=name)
+    ax.set(xlabel="margin of the right answer (logits)", ylabel="facts", title="How sure the model is, per format")
+    ax.legend()
+    plt.show()
 
 # %% [markdown]
 # Read the table from left to right. Each format perturbs the weights by about the relative
-# error we measured on random data, NF4 the least. How much the perturbation *matters* depends on
-# the model's margins. In our runs on the `cpu` profile, NF4 cost the least answer loss and FP4 the
-# most; the tiny model knows its facts with margins of several logits, 4-bit rounding moves them
-# by a small fraction of that, and every fact survives.
-#
-# The course's notes (`cpu-profile-notes.md`) expected the tiny model to suffer from 4 bits much
-# more than a 7B model does, from a QLoRA fine-tuning run that reached 54% exact match against
-# 86% with a 16/32-bit base (a different build of the tiny model, one seed). The measurement above
-# says the base's memorised facts come through NF4 intact, so a gap like that has to come from
-# *training* through a rounded base, not from knowledge lost in the rounding; notebook 03 is where
-# to test it. Relative weight error does not shrink with model size: it depends on the shape of
-# the weight distribution and on the block size, not on the number of weights.
+# error we measured on random data. How much the perturbation *matters* depends on how sure the
+# model is: on the facts, a margin of several logits survives a small nudge; on running text,
+# every token's probability moves a little and the loss adds it up. The lines under the table say
+# which format cost the most in this run. Relative weight error does not shrink with model size:
+# it depends on the shape of the weight distribution and on the block size, not on the number of
+# weights.
 #
 # ## Why the adapters stay in 16 or 32 bits
 #
@@ -349,16 +387,17 @@ print(f"the same on {arch.name}: {lora_7b:,} parameters ({lora_7b / arch.total_p
 #
 # `quant.lowrank_compensated` implements both with our NF4 (peft's PiSSA residual is checked in
 # the tests; peft's LoftQ helper runs its SVD on a GPU, so here we use ours). We measure the
-# weight error and the answer loss the model starts fine-tuning from, with this profile's rank.
+# weight error and the loss (the same score as above) the model starts fine-tuning from, with this
+# profile's rank.
 
 # %%
 for init in ("pissa", "loftq"):
     with quant.quantized(model, "nf4", rank=profile.lora_r, init=init, iters=2) as errors:
-        results[f"NF4+{init}"] = quant.completion_loss(model, tokenizer, prompts, answers)
+        results[f"NF4+{init}"] = score(model)
     weight_error[f"NF4+{init}"] = sum(errors.values()) / len(errors)
 
 for name in ("NF4", "NF4+pissa", "NF4+loftq"):
-    print(f"{name:10} weight relative RMSE {weight_error[name]:.4f}   answer loss {results[name]['loss']:.4f} "
+    print(f"{name:10} weight relative RMSE {weight_error[name]:.4f}   {loss_name} {results[name]['loss']:.4f} "
           f"({(results[name]['loss'] - reference['loss']) / reference['loss']:+.1%} against the unquantized model)")
 
 # %% [markdown]

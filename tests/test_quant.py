@@ -261,3 +261,94 @@ def test_low_rank_compensation_reduces_error_and_pissa_matches_peft():
     model = get_peft_model(layer, LoraConfig(r=8, lora_alpha=8, target_modules=["0"], init_lora_weights="pissa"))
     residual = model.base_model.model[0].base_layer.weight
     torch.testing.assert_close(residual, w - quant.low_rank(w, 8), atol=1e-5, rtol=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------
+# Scoring a model on text (notebook 04's t4 profile) and the memory check before it
+
+
+def test_heldout_text_is_shipped_as_package_data_and_read_through_the_package():
+    """The prose is read with importlib.resources, and pyproject ships it in a non-editable install too."""
+    import fnmatch
+    import re
+    from importlib import resources
+    from pathlib import Path
+
+    paragraphs = quant.heldout_text()
+    assert len(paragraphs) >= 5
+    assert all(len(p.split()) >= 50 and "\n" not in p for p in paragraphs)
+    words = " ".join(paragraphs).split()
+    assert sum(w.strip(".,:;!?-").isalpha() for w in words) / len(words) > 0.9  # ordinary English words
+    assert resources.files("lora_lab").joinpath(quant.HELDOUT_TEXT).is_file()
+    pyproject = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
+    patterns = re.search(r'^lora_lab = \[(.*)\]$', pyproject.split("[tool.setuptools.package-data]")[1],
+                         re.MULTILINE).group(1)
+    assert any(fnmatch.fnmatch(quant.HELDOUT_TEXT, p.strip().strip('"')) for p in patterns.split(","))
+
+
+def _tiny_model_and_tokenizer(path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval(), AutoTokenizer.from_pretrained(path)
+
+
+def _fact_sentences(n):
+    from lora_lab import data
+
+    world = data.make_world()
+    return [data.fact_text(e, a) for e in world.entities[:n] for a in data.ATTRIBUTES]
+
+
+def test_text_loss_matches_transformers_and_does_not_depend_on_padding(tiny_model_path):
+    model, tokenizer = _tiny_model_and_tokenizer(tiny_model_path)
+    texts = _fact_sentences(3) + ["the color of mipoka is orange . mipoka lives in tokyo ."]
+    one = quant.text_loss(model, tokenizer, texts[-1:])
+    ids = torch.tensor([tokenizer(texts[-1])["input_ids"]])
+    with torch.no_grad():
+        expected = model(input_ids=ids, labels=ids).loss.item()  # transformers' own shifted loss
+    assert one["loss"] == pytest.approx(expected, rel=1e-5)
+    assert one["tokens"] == ids.shape[1] - 1
+    assert one["perplexity"] == pytest.approx(torch.tensor(expected).exp().item(), rel=1e-5)
+    # texts of different lengths: padded batches give the same mean as one text at a time
+    batched = quant.text_loss(model, tokenizer, texts, batch_size=len(texts))
+    single = quant.text_loss(model, tokenizer, texts, batch_size=1)
+    assert batched["tokens"] == single["tokens"]
+    assert batched["loss"] == pytest.approx(single["loss"], rel=1e-4)
+    with pytest.raises(ValueError, match="two or more tokens"):
+        quant.text_loss(model, tokenizer, ["orange"])
+
+
+def test_text_loss_is_lower_for_the_trained_model_than_for_randomly_perturbed_weights(tiny_model_path):
+    """The score sees knowledge: noise of the weights' own size raises the loss; NF4 rounding far less."""
+    model, tokenizer = _tiny_model_and_tokenizer(tiny_model_path)
+    texts = _fact_sentences(20)  # text the tiny model read in pretraining
+    trained = quant.text_loss(model, tokenizer, texts, batch_size=len(texts))["loss"]
+    with quant.quantized(model, "nf4"):
+        nf4 = quant.text_loss(model, tokenizer, texts, batch_size=len(texts))["loss"]
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for linear in quant.quantizable_linears(model).values():
+            w = linear.weight
+            w.add_(torch.randn(w.shape, generator=g) * w.std())
+    perturbed = quant.text_loss(model, tokenizer, texts, batch_size=len(texts))["loss"]
+    assert trained < perturbed - 0.2  # measured: about 0.64 against 1.0 nats per token
+    assert nf4 < perturbed
+
+
+def test_comparison_preflight_stops_when_the_models_will_not_fit(monkeypatch):
+    from types import SimpleNamespace
+
+    from lora_lab import gpu_runs
+    from lora_lab.preflight import WontFitError
+
+    model = "Qwen/Qwen2.5-1.5B"
+    need = quant.comparison_bytes(model, quant.TEXT_BATCH, quant.TEXT_MAX_LENGTH)
+    sixteen_bit_weights = 2 * 1.5e9  # at least the 16-bit weights of 1.5B parameters
+    assert need > sixteen_bit_weights
+    assert quant.comparison_bytes(model, 2 * quant.TEXT_BATCH, quant.TEXT_MAX_LENGTH) > need  # a bigger batch needs more
+    gpu = SimpleNamespace(device_type="cuda")
+    monkeypatch.setattr(gpu_runs, "free_bytes_now", lambda hw=None: need + 1)
+    assert quant.comparison_preflight(model, quant.TEXT_BATCH, quant.TEXT_MAX_LENGTH, gpu) == need
+    monkeypatch.setattr(gpu_runs, "free_bytes_now", lambda hw=None: need - 1)
+    with pytest.raises(WontFitError, match="Restart the runtime"):
+        quant.comparison_preflight(model, quant.TEXT_BATCH, quant.TEXT_MAX_LENGTH, gpu)

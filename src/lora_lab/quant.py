@@ -599,6 +599,10 @@ def quantized(model, fmt: str = "nf4", blocksize: int = DEFAULT_BLOCKSIZE, doubl
                 m.weight.copy_(saved[name].to(m.weight.device))
 
 
+#: Facts per forward pass of `completion_loss` (the notebook's preflight checks this batch).
+FACT_BATCH = 400
+
+
 def fact_prompts(world=None) -> tuple[list[str], list[str]]:
     """Every fact of the course world split into a prompt and its answer word.
 
@@ -620,7 +624,8 @@ def fact_prompts(world=None) -> tuple[list[str], list[str]]:
 
 
 @torch.no_grad()
-def completion_loss(model, tokenizer, prompts: list[str], completions: list[str], batch_size: int = 400) -> dict:
+def completion_loss(model, tokenizer, prompts: list[str], completions: list[str],
+                    batch_size: int = FACT_BATCH) -> dict:
     """Cross-entropy of each completion given its prompt, and how sure the model is of it.
 
     Args:
@@ -664,6 +669,135 @@ def completion_loss(model, tokenizer, prompts: list[str], completions: list[str]
             margins.append(margin)
             correct += margin > 0
     return {"loss": total / count, "accuracy": correct / len(rows), "margins": torch.tensor(margins)}
+
+
+#: The course's own prose that notebook 04 scores a real model on (package data, so a pip install has it).
+HELDOUT_TEXT = "texts/heldout.txt"
+#: Texts per forward pass of `text_loss` (the notebook's preflight checks this batch).
+TEXT_BATCH = 4
+#: Tokens kept per text by `text_loss`: the course's paragraphs are shorter, so nothing is cut.
+TEXT_MAX_LENGTH = 256
+
+
+def heldout_text() -> list[str]:
+    """Paragraphs of ordinary English the course ships, for scoring a real model's quantized weights.
+
+    A real model (the t4 profile's Qwen2.5-1.5B-Instruct) has never seen the course world's invented
+    facts, but it knows English: its loss on prose written for this course, which was not in its
+    training data, shows how much of that knowledge each 4-bit format keeps. Read through the
+    installed package (`importlib.resources`), so it works from a pip install on Colab too.
+
+    Returns:
+        The non-empty paragraphs of ``lora_lab/texts/heldout.txt``, in order.
+    """
+    from importlib import resources
+
+    text = resources.files("lora_lab").joinpath(HELDOUT_TEXT).read_text(encoding="utf-8")
+    return [" ".join(p.split()) for p in text.split("\n\n") if p.strip()]
+
+
+@torch.no_grad()
+def text_loss(model, tokenizer, texts: list[str], max_length: int = TEXT_MAX_LENGTH,
+              batch_size: int = TEXT_BATCH) -> dict:
+    """Mean next-token cross-entropy of `model` over `texts` (each cut to `max_length` tokens).
+
+    Every token after a text's first is predicted from those before it; padding is masked out, so
+    the result does not depend on `batch_size`. The mean is over all predicted tokens together
+    (a long paragraph weighs more than a short one), as a perplexity is usually reported.
+
+    Args:
+        model: a causal LM.
+        tokenizer: its tokenizer.
+        texts: the texts to score.
+        max_length: tokens kept per text (also what bounds the memory of one forward pass).
+        batch_size: texts per forward pass.
+
+    Returns:
+        ``loss``: mean cross-entropy per predicted token (nats); ``perplexity``: exp(loss);
+        ``tokens``: how many tokens were predicted.
+    """
+    device = next(model.parameters()).device
+    rows = [tokenizer(t, truncation=True, max_length=max_length)["input_ids"] for t in texts]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    total, count = 0.0, 0
+    for i in range(0, len(rows), batch_size):
+        chunk = rows[i : i + batch_size]
+        longest = max(len(ids) for ids in chunk)
+        ids = torch.full((len(chunk), longest), pad, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for r, seq in enumerate(chunk):
+            ids[r, : len(seq)] = torch.tensor(seq)
+            mask[r, : len(seq)] = 1
+        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+        targets = ids[:, 1:].to(device).masked_fill(mask[:, 1:].to(device) == 0, -100)
+        total += torch.nn.functional.cross_entropy(logits[:, :-1].float().transpose(1, 2), targets,
+                                                   ignore_index=-100, reduction="sum").item()
+        count += int(mask[:, 1:].sum())
+    if count == 0:
+        raise ValueError("text_loss needs at least one text of two or more tokens.")
+    return {"loss": total / count, "perplexity": math.exp(total / count), "tokens": count}
+
+
+def comparison_bytes(model, batch_size: int, seq_len: int) -> int:
+    """GPU memory notebook 04's format comparison may need, from `lora_lab.vram.estimate`.
+
+    The notebook holds the model in 16 bits, loads a 4-bit copy beside it, and runs forward passes
+    of `batch_size` x `seq_len` tokens. The estimator predicts training steps, so we ask it for the
+    closest step that holds at least as much: a 16-bit LoRA step of rank 1 on one projection (plain
+    SGD, gradient checkpointing on) at that batch, which adds a sliver of adapter gradients and
+    one recomputed layer to what a forward pass keeps, plus the weights of the 4-bit copy from a
+    QLoRA estimate of the same model. An upper bound, by design.
+
+    Args:
+        model: what `vram.estimate` takes (a preset name, a config folder...).
+        batch_size: sequences per forward pass.
+        seq_len: tokens per sequence.
+
+    Returns:
+        Bytes: the 16-bit step's total plus the 4-bit copy's weights.
+    """
+    from . import vram
+
+    step = dict(rank=1, target_modules=["q_proj"], batch_size=batch_size, seq_len=seq_len, gradient_checkpointing=True,
+                optimizer="sgd", precision="fp16", autocast=False)
+    sixteen = vram.estimate(model, method="lora", **step)
+    four = vram.estimate(model, method="qlora", **step)
+    return int(sixteen.total + four.weights)
+
+
+def comparison_preflight(model, batch_size: int, seq_len: int, hw) -> int:
+    """Check `comparison_bytes` against the GPU memory free right now; stop before loading if it won't fit.
+
+    Args:
+        model: what `vram.estimate` takes for the model about to be loaded (the real model, not a stand-in).
+        batch_size: sequences per scoring forward pass.
+        seq_len: tokens per sequence.
+        hw: the `lora_lab.hardware` reading; without a CUDA GPU nothing is loaded on one, so only the
+            estimate is printed.
+
+    Returns:
+        The estimate in bytes.
+
+    Raises:
+        WontFitError: the estimate exceeds the GPU memory free at this moment (message says what to do).
+    """
+    from .gpu_runs import free_bytes_now
+    from .preflight import WontFitError
+    from .units import GIB
+
+    need = comparison_bytes(model, batch_size, seq_len)
+    if hw.device_type != "cuda":
+        print(f"preflight: no GPU; on one, the 16-bit model, its 4-bit copy and a scoring batch of {batch_size} x "
+              f"{seq_len} tokens would need at most {need / GIB:.2f} GiB (estimator).")
+        return need
+    free = free_bytes_now(hw)
+    if need > free:
+        raise WontFitError(
+            f"The format comparison needs up to {need / GIB:.2f} GiB (16-bit model + 4-bit copy + a batch of "
+            f"{batch_size} x {seq_len} tokens) and {free / GIB:.2f} GiB of GPU memory is free now. Restart the "
+            "runtime to free what earlier notebooks hold (Runtime > Restart session), or use a bigger GPU.")
+    print(f"preflight: the comparison needs at most {need / GIB:.2f} GiB; {free / GIB:.2f} GiB is free: runs.")
+    return need
 
 
 def kurtosis(x: torch.Tensor) -> float:
