@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 NOTEBOOK_SOURCES := $(wildcard notebooks/[0-9][0-9]_*.py)
 
-.PHONY: setup run test lint sync check-sync pytest nbtest clean colab-links exercises figures bench
+.PHONY: setup run test lint sync check-sync pytest nbtest clean colab-links exercises figures bench gguf-tools
 
 # Create the virtual environment and install the pinned stack (torch pinned: a bare
 # `torch` would pull a multi-GB CUDA build) plus this package in editable mode.
@@ -22,7 +22,7 @@ setup: $(STAMP)
 run: $(STAMP)
 	$(BIN)/python -m lora_lab.course run
 
-test: $(STAMP) lint check-sync pytest nbtest
+test: $(STAMP) lint check-sync gguf-tools pytest nbtest
 
 lint: $(STAMP)
 	$(BIN)/ruff check $(wildcard src tests notebooks benchmarks)
@@ -35,10 +35,10 @@ check-sync: $(STAMP)
 	$(BIN)/python -m lora_lab.course check
 	git diff --exit-code --stat -- notebooks
 
-pytest: $(STAMP)
+pytest: $(STAMP) gguf-tools
 	MPLBACKEND=Agg $(BIN)/python -m pytest tests
 
-nbtest: $(STAMP)
+nbtest: $(STAMP) gguf-tools
 	$(BIN)/python -m pytest --nbmake --nbmake-timeout=900 notebooks/[0-9][0-9]_*.ipynb
 
 # After editing a notebooks/NN_topic.py: regenerate its .ipynb twin, without outputs.
@@ -67,3 +67,9 @@ figures: $(STAMP)
 # The VRAM estimator against measured training steps; writes benchmarks/results/vram_accuracy_cpu.csv.
 bench: $(STAMP)
 	$(BIN)/python benchmarks/vram_accuracy.py
+
+# Notebook 06's tools, pinned and cached under $$LORA_LAB_CACHE/export (~/.cache/lora_lab/export):
+# llama.cpp's GGUF converters from the llama-cpp-python sdist (PyPI, nothing compiled) and
+# node-llama-cpp's prebuilt CPU llama.cpp (npm). Needs node >= 20 and npm.
+gguf-tools: $(STAMP)
+	$(BIN)/python -m lora_lab.export tools

@@ -306,6 +306,14 @@ def install_runtime(install: bool = True) -> Path:
     return out
 
 
+def setup_tools() -> dict:
+    """Fetch the converters and install the runtime (cached); return the pinned versions."""
+    fetch_converters()
+    install_runtime()
+    return {"llama-cpp-python (converters)": LLAMA_CPP_PYTHON_VERSION, "gguf-py (vendored)": GGUF_VERSION,
+            "node-llama-cpp (runtime)": NODE_LLAMA_CPP_VERSION}
+
+
 def tools_ready() -> str | None:
     """None when converters, gguf, sentencepiece and the runtime are all installed, else what is missing."""
     try:
@@ -389,11 +397,12 @@ def torch_eval(model, token_lists, n_generate: int = 0) -> list[LlamaRun]:
     runs = []
     model.eval()
     for tokens in token_lists:
-        ids = torch.tensor([list(tokens)])
+        device = next(model.parameters()).device
+        ids = torch.tensor([list(tokens)], device=device)
         steps, generated = [], []
         with torch.no_grad():
             for k in range(max(n_generate, 1)):
-                logits = model(input_ids=ids).logits[0, -1].double()
+                logits = model(input_ids=ids).logits[0, -1].double().cpu()
                 steps.append(logits.numpy())
                 if k >= n_generate:
                     break
@@ -401,7 +410,7 @@ def torch_eval(model, token_lists, n_generate: int = 0) -> list[LlamaRun]:
                 generated.append(token)
                 if k + 1 == n_generate:
                     break
-                ids = torch.cat([ids, torch.tensor([[token]])], dim=1)
+                ids = torch.cat([ids, torch.tensor([[token]], device=device)], dim=1)
         runs.append(LlamaRun(np.stack(steps), generated))
     return runs
 
@@ -516,3 +525,30 @@ def modelfile(tokenizer, model_gguf: str, adapter_gguf: str | None = None, *, te
     lines += [f'PARAMETER stop "{s}"' for s in stop_tokens(tokenizer, parts)]
     lines.append(f"PARAMETER temperature {temperature:g}")
     return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> None:
+    """`python -m lora_lab.export tools` installs the tools; `... gguf MODEL_DIR [--adapter DIR]` converts."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m lora_lab.export", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("tools", help="fetch the converters and install the llama.cpp runtime (cached)")
+    gguf = sub.add_parser("gguf", help="convert a model folder (and a peft adapter) to GGUF")
+    gguf.add_argument("model_dir", help="a save_pretrained folder: the base, or a merged model")
+    gguf.add_argument("--outtype", nargs="+", default=["f16"], choices=OUTTYPES)
+    gguf.add_argument("--adapter", default=None, help="a peft LoRA folder trained on model_dir")
+    gguf.add_argument("--out-dir", default=None, help=f"default {export_cache() / 'gguf'}")
+    args = parser.parse_args(argv)
+    if args.command == "tools":
+        for name, version in setup_tools().items():
+            print(f"{name}: {version}")
+        print(f"cached in {export_cache()}")
+        return
+    fetch_converters()
+    for name, path in export(args.model_dir, args.outtype, args.adapter, out_dir=args.out_dir).items():
+        print(f"{name}: {path}")
+
+
+if __name__ == "__main__":
+    main()
