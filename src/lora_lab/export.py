@@ -43,10 +43,10 @@ NODE_LLAMA_CPP_VERSION = "3.22.1"
 OUTTYPES = ("f32", "f16", "bf16", "q8_0")
 
 #: Largest |logit difference| accepted between llama.cpp and PyTorch, per file type, for the course's
-#: tiny model (f32 reference). Measured (notebook 06, tests/test_export.py) and kept ~5x above the
-#: measurement: f32 differs only by summation order, f16 by rounding each weight to 11 significant
-#: bits, q8_0 by 8-bit blocks of 32 weights with one f16 scale each.
-TOLERANCES = {"f32": 0.01, "f16": 0.05, "q8_0": 0.5}
+#: tiny model (f32 reference). Largest measured (notebook 06, tests/test_export.py): f32 0.0056,
+#: f16 0.0057, q8_0 0.093; each kept 3-9x above: f32 differs only by summation order, f16 by rounding
+#: each weight to 11 significant bits, q8_0 by 8-bit blocks of 32 weights with one f16 scale each.
+TOLERANCES = {"f32": 0.02, "f16": 0.05, "q8_0": 0.5}
 
 _SDIST_MEMBERS = ("convert_hf_to_gguf.py", "convert_lora_to_gguf.py", "conversion/", "gguf-py/gguf/")
 _RUNTIME_FILES = ("package.json", "package-lock.json", "llama_eval.mjs")
@@ -441,6 +441,34 @@ def compare(reference: list[LlamaRun], other: list[LlamaRun]) -> Agreement:
             diffs.append(float(np.max(np.abs(a - b))))
             top5.append(set(np.argsort(-a)[:5]) == set(np.argsort(-b)[:5]))
     return Agreement(max(diffs), float(np.mean(top5)), float(np.mean(same)), first)
+
+
+def merge_into_dequantized_base(qlora_model, base_dir, adapter_name: str = "default"):
+    """The faithful merge of a QLoRA adapter: the NF4 weights it was trained on, dequantized, plus B @ A.
+
+    A QLoRA adapter learned its update on top of the NF4-rounded base, not the original 16-bit one.
+    This builds a plain model (the dtype of the base's non-quantized weights) whose adapted linear
+    weights are dequantize(W_nf4) + scale * B @ A, ready for `save_pretrained` and GGUF export.
+    """
+    import bitsandbytes.functional as bnbf
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    dense = AutoModelForCausalLM.from_pretrained(base_dir, dtype=qlora_model.get_input_embeddings().weight.dtype)
+    dense.to(qlora_model.get_input_embeddings().weight.device)
+    targets = dict(dense.named_modules())
+    prefix = "base_model.model."
+    with torch.no_grad():
+        for name, module in qlora_model.named_modules():
+            if not (hasattr(module, "lora_A") and adapter_name in module.lora_A):
+                continue
+            weight = module.get_base_layer().weight
+            w = bnbf.dequantize_4bit(weight.data, weight.quant_state) if getattr(weight, "quant_state", None) \
+                is not None else weight.data
+            merged = w.float() + module.get_delta_weight(adapter_name).float()
+            target = targets[name.removeprefix(prefix)]
+            target.weight.data.copy_(merged.to(target.weight.dtype))
+    return dense
 
 
 # --------------------------------------------------------------------------- Ollama
