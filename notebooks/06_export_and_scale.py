@@ -299,3 +299,29 @@ display(Markdown("\n".join([
     f"- On 2 x T4, FSDP (not DDP) fits: {', '.join(only_fsdp) or 'nothing more'}.",
     f"- This notebook ran in {time.perf_counter() - T0:.0f} s.",
 ])))
+
+# %% [markdown]
+# ## Exercises
+#
+# 1. Write the adapter as an **f16** GGUF LoRA (`export.convert_adapter`) and check it in llama.cpp
+#    against `reference_lora`. Is it within `export.TOLERANCES["f16"]`, and how much smaller is it?
+
+# %% tags=["solution"]
+lora_f16 = export.convert_adapter(adapter_dir, base_dir, "f16")
+res_f16 = export.llama_cpp_eval(paths[f"base {model_types[0]}"], ids, merged.config.vocab_size, n_generate=N_GEN,
+                                lora_gguf=lora_f16)
+a16 = export.compare(reference_lora, res_f16.runs)
+print(f"f16 adapter: max |dlogit| {a16.max_abs_logit_diff:.4f} (tolerance {export.TOLERANCES['f16']}), "
+      f"greedy same {a16.greedy_same:.0%}; {lora_f16.stat().st_size / paths['base lora'].stat().st_size:.0%} "
+      "of the f32 adapter's size")
+
+# %% [markdown]
+# 2. Longer sequences: redo the multi-GPU table with `seq_len=4096` and `batch_size=2`. Which
+#    model and method fit on 2 x T4 with FSDP now, and why does FSDP help less than before?
+
+# %% tags=["solution"]
+long_rows = scale.fit_table(seq_len=4096, batch_size=2)
+print(scale.format_fit_table(long_rows))
+print("fits on 2 x T4 with FSDP:", [f"{r.model} {r.method}" for r in long_rows
+                                   if r.setup == "2 x T4" and r.parallel == "FSDP" and r.fits])
+print("FSDP splits weights, gradients and optimizer states, not the activations, which grow with the tokens.")
