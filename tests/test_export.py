@@ -95,3 +95,21 @@ def test_modelfile_carries_the_chat_template_and_stop_tokens(tiny_model_path):
     assert '{{ else if eq .Role "user" }}<|user|>{{ .Content }}<|end|>' in text
     assert 'PARAMETER stop "<|end|>"' in text and tok.eos_token == "<|end|>"
     assert '"<|pad|>"' not in text
+
+
+def test_a_qlora_adapter_merged_into_the_dequantized_nf4_base_is_the_trained_model(tiny_model_path):
+    from lora_lab import adapters, models, profiles
+
+    profile = profiles.get_profile("cpu")
+    nf4, tok = models.load_model_and_tokenizer(profile, "qlora", model_path=tiny_model_path, for_training=False)
+    torch.manual_seed(0)
+    trained = get_peft_model(nf4, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False))
+    probe = PROMPTS[:2]
+    before = adapters.logits(trained, tok, probe).float()
+    merged = export.merge_into_dequantized_base(trained, tiny_model_path)
+    assert (adapters.logits(merged, tok, probe).float() - before).abs().max() < 1e-3
+    # the original (not NF4-rounded) base with the same adapter is a different model
+    original = AutoModelForCausalLM.from_pretrained(tiny_model_path, dtype=torch.float32)
+    with trained.disable_adapter():
+        assert (adapters.logits(original, tok, probe).float() - adapters.logits(trained, tok, probe).float()
+                ).abs().max() > 1e-2
