@@ -142,8 +142,10 @@ for label, kind, ref, res in zip(labels, [*model_types, model_types[0]], refs, r
 # %% [markdown]
 # ## 4 · Four pitfalls, each measured
 #
-# **The leading space.** The tiny tokenizer (like GPT-2's) adds a space before the first word; the
-# `gpt-2` pre-tokenizer in llama.cpp does not. The same text then becomes different tokens.
+# **The leading space.** The tiny tokenizer's byte-level pre-tokenizer has `add_prefix_space` on: it
+# puts a space before the text that follows each special token (`<|user|>` then `Ġtext`). llama.cpp's
+# `gpt-2` pre-tokenizer does not, so the same text becomes different tokens, and the model sees
+# something it was not trained on. Give llama.cpp the token ids, or use a tokenizer without it.
 # **BOS/EOS.** Some runtimes prepend a BOS token the model never saw in training (neither the tiny
 # model nor Qwen2.5 uses one); one extra token at the start moves every logit.
 
