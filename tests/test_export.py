@@ -113,3 +113,15 @@ def test_a_qlora_adapter_merged_into_the_dequantized_nf4_base_is_the_trained_mod
     with trained.disable_adapter():
         assert (adapters.logits(original, tok, probe).float() - adapters.logits(trained, tok, probe).float()
                 ).abs().max() > 1e-2
+
+
+@needs_tools
+def test_without_the_declaration_the_pinned_converter_rejects_the_course_tokenizer(tiny_model_path, tmp_path,
+                                                                                   monkeypatch):
+    # with it, the same tokenizer converts: test_gguf_files_declare_the_byte_level_tokenizer_as_gpt2
+    job = {"script": "convert_hf_to_gguf.py", "args": [str(tiny_model_path), "--vocab-only"],
+           "model_dir": tiny_model_path, "out": tmp_path / "vocab.gguf"}
+    monkeypatch.setattr(export, "declared_pre_tokenizer", lambda _: None)
+    with pytest.raises(RuntimeError, match="pre-tokenizer was not recognized"):
+        export._run_converters([job])
+    assert not job["out"].exists()
