@@ -177,8 +177,8 @@ def fsdp_check(method: str = "lora", steps: int = 4, global_batch: int = 4, seq_
 
     Each of the W processes takes its contiguous 1/W of a fixed global batch; FSDP2 averages the
     gradients, so with equal-length sequences the update equals a single process's on the whole
-    batch. After training, the same forward pass runs twice without an update: a model whose
-    frozen weights stay put gives the same loss both times.
+    batch. After training, the same forward pass runs twice in eval mode without an update: a model
+    whose frozen weights stay put gives the same loss both times.
 
     Returns:
         {"method", "world_size", "losses": global mean loss per step, "repeat": the two repeated losses}.
@@ -224,6 +224,7 @@ def fsdp_check(method: str = "lora", steps: int = 4, global_batch: int = 4, seq_
         optimizer.step()
         optimizer.zero_grad()
         losses.append(global_loss(loss))
+    model.eval()  # as an evaluation after training would: eval mode, no gradients
     with torch.no_grad():
         repeat = [global_loss(model(input_ids=local, labels=local).loss) for _ in range(2)]
     if world > 1:
