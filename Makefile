@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 NOTEBOOK_SOURCES := $(wildcard notebooks/[0-9][0-9]_*.py)
 
-.PHONY: setup run test lint sync check-sync pytest nbtest t4-rehearsal gpu-check t4-plan clean colab-links colab-check-install exercises figures bench
+.PHONY: setup run test lint sync check-sync pytest nbtest t4-rehearsal gpu-check t4-plan clean colab-links colab-check-install exercises figures bench gguf-tools
 
 # Create the virtual environment and install the pinned stack (torch pinned: a bare
 # `torch` would pull a multi-GB CUDA build) plus this package in editable mode.
@@ -22,7 +22,7 @@ setup: $(STAMP)
 run: $(STAMP)
 	$(BIN)/python -m lora_lab.tooling.course run
 
-test: $(STAMP) lint check-sync pytest nbtest t4-rehearsal
+test: $(STAMP) lint check-sync gguf-tools pytest nbtest t4-rehearsal
 
 lint: $(STAMP)
 	$(BIN)/ruff check $(wildcard src tests notebooks benchmarks colab)
@@ -35,10 +35,10 @@ check-sync: $(STAMP)
 	$(BIN)/python -m lora_lab.tooling.course check
 	git diff --exit-code --stat -- notebooks
 
-pytest: $(STAMP)
+pytest: $(STAMP) gguf-tools
 	MPLBACKEND=Agg $(BIN)/python -m pytest tests
 
-nbtest: $(STAMP)
+nbtest: $(STAMP) gguf-tools
 	$(BIN)/python -m pytest --nbmake --nbmake-timeout=900 notebooks/[0-9][0-9]_*.ipynb
 
 # Every notebook's t4 path on this CPU (LORA_LAB_PROFILE=t4 LORA_LAB_REHEARSAL=1): the t4 settings and
@@ -88,3 +88,9 @@ figures: $(STAMP)
 # The VRAM estimator against measured training steps; writes benchmarks/results/vram_accuracy_cpu.csv.
 bench: $(STAMP)
 	$(BIN)/python benchmarks/vram_accuracy.py
+
+# Notebook 06's tools, pinned and cached under $$LORA_LAB_CACHE/export (~/.cache/lora_lab/export):
+# llama.cpp's GGUF converters from the llama-cpp-python sdist (PyPI, nothing compiled) and
+# node-llama-cpp's prebuilt CPU llama.cpp (npm). Needs node >= 20 and npm.
+gguf-tools: $(STAMP)
+	$(BIN)/python -m lora_lab.export tools

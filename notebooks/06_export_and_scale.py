@@ -1,0 +1,333 @@
+# %% [markdown]
+# # 06 · After the run: GGUF for llama.cpp and Ollama, checked against PyTorch, and more than one GPU
+#
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/lora-lab/lora-lab/blob/main/notebooks/06_export_and_scale.ipynb)
+
+# %% tags=["colab-install"]
+# Colab only: install the course's pinned packages (never torch or numpy: Colab's own stay) and lora_lab.
+import subprocess
+import sys
+
+LORA_LAB_REPO = "lora-lab/lora-lab"  # set by `make colab-links REPO=owner/name`
+if "google.colab" in sys.modules:
+    base = f"https://raw.githubusercontent.com/{LORA_LAB_REPO}/main"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-r", f"{base}/colab/requirements.txt",
+                    f"lora-lab @ git+https://github.com/{LORA_LAB_REPO}"], check=True)
+
+# %%
+from lora_lab import hardware, models, profiles
+
+hw = hardware.preflight()
+profile = profiles.get_profile()
+hw = models.hardware_for(profile, hw)  # a t4 rehearsal decides as on a T4 and executes on this CPU
+print(profile.summary())
+
+# %% [markdown]
+# ## What you will be able to do
+#
+# 1. Turn a trained adapter and its merged model into GGUF files with llama.cpp's own converters:
+#    the model in 32/16 bits and in `q8_0`, the adapter as a GGUF LoRA.
+# 2. Load them in a real llama.cpp and check them against PyTorch: next-token logits on held-out
+#    prompts and greedy generations token by token, with a stated tolerance per file type.
+# 3. Recognise four pitfalls by their measurement: the leading space, BOS/EOS, a chat template that
+#    does not match, and an adapter merged into a 4-bit base.
+# 4. Write an Ollama `Modelfile` whose template and stop tokens come from the tokenizer.
+# 5. Read what fits on 2 x T4 (Kaggle) and 8 x A100 with DDP and with FSDP, and write the accelerate
+#    config for an FSDP-QLoRA run.
+#
+# On the `t4` profile this notebook exports the adapter notebook 03 trained (run 03 first); on the
+# `cpu` profile it exports a specialist adapter of the tiny model (notebook 05's, reused from its cache).
+
+# %%
+import time
+from pathlib import Path
+
+from IPython.display import Markdown, display
+from transformers import AutoTokenizer, set_seed
+
+from lora_lab import adapters, export, scale, tiny
+
+set_seed(profile.seed)
+T0 = time.perf_counter()
+print(export.setup_tools())  # llama.cpp's converters (PyPI sdist) and node-llama-cpp (npm), pinned and cached
+
+# %% [markdown]
+# ## 1 · The adapter and its merged model
+#
+# Two ways to ship a LoRA fine-tune to llama.cpp: **merged** (one standalone model file) or
+# **base + adapter** (the base file once, a small adapter file per task, applied at load time).
+# We build both. A QLoRA adapter is merged into the weights it was trained on: the NF4 base,
+# dequantized to 16 bits (fp32 on the CPU), plus `B @ A`; section 4 measures the two other choices.
+# The GGUF LoRA, applied by llama.cpp to the 16-bit base, reproduces the adapter on the 16-bit base.
+
+# %%
+OUT = Path("build") / "export" / profile.name
+if profile.name == "t4":
+    from huggingface_hub import snapshot_download
+
+    adapter_dir = Path("runs") / "03_qlora_sft" / profile.name / "adapter"  # written by notebook 03
+    if not (adapter_dir / "adapter_config.json").exists():
+        raise FileNotFoundError(f"No adapter in {adapter_dir}: run notebook 03 on this runtime first.")
+    if profile.rehearsal:  # the rehearsal's stand-in base is built on this machine, not downloaded
+        base_dir = Path(tiny.resolve_model_path(profile.model_id))
+    else:
+        base_dir = Path(snapshot_download(profile.model_id, allow_patterns=["*.json", "*.safetensors", "*.jinja"]))
+    model_types = ("f16", "q8_0")  # the T4's merged model is fp16; f32 would double a 3 GB file for nothing
+else:
+    run = adapters.train_specialist(profile, adapters.default_recipes(profile)["extract"], hw=hw)
+    adapter_dir, base_dir = Path(run.adapter_dir), tiny.ensure_tiny_model()
+    model_types = ("f32", "f16", "q8_0")
+tokenizer = AutoTokenizer.from_pretrained(base_dir)
+held_out = adapters.task_splits(profile, "extract" if profile.is_local else profile.dataset_id.split("/")[-1],
+                                n_eval=4)["eval"]
+prompts = [row["messages"][0]["content"] for row in held_out]
+merged_dir = OUT / "merged"
+trained, _ = models.load_adapter(profile, adapter_dir, profile.method, hw=hw, model_path=base_dir)
+if profile.method == "qlora":
+    merged = export.merge_into_dequantized_base(trained, base_dir)
+else:
+    merged = trained.merge_and_unload()
+merged.save_pretrained(merged_dir)
+tokenizer.save_pretrained(merged_dir)
+on_16bit_base, _ = models.load_adapter(profile, adapter_dir, "lora", hw=hw, model_path=base_dir)
+print(f"adapter: {adapter_dir}\nmerged model: {merged_dir} ({models.folder_bytes(merged_dir, '*.safetensors') / 2**20:.1f} MiB)")
+
+# %% [markdown]
+# ## 2 · To GGUF with llama.cpp's own converters
+#
+# `convert_hf_to_gguf.py` writes a model, `convert_lora_to_gguf.py` an adapter. They come from the
+# pinned `llama-cpp-python` source distribution (its vendored llama.cpp, with the gguf-py it was
+# released with; nothing is compiled). Two snags, both handled by `lora_lab.export`:
+#
+# - the converter imports `sentencepiece` even for a BPE tokenizer, so `sentencepiece` is installed;
+# - it recognises a BPE pre-tokenizer by hashing how it splits a test string, and rejects any hash
+#   it has not seen. The course's tiny tokenizer is plain byte-level BPE with GPT-2's split rule, so
+#   `export.declared_pre_tokenizer` declares it as `gpt-2`; any other unknown tokenizer still fails.
+#
+# `q4_K_M` is not offered: the converter writes `f32`, `f16`, `bf16` and `q8_0` itself, and the
+# k-quants need llama.cpp's compiled `llama-quantize`, which neither tool here ships.
+
+# %%
+t = time.perf_counter()
+paths = export.export(merged_dir, model_types)
+paths.update({f"base {k}": v for k, v in export.export(base_dir, model_types[:1], adapter_dir=adapter_dir).items()})
+for name, path in paths.items():
+    print(f"{name:<10} {path.stat().st_size / 2**20:8.2f} MiB  {path.name}")
+print(f"(converted or reused from the cache in {time.perf_counter() - t:.0f} s)")
+print(export.gguf_metadata(paths[model_types[0]]))
+
+# %% [markdown]
+# ## 3 · Checked against PyTorch
+#
+# llama.cpp here is node-llama-cpp's prebuilt CPU build (npm). We give it the **same token ids** as
+# transformers (so the tokenizers cannot differ), read its raw next-token logits, and let both
+# generate greedily. Three numbers per file: the largest logit difference, the share of steps with
+# the same top-5 tokens, and the share of prompts whose greedy tokens are identical. The merged files
+# are compared with the merged PyTorch model, base + GGUF LoRA with peft's adapter on the 16-bit base.
+
+# %%
+N_GEN = 8
+ids = [tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, tokenize=True,
+                                     return_dict=False) for p in prompts]
+reference = export.torch_eval(merged, ids, N_GEN)
+reference_lora = export.torch_eval(on_16bit_base, ids, N_GEN)  # what the GGUF LoRA on the 16-bit base should give
+jobs = [export.LlamaJob(paths[t], ids, N_GEN) for t in model_types]
+jobs.append(export.LlamaJob(paths[f"base {model_types[0]}"], ids, N_GEN, lora=paths["base lora"]))
+results = export.llama_cpp_eval_many(jobs, merged.config.vocab_size)
+labels = [f"merged {t}" for t in model_types] + [f"base {model_types[0]} + GGUF LoRA"]
+agreement = {}
+print(f"{'file':<24}{'max |dlogit|':>13}{'tolerance':>11}{'top-5 same':>12}{'greedy same':>13}")
+refs = [reference] * len(model_types) + [reference_lora]
+for label, kind, ref, res in zip(labels, [*model_types, model_types[0]], refs, results, strict=True):
+    agreement[label] = a = export.compare(ref, res.runs)
+    print(f"{label:<24}{a.max_abs_logit_diff:>13.4f}{export.TOLERANCES[kind]:>11}{a.top5_same:>12.0%}"
+          f"{a.greedy_same:>13.0%}   {'ok' if a.within(export.TOLERANCES[kind]) else 'OUTSIDE TOLERANCE'}")
+
+# %% [markdown]
+# ## 4 · Four pitfalls, each measured
+#
+# **The leading space.** The tiny tokenizer's byte-level pre-tokenizer has `add_prefix_space` on: it
+# puts a space before the text that follows each special token (`<|user|>` then `Ġtext`). llama.cpp's
+# `gpt-2` pre-tokenizer does not, so the same text becomes different tokens, and the model sees
+# something it was not trained on. Give llama.cpp the token ids, or use a tokenizer without it.
+# **BOS/EOS.** Some runtimes prepend a BOS token the model never saw in training (neither the tiny
+# model nor Qwen2.5 uses one); one extra token at the start moves every logit.
+
+# %%
+first = prompts[0]
+text = tokenizer.apply_chat_template([{"role": "user", "content": first}], add_generation_prompt=True, tokenize=False)
+eos = tokenizer.eos_token_id
+pit_jobs = [export.LlamaJob(paths[model_types[0]], [ids[0], [eos, *ids[0]]], 0, texts=(text,))]
+own, = export.llama_cpp_eval_many(pit_jobs, merged.config.vocab_size)
+llama_ids = own.tokenized[0]
+pit_jobs = [export.LlamaJob(paths[model_types[0]], [llama_ids], 0)]
+own_tokens, = export.llama_cpp_eval_many(pit_jobs, merged.config.vocab_size)
+space_diff = float(abs(own_tokens.runs[0].logits[0] - reference[0].logits[0]).max())
+bos_diff = float(abs(own.runs[1].logits[0] - own.runs[0].logits[0]).max())
+first_diff = next((i for i, (a, b) in enumerate(zip(llama_ids, ids[0], strict=False)) if a != b),
+                  min(len(llama_ids), len(ids[0])))
+hf_tok, ll_tok = tokenizer.convert_ids_to_tokens(ids[0]), tokenizer.convert_ids_to_tokens(llama_ids)
+print(f"transformers: {len(ids[0])} tokens, llama.cpp's own tokenizer: {len(llama_ids)} tokens; "
+      f"first difference at token {first_diff}: {hf_tok[first_diff:first_diff + 2]} vs {ll_tok[first_diff:first_diff + 2]}")
+print(f"  next-token logits move by up to {space_diff:.2f} when llama.cpp tokenizes the text itself")
+print(f"llama.cpp prepends BOS: {own.add_bos} (bos id {own.bos}); one extra token in front moves them by {bos_diff:.2f}")
+
+# %% [markdown]
+# **A chat template that does not match.** The model learned its answers after its own chat
+# markers. Served with another template (a plain `User:` / `Assistant:` transcript, as a runtime
+# falls back to when it cannot read the template), the same question gets a different answer.
+
+# %%
+answers = [row["answer"] for row in held_out]
+plain = [tokenizer(f"User: {p}\nAssistant:", add_special_tokens=False)["input_ids"] for p in prompts]
+right, wrong = export.llama_cpp_eval_many([export.LlamaJob(paths[model_types[0]], ids, 16),
+                                           export.LlamaJob(paths[model_types[0]], plain, 16)],
+                                          merged.config.vocab_size)
+
+
+def correct(result):
+    texts = [tokenizer.decode(r.generated, skip_special_tokens=True) for r in result.runs]
+    return sum(str(a).strip() in t for a, t in zip(answers, texts, strict=True)), texts
+
+
+n_right, texts_right = correct(right)
+n_wrong, texts_wrong = correct(wrong)
+print(f"right template: {n_right}/{len(prompts)} answers found; plain transcript: {n_wrong}/{len(prompts)}")
+print(f"  e.g. {texts_right[0]!r} vs {texts_wrong[0]!r}")
+
+# %% [markdown]
+# **Where to merge a QLoRA adapter.** The adapter was trained on the NF4 base. Three ways to merge it,
+# each compared with what was trained (the NF4 base with the adapter on top):
+#
+# - into the **4-bit** weights: `W + BA` is re-quantized to NF4 and much of the small update is
+#   rounded away;
+# - into the original **16-bit** base: the update is kept, but the base is no longer the NF4-rounded
+#   one the adapter learned on;
+# - into the **dequantized NF4** base (`export.merge_into_dequantized_base`, what section 1 exported):
+#   the trained model itself.
+
+# %%
+probe = [prompts[0], prompts[1]]
+if profile.method == "qlora":
+    as_trained = adapters.logits(trained, tokenizer, probe).float()
+    d_faithful = (adapters.logits(merged, tokenizer, probe).float() - as_trained).abs().max().item()
+    d16 = (adapters.logits(on_16bit_base, tokenizer, probe).float() - as_trained).abs().max().item()
+    four_bit, _ = adapters.merge_into_4bit(trained, tokenizer, probe, "default")  # in place: last use of `trained`
+    merge_gaps = {"4-bit base": four_bit.max_abs_logit_diff, "16-bit base": d16, "dequantized NF4 base": d_faithful}
+    for where, gap in merge_gaps.items():
+        print(f"merged into the {where:<21} max |dlogit| vs the trained model {gap:.4f}")
+    print(f"(the 4-bit merge loses {four_bit.weight_rel_error:.0%} of the update: relative weight error)")
+del trained, on_16bit_base
+
+# %% [markdown]
+# ## 5 · Ollama
+#
+# Ollama imports a GGUF model with `FROM` and a GGUF LoRA with `ADAPTER`. Its documentation
+# (https://docs.ollama.com/import) lists the architectures it imports adapters for (Llama, Mistral,
+# Gemma) and asks for non-quantized adapters, i.e. not QLoRA-merged ones; for other architectures
+# (Qwen2, Phi-3, ...) import the merged model instead. The chat template must be Ollama's Go template:
+# `export.modelfile` reads the tokenizer's own template by rendering marked messages, rebuilds it
+# (checked against `apply_chat_template`) and takes the stop tokens from the special tokens that
+# close a turn.
+
+# %%
+parts = export.chat_parts(tokenizer)
+conversation = [{"role": "user", "content": prompts[0]}, {"role": "assistant", "content": "ok"},
+                {"role": "user", "content": prompts[1]}]
+same = parts.render(conversation) == tokenizer.apply_chat_template(conversation, tokenize=False,
+                                                                   add_generation_prompt=True)
+modelfile = OUT / "Modelfile"
+modelfile.write_text(export.modelfile(tokenizer, str(paths[f"base {model_types[0]}"].resolve()),
+                                      str(paths["base lora"].resolve())))
+print(modelfile.read_text())
+print(f"template rebuilt from its parts equals apply_chat_template: {same}")
+print(f"then: ollama create lora-lab-{profile.name} -f {modelfile} && ollama run lora-lab-{profile.name}")
+
+# %% [markdown]
+# ## 6 · More than one GPU
+#
+# **DDP** copies the whole training state to each GPU: more throughput, not more room. **FSDP**
+# splits weights, gradients and optimizer states over the GPUs (activations stay per GPU). The
+# estimator (`lora_lab.vram`) gives the per-GPU memory of one step (batch 1, 1024 tokens, fp16):
+
+# %%
+rows = scale.fit_table()
+print(scale.format_fit_table(rows))
+cell = {(r.model, r.method, r.setup, r.parallel): r for r in rows}
+only_fsdp = [f"{m} {meth}" for (m, meth, s, p), r in cell.items()
+             if s == "2 x T4" and p == "FSDP" and r.fits and not cell[(m, meth, s, "DDP")].fits]
+display(Markdown(f"On Kaggle's 2 x T4, FSDP makes room for: **{', '.join(only_fsdp) or 'nothing more'}**; "
+                 "DDP never does (its per-GPU figure is the single GPU's)."))
+
+# %% [markdown]
+# An FSDP-QLoRA run needs three settings from bitsandbytes' FSDP-QLoRA guide
+# (https://huggingface.co/docs/bitsandbytes/main/fsdp_qlora) and PEFT's FSDP guide: the 4-bit
+# weights stored in the model's dtype (`bnb_4bit_quant_storage`), every other weight in that same
+# dtype, and CPU-RAM-efficient loading. `lora_lab.models` sets the first two when accelerate
+# launches with FSDP; `scale.write_accelerate_fsdp_config` writes the launch config:
+
+# %%
+config_path = scale.write_accelerate_fsdp_config(OUT / "fsdp_qlora_2xT4.yaml")
+print(config_path.read_text())
+print(f"on Kaggle: accelerate launch --config_file {config_path} -m lora_lab.train --profile t4 --method qlora")
+
+# %% [markdown]
+# **Is FSDP exact?** `tests/test_fsdp.py` trains LoRA and QLoRA on the tiny model with FSDP2
+# (`fully_shard`) over gloo on two CPU processes, and on one process with the same global batch:
+# on this stack (torch 2.13, bitsandbytes 0.50.2) the losses agree to 1e-5, and repeating a forward
+# pass without an update gives the same loss. bitsandbytes has an open report of 4-bit weights
+# changing under FSDP on GPUs (https://github.com/bitsandbytes-foundation/bitsandbytes/issues/1945),
+# which this CPU check cannot rule out: on a GPU, compare the first losses of an FSDP-QLoRA run with
+# a single-GPU run before trusting a long one. Run the check yourself:
+#
+# ```bash
+# python -m torch.distributed.run --nproc_per_node 2 -m lora_lab.scale fsdp-check --out fsdp.json
+# ```
+
+# %% [markdown]
+# ## Takeaways
+
+# %%
+worst = {label: a.max_abs_logit_diff for label, a in agreement.items()}
+all_greedy = all(a.greedy_same == 1.0 for label, a in agreement.items() if "q8_0" not in label)
+display(Markdown("\n".join([
+    f"- llama.cpp reproduces PyTorch: largest logit difference {min(worst.values()):.4f} to "
+    f"{max(worst.values()):.4f} across {len(worst)} files; greedy tokens identical for the 32/16-bit files: "
+    f"**{all_greedy}**.",
+    f"- Feed llama.cpp the text and its tokenizer may split it differently (from token {first_diff} on here, "
+    f"logits off by up to {space_diff:.2f}); an extra start token moves them by {bos_diff:.2f}.",
+    f"- The chat template matters: {n_right}/{len(prompts)} answers with the model's own template, "
+    f"{n_wrong}/{len(prompts)} with a plain transcript.",
+    *([f"- Merge a QLoRA adapter into the dequantized NF4 base: {merge_gaps['dequantized NF4 base']:.4f} from the "
+       f"trained model, against {merge_gaps['16-bit base']:.2f} (16-bit base) and {merge_gaps['4-bit base']:.2f} "
+       "(4-bit base)."] if profile.method == "qlora" else []),
+    f"- The Modelfile's template reproduces the tokenizer's: **{same}**.",
+    f"- On 2 x T4, FSDP (not DDP) fits: {', '.join(only_fsdp) or 'nothing more'}.",
+    f"- This notebook ran in {time.perf_counter() - T0:.0f} s.",
+])))
+
+# %% [markdown]
+# ## Exercises
+#
+# 1. Write the adapter as an **f16** GGUF LoRA (`export.convert_adapter`) and check it in llama.cpp
+#    against `reference_lora`. Is it within `export.TOLERANCES["f16"]`, and how much smaller is it?
+
+# %% tags=["solution"]
+lora_f16 = export.convert_adapter(adapter_dir, base_dir, "f16")
+res_f16 = export.llama_cpp_eval(paths[f"base {model_types[0]}"], ids, merged.config.vocab_size, n_generate=N_GEN,
+                                lora_gguf=lora_f16)
+a16 = export.compare(reference_lora, res_f16.runs)
+print(f"f16 adapter: max |dlogit| {a16.max_abs_logit_diff:.4f} (tolerance {export.TOLERANCES['f16']}), "
+      f"greedy same {a16.greedy_same:.0%}; {lora_f16.stat().st_size / paths['base lora'].stat().st_size:.0%} "
+      "of the f32 adapter's size")
+
+# %% [markdown]
+# 2. Longer sequences: redo the multi-GPU table with `seq_len=4096` and `batch_size=2`. Which
+#    model and method fit on 2 x T4 with FSDP now, and why does FSDP help less than before?
+
+# %% tags=["solution"]
+long_rows = scale.fit_table(seq_len=4096, batch_size=2)
+print(scale.format_fit_table(long_rows))
+print("fits on 2 x T4 with FSDP:", [f"{r.model} {r.method}" for r in long_rows
+                                   if r.setup == "2 x T4" and r.parallel == "FSDP" and r.fits])
+print("FSDP splits weights, gradients and optimizer states, not the activations, which grow with the tokens.")

@@ -1,0 +1,127 @@
+"""GGUF export of the tiny model and a LoRA adapter, loaded by llama.cpp, against transformers/peft.
+
+Needs the pinned tools (`make gguf-tools`: llama.cpp's converters from the llama-cpp-python sdist,
+node-llama-cpp from npm); `make test` installs them first. No network here: the tools are cached.
+"""
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from lora_lab import export
+
+MISSING = export.tools_ready()
+needs_tools = pytest.mark.skipif(MISSING is not None, reason=f"{MISSING}")
+PROMPTS = ["<|user|>What color is the sky?<|end|><|assistant|>", "<|user|>Name a fruit.<|end|><|assistant|>",
+           "The capital of"]
+N_GENERATE = 8
+
+
+@pytest.fixture(scope="module")
+def checked(tiny_model_path, tmp_path_factory):
+    """Export f32/f16/q8_0 and an f32 GGUF LoRA once; run them all in one llama.cpp process."""
+    tok = AutoTokenizer.from_pretrained(tiny_model_path)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_path, dtype=torch.float32)
+    torch.manual_seed(0)  # a non-zero adapter (B random too), so that it visibly changes the outputs
+    lora = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False))
+    adapter_dir = tmp_path_factory.mktemp("adapter")
+    lora.save_pretrained(adapter_dir)
+    ids = [tok(p)["input_ids"] for p in PROMPTS]
+    with lora.disable_adapter():
+        ref_base = export.torch_eval(lora, ids, N_GENERATE)
+    ref_lora = export.torch_eval(lora, ids, N_GENERATE)
+    # cached under the course's cache root by content: notebook 06 exports the same base files
+    paths = export.export(tiny_model_path, ("f32", "f16", "q8_0"), adapter_dir=adapter_dir)
+    jobs = [export.LlamaJob(paths[t], ids, N_GENERATE) for t in ("f32", "f16", "q8_0")]
+    jobs.append(export.LlamaJob(paths["f32"], ids, N_GENERATE, lora=paths["lora"]))
+    results = export.llama_cpp_eval_many(jobs, base.config.vocab_size)
+    agreements = {t: export.compare(ref_base, r.runs) for t, r in zip(("f32", "f16", "q8_0"), results[:3], strict=True)}
+    agreements["f32+lora"] = export.compare(ref_lora, results[3].runs)
+    return {"paths": paths, "agree": agreements, "adapter_effect": export.compare(ref_base, ref_lora)}
+
+
+@needs_tools
+@pytest.mark.parametrize("kind", ["f32", "f16", "f32+lora"])
+def test_llama_cpp_matches_pytorch_within_tolerance_and_greedy_tokens_are_identical(checked, kind):
+    agree = checked["agree"][kind]
+    assert agree.within(export.TOLERANCES[kind.split("+")[0]]), agree
+    assert agree.greedy_same == 1.0 and agree.top5_same == 1.0, agree
+
+
+@needs_tools
+def test_q8_0_stays_within_its_looser_tolerance(checked):
+    agree = checked["agree"]["q8_0"]
+    assert agree.within(export.TOLERANCES["q8_0"]), agree
+    # quantization error is real: larger than f16's, which is why each type has its own tolerance
+    assert agree.max_abs_logit_diff > checked["agree"]["f16"].max_abs_logit_diff
+
+
+@needs_tools
+def test_the_adapter_is_applied_by_llama_cpp(checked):
+    # without the adapter the outputs differ far beyond the tolerance, so the LoRA check is not vacuous
+    assert checked["adapter_effect"].max_abs_logit_diff > 100 * export.TOLERANCES["f32"]
+
+
+@needs_tools
+def test_gguf_files_declare_the_byte_level_tokenizer_as_gpt2(checked):
+    meta = export.gguf_metadata(checked["paths"]["f16"])
+    assert meta["general.architecture"] == "llama"
+    assert meta["tokenizer.ggml.model"] == "gpt2" and meta["tokenizer.ggml.pre"] == "gpt-2"
+    assert checked["paths"]["q8_0"].stat().st_size < checked["paths"]["f16"].stat().st_size < \
+        checked["paths"]["f32"].stat().st_size
+
+
+def test_only_a_plain_byte_level_pre_tokenizer_is_declared(tmp_path, tiny_model_path):
+    assert export.declared_pre_tokenizer(tiny_model_path) == "gpt-2"
+    (tmp_path / "tokenizer.json").write_text('{"normalizer": null, "pre_tokenizer": {"type": "Metaspace"}}')
+    assert export.declared_pre_tokenizer(tmp_path) is None
+
+
+def test_unknown_outtype_is_refused_with_the_choices():
+    with pytest.raises(ValueError, match="q8_0"):
+        export.convert_model(".", "q4_K_M")
+
+
+def test_modelfile_carries_the_chat_template_and_stop_tokens(tiny_model_path):
+    tok = AutoTokenizer.from_pretrained(tiny_model_path)
+    parts = export.chat_parts(tok)
+    conversation = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+                    {"role": "assistant", "content": "Hello"}, {"role": "user", "content": "Name a fruit."}]
+    for messages in (conversation, conversation[1:2]):
+        assert parts.render(messages) == tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    text = export.modelfile(tok, "base.gguf", "lora.gguf")
+    assert text.startswith("FROM base.gguf\nADAPTER lora.gguf\n")
+    assert '{{ else if eq .Role "user" }}<|user|>{{ .Content }}<|end|>' in text
+    assert 'PARAMETER stop "<|end|>"' in text and tok.eos_token == "<|end|>"
+    assert '"<|pad|>"' not in text
+
+
+def test_a_qlora_adapter_merged_into_the_dequantized_nf4_base_is_the_trained_model(tiny_model_path):
+    from lora_lab import adapters, models, profiles
+
+    profile = profiles.get_profile("cpu")
+    nf4, tok = models.load_model_and_tokenizer(profile, "qlora", model_path=tiny_model_path, for_training=False)
+    torch.manual_seed(0)
+    trained = get_peft_model(nf4, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False))
+    probe = PROMPTS[:2]
+    before = adapters.logits(trained, tok, probe).float()
+    merged = export.merge_into_dequantized_base(trained, tiny_model_path)
+    assert (adapters.logits(merged, tok, probe).float() - before).abs().max() < 1e-3
+    # the original (not NF4-rounded) base with the same adapter is a different model
+    original = AutoModelForCausalLM.from_pretrained(tiny_model_path, dtype=torch.float32)
+    with trained.disable_adapter():
+        assert (adapters.logits(original, tok, probe).float() - adapters.logits(trained, tok, probe).float()
+                ).abs().max() > 1e-2
+
+
+@needs_tools
+def test_without_the_declaration_the_pinned_converter_rejects_the_course_tokenizer(tiny_model_path, tmp_path,
+                                                                                   monkeypatch):
+    # with it, the same tokenizer converts: test_gguf_files_declare_the_byte_level_tokenizer_as_gpt2
+    job = {"script": "convert_hf_to_gguf.py", "args": [str(tiny_model_path), "--vocab-only"],
+           "model_dir": tiny_model_path, "out": tmp_path / "vocab.gguf"}
+    monkeypatch.setattr(export, "declared_pre_tokenizer", lambda _: None)
+    with pytest.raises(RuntimeError, match="pre-tokenizer was not recognized"):
+        export._run_converters([job])
+    assert not job["out"].exists()
