@@ -194,7 +194,7 @@ def build_model(model_name: str, method: str, capability: tuple[int, int]):
         model.enable_input_require_grads()
         model = get_peft_model(model, LoraConfig(r=RANK, lora_alpha=ALPHA, lora_dropout=DROPOUT,
                                                  target_modules="all-linear", task_type="CAUSAL_LM"))
-        for p in model.parameters():  # fp32 adapters with 16-bit autocast (lora_lab.train.keep_trainable_fp32)
+        for p in model.parameters():  # fp32 adapters with 16-bit autocast (lora_lab.compat.keep_trainable_fp32)
             if p.requires_grad:
                 p.data = p.data.float()
     return model, precision

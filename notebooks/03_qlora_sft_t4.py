@@ -55,9 +55,11 @@ import matplotlib.pyplot as plt
 import torch
 from transformers import AutoConfig
 
-from lora_lab import callbacks, data, evaluate, gpu_runs, models, tiny, train, vram
+from lora_lab import callbacks, data, evaluate, gpu_runs, models, preflight, sft_data, tiny, train, vram
+from lora_lab.drive import drive_checkpoint_dir
+from lora_lab.train_plots import plot_loss
+from lora_lab.units import GIB, MIB
 
-GIB = 2**30
 METHOD = profile.method  # "qlora"; "lora" or "full" run through the same code, for comparison
 OUTPUT_DIR = Path("runs") / "03_qlora_sft" / profile.name
 USE_DRIVE = False  # Colab: True puts checkpoints on Google Drive (you will be asked to mount it)
@@ -92,15 +94,15 @@ print("\nthis machine:", precision.note)
 model_path = tiny.resolve_model_path(profile.model_id)
 model_config = AutoConfig.from_pretrained(model_path)
 try:
-    preflight = train.preflight_memory(model_config, profile, METHOD, hw, precision)
-except train.WontFitError as err:
+    preflight_estimate = preflight.preflight_memory(model_config, profile, METHOD, hw, precision)
+except preflight.WontFitError as err:
     print(err)
     raise SystemExit("Stopped before loading the model: change the settings in the cell above and rerun.") from None
 
 t4 = vram.GPUS["Colab T4"]
 t4_profile = profiles.PROFILES["t4"]
-t4_estimate = train.estimate_memory(vram.preset_config("Qwen/Qwen2.5-1.5B"), t4_profile, "qlora",
-                                    models.precision_for("cuda", (7, 5)), device="cuda")
+t4_estimate = preflight.estimate_memory(vram.preset_config("Qwen/Qwen2.5-1.5B"), t4_profile, "qlora",
+                                        models.precision_for("cuda", (7, 5)), device="cuda")
 print(f"\nThe t4 profile on a T4 (Qwen2.5-1.5B, QLoRA, batch {t4_profile.batch_size} x {t4_profile.max_length} tokens):")
 print(t4_estimate)
 print(f"usable on a Colab T4: {t4.usable_bytes / GIB:.2f} GiB -> fits: {t4_estimate.fits(t4)}")
@@ -111,9 +113,9 @@ print(f"usable on a Colab T4: {t4.usable_bytes / GIB:.2f} GiB -> fits: {t4_estim
 
 # %%
 try:
-    train.preflight_memory(vram.preset_config("Qwen/Qwen2.5-7B"), t4_profile, "full", models.simulated_gpu(),
-                           models.precision_for("cuda", (7, 5), "full"), verbose=False)
-except train.WontFitError as err:
+    preflight.preflight_memory(vram.preset_config("Qwen/Qwen2.5-7B"), t4_profile, "full", models.simulated_gpu(),
+                               models.precision_for("cuda", (7, 5), "full"), verbose=False)
+except preflight.WontFitError as err:
     print(err)
 
 # %% [markdown]
@@ -141,8 +143,8 @@ print(tokenizer.apply_chat_template(splits["train"][0]["messages"], tokenize=Fal
 # answer ends with eos (or the model never learns to stop), and it is no longer than `max_length`.
 
 # %%
-train_set, train_report = train.prepare_sft_data(tokenizer, splits["train"], profile.max_length, "train")
-eval_set, eval_report = train.prepare_sft_data(tokenizer, splits["eval"], profile.max_length, "eval")
+train_set, train_report = sft_data.prepare_sft_data(tokenizer, splits["train"], profile.max_length, "train")
+eval_set, eval_report = sft_data.prepare_sft_data(tokenizer, splits["eval"], profile.max_length, "eval")
 
 example = train_set[0]
 first = next(i for i, label in enumerate(example["labels"]) if label != -100)
@@ -162,7 +164,7 @@ broken = copy.deepcopy(tokenizer)
 broken.chat_template = ("{% for m in messages %}{% if m['role'] != 'assistant' %}{{ m['content'] }}"
                         "{{ eos_token }}{% endif %}{% endfor %}")
 try:
-    train.prepare_sft_data(broken, splits["train"].select(range(3)), profile.max_length, "train")
+    sft_data.prepare_sft_data(broken, splits["train"].select(range(3)), profile.max_length, "train")
 except ValueError as err:
     print("refused:", err)
 
@@ -174,7 +176,7 @@ except ValueError as err:
 
 # %%
 n_4bit = sum(type(m).__name__ == "Linear4bit" for m in model.modules())
-print(f"{n_4bit} linear layers in 4-bit NF4; model footprint {model.get_memory_footprint() / 2**20:.1f} MiB")
+print(f"{n_4bit} linear layers in 4-bit NF4; model footprint {model.get_memory_footprint() / MIB:.1f} MiB")
 eval_kwargs = dict(max_new_tokens=profile.max_new_tokens, batch_size=16)
 loss_before = evaluate.eval_loss(model, tokenizer, eval_set, profile.max_length)
 em_before, rows_before = evaluate.exact_match(model, tokenizer, splits["eval"], **eval_kwargs)
@@ -194,8 +196,9 @@ print(evaluate.format_table(rows_before[:3]))
 # One more bf16 trap hides in trl itself: for a quantized model, `SFTTrainer` converts the LoRA
 # matrices to bf16 whatever `fp16`/`bf16` say. On a T4 that brings bf16 back into an fp16 run, and on
 # any machine it rounds every update to bf16's 8-bit mantissa. `sft` casts them back to fp32 right
-# after building the trainer (`train.keep_trainable_fp32`); on this course's tiny model the bf16
-# adapters had cost QLoRA a large part of its held-out exact match.
+# after building the trainer (`compat.keep_trainable_fp32`: `lora_lab.compat` holds every library
+# workaround, each tied to the versions it is for); on this course's tiny model the bf16 adapters
+# had cost QLoRA a large part of its held-out exact match.
 #
 # On Colab, set `USE_DRIVE = True` to write checkpoints to Google Drive: after a disconnect, rerun
 # the notebook and training continues from the newest checkpoint (`RESUME`).
@@ -208,12 +211,12 @@ if hw.device_type == "cuda":  # at full size, against the memory free right now:
     profile = decision.apply(profile)
 checkpoints = OUTPUT_DIR / "checkpoints"
 if USE_DRIVE:
-    checkpoints = train.drive_checkpoint_dir(f"03_qlora_sft-{profile.name}") or checkpoints
+    checkpoints = drive_checkpoint_dir(f"03_qlora_sft-{profile.name}") or checkpoints
 if not RESUME and checkpoints.exists():
     shutil.rmtree(checkpoints)  # a fresh run: old local checkpoints would be resumed from by mistake
 try:
     result = train.sft(model, tokenizer, train_set, profile, checkpoints, method=METHOD, resume=RESUME, hw=hw)
-except train.TrainingOutOfMemory as err:
+except preflight.TrainingOutOfMemory as err:
     print(err)
     raise SystemExit("Out of memory: apply one of the suggestions above, then rerun (RESUME = True keeps the steps done).") from None
 tuned = result.model
@@ -221,7 +224,7 @@ for record in result.records:
     print(f"step {record['step']:>4}  loss {record['loss']:.3f}  {record['tokens_per_s']:>8.0f} tokens/s  "
           f"peak {record['peak_memory_bytes'] / GIB:.2f} GiB ({record['peak_memory_kind']})")
 print({k: result.metrics[k] for k in ("train_runtime_s", "train_tokens_per_s", "final_loss")})
-train.plot_loss(result.log_history, title=f"{profile.name}: {METHOD} training loss")
+plot_loss(result.log_history, title=f"{profile.name}: {METHOD} training loss")
 plt.show()
 
 # %%
@@ -244,7 +247,7 @@ print("in the newest:", sorted(f.name for f in saved[-1].iterdir()) if saved els
 try:
     train.sft(tuned, tokenizer, train_set, profile, OUTPUT_DIR / "oom-demo", method=METHOD, hw=hw, verbose=False,
               callbacks=[callbacks.SimulateOutOfMemory(step=0)])
-except train.TrainingOutOfMemory as err:
+except preflight.TrainingOutOfMemory as err:
     print(err)
 
 # %% [markdown]
@@ -269,7 +272,7 @@ if profile.name == "cpu":  # the course's promise for the cpu profile, checked o
 # %%
 adapter_dir, adapter_bytes = models.save_adapter(tuned, tokenizer, OUTPUT_DIR / "adapter")
 n_lora = sum(p.numel() for n, p in tuned.named_parameters() if "lora_" in n)
-print(f"adapter: {adapter_bytes / 2**20:.2f} MiB for {n_lora:,} LoRA parameters "
+print(f"adapter: {adapter_bytes / MIB:.2f} MiB for {n_lora:,} LoRA parameters "
       f"({adapter_bytes / n_lora:.1f} bytes each: peft saves fp32)")
 reloaded, _ = models.load_adapter(profile, adapter_dir, METHOD, hw=hw)
 prompts = splits["eval"]["messages"][:16]
@@ -284,12 +287,12 @@ del reloaded
 # carrying the unmerged adapter.
 
 # %%
-probe = train.probe_batch(tokenizer, splits["eval"], n=2)
+probe = evaluate.probe_batch(tokenizer, splits["eval"]["messages"], n=2)
 merged, merge_report = models.merge_adapter(profile, adapter_dir, probe, method=METHOD, hw=hw,
                                             out_dir=OUTPUT_DIR / "merged", trained_model=tuned)
 print(f"merged into a {merge_report.dtype} base: max |logit difference| vs unmerged {merge_report.max_abs_diff:.2e} "
       f"(tolerance {merge_report.tolerance:.0e}) -> {'ok' if merge_report.ok else 'TOO LARGE'}")
-print(f"merged model saved: {merge_report.merged_bytes / 2**20:.1f} MiB in {merge_report.merged_dir}")
+print(f"merged model saved: {merge_report.merged_bytes / MIB:.1f} MiB in {merge_report.merged_dir}")
 em_merged, _ = evaluate.exact_match(merged, tokenizer, splits["eval"], **eval_kwargs)
 print(f"exact match of the merged model: {em_merged:.1%} (the QLoRA model: {em_after:.1%})")
 if merge_report.max_abs_diff_vs_trained is not None:
@@ -306,7 +309,7 @@ if merge_report.max_abs_diff_vs_trained is not None:
 
 # %%
 on_gpu = precision.executed != "float32"
-estimate = train.estimate_memory(model_config, profile, METHOD, precision, seq_len=train_report.longest_kept,
+estimate = preflight.estimate_memory(model_config, profile, METHOD, precision, seq_len=train_report.longest_kept,
                                  device="cuda" if on_gpu else "cpu")
 # Like with like: allocated with max_memory_allocated, reserved with max_memory_reserved (peaks reset after
 # emptying the cache right before training); on the CPU, the tensor bytes of one step, never the process's RSS.
@@ -416,7 +419,7 @@ for n_gpus, sharding in ((1, None), (2, None), (2, "fsdp"), (4, "fsdp")):
 
 # %%
 seven_b = gpu_runs.seven_b_profile(t4_profile)
-est_7b = train.estimate_memory(vram.preset_config("Qwen/Qwen2.5-7B"), seven_b, "qlora", fp16, device="cuda")
+est_7b = preflight.estimate_memory(vram.preset_config("Qwen/Qwen2.5-7B"), seven_b, "qlora", fp16, device="cuda")
 print(est_7b)
 print(f"fits a Colab T4 ({t4.usable_bytes / GIB:.2f} GiB): {est_7b.fits(t4)}")
 if hw.device_type == "cuda":

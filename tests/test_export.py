@@ -4,6 +4,8 @@ Needs the pinned tools (`make gguf-tools`: llama.cpp's converters from the llama
 node-llama-cpp from npm); `make test` installs them first. No network here: the tools are cached.
 """
 
+import json
+
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model
@@ -76,6 +78,19 @@ def test_only_a_plain_byte_level_pre_tokenizer_is_declared(tmp_path, tiny_model_
     assert export.declared_pre_tokenizer(tiny_model_path) == "gpt-2"
     (tmp_path / "tokenizer.json").write_text('{"normalizer": null, "pre_tokenizer": {"type": "Metaspace"}}')
     assert export.declared_pre_tokenizer(tmp_path) is None
+
+
+def test_a_qwen2_tokenizer_is_declared_as_qwen2(tmp_path):
+    """The rehearsal's stand-in Qwen2 tokenizer, saved by transformers, has Qwen2's split rule and its own vocab."""
+    from lora_lab import rehearsal
+
+    tok = AutoTokenizer.from_pretrained(rehearsal.ensure_standin_model())
+    tok.save_pretrained(tmp_path)
+    assert export.declared_pre_tokenizer(tmp_path) == "qwen2"
+    config = json.loads((tmp_path / "tokenizer.json").read_text())
+    config["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"] = r"\p{L}+|\s+"  # another split rule
+    (tmp_path / "tokenizer.json").write_text(json.dumps(config))
+    assert export.declared_pre_tokenizer(tmp_path) is None  # the converter's own error then stands
 
 
 def test_unknown_outtype_is_refused_with_the_choices():

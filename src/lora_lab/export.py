@@ -126,12 +126,18 @@ def fetch_converters(download: bool = True) -> Path:
     return out
 
 
+#: Qwen2's split rule, as transformers writes it into tokenizer.json (llama.cpp's "qwen2" pre-tokenizer).
+QWEN2_SPLIT_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+                     r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+
+
 def declared_pre_tokenizer(model_dir: str | os.PathLike) -> str | None:
     """The llama.cpp pre-tokenizer name to declare for a tokenizer the converter does not recognise.
 
     The converter identifies a BPE pre-tokenizer by hashing how it splits a fixed text, and rejects
     any hash it has not seen. A plain byte-level BPE (`ByteLevel` with GPT-2's split regex, as the
-    course's tiny tokenizer) splits exactly like GPT-2, so it can be declared as `gpt-2`. Anything
+    course's tiny tokenizer) splits exactly like GPT-2, so it can be declared as `gpt-2`; Qwen2's
+    split rule with a trained vocabulary of its own (the rehearsal's stand-in) as `qwen2`. Anything
     else returns None: the converter's own error then stands.
     """
     path = Path(model_dir) / "tokenizer.json"
@@ -141,6 +147,14 @@ def declared_pre_tokenizer(model_dir: str | os.PathLike) -> str | None:
     pre = tok.get("pre_tokenizer") or {}
     if pre.get("type") == "ByteLevel" and pre.get("use_regex", True) and tok.get("normalizer") is None:
         return "gpt-2"
+    # Qwen2's pre-tokenizer (transformers writes it for every Qwen2 tokenizer, the t4 rehearsal's stand-in
+    # included): its own split regex, then byte-level without a regex, after NFC. llama.cpp calls it "qwen2".
+    parts = pre.get("pretokenizers") or []
+    if (pre.get("type") == "Sequence" and len(parts) == 2 and parts[0].get("type") == "Split"
+            and (parts[0].get("pattern") or {}).get("Regex") == QWEN2_SPLIT_REGEX
+            and parts[1].get("type") == "ByteLevel" and not parts[1].get("use_regex", True)
+            and (tok.get("normalizer") or {}).get("type") in (None, "NFC")):
+        return "qwen2"
     return None
 
 
