@@ -322,15 +322,11 @@ print(memory.summary())
 # the same adapter, loaded onto the NF4 version of the base:
 
 # %%
-import warnings
-
 nf4_model, _ = adapters.load_specialists(profile, {merge_name: runs[merge_name].adapter_dir}, "qlora", hw=hw)
 nf4_unmerged = adapters.logits(nf4_model, tokenizer, prompts)
 gap = (nf4_unmerged - adapters.logits(model, tokenizer, prompts)).abs().max().item()
 em_before, _ = evaluate.exact_match(nf4_model, tokenizer, evals[merge_name], adapters.max_new_tokens_for(profile, merge_name))
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore", UserWarning)  # peft's "may get different generations due to rounding errors"
-    four_bit, _ = adapters.merge_into_4bit(nf4_model, tokenizer, prompts, merge_name)
+four_bit, _ = adapters.merge_into_4bit(nf4_model, tokenizer, prompts, merge_name)
 em_after, _ = evaluate.exact_match(nf4_model, tokenizer, evals[merge_name], adapters.max_new_tokens_for(profile, merge_name))
 print(f"NF4 base + unmerged adapter vs fp32 base + adapter: largest logit difference {gap:.3f} (the base's quantization)")
 print(f"merged into NF4 vs unmerged on NF4: largest logit difference {four_bit.max_abs_logit_diff:.3f}, mean "

@@ -70,3 +70,19 @@ def test_sft_runs_do_not_pin_memory_without_a_gpu():
     precision = models.decide_precision(hardware.detect(), "qlora")
     kwargs = train.sft_config_kwargs(profiles.get_profile("cpu"), "out", precision)
     assert kwargs["dataloader_pin_memory"] is torch.cuda.is_available()
+
+
+def test_quiet_drops_transformers_checkpoint_ordering_note_only():
+    """Checkpoints saved within a second make transformers log an mtime note a learner cannot act on."""
+    quiet.quiet_library_noise()
+    logger = logging.getLogger("transformers.trainer_utils")
+    seen: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: seen.append(record.getMessage())
+    logger.addHandler(handler)
+    try:
+        logger.warning("mtime may not be reliable on this filesystem, falling back to numerical ordering")
+        logger.warning("a checkpoint could not be deleted")
+    finally:
+        logger.removeHandler(handler)
+    assert seen == ["a checkpoint could not be deleted"]

@@ -28,6 +28,9 @@ LIBRARY_LOG_LINES = (
     ("bitsandbytes.backends.cpu.ops", "kernels-community",
      "bitsandbytes on a CPU with AVX512-BF16 tries an optional Hub package (`kernels`) for a faster 4-bit "
      "kernel, and falls back to its own; nothing downloads here, and the fallback gives the same numbers."),
+    ("transformers.trainer_utils", "mtime may not be reliable",
+     "transformers, when checkpoints are written less than a second apart (the small runs here save every "
+     "step or few): it then orders them by step number, which is the order resuming needs anyway."),
 )
 
 
