@@ -103,7 +103,7 @@ PROFILES: dict[str, RunProfile] = {
     "t4": RunProfile(
         name="t4",
         description="a real 1.5B instruct model with QLoRA on a free Colab T4 (about 14.7 GiB usable)",
-        # Apache-2.0, not gated; 1.54B parameters (shared/reference/model-configs.md).
+        # Apache-2.0, not gated; 1.54B parameters (its model card on the Hugging Face Hub).
         model_id="Qwen/Qwen2.5-1.5B-Instruct",
         # CC-BY-4.0, not gated: an English question, the CREATE TABLE statements it is about, and
         # the SQL that answers it. A behaviour the base model lacks, with an answer sqlite3 can check

@@ -25,8 +25,9 @@ an approximate table search and, for a fraction of a percent of the absmax value
 a midpoint between two levels), returns a neighbour of the nearest level. We take the nearest
 level; everything else (offset, scales, dequantization) matches bit for bit.
 
-Sources: QLoRA (Dettmers et al., arXiv 2305.14314) §3 for NF4 and double quantization; the
-recipe's constants are in ``course-facts.md``.
+Sources: QLoRA (Dettmers et al., arXiv 2305.14314) §3 for NF4 and double quantization (blocks of
+64 weights, absmax scales quantized to 8 bits in blocks of 256); bitsandbytes' own code book and
+kernels (``bitsandbytes/functional.py``) for the exact constants, which the tests match.
 """
 
 from __future__ import annotations

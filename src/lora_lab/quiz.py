@@ -176,7 +176,7 @@ VRAM = [
             "It should take the smallest part",
         ),
         1,
-        "accelerate's estimate-memory does this (shared/reference/measured-memory.md); the parts coexist at the peak.",
+        "accelerate's `estimate-memory` command does this (huggingface.co/docs/accelerate/usage_guides/model_size_estimator); the parts coexist at the peak.",
     ),
 ]
 

@@ -117,7 +117,7 @@ def _gib(x: float) -> int:
 GPUS: dict[str, GPU] = {
     g.name: g
     for g in (
-        GPU("Colab T4", _gib(14.74), "16 GB card; torch reports 14.74 GiB on Colab (course-facts.md)"),
+        GPU("Colab T4", _gib(14.74), "16 GB card; torch reports about 14.74 GiB total on Colab: read it at run time"),
         GPU("L4", _gib(22.0), "24 GB card; about 22 GiB usable (approximate)"),
         GPU("A10G", _gib(22.0), "24 GB card (AWS g5); about 22 GiB usable (approximate)"),
         GPU("RTX 3090", _gib(23.6), "24 GB card; about 23.6 GiB usable (approximate)"),
