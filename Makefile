@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 NOTEBOOK_SOURCES := $(wildcard notebooks/[0-9][0-9]_*.py)
 
-.PHONY: setup run test lint sync check-sync pytest nbtest t4-rehearsal gpu-check t4-plan clean colab-links colab-check-install exercises figures bench gguf-tools
+.PHONY: setup run test lint sync check-sync pytest nbtest t4-rehearsal gpu-check t4-plan clean colab-links colab-check colab-check-install exercises figures bench gguf-tools
 
 # Create the virtual environment and install the pinned stack (torch pinned: a bare
 # `torch` would pull a multi-GB CUDA build) plus this package in editable mode.
@@ -65,11 +65,16 @@ clean:
 	rm -rf build .pytest_cache .ruff_cache
 	find . -name __pycache__ -prune -exec rm -rf {} +
 
-# Point colab/REPO, every badge and every Colab install cell at REPO=owner/name.
-colab-links: $(STAMP)
-	@test -n "$(REPO)" || (echo "usage: make colab-links REPO=owner/name" && exit 2)
-	$(BIN)/python -m lora_lab.tooling.colab set-repo "$(REPO)"
-	$(MAKE) sync
+# Point colab/REPO and colab/REF (default main), every badge and every Colab install cell (notebook sources,
+# their .ipynb twins, learner copies, README) at REPO=owner/name and REF=branch-or-tag. Plain python3 and
+# its standard library: works in a fresh clone, before (or without) `make setup`.
+colab-links:
+	@test -n "$(REPO)" || (echo "usage: make colab-links REPO=owner/name [REF=branch-or-tag]" >&2 && exit 2)
+	$(PYTHON) src/lora_lab/tooling/colab.py set-repo '$(REPO)' --ref '$(or $(REF),main)'
+
+# Every badge and install cell against colab/REPO and colab/REF (ONLINE=1: also what GitHub serves). No install.
+colab-check:
+	$(PYTHON) src/lora_lab/tooling/colab.py check $(if $(ONLINE),--online)
 
 # Colab's install step must leave Colab's own torch and numpy alone: a fresh virtualenv with stand-in
 # torch 2.8.0 and numpy 2.0.2 (metadata only), then pip's resolver plans colab/requirements.txt plus this

@@ -8,11 +8,12 @@
 import subprocess
 import sys
 
-LORA_LAB_REPO = "lora-lab/lora-lab"  # set by `make colab-links REPO=owner/name`
+LORA_LAB_REPO = "lora-lab/lora-lab"  # set by `make colab-links REPO=owner/name REF=branch-or-tag`
+LORA_LAB_REF = "main"  # the branch or tag of LORA_LAB_REPO that this notebook installs
 if "google.colab" in sys.modules:
-    base = f"https://raw.githubusercontent.com/{LORA_LAB_REPO}/main"
+    base = f"https://raw.githubusercontent.com/{LORA_LAB_REPO}/{LORA_LAB_REF}"
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-r", f"{base}/colab/requirements.txt",
-                    f"lora-lab @ git+https://github.com/{LORA_LAB_REPO}"], check=True)
+                    f"lora-lab @ git+https://github.com/{LORA_LAB_REPO}@{LORA_LAB_REF}"], check=True)
 
 # %%
 from lora_lab import hardware, profiles

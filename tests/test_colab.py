@@ -1,19 +1,32 @@
-"""Colab: every notebook has its badge and one Colab-only install cell that leaves torch alone."""
+"""Colab: every notebook has its badge and one Colab-only install cell that leaves torch alone, and
+`make colab-links REPO=owner/name REF=...` points all of them at a fork with plain python3 (no install)."""
 
+import json
 import re
+import shutil
+import subprocess
+import sys
+import urllib.error
 from pathlib import Path
 
 import pytest
 
-from lora_lab.tooling import colab
+from lora_lab.tooling import colab, course
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.py"))
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+LEARNER_NOTEBOOKS = sorted((ROOT / "notebooks" / "learners").glob("[0-9][0-9]_*.ipynb"))
 
 
-@pytest.mark.parametrize("source", SOURCES, ids=lambda p: p.name)
-def test_notebook_has_badge_and_only_the_colab_install_cell(source):
-    assert colab.notebook_problems(source) == []
+@pytest.mark.parametrize("path", SOURCES + NOTEBOOKS + LEARNER_NOTEBOOKS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_notebook_has_badge_and_only_the_colab_install_cell(path):
+    assert colab.notebook_problems(path) == []
+
+
+def test_the_colab_check_passes_on_this_checkout(capsys):
+    assert colab.main(["check"]) == 0, capsys.readouterr().out
+    assert f"{colab.course_repo()}@{colab.course_ref()}" in capsys.readouterr().out
 
 
 def test_check_catches_a_stray_install_and_a_missing_badge(tmp_path):
@@ -23,6 +36,13 @@ def test_check_catches_a_stray_install_and_a_missing_badge(tmp_path):
                    + '\n# %%\nimport subprocess\nsubprocess.run(["pip", "install", "torch"])\n')
     problems = " ".join(colab.notebook_problems(bad))
     assert "badge" in problems and "installs something" in problems
+
+
+def test_check_catches_an_install_cell_left_on_another_ref(tmp_path):
+    stale = tmp_path / NOTEBOOKS[0].name
+    stale.write_text(NOTEBOOKS[0].read_text())
+    problems = colab.notebook_problems(stale, colab.course_repo(), "v9")
+    assert len(problems) == 2 and "badge" in problems[0] and "at v9" in problems[1]
 
 
 def test_requirements_pin_everything_and_leave_torch_and_numpy_alone():
@@ -40,21 +60,111 @@ def test_requirements_pin_everything_and_leave_torch_and_numpy_alone():
         assert local.get(name) == version, f"{name}: colab pins {version}, requirements.txt {local.get(name)}"
 
 
-def test_set_repo_rewrites_badges_and_install_cells(tmp_path, monkeypatch):
-    folder = tmp_path / "notebooks"
-    folder.mkdir()
-    for src in SOURCES[:2]:
-        (folder / src.name).write_text(src.read_text())
-    monkeypatch.setattr(colab, "REPO_FILE", tmp_path / "REPO")
-    readme = tmp_path / "README.md"
-    readme.write_text((ROOT / "README.md").read_text())
-    changed = colab.set_repo("someone/fork", folder, readme)
-    assert "lora-lab/lora-lab" not in readme.read_text() and colab.badge_url("someone/fork", "00_preflight.ipynb") in readme.read_text()
-    assert len(changed) == len(SOURCES[:2])
-    assert colab.course_repo() == "someone/fork"
-    for path in changed:
-        assert colab.notebook_problems(path, "someone/fork") == []
-        assert "lora-lab/lora-lab" not in path.read_text()
+def fresh_copy(tmp_path: Path) -> Path:
+    """What a fresh clone holds for `make colab-links` (no .venv, no install stamp), plus a learner copy."""
+    root = tmp_path / "clone"
+    root.mkdir()
+    for name in ("Makefile", "README.md"):
+        shutil.copy(ROOT / name, root / name)
+    shutil.copytree(ROOT / "colab", root / "colab")
+    (root / "notebooks").mkdir()
+    for path in SOURCES + NOTEBOOKS:
+        shutil.copy(path, root / "notebooks" / path.name)
+    learners = root / "notebooks" / "learners"
+    learners.mkdir()
+    for path in LEARNER_NOTEBOOKS or NOTEBOOKS:  # stand-in learner copies until they are generated
+        text = path.read_text()
+        if not LEARNER_NOTEBOOKS:
+            text = text.replace(f"/notebooks/{path.name}", f"/notebooks/learners/{path.name}")
+        (learners / path.name).write_text(text)
+    tooling = root / "src" / "lora_lab" / "tooling"
+    tooling.mkdir(parents=True)
+    shutil.copy(ROOT / "src" / "lora_lab" / "tooling" / "colab.py", tooling / "colab.py")
+    assert not (root / ".venv").exists()
+    return root
+
+
+def make_colab_links(root: Path, *args: str) -> subprocess.CompletedProcess:
+    # `-I -S`: no site-packages at all, so only the standard library can be imported (no torch, no jupytext).
+    python = f"{sys.executable} -I -S"
+    return subprocess.run(["make", "--no-print-directory", "-C", str(root), "colab-links", f"PYTHON={python}", *args],
+                          capture_output=True, text=True, timeout=120)
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): p.read_text() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_make_colab_links_in_a_fresh_clone_rewrites_everything_with_the_standard_library(tmp_path):
+    root = fresh_copy(tmp_path)
+    result = make_colab_links(root, "REPO=some-one/my.fork", "REF=v1")
+    assert result.returncode == 0, result.stderr
+    assert not (root / ".venv").exists()  # nothing was installed
+    assert (root / "colab" / "REPO").read_text() == "some-one/my.fork\n"
+    assert (root / "colab" / "REF").read_text() == "v1\n"
+    files = colab.course_files(root)
+    assert len(files) == 1 + len(SOURCES) + 2 * len(NOTEBOOKS)
+    for path in files:
+        text = path.read_text()
+        assert "lora-lab/lora-lab" not in text, path
+        assert "/blob/main/" not in text and "LORA_LAB_REF = \\\"main\\\"" not in text, path
+        urls = re.findall(r"https://colab\.research\.google\.com/github/\S+?/notebooks/[^)\s\"]+", text)
+        assert urls and all(u.startswith("https://colab.research.google.com/github/some-one/my.fork/blob/v1/")
+                            for u in urls), path
+    for path in files:
+        if path.suffix != ".md":
+            assert colab.notebook_problems(path, "some-one/my.fork", "v1") == [], path
+    learner = next((root / "notebooks" / "learners").glob("*.ipynb"))
+    assert colab.badge_url("some-one/my.fork", f"learners/{learner.name}", "v1") in learner.read_text()
+    # The .py sources and their .ipynb twins still pair up cell for cell (what `make check-sync` checks).
+    assert course.check(root / "notebooks") == []
+    # The install cell pins the package to the ref: pip reads git+https://github.com/some-one/my.fork@v1.
+    cells = json.loads((root / "notebooks" / NOTEBOOKS[0].name).read_text())["cells"]
+    install = "".join(cells[1]["source"])
+    assert 'LORA_LAB_REF = "v1"' in install and "git+https://github.com/{LORA_LAB_REPO}@{LORA_LAB_REF}" in install
+    # And the stdlib check agrees, also run without site-packages.
+    check = subprocess.run([sys.executable, "-I", "-S", str(root / "src/lora_lab/tooling/colab.py"), "check"],
+                           capture_output=True, text=True, timeout=120)
+    assert check.returncode == 0 and "some-one/my.fork@v1" in check.stdout, check.stdout + check.stderr
+
+
+def test_make_colab_links_is_idempotent_and_ref_defaults_to_main(tmp_path):
+    root = fresh_copy(tmp_path)
+    assert make_colab_links(root, "REPO=me/fork", "REF=v1").returncode == 0
+    once = snapshot(root)
+    second = make_colab_links(root, "REPO=me/fork", "REF=v1")
+    assert second.returncode == 0 and "rewrote 0 files" in second.stdout
+    assert snapshot(root) == once
+    assert make_colab_links(root, "REPO=me/fork").returncode == 0
+    assert (root / "colab" / "REF").read_text() == "main\n"
+    back = make_colab_links(root, "REPO=lora-lab/lora-lab")
+    assert back.returncode == 0
+    for path in [*SOURCES, *NOTEBOOKS, ROOT / "README.md"]:  # back where it started, byte for byte
+        assert (root / path.relative_to(ROOT)).read_text() == path.read_text(), path
+
+
+@pytest.mark.parametrize("args, message", [
+    (["REPO=bad repo"], "REPO must be"), (["REPO=a/b/c"], "REPO must be"), (["REPO=me/fork", "REF=feature/x"], "REF must be"),
+    (["REPO=me/fork", "REF=..bad"], "REF must be"), (["REPO=me/fork", "REF=v1 v2"], "REF must be"), ([], "usage: make colab-links"),
+])
+def test_make_colab_links_refuses_a_bad_repo_or_ref_in_one_line_and_writes_nothing(tmp_path, args, message):
+    root = fresh_copy(tmp_path)
+    before = snapshot(root)
+    result = make_colab_links(root, *args)
+    assert result.returncode != 0
+    errors = [ln for ln in result.stderr.splitlines() if not ln.startswith("make")]
+    assert len(errors) == 1 and errors[0].startswith(message), result.stderr
+    assert snapshot(root) == before
+
+
+def test_the_makefile_target_needs_no_install():
+    makefile = (ROOT / "Makefile").read_text()
+    recipe = makefile.split("\ncolab-links:", 1)[1].split("\n\n", 1)[0]
+    first = recipe.splitlines()[0]
+    assert "$(STAMP)" not in first and "$(BIN)" not in recipe and "sync" not in recipe and "pip" not in recipe
+    assert "$(PYTHON) src/lora_lab/tooling/colab.py set-repo" in recipe
+    imports = re.findall(r"^(?:from|import) (\w+)", (ROOT / "src/lora_lab/tooling/colab.py").read_text(), re.M)
+    assert set(imports) <= {"__future__", "argparse", "json", "re", "sys", "urllib", "pathlib"}
 
 
 @pytest.mark.parametrize("repo", ["", "just-a-name", "a/b/c", "owner/na me"])
@@ -63,17 +173,35 @@ def test_set_repo_refuses_a_bad_address(repo):
         colab.check_repo(repo)
 
 
-def test_readme_colab_section_lists_every_notebook_with_its_badge():
+@pytest.mark.parametrize("ref", ["", "feature/x", "..", "a..b", "-x", ".x", "x.", "x.lock", "v 1", "v1\n", "v1;rm", "x" * 101])
+def test_check_ref_refuses_what_git_or_the_urls_cannot_take(ref):
+    with pytest.raises(ValueError, match="REF must be"):
+        colab.check_ref(ref)
+
+
+@pytest.mark.parametrize("ref", ["main", "v1", "v1.2.0", "workshop_2026-03", "3f2c9e1d0b7a5c4e3f2c9e1d0b7a5c4e3f2c9e1d"])
+def test_check_ref_accepts_branches_tags_and_commits(ref):
+    assert colab.check_ref(ref) == ref
+
+
+def test_readme_colab_table_has_a_learner_and_a_solutions_badge_per_notebook():
     readme = (ROOT / "README.md").read_text()
     section = readme.split("## On Google Colab", 1)[1].split("\n## ", 1)[0]
+    repo, ref = colab.course_repo(), colab.course_ref()
     for source in SOURCES:
-        assert colab.badge_url(colab.course_repo(), source.with_suffix(".ipynb").name) in section, source.name
+        name = source.with_suffix(".ipynb").name
+        row = next(ln for ln in section.splitlines() if ln.startswith(f"| `{source.stem}`"))
+        learner, solutions = colab.badge_url(repo, f"learners/{name}", ref), colab.badge_url(repo, name, ref)
+        assert learner in row and solutions in row and row.index(learner) < row.index(solutions), source.name
+    header = next(ln for ln in section.splitlines() if ln.startswith("| notebook |"))
+    assert "learner" in header and "with solutions" in header
 
 
 @pytest.mark.parametrize("repo", ["me/fork\n", "../..", "owner/..", "owner/.", "-me/fork", "me-/fork", "me--x/fork",
                                   "me/fork\"; import os", "me/", "/fork", "m\u00e9/fork", "me/fork ", "a" * 40 + "/x"])
 def test_set_repo_accepts_only_a_github_owner_and_name(repo, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(colab, "REPO_FILE", tmp_path / "REPO")
+    monkeypatch.setattr(colab, "REF_FILE", tmp_path / "REF")
     monkeypatch.setattr(colab, "NOTEBOOKS", tmp_path)
     assert colab.main(["set-repo", "--", repo]) == 2
     assert "owner/name" in capsys.readouterr().err
@@ -88,4 +216,27 @@ def test_set_repo_accepts_real_addresses(repo):
 def test_colab_check_fails_without_notebooks(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(colab, "NOTEBOOKS", tmp_path)
     assert colab.main(["check"]) == 2
-    assert "No notebook sources" in capsys.readouterr().err
+    assert "No notebooks" in capsys.readouterr().err
+
+
+def served_by(files: dict[str, bytes]):
+    """A stand-in for the network: GitHub serving `files` (raw URL -> body), 404 for anything else."""
+    def fetch(url):
+        if url not in files:
+            raise urllib.error.HTTPError(url, 404, "Not Found", None, None)
+        return files[url]
+    return fetch
+
+
+def test_online_check_says_private_or_unpushed_and_catches_a_stale_push():
+    repo, ref = "me/fork", "v1"
+    paths = NOTEBOOKS[:2]
+    private = colab.online_problems(paths, repo, ref, served_by({}))
+    assert len(private) == 1 and "public" in private[0] and "pushed" in private[0]
+    fresh = NOTEBOOKS[0].read_bytes().replace(b"lora-lab/lora-lab", repo.encode()).replace(
+        b'LORA_LAB_REF = \\"main\\"', b'LORA_LAB_REF = \\"v1\\"')
+    files = {colab.raw_url(repo, "colab/requirements.txt", ref): b"peft==0.21.2\n",
+             colab.raw_url(repo, f"notebooks/{paths[0].name}", ref): fresh,
+             colab.raw_url(repo, f"notebooks/{paths[1].name}", ref): paths[1].read_bytes()}  # pushed before the rewrite
+    problems = colab.online_problems(paths, repo, ref, served_by(files))
+    assert len(problems) == 1 and paths[1].name in problems[0] and "push" in problems[0]

@@ -36,7 +36,7 @@ Lesson helpers (import the one you need):
 
 Build tooling (`lora_lab.tooling`, not imported by the lessons):
     tooling.course          runs, checks, strips and exports the notebooks
-    tooling.colab           Open-in-Colab badges, the Colab install cell, set-repo
+    tooling.colab           Open-in-Colab badges, the Colab install cell, set-repo REPO and REF, check (stdlib only)
     tooling.figure_backend  saves every figure as PNG and SVG for `course figures`
 """
 
