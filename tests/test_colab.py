@@ -240,3 +240,52 @@ def test_online_check_says_private_or_unpushed_and_catches_a_stale_push():
              colab.raw_url(repo, f"notebooks/{paths[1].name}", ref): paths[1].read_bytes()}  # pushed before the rewrite
     problems = colab.online_problems(paths, repo, ref, served_by(files))
     assert len(problems) == 1 and paths[1].name in problems[0] and "push" in problems[0]
+
+
+def test_checkout_hints_point_a_colab_learner_at_github_not_at_a_clone(monkeypatch):
+    from lora_lab import hardware
+
+    monkeypatch.setattr(hardware, "in_colab", lambda: False)
+    local = hardware.checkout_hint("python benchmarks/vram_accuracy.py", "benchmarks/results/vram_accuracy_cpu.csv")
+    assert "from the repository root" in local
+    monkeypatch.setattr(hardware, "in_colab", lambda: True)
+    monkeypatch.setattr(hardware, "installed_from", lambda: ("https://github.com/me/fork", "0123abc"))
+    on_colab = hardware.checkout_hint("python benchmarks/vram_accuracy.py", "benchmarks/results/vram_accuracy_cpu.csv")
+    assert "repository root" not in on_colab and "not on this Colab runtime" in on_colab
+    assert "https://github.com/me/fork/blob/0123abc/benchmarks/results/vram_accuracy_cpu.csv" in on_colab
+
+
+def test_installed_from_reads_pips_record_of_a_git_install(monkeypatch):
+    import importlib.metadata
+
+    from lora_lab import hardware
+
+    class Dist:
+        def __init__(self, text):
+            self.text = text
+
+        def read_text(self, name):
+            return self.text if name == "direct_url.json" else None
+
+    record = '{"url": "https://github.com/me/fork.git", "vcs_info": {"vcs": "git", "requested_revision": "v1", "commit_id": "abc"}}'
+    monkeypatch.setattr(importlib.metadata, "distribution", lambda name: Dist(record))
+    assert hardware.installed_from() == ("https://github.com/me/fork", "abc")
+    monkeypatch.setattr(importlib.metadata, "distribution", lambda name: Dist('{"url": "file:///x", "dir_info": {"editable": true}}'))
+    assert hardware.installed_from() is None
+
+
+def test_a_colab_runtime_without_a_gpu_says_the_cpu_profile_runs_and_how_to_get_a_gpu(monkeypatch):
+    import dataclasses
+
+    from lora_lab import hardware, profiles
+
+    hw = dataclasses.replace(hardware.detect(), device_type="cpu", in_colab=True)
+    notes = [w for w in hardware.warnings_for(hw) if "no GPU" in w]
+    assert len(notes) == 1 and "cpu profile" in notes[0] and "T4 GPU" in notes[0] and "quota" in notes[0]
+    assert not [w for w in hardware.warnings_for(dataclasses.replace(hw, in_colab=False)) if "no GPU" in w]
+    monkeypatch.delenv(profiles.PROFILE_ENV, raising=False)
+    monkeypatch.setattr(hardware, "in_colab", lambda: True)
+    monkeypatch.setattr(profiles.torch.cuda, "is_available", lambda: False)
+    profile = profiles.get_profile()
+    assert profile.name == "cpu"
+    assert "Colab runtime has no GPU" in profiles.why(profile) and "quota" in profiles.why(profile)

@@ -8,6 +8,7 @@ Lesson helpers (import the one you need):
     tiny         the cpu profile's locally built tiny Llama and tokenizer
     data         the course's synthetic instruction tasks, the t4 dataset loader, validation
     sft_data     SFT tokenization (labels on the answer only, checked per example) and the one collator
+    hub          one clear line, with what to do, when the Hugging Face Hub cannot serve a model or dataset
     models       loading in NF4/16-bit, the quantization config, saving, reloading, merging adapters
     compat       every library workaround, each gated on the versions it is for and tested
     preflight    the memory estimate before a run (WontFitError) and the out-of-memory advice after one

@@ -31,6 +31,8 @@ from pathlib import Path
 
 from datasets import Dataset, DatasetDict
 
+from .hub import hub_errors
+
 #: The roles a chat message may have.
 ROLES = ("system", "user", "assistant")
 #: The course's task families, in the order notebooks list them.
@@ -487,7 +489,8 @@ def load_hub_dataset(dataset_id: str, config: str | None = None, n_eval: int = 1
     else:
         if loader is None:
             from datasets import load_dataset as loader
-        raw = loader(dataset_id, config) if config else loader(dataset_id)
+        with hub_errors(dataset_id, "dataset"):  # one line saying what to do when the Hub cannot serve it
+            raw = loader(dataset_id, config) if config else loader(dataset_id)
     if isinstance(raw, Dataset):
         raw = DatasetDict(train=raw)
     train = normalise(raw["train"], dataset_id)

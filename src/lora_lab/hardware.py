@@ -12,6 +12,7 @@ the CPU.
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import os
 import shutil
 import sys
@@ -87,6 +88,39 @@ def in_colab() -> bool:
     return "google.colab" in sys.modules or bool(os.environ.get("COLAB_RELEASE_TAG"))
 
 
+def installed_from() -> tuple[str, str] | None:
+    """(repository URL, commit) that pip installed this package from with `git+https://...` (Colab's
+    install cell does), read from the install's `direct_url.json` (PEP 610); None for a local or editable install."""
+    try:
+        text = importlib.metadata.distribution("lora-lab").read_text("direct_url.json")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    try:
+        info = json.loads(text or "{}")
+    except ValueError:
+        return None
+    vcs = info.get("vcs_info") or {}
+    if not vcs or not info.get("url"):
+        return None
+    url = info["url"].removesuffix(".git")
+    return url, vcs.get("commit_id") or vcs.get("requested_revision") or "main"
+
+
+def checkout_hint(command: str, produces: str) -> str:
+    """What to print when `produces`, a repository file that `command` writes in a clone of the course, is missing.
+
+    In a clone: run the command from the repository root. On Colab the notebook runs without a clone
+    (the install cell pip-installs the package), so no such command can run there: say so, and where
+    to read the committed file on GitHub instead.
+    """
+    if not in_colab():
+        return f"run `{command}` from the repository root to produce {produces}"
+    source = installed_from()
+    where = f"{source[0]}/blob/{source[1]}/{produces}" if source else f"{produces} in the course repository on GitHub"
+    return (f"{produces} is not on this Colab runtime (`{command}` writes it in a clone of the course "
+            f"repository): read the committed results at {where}")
+
+
 def _host_memory() -> tuple[int | None, int | None]:
     """(total, available) host RAM in bytes from /proc/meminfo, or (None, None) elsewhere."""
     try:
@@ -156,6 +190,13 @@ def warnings_for(hw: Hardware, requested_dtype: str | None = None) -> list[str]:
             f"bf16 was requested but {hw.gpu_name} (capability "
             f"{hw.compute_capability[0]}.{hw.compute_capability[1]}) has no native bf16: use fp16 "
             "(the course picks it for you). torch.cuda.is_bf16_supported() says True here only by emulation."
+        )
+    if hw.in_colab and hw.device_type == "cpu":
+        out.append(
+            "This Colab runtime has no GPU, so the notebooks run the cpu profile: a tiny model built here, "
+            "the same code, smaller numbers. For the t4 profile pick Runtime > Change runtime type > T4 GPU; "
+            "if Colab offers no GPU (your GPU quota is used up, or another notebook holds your GPU session: "
+            "Runtime > Manage sessions), carry on here on the cpu profile."
         )
     if hw.gpu_free_bytes is not None and hw.gpu_free_bytes < LOW_GPU_MEMORY_BYTES:
         out.append(

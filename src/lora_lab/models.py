@@ -25,6 +25,7 @@ import torch
 
 from . import hardware, tiny
 from .compat import keep_cpu_4bit_layout
+from .hub import hub_errors
 
 #: Fine-tuning methods: 4-bit base + LoRA, 16-bit base + LoRA, every weight trains.
 METHODS = ("qlora", "lora", "full")
@@ -266,14 +267,16 @@ def load_model_and_tokenizer(profile, method: str = "qlora", hw: hardware.Hardwa
     precision = decide_precision(hw, method)
     set_cpu_threads(profile, hw)
     path = str(model_path) if model_path is not None else tiny.resolve_model_path(profile.model_id)
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    with hub_errors(path, "model"):  # one line saying what to do when the Hub cannot serve it
+        tokenizer = AutoTokenizer.from_pretrained(path)
     tokenizer.padding_side = "right"  # training pads on the right; generation switches to left itself
     kwargs = {"dtype": precision.torch_load_dtype, "device_map": _device_map(precision)}
     fsdp = _uses_fsdp() if fsdp is None else fsdp
     if method == "qlora":
         storage = precision.torch_compute_dtype if fsdp else None
         kwargs["quantization_config"] = bnb_config(precision, quant_storage=storage)
-    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    with hub_errors(path, "model"):
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     ensure_pad_token(tokenizer, model)
     model.config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id

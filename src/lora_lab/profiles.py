@@ -241,4 +241,9 @@ def why(profile: RunProfile) -> str:
         return f"{PROFILE_ENV}={os.environ[PROFILE_ENV]} is set."
     if torch.cuda.is_available():
         return "a CUDA GPU is present."
+    from .hardware import in_colab
+
+    if in_colab():
+        return ("this Colab runtime has no GPU (none picked under Runtime > Change runtime type, or none available: "
+                "GPU quota used up), so the course trains a tiny model it builds itself, through the same code.")
     return "no CUDA GPU is present, so the course trains a tiny model it builds itself."
