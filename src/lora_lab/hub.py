@@ -60,8 +60,8 @@ def explain(err: BaseException, repo_id: str, kind: str = "model") -> str | None
                 f"https://status.huggingface.co; without the Hub, run the cpu profile, which downloads nothing "
                 "(`%env LORA_LAB_PROFILE=cpu` in a cell before the setup cell, or LORA_LAB_PROFILE=cpu in the shell).")
     if names & _NOT_FOUND or "not found" in text or "does not exist" in text or "doesn't exist" in text:
-        return (f"The Hugging Face Hub has no {kind} {repo_id}, or it is private: check the id at {page}; for a "
-                f"private {kind}, {token}.")
+        return (f"The Hugging Face Hub has no {kind} {repo_id}, or it is private: check the id at {page} (for a "
+                f"local folder: its path); for a private {kind}, {token}.")
     return None
 
 

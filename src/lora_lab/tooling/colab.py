@@ -220,7 +220,7 @@ def readme_problems(readme: Path, repo: str, ref: str) -> list[str]:
 
 def _fetch(url: str, timeout: float = 20.0) -> bytes:
     """The body at `url` (urllib.error.URLError/HTTPError on failure)."""
-    with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 (https URLs built above)
+    with urllib.request.urlopen(url, timeout=timeout) as response:  # https URLs built by raw_url
         return response.read()
 
 
