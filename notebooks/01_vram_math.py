@@ -45,7 +45,8 @@ print(profile.summary())
 # calculators answer it badly: one (accelerate's `estimate-memory`) takes the *largest*
 # part of the memory instead of the *sum* and forgets activations, another assumes every model has
 # untied embeddings and full multi-head attention and ignores the LoRA rank, and none separates the
-# logits, which dominate on today's 128k-256k-token vocabularies.
+# logits, which grow with the vocabulary (128k-256k tokens in today's models) and the sequence length
+# (section **Where the memory goes at long sequences** computes how far).
 #
 # This notebook uses `lora_lab.vram.estimate`, which reads a model's `config.json` and adds up
 # what one training step holds, part by part, following the course's own recipe
@@ -81,7 +82,8 @@ print(f"{SEVEN_B}: {arch.total_params:,} parameters, vocabulary {arch.vocab_size
 # full fine-tuning of Mistral-7B-v0.3, batch 4 x 512 tokens, AdamW, SDPA attention, with and
 # without gradient checkpointing, in pure bf16 (weights, gradients and Adam states all 16-bit) and
 # in the usual mixed precision (fp32 weights, gradients and states, 16-bit compute; Hugging Face's
-# "model training anatomy" counts about 18 bytes per parameter for it).
+# [model training anatomy](https://huggingface.co/docs/transformers/model_memory_anatomy) counts about
+# 18 bytes per parameter for it).
 
 # %%
 SEVEN_B_SETTINGS = dict(batch_size=4, seq_len=512, optimizer="adamw", attention="sdpa")
@@ -296,9 +298,9 @@ fig = plots.stacked_breakdown(bars, gpus=("Colab T4", "RTX 4090", "A100 80GB"),
 # The output head turns every token's hidden state into one score per vocabulary entry: the **logits**,
 # batch x sequence x vocabulary values. The standard loss (transformers' `ForCausalLMLoss`, PyTorch's
 # cross-entropy) keeps an fp32 copy of their log-probabilities for the backward pass, and the backward
-# pass starts with two fp32 gradients of the same size. A model with a big vocabulary and a long
-# sequence turns that into the largest part of the step. Take Qwen2.5-1.5B, whose vocabulary has more
-# than 150,000 entries, fully fine-tuned in bf16 at batch 4 x 4096 tokens with gradient checkpointing:
+# pass starts with two fp32 gradients of the same size. How large is that next to the rest of the step?
+# Take Qwen2.5-1.5B, a small model with a big vocabulary, fully fine-tuned in bf16 at batch 4 x 4096
+# tokens with gradient checkpointing:
 
 # %%
 import matplotlib.pyplot as plt
