@@ -359,6 +359,9 @@ display(Markdown(
 
 # %%
 long_fused = vram.estimate(LONG_MODEL, seq_len=4096, fused_cross_entropy=True, **LONG_SETTINGS)
+t4_length = profiles.PROFILES["t4"].max_length
+short_step = vram.estimate(LONG_MODEL, seq_len=t4_length, **LONG_SETTINGS)
+short_share = sum(long_sequences.logits_parts(short_step, long_arch.vocab_size).values()) / short_step.total
 chunk = vram.fused_chunk_tokens(tokens, long_arch.hidden_size, long_arch.vocab_size)
 print(long_fused)
 print(f"\nchunk: {chunk} of {tokens:,} tokens at a time; saved {(long_step.total - long_fused.total) / GIB:.1f} GiB "
@@ -368,8 +371,8 @@ display(Markdown(
     f"{long_step.total / GIB:.1f} GiB, and the longest sequence that fits an A100 80GB at batch 4 goes from "
     f"{vram.max_seq_len_that_fits(LONG_MODEL, 'A100 80GB', **LONG_SETTINGS):,} to "
     f"{vram.max_seq_len_that_fits(LONG_MODEL, 'A100 80GB', fused_cross_entropy=True, **LONG_SETTINGS):,} tokens. "
-    f"The course's own runs keep the standard loss: their sequences are short (the `t4` profile's "
-    f"{profiles.PROFILES['t4'].max_length} tokens), where the logits are a smaller share."))
+    f"The course's own runs keep the standard loss: their sequences are short, and at the `t4` profile's "
+    f"{t4_length} tokens the logits are {short_share:.0%} of this same full fine-tune."))
 
 # %% [markdown]
 # ## The calculator
@@ -565,7 +568,7 @@ display(Markdown(f"""What this run computed and measured:
   {long_fused.total / GIB:.1f} GiB.
 * **Check the estimate**: on this machine ({results[0]['method']}, {results[1]['method']}, {results[2]['method']}
   on {'the GPU' if hw.device_type == 'cuda' else 'the tiny model'}) the largest error of a measured part is
-  {worst_measured:.1%}; against the {len(rows)} published GPU points it is {100 * max(abs(r['error']) for r in rows):.1f}%.
+  {worst_measured:.2%}; against the {len(rows)} published GPU points it is {100 * max(abs(r['error']) for r in rows):.1f}%.
 * **Say your settings**: every figure above names its batch size, sequence length, checkpointing and optimizer;
   a memory figure without them cannot be checked.
 """))
