@@ -23,13 +23,31 @@ profile = profiles.get_profile()
 print(profile.summary())
 
 # %% [markdown]
+# ## Objectives
+#
+# After this notebook you will be able to:
+#
+# * add up the memory of one fine-tuning step part by part (weights, gradients, optimizer states,
+#   activations, the backward peak, overhead) and say which settings each part depends on;
+# * compare full fine-tuning, LoRA and QLoRA for a given model and GPU with `lora_lab.vram`;
+# * explain why a big vocabulary makes the logits the largest part at long sequences, and name the fix;
+# * check an estimate against a measured training step and against published GPU measurements.
+#
+# LoRA and QLoRA are defined in notebook 00 (**Words this course uses**). In one line each: **LoRA**
+# freezes every weight matrix W and trains two thin matrices B (d_out x r) and A (r x d_in) beside it;
+# **QLoRA** does the same over a base whose linear weights are stored in 4-bit **NF4**, with their
+# per-block scales quantized again (**double quantization**) and optimizer states that can page out to
+# CPU memory (**paged optimizers**).
+
+# %% [markdown]
 # ## The question
 #
 # "Will it fit on my GPU?" is the first thing to answer before fine-tuning, and the popular
 # calculators answer it badly: one (accelerate's `estimate-memory`) takes the *largest*
 # part of the memory instead of the *sum* and forgets activations, another assumes every model has
 # untied embeddings and full multi-head attention and ignores the LoRA rank, and none separates the
-# logits, which dominate on today's 128k-256k-token vocabularies.
+# logits, which grow with the vocabulary (128k-256k tokens in today's models) and the sequence length
+# (section **Where the memory goes at long sequences** computes how far).
 #
 # This notebook uses `lora_lab.vram.estimate`, which reads a model's `config.json` and adds up
 # what one training step holds, part by part, following the course's own recipe
@@ -60,12 +78,13 @@ print(f"{SEVEN_B}: {arch.total_params:,} parameters, vocabulary {arch.vocab_size
 # %% [markdown]
 # ## The VRAM problem, for a 7B model
 #
-# The syllabus counts a 7B model at 2 bytes per weight, 2 per gradient and 4 for Adam's two states,
-# plus "20-40 GB" of activations. Here is the same step computed, with its assumptions stated:
+# A common rule of thumb counts a 7B model at 2 bytes per weight, 2 per gradient and 4 for Adam's two
+# states, plus some tens of GB of activations. Here is the same step computed, with its assumptions stated:
 # full fine-tuning of Mistral-7B-v0.3, batch 4 x 512 tokens, AdamW, SDPA attention, with and
 # without gradient checkpointing, in pure bf16 (weights, gradients and Adam states all 16-bit) and
 # in the usual mixed precision (fp32 weights, gradients and states, 16-bit compute; Hugging Face's
-# "model training anatomy" counts about 18 bytes per parameter for it).
+# [model training anatomy](https://huggingface.co/docs/transformers/model_memory_anatomy) counts about
+# 18 bytes per parameter for it).
 
 # %%
 SEVEN_B_SETTINGS = dict(batch_size=4, seq_len=512, optimizer="adamw", attention="sdpa")
@@ -88,7 +107,7 @@ print(f"\nmixed precision: {state_bytes:.1f} bytes per parameter for fp32 weight
       f"plus {copies:.1f} for autocast's 16-bit copies of the matmul weights = {state_bytes + copies:.1f}")
 
 # %% [markdown]
-# Three things the syllabus's arithmetic leaves out:
+# Three things that rule of thumb leaves out:
 #
 # * **Mixed precision keeps fp32 weights, gradients and states** and makes 16-bit copies for the
 #   matmuls; pure bf16 training is cheaper but rounds small updates away.
@@ -122,8 +141,8 @@ for name in ("mistralai/Mistral-7B-v0.3", "meta-llama/Llama-3.1-8B", "Qwen/Qwen2
 # adapters share the tensor the base layer received.
 #
 # First on a one-layer Llama, measured: the tensors one forward pass saves for backward, in pure
-# bf16 (no autocast). Look for the `float32` tensors of shape (tokens, width): one per adapted
-# layer.
+# bf16 (no autocast). Look for the `float32` tensors of shape (tokens, width), and count them against the
+# adapted layers (the cell counts them too).
 
 # %%
 from collections import Counter
@@ -141,6 +160,11 @@ for (shape, dtype), count in sorted(saved.items(), key=lambda kv: -kv[1]):
     print(f"{count} x {str(shape):<18} {dtype}")
 adapted = [m for m in lora_model.modules() if hasattr(m, "lora_A")]
 print(f"\n{len(adapted)} adapted layers; their input widths: {sorted(m.in_features for m in adapted)}")
+widths = {m.in_features for m in adapted}
+fp32_inputs = sum(n for (shape, dtype), n in saved.items()
+                  if str(dtype).endswith("float32") and len(shape) == 2 and shape[1] in widths)
+print(f"float32 tensors of shape (tokens, an adapted layer's input width): {fp32_inputs}, "
+      f"adapted layers: {len(adapted)}")
 del lora_model
 
 # %% [markdown]
@@ -202,47 +226,50 @@ for name in ("meta-llama/Llama-3.1-8B", "Qwen/Qwen2.5-7B"):
 # real model is not "r x 2d per matrix". These counts equal what peft prints (the tests build each
 # preset at full size on the meta device, attach peft's LoRA and compare).
 #
-# ## The syllabus's cheat sheet, recomputed
+# ## A widely shared cheat sheet, recomputed
 #
-# Settings, stated because the totals depend on them: batch 4 x 512 tokens, gradient checkpointing
-# on, AdamW, SDPA attention. Full fine-tuning in mixed precision; LoRA r = 16 on all linear layers
-# over a bf16 base; QLoRA the same over an NF4 base with double quantization. 3B and 7B are real
-# models (Llama-3.2-3B, Mistral-7B-v0.3); for 13B, 30B and 70B there is no preset, so they are
-# generic Llama-2-style decoders of that many parameters (32k vocabulary, full multi-head
-# attention, depth = width / 128: `vram.generic_arch`).
+# Tables of "memory per model size" for full fine-tuning, LoRA and QLoRA circulate widely, with rows
+# for 3B, 7B, 13B, 30B and 70B models. They state no batch size, sequence length, checkpointing or
+# optimizer, and they cite no measurement a learner could open, so this notebook does not copy their
+# figures: it computes the same table with its settings stated, and the section **Check the estimate**
+# below puts the estimator next to measurements whose sources you can read.
+#
+# Settings: batch 4 x 512 tokens, gradient checkpointing on, AdamW, SDPA attention. Full fine-tuning in
+# mixed precision; LoRA r = 16 on all linear layers over a bf16 base; QLoRA the same over an NF4 base with
+# double quantization. 3B and 7B are real models (Llama-3.2-3B, Mistral-7B-v0.3); for 13B, 30B and 70B
+# there is no preset, so they are generic Llama-2-style decoders of that many parameters (32k vocabulary,
+# full multi-head attention, depth = width / 128: `vram.generic_arch`).
 
 # %%
 SHEET_SETTINGS = dict(batch_size=4, seq_len=512, gradient_checkpointing=True, optimizer="adamw", rank=16)
 SHEET_MODELS = {"3B": "meta-llama/Llama-3.2-3B", "7B": SEVEN_B, "13B": 13e9, "30B": 30e9, "70B": 70e9}
-# The syllabus's figures (its "VRAM Requirements: The Cheat Sheet"), GB.
-SYLLABUS = {"3B": ("~50", "~12", "~5-6"), "7B": ("100-120", "~20", "~8-10"), "13B": ("~200", "~35", "~15"),
-            "30B": ("~480", "~80", "~48"), "70B": ("~1120", "~180", "~80")}
 sheet = {}
 for label, model in SHEET_MODELS.items():
     sheet[label] = {m: vram.estimate(model, method=m, precision="mixed" if m == "full" else "bf16", **SHEET_SETTINGS)
                     for m in vram.METHODS}
-print(f"{'size':<5}{'parameters':>16}   " + "".join(f"{m + ' (ours | syllabus)':>30}" for m in vram.METHODS))
+print(f"{'size':<5}{'parameters':>16}   " + "".join(f"{m:>12}" for m in vram.METHODS))
 for label, ests in sheet.items():
-    cells = "".join(f"{ests[m].total / 1e9:>14.1f} GB | {SYLLABUS[label][i]:>9} GB" for i, m in enumerate(vram.METHODS))
+    cells = "".join(f"{ests[m].total / 1e9:>9.1f} GB" for m in vram.METHODS)
     print(f"{label:<5}{ests['full'].total_params:>16,}   {cells}")
 
-# %% [markdown]
-# Where they differ, and why (compare the columns above):
-#
-# * **Full fine-tuning** is dominated by the 18 bytes per parameter of mixed-precision AdamW, so
-#   it grows in proportion to the model; an 8-bit optimizer or pure bf16 states would cut it.
-# * **LoRA** is dominated by the frozen 16-bit base: 2 bytes per parameter. The adapters, their
-#   gradients and AdamW states are small at r = 16.
-# * **QLoRA** stores the base at about half a byte per parameter, but embeddings, norms and the
-#   output head stay unquantized and are upcast to fp32 by `prepare_model_for_kbit_training`; on
-#   models with big vocabularies that is a sizeable share.
-# * On the 3B row the QLoRA figure is close to the 7B one: Llama-3.2-3B's vocabulary exceeds
-#   Mistral-7B's several times over (both printed below), and its (tied) embedding is kept in fp32
-#   while the linear layers shrink to NF4.
-#   The cell below prints that share.
-# * The syllabus states no batch size, sequence length or checkpointing setting; its activation
-#   figures are therefore not reproducible as such. Ours are for the settings printed above.
-#
+# %%
+full7, lora7, qlora7 = (sheet["7B"][m] for m in vram.METHODS)
+states_share = (full7.weights + full7.gradients + full7.optimizer_states) / full7.total
+base_share = lora7.weights / lora7.total
+display(Markdown(f"""What dominates each column, computed for the 7B row:
+
+* **Full fine-tuning**: weights, gradients and AdamW states in mixed precision are
+  {(full7.weights + full7.gradients + full7.optimizer_states) / full7.total_params:.1f} bytes per parameter,
+  {states_share:.0%} of the {full7.total / 1e9:.1f} GB, so the column grows in proportion to the model; an 8-bit
+  optimizer or pure bf16 states would cut it.
+* **LoRA**: the frozen 16-bit base is {base_share:.0%} of the {lora7.total / 1e9:.1f} GB; the adapters, their
+  gradients and AdamW states are {(lora7.gradients + lora7.optimizer_states) / 1e9:.2f} GB at r = 16.
+* **QLoRA**: the base is stored at about half a byte per parameter ({qlora7.weights / 1e9:.2f} GB of weights
+  against LoRA's {lora7.weights / 1e9:.2f} GB), but embeddings, norms and the output head stay unquantized and
+  `prepare_model_for_kbit_training` upcasts them to fp32; the next cell prints that share for 3B and 7B.
+* QLoRA 3B needs {sheet['3B']['qlora'].total / qlora7.total:.0%} of QLoRA 7B's memory, although it has
+  {sheet['3B']['qlora'].total_params / qlora7.total_params:.0%} of its parameters."""))
+
 # %%
 for label in ("3B", "7B"):
     a = vram.load_arch(SHEET_MODELS[label])
@@ -265,6 +292,88 @@ bars |= {f"1.5B {m}": vram.estimate("Qwen/Qwen2.5-1.5B", method=m, precision="mi
                                     **SHEET_SETTINGS) for m in vram.METHODS}
 fig = plots.stacked_breakdown(bars, gpus=("Colab T4", "RTX 4090", "A100 80GB"),
                               title="One training step, batch 4 x 512, checkpointing on")
+
+# %% [markdown]
+# ## Where the memory goes at long sequences
+#
+# The output head turns every token's hidden state into one score per vocabulary entry: the **logits**,
+# batch x sequence x vocabulary values. The standard loss (transformers' `ForCausalLMLoss`, PyTorch's
+# cross-entropy) keeps an fp32 copy of their log-probabilities for the backward pass, and the backward
+# pass starts with two fp32 gradients of the same size. How large is that next to the rest of the step?
+# Take Qwen2.5-1.5B, a small model with a big vocabulary, fully fine-tuned in bf16 at batch 4 x 4096
+# tokens with gradient checkpointing:
+
+# %%
+import matplotlib.pyplot as plt
+
+from lora_lab import long_sequences
+
+LONG_MODEL = "Qwen/Qwen2.5-1.5B"
+LONG_SETTINGS = dict(method="full", precision="bf16", batch_size=4, gradient_checkpointing=True, optimizer="adamw")
+long_arch = vram.load_arch(LONG_MODEL)
+long_step = vram.estimate(LONG_MODEL, seq_len=4096, **LONG_SETTINGS)
+print(f"{LONG_MODEL}: {long_arch.total_params:,} parameters, vocabulary {long_arch.vocab_size:,}")
+print(long_step)
+tokens = LONG_SETTINGS["batch_size"] * 4096
+print(f"\nlogits: {tokens:,} tokens x {long_arch.vocab_size:,} = {tokens * long_arch.vocab_size:,} values "
+      f"({tokens * long_arch.vocab_size / long_arch.total_params:.1f} x the parameter count)")
+long_logits = long_sequences.logits_parts(long_step, long_arch.vocab_size)
+labels = {key: name for key, name, _ in long_sequences.KINDS}
+for key, value in long_logits.items():
+    print(f"  {labels[key]:<50} {value / GIB:>6.2f} GiB")
+logits_share = sum(long_logits.values()) / long_step.total
+print(f"  {'together':<50} {sum(long_logits.values()) / GIB:>6.2f} GiB = {logits_share:.0%} of {long_step.total / GIB:.1f} GiB")
+
+# %% [markdown]
+# How each part grows with the sequence length (the black line is the same step with a fused loss, next
+# section):
+
+# %%
+long_results = long_sequences.sweep(LONG_MODEL, (512, 1024, 2048, 4096, 8192), **LONG_SETTINGS)
+fig = long_sequences.plot_by_seq_len(long_results, long_arch.vocab_size,
+                                     title=f"{LONG_MODEL}, full fine-tune, bf16, batch 4, checkpointing on")
+plt.show()
+first, last = long_results[512][0], long_results[8192][0]
+display(Markdown(
+    f"From 512 to 8,192 tokens the weights, gradients and optimizer states stay at "
+    f"{(first.weights + first.gradients + first.optimizer_states) / GIB:.1f} GiB, while the logits' parts grow "
+    f"from {sum(long_sequences.logits_parts(first, long_arch.vocab_size).values()) / GIB:.1f} GiB to "
+    f"{sum(long_sequences.logits_parts(last, long_arch.vocab_size).values()) / GIB:.1f} GiB: at 4,096 tokens they "
+    f"are **{logits_share:.0%}** of the step."))
+
+# %% [markdown]
+# ### The fix: never hold all the logits at once
+#
+# A **chunked** or **fused linear cross-entropy** computes the output head and the loss a slice of tokens
+# at a time, and computes the gradient for the head's input in the same pass, so the full logits, their
+# fp32 copy and their gradients never exist together. Two public implementations:
+#
+# * Liger Kernel's `LigerFusedLinearCrossEntropyLoss` (Hsu et al. 2024,
+#   [arXiv 2410.10989](https://arxiv.org/abs/2410.10989); code at
+#   [github.com/linkedin/Liger-Kernel](https://github.com/linkedin/Liger-Kernel)), which picks the chunk so
+#   that one chunk's logits are about as large as the head's input;
+# * Apple's Cut Cross-Entropy (Wijmans et al. 2024, [arXiv 2411.09009](https://arxiv.org/abs/2411.09009)),
+#   which computes only the logit of the right token and the log-sum-exp, block by block, in on-chip memory.
+#
+# The estimator models the first (`vram.estimate(..., fused_cross_entropy=True)`, chunk size by
+# `vram.fused_chunk_tokens`, Liger's rule). The same step with it:
+
+# %%
+long_fused = vram.estimate(LONG_MODEL, seq_len=4096, fused_cross_entropy=True, **LONG_SETTINGS)
+t4_length = profiles.PROFILES["t4"].max_length
+short_step = vram.estimate(LONG_MODEL, seq_len=t4_length, **LONG_SETTINGS)
+short_share = sum(long_sequences.logits_parts(short_step, long_arch.vocab_size).values()) / short_step.total
+chunk = vram.fused_chunk_tokens(tokens, long_arch.hidden_size, long_arch.vocab_size)
+print(long_fused)
+print(f"\nchunk: {chunk} of {tokens:,} tokens at a time; saved {(long_step.total - long_fused.total) / GIB:.1f} GiB "
+      f"({1 - long_fused.total / long_step.total:.0%})")
+display(Markdown(
+    f"With a fused loss the 4,096-token step needs **{long_fused.total / GIB:.1f} GiB** instead of "
+    f"{long_step.total / GIB:.1f} GiB, and the longest sequence that fits an A100 80GB at batch 4 goes from "
+    f"{vram.max_seq_len_that_fits(LONG_MODEL, 'A100 80GB', **LONG_SETTINGS):,} to "
+    f"{vram.max_seq_len_that_fits(LONG_MODEL, 'A100 80GB', fused_cross_entropy=True, **LONG_SETTINGS):,} tokens. "
+    f"The course's own runs keep the standard loss: their sequences are short, and at the `t4` profile's "
+    f"{t4_length} tokens the logits are {short_share:.0%} of this same full fine-tune."))
 
 # %% [markdown]
 # ## The calculator
@@ -366,6 +475,9 @@ if csv_path.exists():
     exact = all(r["measured_total_params"] == r["predicted_total_params"] and
                 r["measured_trainable_params"] == r["predicted_trainable_params"] for r in bench)
     print("largest |error| per category; parameter and trainable counts exact in every run:", exact)
+elif hardware.in_colab():
+    print("This Colab runtime has the package but not the repository's benchmarks/ folder: the results are in "
+          "benchmarks/results/vram_accuracy_cpu.csv of the course repository.")
 else:
     print("run `python benchmarks/vram_accuracy.py` from the repository root to produce", csv_path)
 
@@ -408,20 +520,6 @@ display(Markdown(
     f"err high on purpose: LitGPT keeps its embeddings and norms in bf16, where peft upcasts them to fp32."))
 
 # %% [markdown]
-# ## What to take away
-#
-# * Add the parts up: weights + gradients + optimizer states + activations + the backward peak +
-#   overhead. Taking the largest part, as some calculators do, is wrong by construction.
-# * LoRA shrinks gradients and optimizer states to almost nothing; the frozen base and the
-#   activations remain. QLoRA shrinks the base; checkpointing and a shorter longest sequence shrink
-#   the activations; big vocabularies make the logits a term of their own.
-# * Dtypes are memory too: fp32 adapters on a 16-bit base cost one copy of each adapted layer's
-#   input (16-bit under autocast, fp32 without), and QLoRA's fp32 residual stream doubles what
-#   gradient checkpointing keeps.
-# * Say your settings. A memory figure without batch size, sequence length, checkpointing and
-#   optimizer is not a figure you can check.
-
-# %% [markdown]
 # ## Check your understanding
 
 # %%
@@ -447,3 +545,31 @@ for checkpointing in (True, False):
 for method in ("full", "qlora"):
     gpu = vram.smallest_gpu("meta-llama/Llama-3.1-8B", method=method, precision="mixed", batch_size=1, seq_len=2048)
     print(f"{method}: {gpu or 'no single GPU in the table'}")
+
+# %% [markdown]
+# ## Takeaways
+
+# %%
+worst_measured = max(abs(r[f"predicted_{part}"] / r[f"measured_{part}"] - 1) for r in results for part in memory.CATEGORIES
+                     if r[f"measured_{part}"])
+copies_share = copies / no_ckpt.activations
+display(Markdown(f"""What this run computed and measured:
+
+* **Add the parts up.** Full fine-tuning of Mistral-7B in mixed precision (batch 4 x 512, checkpointing) needs
+  {full7.total / 1e9:.0f} GB, LoRA {lora7.total / 1e9:.0f} GB, QLoRA {qlora7.total / 1e9:.0f} GB; weights,
+  gradients and AdamW states alone are {states_share:.0%} of the full fine-tune. Taking only the largest part,
+  as some calculators do, misses the rest.
+* **LoRA shrinks gradients and optimizer states** to {(lora7.gradients + lora7.optimizer_states) / 1e9:.2f} GB at
+  r = 16; the frozen base ({lora7.weights / 1e9:.1f} GB) and the activations remain. QLoRA shrinks the base to
+  {qlora7.weights / 1e9:.1f} GB, fp32 embeddings included.
+* **Dtypes are memory too**: peft's fp32 adapters on a 16-bit base keep one copy of each adapted layer's input,
+  {copies / GIB:.2f} GiB ({copies_share:.0%} of the activations) for Mistral-7B's QLoRA step without checkpointing.
+* **Big vocabularies make the logits a term of their own**: for {LONG_MODEL} at batch 4 x 4096 they are
+  {logits_share:.0%} of {long_step.total / GIB:.1f} GiB, and a fused linear cross-entropy brings the step to
+  {long_fused.total / GIB:.1f} GiB.
+* **Check the estimate**: on this machine ({results[0]['method']}, {results[1]['method']}, {results[2]['method']}
+  on {'the GPU' if hw.device_type == 'cuda' else 'the tiny model'}) the largest error of a measured part is
+  {worst_measured:.2%}; against the {len(rows)} published GPU points it is {100 * max(abs(r['error']) for r in rows):.1f}%.
+* **Say your settings**: every figure above names its batch size, sequence length, checkpointing and optimizer;
+  a memory figure without them cannot be checked.
+"""))

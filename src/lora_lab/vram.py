@@ -763,6 +763,7 @@ class StepShape:
     num_gpus: int  # GPUs the step runs on
     sharding: str | None  # None or "fsdp"
     device: str  # "cuda" or "cpu"
+    fused_ce: bool = False  # chunked/fused linear cross-entropy: no batch x seq x vocab logits at once
 
     @property
     def tokens(self) -> int:
@@ -809,7 +810,7 @@ class StepShape:
 
 def _step_shape(model, *, method, rank, target_modules, batch_size, seq_len, gradient_checkpointing, optimizer,
                 precision, autocast, double_quant, attention, lora_dropout, num_gpus, sharding,
-                device) -> StepShape:
+                device, fused_cross_entropy=False) -> StepShape:
     """Validate every argument of `estimate` and resolve them into a `StepShape`."""
     _check_choice(method, METHODS, "method")
     _check_choice(optimizer, OPTIMIZERS, "optimizer")
@@ -825,6 +826,7 @@ def _step_shape(model, *, method, rank, target_modules, batch_size, seq_len, gra
     _check_bool(gradient_checkpointing, "gradient_checkpointing")
     _check_bool(double_quant, "double_quant")
     _check_bool(autocast, "autocast")
+    _check_bool(fused_cross_entropy, "fused_cross_entropy")
     _check_number(lora_dropout, "lora_dropout", lo=0.0, hi=1.0)
     _warn_ignored_lora_flags(method, rank, target_modules, double_quant, lora_dropout)
     if sharding == "fsdp" and num_gpus < 2:
@@ -839,7 +841,7 @@ def _step_shape(model, *, method, rank, target_modules, batch_size, seq_len, gra
                      precision=precision, autocast=precision == "mixed" or (autocast and precision != "fp32"),
                      checkpointing=gradient_checkpointing, optimizer=optimizer, double_quant=double_quant,
                      eager=attention == "eager" or not arch.sdpa_supported, dropout=float(lora_dropout),
-                     num_gpus=num_gpus, sharding=sharding, device=device)
+                     num_gpus=num_gpus, sharding=sharding, device=device, fused_ce=fused_cross_entropy)
 
 
 # ---- parameters, weights, gradients, optimizer states ---------------------------------------
@@ -1033,8 +1035,10 @@ def activation_terms(st: StepShape) -> dict[str, int]:
     if full:  # lm_head saves its input only when its weight trains
         terms["head_input"] = (st.compute if st.autocast and st.residual != st.compute else st.residual) * t * h
     terms["head_weight_copy"] = _head_weight_copy(st)
-    terms["logprobs"] = 4 * t * V  # log_softmax output, fp32, kept for the loss's backward
-    terms["logit_softcap"] = st.logits * t * V if arch.logit_softcap else 0
+    terms["logprobs"] = 0 if st.fused_ce else 4 * t * V  # log_softmax output, fp32, kept for the loss's backward
+    terms["logit_softcap"] = st.logits * t * V if arch.logit_softcap and not st.fused_ce else 0
+    if st.fused_ce:  # the fused loss computes the head input's gradient in forward and keeps it, plus fp32 losses
+        terms["fused_loss_grad"] = st.residual * t * h + 4 * t
     terms["ids"] = 8 * t * (2 if full else 1)  # labels for the loss (and input ids for a trainable embedding)
     return terms
 
@@ -1052,10 +1056,11 @@ def transient_bytes(st: StepShape) -> int:
     """
     arch, t, V = st.arch, st.tokens, st.arch.vocab_size
     layer_bytes = sum(layer_saved(st).values())
-    logits_fwd = st.logits * t * V + (4 * t * V if st.logits != 4 else 0)
+    logits_tokens = fused_chunk_tokens(t, arch.hidden_size, V) if st.fused_ce else t
+    logits_fwd = st.logits * logits_tokens * V + (4 * logits_tokens * V if st.logits != 4 else 0)
     if st.checkpointing:
         logits_fwd += arch.num_layers * _weight_copy_bytes(st)
-    logits_bwd = 8 * t * V  # gradient of the log-probs and of the logits, both fp32
+    logits_bwd = 0 if st.fused_ce else 8 * t * V  # gradient of the log-probs and of the logits, both fp32
     layer_bwd = (layer_bytes if st.checkpointing else 0) + 2 * st.linear_out * t * max(arch.intermediate_size,
                                                                                          arch.hidden_size)
     dequant = st.compute * max(li.d_in * li.d_out for li in arch.linears) if st.method == "qlora" else 0
@@ -1079,8 +1084,22 @@ def overhead_terms(st: StepShape, activations: int, transient: int) -> dict[str,
     t, V = st.tokens, st.arch.vocab_size
     block = st.logits * t * V if st.logits != 4 else 0
     at_loss = 8 * t * V + block  # reserved at the start of backward: both fp32 gradients and the old block
+    if st.fused_ce:  # one chunk of logits at a time: no full-size block to strand
+        at_loss = 0
     return {"cuda_context": CUDA_CONTEXT_BYTES, "logits_block": max(0, at_loss - transient),
             "allocator_slack": int(ALLOCATOR_SLACK * (activations + transient))}
+
+
+def fused_chunk_tokens(tokens: int, hidden_size: int, vocab_size: int) -> int:
+    """Tokens per chunk of a fused linear cross-entropy: Liger Kernel's rule.
+
+    Liger's `fused_linear_cross_entropy_forward` (github.com/linkedin/Liger-Kernel,
+    src/liger_kernel/ops/fused_linear_cross_entropy.py; arXiv 2410.10989) picks the chunk so that one
+    chunk's logits (chunk x vocabulary) are about as large as the head's input (tokens x hidden):
+    next_power_of_2(ceil(tokens / ceil(vocabulary / hidden))), at most `tokens`.
+    """
+    inc_factor = -(-vocab_size // hidden_size)
+    return min(tokens, 1 << max(0, (-(-tokens // inc_factor) - 1).bit_length()))
 
 
 def _shard(value: int, st: StepShape) -> int:
@@ -1107,6 +1126,7 @@ def estimate(
     sharding: str | None = None,
     device: str = "cuda",
     autocast: bool = True,
+    fused_cross_entropy: bool = False,
 ) -> MemoryEstimate:
     """Estimate the memory of one training step of `model` with the course's recipe.
 
@@ -1136,6 +1156,10 @@ def estimate(
             in the input's dtype there instead of one byte; used to check against CPU measurement).
         autocast: with "bf16"/"fp16", run forward and loss under `torch.autocast` as the Trainer
             does with `bf16=True`/`fp16=True` (the default); False is pure 16-bit loading.
+        fused_cross_entropy: compute the output head and the loss chunk by chunk, as Liger Kernel's
+            fused linear cross-entropy does (`fused_chunk_tokens`), so the batch x seq x vocabulary
+            logits, their fp32 copy and their gradients never exist at once (default False: the
+            standard head and loss of transformers).
 
     Returns:
         A `MemoryEstimate` in bytes; `terms` names every activation term.
@@ -1149,7 +1173,8 @@ def estimate(
     st = _step_shape(model, method=method, rank=rank, target_modules=target_modules, batch_size=batch_size,
                      seq_len=seq_len, gradient_checkpointing=gradient_checkpointing, optimizer=optimizer,
                      precision=precision, autocast=autocast, double_quant=double_quant, attention=attention,
-                     lora_dropout=lora_dropout, num_gpus=num_gpus, sharding=sharding, device=device)
+                     lora_dropout=lora_dropout, num_gpus=num_gpus, sharding=sharding, device=device,
+                     fused_cross_entropy=fused_cross_entropy)
     weights = _shard(weight_bytes(st), st)
     gradients = _shard(gradient_bytes(st), st)
     optimizer_states = _shard(optimizer_state_bytes(st), st)
@@ -1165,7 +1190,7 @@ def estimate(
                     optimizer=optimizer, precision=precision, autocast=st.autocast,
                     double_quant=double_quant if method == "qlora" else None,
                     attention="eager" if st.eager else "sdpa", lora_dropout=lora_dropout, num_gpus=num_gpus,
-                    sharding=sharding, device=device)
+                    sharding=sharding, device=device, fused_cross_entropy=fused_cross_entropy)
     return MemoryEstimate(
         weights=int(weights), gradients=int(gradients), optimizer_states=int(optimizer_states),
         activations=int(activations), transient=int(transient), overhead=int(overhead), total=int(total),
