@@ -26,6 +26,8 @@ Lesson helpers (import the one you need):
     published    published GPU memory measurements, with sources, that calibrate and check the estimator
     widgets      the interactive VRAM calculator
     plots        the calculator's chart
+    long_sequences  where a step's memory goes as sequences grow: the logits' share, the fused loss (notebook 01)
+    diagrams     notebook 00's diagrams drawn from real numbers: W + BA, an NF4 block, a masked token row
     rank         parameter math, low-rank recovery, scaling rules, the rank sweep (notebook 02)
     rank_plots   notebook 02's figures
     quant        NF4, FP4, INT4 and double quantization from scratch (notebook 04)
