@@ -411,6 +411,21 @@ SFT = [
             "save_only_model=False is what keeps the optimizer's state in the checkpoint.",
         ),
     ),
+    MultipleChoice(
+        "What does the QLoRA paper report for 4-bit NF4 QLoRA against 16-bit LoRA?",
+        (
+            "About 90-95% of the 16-bit quality",
+            "Parity: mean 5-shot MMLU 53.1 (NF4 + double quant) vs 53.0 (BF16)",
+            "A 20% loss in quality that larger models recover",
+        ),
+        1,
+        "QLoRA (arXiv 2305.14314), Table 4.",
+        (
+            "that figure is folklore: the paper's Table 4 reports no such gap.",
+            "",
+            "the paper reports no such loss for NF4 with double quantization.",
+        ),
+    ),
 ]
 
 
@@ -461,21 +476,6 @@ NF4 = [
             "bitsandbytes quantizes nn.Linear layers only; embeddings and norms are other modules.",
             "",
             "the adapters are what trains: they stay in 16 or 32 bits so their updates are not rounded away.",
-        ),
-    ),
-    MultipleChoice(
-        "What does the QLoRA paper report for 4-bit NF4 QLoRA against 16-bit LoRA?",
-        (
-            "About 90-95% of the 16-bit quality",
-            "Parity: mean 5-shot MMLU 53.1 (NF4 + double quant) vs 53.0 (BF16)",
-            "A 20% loss in quality that larger models recover",
-        ),
-        1,
-        "QLoRA (arXiv 2305.14314), Table 4.",
-        (
-            "that figure is folklore: the paper's Table 4 reports no such gap.",
-            "",
-            "the paper reports no such loss for NF4 with double quantization.",
         ),
     ),
 ]
