@@ -33,6 +33,7 @@ check-sync: $(STAMP)
 	$(BIN)/jupytext --quiet --sync $(NOTEBOOK_SOURCES)
 	$(BIN)/python -m lora_lab.tooling.course strip
 	$(BIN)/python -m lora_lab.tooling.course check
+	$(BIN)/python -m lora_lab.tooling.course check-learners
 	git diff --exit-code --stat -- notebooks
 
 pytest: $(STAMP) gguf-tools
@@ -56,10 +57,12 @@ t4-plan: $(STAMP)
 gpu-check: $(STAMP)
 	$(BIN)/python benchmarks/gpu_check.py
 
-# After editing a notebooks/NN_topic.py: regenerate its .ipynb twin, without outputs.
+# After editing a notebooks/NN_topic.py: regenerate its .ipynb twin, without outputs, and the
+# learner notebooks and answer key generated from it.
 sync: $(STAMP)
 	$(BIN)/jupytext --quiet --sync $(NOTEBOOK_SOURCES)
 	$(BIN)/python -m lora_lab.tooling.course strip
+	$(BIN)/python -m lora_lab.tooling.course exercises
 
 clean:
 	rm -rf build .pytest_cache .ruff_cache
@@ -82,7 +85,8 @@ colab-check:
 colab-check-install: $(STAMP)
 	$(BIN)/python colab/check_install.py
 
-# Learner copies of every notebook, solutions removed, into build/learners/.
+# Learner notebooks (notebooks/learners/NN_topic.ipynb: each solution cell replaced by a placeholder)
+# and docs/answer-key.md, generated from the lessons; committed, and `check-sync` fails when they are stale.
 exercises: $(STAMP)
 	$(BIN)/python -m lora_lab.tooling.course exercises
 

@@ -306,6 +306,9 @@ print(f"1 + 1/1000 in fp16: {float(torch.tensor(1.001, dtype=torch.float16)):.6f
 
 # %% [markdown]
 # ## Check your understanding
+#
+# Pick or type an answer and press Check. A wrong answer gets a hint; the answer is shown after
+# three tries, or when you press Show answer.
 
 # %%
 from lora_lab import quiz
@@ -315,21 +318,59 @@ quiz.show(quiz.PREFLIGHT)
 # %% [markdown]
 # ## Exercises
 #
-# 1. An NVIDIA L4 has compute capability 8.9, a V100 7.0. Which compute dtype does the course pick
-#    for each, and does either have native bf16? Use `lora_lab.hardware`.
-# 2. How many tokens does the chat template add around a recall question and its answer? Count
-#    the tokens of the bare question and answer, then of the templated conversation.
+# Each exercise says what a correct answer looks like. Put your answer in the variable it names,
+# then run the check cell below it: `exercises.check` computes the expected answer with
+# `lora_lab` and says which part to reconsider, without giving the answer away.
+
+# %%
+from lora_lab import exercises
+
+for ex in exercises.for_notebook("00"):
+    print(f"Exercise {ex.id} ({ex.minutes} min): {ex.title}")
+
+# %% [markdown]
+# ### Exercise 00.1: Compute dtype of an L4 and a V100
+#
+# An NVIDIA L4 has compute capability 8.9, a V100 7.0. Which dtype does the course compute in on
+# each? Use `lora_lab.hardware`.
+#
+# **A correct answer:** `answer_00_1` is a dict {"L4": dtype, "V100": dtype} with dtype names such as "float16".
 
 # %% tags=["solution"]
+from lora_lab import hardware
+
+answer_00_1 = {gpu: hardware.compute_dtype_for("cuda", capability) for gpu, capability in [("L4", (8, 9)), ("V100", (7, 0))]}
 for gpu, capability in [("L4", (8, 9)), ("V100", (7, 0))]:
-    print(gpu, hardware.compute_dtype_for("cuda", capability),
-          "native bf16" if hardware.has_native_bf16("cuda", capability) else "no native bf16")
+    print(gpu, answer_00_1[gpu], "native bf16" if hardware.has_native_bf16("cuda", capability) else "no native bf16")
+assert exercises.check("00.1", answer_00_1).correct, "the solution disagrees with its check"
+
+# %%
+exercises.check("00.1", answer_00_1)
+
+# %% [markdown]
+# ### Exercise 00.2: Tokens the chat template adds
+#
+# How many tokens does the chat template add around a conversation? Take the first `recall`
+# example of the training split, count the tokens of its messages' contents tokenized one by one,
+# then the tokens of the whole conversation through `tokenizer.apply_chat_template`.
+#
+# **A correct answer:** `answer_00_2` is an int: tokens of the templated conversation minus the tokens of its bare messages.
 
 # %% tags=["solution"]
-row = splits["train"].filter(lambda r: r["task"] == "recall")[0]
-bare = sum(len(tokenizer(m["content"])["input_ids"]) for m in row["messages"])
-templated = len(tokenizer.apply_chat_template(row["messages"], tokenize=True, return_dict=True)["input_ids"])
-print(f"bare: {bare} tokens, templated: {templated} tokens, the template adds {templated - bare}")
+from transformers import AutoTokenizer
+
+from lora_lab import data, tiny
+
+template_tokenizer = AutoTokenizer.from_pretrained(tiny.ensure_tiny_model())
+recall = next(r for r in data.course_splits(data.TASK_FAMILIES, n_eval=30)["train"] if r["task"] == "recall")
+bare = sum(len(template_tokenizer(m["content"])["input_ids"]) for m in recall["messages"])
+templated = len(template_tokenizer.apply_chat_template(recall["messages"], tokenize=True, return_dict=True)["input_ids"])
+answer_00_2 = templated - bare
+print(f"bare: {bare} tokens, templated: {templated} tokens, the template adds {answer_00_2}")
+assert exercises.check("00.2", answer_00_2).correct, "the solution disagrees with its check"
+
+# %%
+exercises.check("00.2", answer_00_2)
 
 # %% [markdown]
 # ## Takeaways

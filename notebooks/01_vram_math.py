@@ -521,30 +521,73 @@ display(Markdown(
 
 # %% [markdown]
 # ## Check your understanding
+#
+# Pick or type an answer and press Check. A wrong answer gets a hint; the answer is shown after
+# three tries, or when you press Show answer.
 
 # %%
 from lora_lab import quiz
 
-quiz.show(quiz.VRAM + quiz.LORA_BASICS[:1])
+quiz.show(quiz.VRAM)
 
 # %% [markdown]
 # ## Exercises
 #
-# 1. On a Colab T4, what is the longest sequence a QLoRA run of `Qwen/Qwen2.5-1.5B` fits at batch
-#    size 4 (rank 16, all linear layers, checkpointing, fp16)? And without gradient checkpointing?
-# 2. Which is the smallest GPU in the table that fits *full* fine-tuning of
-#    `meta-llama/Llama-3.1-8B` with mixed precision AdamW, batch 1, sequence 2048? Which with QLoRA?
+# Each exercise says what a correct answer looks like. Put your answer in the variable it names,
+# then run the check cell below it: `exercises.check` computes the expected answer with
+# `lora_lab` and says which part to reconsider, without giving the answer away.
+
+# %%
+from lora_lab import exercises
+
+for ex in exercises.for_notebook("01"):
+    print(f"Exercise {ex.id} ({ex.minutes} min): {ex.title}")
+
+# %% [markdown]
+# ### Exercise 01.1: Longest sequence on a T4, with and without checkpointing
+#
+# On a Colab T4, what is the longest sequence a QLoRA run of `Qwen/Qwen2.5-1.5B` fits at batch
+# size 4 (rank 16 on all linear layers, fp16, paged 8-bit AdamW), with gradient checkpointing and
+# without? Use `vram.max_seq_len_that_fits`.
+#
+# **A correct answer:** `answer_01_1` is a dict {"with_checkpointing": tokens, "without_checkpointing": tokens} of ints.
 
 # %% tags=["solution"]
+from lora_lab import vram
+
 settings = dict(method="qlora", rank=16, batch_size=4, precision="fp16", optimizer="paged_adamw_8bit")
-for checkpointing in (True, False):
-    longest = vram.max_seq_len_that_fits("Qwen/Qwen2.5-1.5B", "Colab T4", gradient_checkpointing=checkpointing, **settings)
-    print(f"checkpointing {checkpointing}: up to {longest:,} tokens")
+answer_01_1 = {f"{'with' if on else 'without'}_checkpointing": vram.max_seq_len_that_fits(
+    "Qwen/Qwen2.5-1.5B", "Colab T4", gradient_checkpointing=on, **settings) for on in (True, False)}
+print(answer_01_1)
+assert exercises.check("01.1", answer_01_1).correct, "the solution disagrees with its check"
+
+# %%
+exercises.check("01.1", answer_01_1)
+
+# %% [markdown]
+# ### Exercise 01.2: Smallest GPU for full fine-tuning and for QLoRA of an 8B model
+#
+# The cell below lists the GPUs `lora_lab.vram` knows, with the memory torch reports as usable.
+# Which is the smallest that fits *full* fine-tuning of `meta-llama/Llama-3.1-8B` with mixed
+# precision AdamW, batch 1, sequence 2048? Which fits QLoRA with the same batch and sequence?
+# (None where no single GPU of the list fits; `vram.smallest_gpu` searches it.)
+#
+# **A correct answer:** `answer_01_2` is a dict {"full": GPU name or None, "qlora": GPU name or None} with names as in vram.GPUS.
+
+# %%
+from lora_lab import vram
+
+for gpu in vram.GPUS.values():
+    print(f"{gpu.name:<10} {gpu.usable_bytes / 2**30:6.1f} GiB usable  ({gpu.note})")
 
 # %% tags=["solution"]
-for method in ("full", "qlora"):
-    gpu = vram.smallest_gpu("meta-llama/Llama-3.1-8B", method=method, precision="mixed", batch_size=1, seq_len=2048)
-    print(f"{method}: {gpu or 'no single GPU in the table'}")
+answer_01_2 = {method: vram.smallest_gpu("meta-llama/Llama-3.1-8B", method=method, precision="mixed", batch_size=1,
+                                         seq_len=2048) for method in ("full", "qlora")}
+print(answer_01_2)
+assert exercises.check("01.2", answer_01_2).correct, "the solution disagrees with its check"
+
+# %%
+exercises.check("01.2", answer_01_2)
 
 # %% [markdown]
 # ## Takeaways

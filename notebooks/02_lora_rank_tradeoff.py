@@ -376,6 +376,9 @@ print(summary)
 
 # %% [markdown]
 # ## Check your understanding
+#
+# Pick or type an answer and press Check. A wrong answer gets a hint; the answer is shown after
+# three tries, or when you press Show answer.
 
 # %%
 from lora_lab import quiz
@@ -385,29 +388,73 @@ quiz.show(quiz.LORA_BASICS)
 # %% [markdown]
 # ## Exercises
 #
-# 1. How many parameters does LoRA r=16 on all linear layers train on Llama-3.1-8B, what share of
-#    the model is that, and how big is the adapter file in bf16? (`rank.parameter_table` takes a
-#    `dtype`.)
+# Each exercise says what a correct answer looks like. Put your answer in the variable it names,
+# then run the check cell below it: `exercises.check` computes the expected answer with
+# `lora_lab` and says which part to reconsider, without giving the answer away.
 
-# %% tags=["solution"]
-row = rank.parameter_table("meta-llama/Llama-3.1-8B", ranks=(16,), target_sets=("all-linear",), dtype="bfloat16")[0]
-print(f"{row['params']:,} parameters ({row['share']:.2%} of the model), {row['adapter_bytes'] / 2**20:.0f} MiB in bf16")
+# %%
+from lora_lab import exercises
 
-# %% [markdown]
-# 2. Move the knee: rerun the controlled experiment with a true rank of 16 (and plenty of data).
-#    Where does the knee land, and what happens to rank 8?
-
-# %% tags=["solution"]
-rows16 = rank.recovery_sweep(d=128, true_rank=16, n_trains=(16384,), ranks=(4, 8, 16, 32, 64), steps=200)
-print("knee at r =", rank.knee([r["rank"] for r in rows16], [r["error"] for r in rows16]))
-print({r["rank"]: round(r["error"], 3) for r in rows16})
+for ex in exercises.for_notebook("02"):
+    print(f"Exercise {ex.id} ({ex.minutes} min): {ex.title}")
 
 # %% [markdown]
-# 3. Which rank would attention-only and MLP-only need to match all-linear r=32 of Qwen2.5-1.5B in
-#    parameter count exactly? (`rank.equal_param_ranks` has a `near` argument.)
+# ### Exercise 02.1: LoRA r=16 on all linear layers of Llama-3.1-8B: parameters and share
+#
+# How many parameters does LoRA r=16 on all linear layers train on `meta-llama/Llama-3.1-8B`,
+# and what share of the model is that? (`rank.parameter_table`)
+#
+# **A correct answer:** `answer_02_1` is a dict {"params": int, "share": float} with the share as a fraction (0.01 = 1%).
 
 # %% tags=["solution"]
-r_att, r_mlp = rank.equal_param_ranks(REAL, near=32)
-print(f"attention r={r_att}: {vram.lora_params(real_arch, r_att, rank.target_modules(real_arch, 'attention')):,}; "
-      f"mlp r={r_mlp}: {vram.lora_params(real_arch, r_mlp, rank.target_modules(real_arch, 'mlp')):,}; "
-      f"all-linear r=32: {vram.lora_params(real_arch, 32, 'all-linear'):,}")
+from lora_lab import rank
+
+row = rank.parameter_table("meta-llama/Llama-3.1-8B", ranks=(16,), target_sets=("all-linear",))[0]
+answer_02_1 = {"params": row["params"], "share": row["share"]}
+print(f"{row['params']:,} parameters, {row['share']:.2%} of the model")
+assert exercises.check("02.1", answer_02_1).correct, "the solution disagrees with its check"
+
+# %%
+exercises.check("02.1", answer_02_1)
+
+# %% [markdown]
+# ### Exercise 02.2: Move the knee: a true update of rank 16
+#
+# Move the knee. Rerun the controlled experiment with a true update of rank 16 and plenty of
+# data: `rank.recovery_sweep(d=64, true_rank=16, n_trains=(4096,), ranks=(4, 8, 16, 32),
+# steps=150)`. At which rank is the knee (`rank.knee`), and what happens to rank 8?
+#
+# **A correct answer:** `answer_02_2` is an int: the knee's rank (rank.knee) of the sweep in the statement.
+
+# %% tags=["solution"]
+rows16 = rank.recovery_sweep(d=64, true_rank=16, n_trains=(4096,), ranks=(4, 8, 16, 32), steps=150)
+answer_02_2 = rank.knee([r["rank"] for r in rows16], [r["error"] for r in rows16])
+print("knee at r =", answer_02_2, {r["rank"]: round(r["error"], 3) for r in rows16})
+assert exercises.check("02.2", answer_02_2).correct, "the solution disagrees with its check"
+
+# %%
+exercises.check("02.2", answer_02_2)
+
+# %% [markdown]
+# ### Exercise 02.3: Attention-only and MLP-only ranks with all-linear r=32's parameter count
+#
+# An attention-only and an MLP-only adapter each have a parameter count per unit of rank. Which
+# attention-only rank and which MLP-only rank come closest to the parameter count of all-linear
+# r=32 on `Qwen/Qwen2.5-1.5B`? (LoRA's count is linear in r; `vram.lora_params` and
+# `rank.target_modules` give the counts.)
+#
+# **A correct answer:** `answer_02_3` is a tuple (r_attention, r_mlp) of ints.
+
+# %% tags=["solution"]
+from lora_lab import vram
+
+qwen = vram.load_arch("Qwen/Qwen2.5-1.5B")
+goal = vram.lora_params(qwen, 32, "all-linear")
+per_rank = {s: vram.lora_params(qwen, 1, rank.target_modules(qwen, s)) for s in ("attention", "mlp")}
+answer_02_3 = (round(goal / per_rank["attention"]), round(goal / per_rank["mlp"]))
+for s, r in zip(("attention", "mlp"), answer_02_3, strict=True):
+    print(f"{s}-only r={r}: {r * per_rank[s]:,} parameters; all-linear r=32: {goal:,}")
+assert exercises.check("02.3", answer_02_3).correct, "the solution disagrees with its check"
+
+# %%
+exercises.check("02.3", answer_02_3)

@@ -441,30 +441,69 @@ else:
 print(f"notebook ran in {time.perf_counter() - started:.0f} s")
 
 # %% [markdown]
-# ## Exercises
+# ## Check your understanding
 #
-# **1. The adapter's size by hand.** A LoRA pair on a layer with `d_in` inputs and `d_out` outputs has
-# `r * (d_in + d_out)` parameters. Add them up over every adapted layer of this model and predict the
-# adapter file's size in bytes (peft saves fp32). How far is the file from your prediction, and why?
+# Pick or type an answer and press Check. A wrong answer gets a hint; the answer is shown after
+# three tries, or when you press Show answer.
 
-# %% tags=["solution"]
-predicted = 0
-for module in tuned.modules():
-    if hasattr(module, "lora_A") and "default" in getattr(module, "lora_A", {}):
-        a, b = module.lora_A["default"], module.lora_B["default"]
-        predicted += result.model.peft_config["default"].r * (a.in_features + b.out_features)
-print(f"predicted {predicted:,} parameters = {4 * predicted:,} bytes; file {adapter_bytes:,} bytes "
-      f"(the rest, {adapter_bytes - 4 * predicted:,} bytes, is the safetensors header naming each tensor)")
+# %%
+from lora_lab import quiz
+
+quiz.show(quiz.SFT)
 
 # %% [markdown]
-# **2. How long may the examples be?** Using `lora_lab.vram`, find the longest sequence at which the
-# `t4` profile's QLoRA run (Qwen2.5-1.5B, batch 4, fp16, gradient checkpointing, paged 8-bit AdamW)
-# still fits on a Colab T4, and the same without gradient checkpointing.
+# ## Exercises
+#
+# Each exercise says what a correct answer looks like. Put your answer in the variable it names,
+# then run the check cell below it: `exercises.check` computes the expected answer with
+# `lora_lab` and says which part to reconsider, without giving the answer away.
+
+# %%
+from lora_lab import exercises
+
+for ex in exercises.for_notebook("03"):
+    print(f"Exercise {ex.id} ({ex.minutes} min): {ex.title}")
+
+# %% [markdown]
+# ### Exercise 03.1: Effective batch and epochs of the t4 run
+#
+# The `t4` profile (`profiles.PROFILES["t4"]`) trains with `batch_size` examples per micro-step
+# and `grad_accum` micro-steps per optimizer step. How many examples does one optimizer step see
+# (the effective batch), and how many passes over its `n_train` training examples do its
+# `max_steps` steps make?
+#
+# **A correct answer:** `answer_03_1` is a dict {"effective_batch": int, "epochs": float}.
 
 # %% tags=["solution"]
-settings = dict(method="qlora", rank=t4_profile.lora_r, batch_size=t4_profile.batch_size, precision="fp16",
-                optimizer=t4_profile.optimizer)
-for checkpointing in (True, False):
-    longest = vram.max_seq_len_that_fits("Qwen/Qwen2.5-1.5B", "Colab T4", gradient_checkpointing=checkpointing,
-                                         **settings)
-    print(f"gradient checkpointing {'on ' if checkpointing else 'off'}: up to {longest:,} tokens per example")
+from lora_lab import profiles
+
+t4 = profiles.PROFILES["t4"]
+effective = t4.batch_size * t4.grad_accum
+answer_03_1 = {"effective_batch": effective, "epochs": t4.max_steps * effective / t4.n_train}
+print(answer_03_1)
+assert exercises.check("03.1", answer_03_1).correct, "the solution disagrees with its check"
+
+# %%
+exercises.check("03.1", answer_03_1)
+
+# %% [markdown]
+# ### Exercise 03.2: The largest batch for Qwen2.5-7B with QLoRA on a T4
+#
+# Would a bigger model train on the same T4? Using `lora_lab.vram`, find the largest batch size
+# at which a QLoRA run of `Qwen/Qwen2.5-7B` fits on a Colab T4 with the `t4` profile's rank,
+# `max_length` and optimizer, fp16 and gradient checkpointing.
+#
+# **A correct answer:** `answer_03_2` is an int: examples per micro-batch.
+
+# %% tags=["solution"]
+from lora_lab import profiles, vram
+
+t4 = profiles.PROFILES["t4"]
+answer_03_2 = vram.max_batch_size_that_fits("Qwen/Qwen2.5-7B", "Colab T4", method="qlora", rank=t4.lora_r,
+                                            seq_len=t4.max_length, gradient_checkpointing=True, precision="fp16",
+                                            optimizer=t4.optimizer)
+print(f"Qwen2.5-7B QLoRA on a T4 at {t4.max_length} tokens: batch up to {answer_03_2}")
+assert exercises.check("03.2", answer_03_2).correct, "the solution disagrees with its check"
+
+# %%
+exercises.check("03.2", answer_03_2)

@@ -417,23 +417,79 @@ for name in ("NF4", "NF4+pissa", "NF4+loftq"):
 #   with the block size.
 # * Storage: 4.5 bits per weight, 4.127 with double quantization, which costs almost no accuracy.
 # * Adapters stay in 16/32 bits because a training step is far smaller than a 4-bit level gap.
+
+# %% [markdown]
+# ## Check your understanding
 #
+# Pick or type an answer and press Check. A wrong answer gets a hint; the answer is shown after
+# three tries, or when you press Show answer.
+
+# %%
+from lora_lab import quiz
+
+quiz.show(quiz.NF4)
+
+# %% [markdown]
 # ## Exercises
 #
-# 1. NF4's outermost quantile is at probability 0.9677083. Build NF4 code books with other
-#    offsets (`quant.nf4_code(offset)`; `quant.round_trip` accepts a code book) and measure the
-#    relative RMSE on normal data in blocks of 64. Is bitsandbytes' choice close to the best?
-# 2. Blocks of 128 instead of 64, with double quantization: how many bits per weight, how much
-#    more error on the model's weights, and how many GB would it save on Qwen2.5-7B?
+# Each exercise says what a correct answer looks like. Put your answer in the variable it names,
+# then run the check cell below it: `exercises.check` computes the expected answer with
+# `lora_lab` and says which part to reconsider, without giving the answer away.
+
+# %%
+from lora_lab import exercises
+
+for ex in exercises.for_notebook("04"):
+    print(f"Exercise {ex.id} ({ex.minutes} min): {ex.title}")
+
+# %% [markdown]
+# ### Exercise 04.1: Is NF4's outermost quantile the best choice?
+#
+# NF4's outermost quantile is at probability 0.9677083. Build NF4 code books with the offsets
+# 0.9, 0.93, 0.95, 0.9677083, 0.98 and 0.99 (`quant.nf4_code(offset)`; `quant.round_trip` accepts
+# a code book) and measure the relative RMSE of a round trip in blocks of 64 on
+# `torch.randn(2**18, generator=torch.Generator().manual_seed(1))`. Which offset gives the
+# smallest error? NF4 was designed for bins of equal probability, not for the smallest RMSE: how
+# far is bitsandbytes' choice from the best?
+#
+# **A correct answer:** `answer_04_1` is a float: the offset, from the statement's list, with the smallest relative RMSE.
 
 # %% tags=["solution"]
-for offset in (0.93, 0.95, 0.9677083, 0.98, 0.99, 0.995):
-    err = quant.relative_rmse(normal, quant.round_trip(normal, quant.nf4_code(offset)))
+import torch
+
+from lora_lab import quant
+
+sample = torch.randn(2**18, generator=torch.Generator().manual_seed(1))
+errors = {o: quant.relative_rmse(sample, quant.round_trip(sample, quant.nf4_code(o)))
+          for o in (0.9, 0.93, 0.95, 0.9677083, 0.98, 0.99)}
+for offset, err in errors.items():
     print(f"offset {offset:<9}: relative RMSE {err:.5f}")
+answer_04_1 = min(errors, key=errors.get)
+print(f"best {answer_04_1}; bitsandbytes' 0.9677083 is {errors[0.9677083] / errors[answer_04_1] - 1:.1%} worse")
+assert exercises.check("04.1", answer_04_1).correct, "the solution disagrees with its check"
+
+# %%
+exercises.check("04.1", answer_04_1)
+
+# %% [markdown]
+# ### Exercise 04.2: Blocks of 128: bits per weight and gigabytes saved on Qwen2.5-7B
+#
+# Blocks of 128 instead of 64, with double quantization: how many bits per weight, and how many
+# GB would the linear weights of `Qwen/Qwen2.5-7B` save against blocks of 64?
+# (`quant.bits_per_parameter`, `quant.storage_bits`; `vram.load_arch` gives the shapes.)
+#
+# **A correct answer:** `answer_04_2` is a dict {"bits": float, "saved_gb": float} (1 GB = 10^9 bytes).
 
 # %% tags=["solution"]
-for bs in (64, 128):
-    bits = quant.bits_per_parameter(bs, double_quant=True)
-    err = quant.relative_rmse(weights, quant.round_trip(weights, "nf4", bs, double_quant=True))
-    linear_gb = sum(quant.storage_bits(i * o, bs, double_quant=True).total for i, o in shapes) / 8 / GB
-    print(f"block {bs:3}: {bits:.4f} bits per weight, relative RMSE {err:.4f}, Qwen2.5-7B linear weights {linear_gb:.3f} GB")
+from lora_lab import quant, vram
+
+qwen7 = vram.load_arch("Qwen/Qwen2.5-7B")
+linear_shapes = [(li.d_in, li.d_out) for li in qwen7.linears] * qwen7.num_layers
+linear_gb = {bs: sum(quant.storage_bits(i * o, bs, double_quant=True).total for i, o in linear_shapes) / 8 / 1e9
+             for bs in (64, 128)}
+answer_04_2 = {"bits": quant.bits_per_parameter(128, double_quant=True), "saved_gb": linear_gb[64] - linear_gb[128]}
+print(answer_04_2)
+assert exercises.check("04.2", answer_04_2).correct, "the solution disagrees with its check"
+
+# %%
+exercises.check("04.2", answer_04_2)

@@ -383,6 +383,9 @@ print(f"This notebook ran in {time.perf_counter() - T0:.0f} s after the prefligh
 
 # %% [markdown]
 # ## Check your understanding
+#
+# Pick or type an answer and press Check. A wrong answer gets a hint; the answer is shown after
+# three tries, or when you press Show answer.
 
 # %%
 from lora_lab import quiz
@@ -392,35 +395,57 @@ quiz.show(quiz.ADAPTERS)
 # %% [markdown]
 # ## Exercises
 #
-# 1. How big is an adapter for a real model? Use `adapters.predict_adapter_bytes` with the
-#    shipped `meta-llama/Llama-3.1-8B` preset config (`lora_lab.vram.preset_config`), rank 16 on all
-#    linear layers, and compare it with the 16-bit base (about 2 bytes per parameter).
+# Each exercise says what a correct answer looks like. Put your answer in the variable it names,
+# then run the check cell below it: `exercises.check` computes the expected answer with
+# `lora_lab` and says which part to reconsider, without giving the answer away.
+
+# %%
+from lora_lab import exercises
+
+for ex in exercises.for_notebook("05"):
+    print(f"Exercise {ex.id} ({ex.minutes} min): {ex.title}")
+
+# %% [markdown]
+# ### Exercise 05.1: The file size of a rank-64 adapter on Llama-3.1-8B, fp32 and bf16
+#
+# How big is a rank-64 adapter on all linear layers of `meta-llama/Llama-3.1-8B`? Use
+# `adapters.predict_adapter_bytes` with the shipped preset config (`vram.preset_config`), once in
+# fp32 (peft's default) and once in bf16.
+#
+# **A correct answer:** `answer_05_1` is a dict {"fp32_mib": float, "bf16_mib": float} (1 MiB = 2^20 bytes), tensors only.
+
+# %% tags=["solution"]
+from lora_lab import adapters, vram
+
+llama = vram.preset_config("meta-llama/Llama-3.1-8B")
+answer_05_1 = {f"{name}_mib": adapters.predict_adapter_bytes(llama, 64, "all-linear", nbytes).tensor_bytes / 2**20
+               for name, nbytes in (("fp32", 4), ("bf16", 2))}
+print(answer_05_1)
+assert exercises.check("05.1", answer_05_1).correct, "the solution disagrees with its check"
+
+# %%
+exercises.check("05.1", answer_05_1)
+
+# %% [markdown]
+# ### Exercise 05.2: What merging a QLoRA adapter costs in memory
+#
+# What does merging cost in memory? Compare `Qwen/Qwen2.5-7B` merged into 16 bits with its
+# 4-bit base, which keeps the decoder's linear layers in NF4 with double quantization
+# (`vram.nf4_bytes` per matrix) and every other parameter in 16 bits. Why is the ratio below
+# 16 / 4.13?
+#
+# **A correct answer:** `answer_05_2` is a float: the merged 16-bit model's bytes divided by the 4-bit base's bytes.
 
 # %% tags=["solution"]
 from lora_lab import vram
 
-llama = vram.preset_config("meta-llama/Llama-3.1-8B")
-size = adapters.predict_adapter_bytes(llama, 16, "all-linear")
-base_bytes = 2 * vram.load_arch("meta-llama/Llama-3.1-8B").total_params
-print(f"{size.formula()}: {size.tensor_bytes / 2**20:.0f} MiB, {size.tensor_bytes / base_bytes:.2%} of the "
-      f"{base_bytes / 2**30:.1f} GiB bf16 base")
+qwen7 = vram.load_arch("Qwen/Qwen2.5-7B")
+linear = [li.d_in * li.d_out for li in qwen7.linears] * qwen7.num_layers
+four_bit = sum(vram.nf4_bytes(n, double_quant=True) for n in linear) + 2 * (qwen7.total_params - sum(linear))
+answer_05_2 = 2 * qwen7.total_params / four_bit
+print(f"4-bit base {four_bit / 1e9:.2f} GB, merged 16-bit {2 * qwen7.total_params / 1e9:.2f} GB: x{answer_05_2:.2f}; "
+      f"{1 - sum(linear) / qwen7.total_params:.0%} of the parameters are 16-bit in both")
+assert exercises.check("05.2", answer_05_2).correct, "the solution disagrees with its check"
 
-# %% [markdown]
-# 2. Mix the base model into a batch: serve the first held-out prompt of each task twice, once with
-#    its specialist and once with `"__base__"`, in one `generate_mixed` call. Which rows change?
-
-# %% tags=["solution"]
-rows = prompts + prompts
-row_names = names + ["__base__"] * len(names)
-for name, prompt, out in zip(row_names, rows, adapters.generate_mixed(model, tokenizer, rows, row_names, 24),
-                             strict=True):
-    print(f"[{name:>8}] {prompt[:45]:<45} -> {out!r}")
-
-# %% [markdown]
-# 3. `"svd"` combination keeps the exact weighted sum but truncates it back to rank r. Build an
-#    `svd` combination with weights 1/1/1 and compare its exact match per task with `cat 1/1/1`.
-
-# %% tags=["solution"]
-adapters.combine(model, names, [1.0, 1.0, 1.0], "svd_1-1-1", combination_type="svd")
-svd_scores = adapters.score_table(model, tokenizer, evals, ["svd_1-1-1"], profile)
-print(adapters.format_scores({"cat_1-1-1": combo_scores["cat_1-1-1"], **svd_scores}))
+# %%
+exercises.check("05.2", answer_05_2)

@@ -310,25 +310,35 @@ display(Markdown("\n".join([
 # %% [markdown]
 # ## Exercises
 #
-# 1. Write the adapter as an **f16** GGUF LoRA (`export.convert_adapter`) and check it in llama.cpp
-#    against `reference_lora`. Is it within `export.TOLERANCES["f16"]`, and how much smaller is it?
+# Each exercise says what a correct answer looks like. Put your answer in the variable it names,
+# then run the check cell below it: `exercises.check` computes the expected answer with
+# `lora_lab` and says which part to reconsider, without giving the answer away.
 
-# %% tags=["solution"]
-lora_f16 = export.convert_adapter(adapter_dir, base_dir, "f16")
-res_f16 = export.llama_cpp_eval(paths[f"base {model_types[0]}"], ids, merged.config.vocab_size, n_generate=N_GEN,
-                                lora_gguf=lora_f16)
-a16 = export.compare(reference_lora, res_f16.runs)
-print(f"f16 adapter: max |dlogit| {a16.max_abs_logit_diff:.4f} (tolerance {export.TOLERANCES['f16']}), "
-      f"greedy same {a16.greedy_same:.0%}; {lora_f16.stat().st_size / paths['base lora'].stat().st_size:.0%} "
-      "of the f32 adapter's size")
+# %%
+from lora_lab import exercises
+
+for ex in exercises.for_notebook("06"):
+    print(f"Exercise {ex.id} ({ex.minutes} min): {ex.title}")
 
 # %% [markdown]
-# 2. Longer sequences: redo the multi-GPU table with `seq_len=4096` and `batch_size=2`. Which
-#    model and method fit on 2 x T4 with FSDP now, and why does FSDP help less than before?
+# ### Exercise 06.1: The lightest run on 2 x T4 with FSDP at 4096 tokens
+#
+# Longer sequences: redo the multi-GPU table with `seq_len=4096` and `batch_size=2`
+# (`scale.fit_table`). On 2 x T4 with FSDP, which model and method need the least memory per
+# GPU, how much, and does it fit? Why does FSDP help less than at 1024 tokens?
+#
+# **A correct answer:** `answer_06_1` is a dict {"model": str, "method": str, "per_gpu_gib": float, "fits": bool}.
 
 # %% tags=["solution"]
-long_rows = scale.fit_table(seq_len=4096, batch_size=2)
-print(scale.format_fit_table(long_rows))
-print("fits on 2 x T4 with FSDP:", [f"{r.model} {r.method}" for r in long_rows
-                                   if r.setup == "2 x T4" and r.parallel == "FSDP" and r.fits])
+from lora_lab import scale
+
+long_rows = [r for r in scale.fit_table(seq_len=4096, batch_size=2) if r.setup == "2 x T4" and r.parallel == "FSDP"]
+lightest = min(long_rows, key=lambda r: r.per_gpu_gib)
+answer_06_1 = {"model": lightest.model, "method": lightest.method, "per_gpu_gib": lightest.per_gpu_gib,
+               "fits": lightest.fits}
+print(answer_06_1)
 print("FSDP splits weights, gradients and optimizer states, not the activations, which grow with the tokens.")
+assert exercises.check("06.1", answer_06_1).correct, "the solution disagrees with its check"
+
+# %%
+exercises.check("06.1", answer_06_1)

@@ -5,7 +5,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import jupytext
 import nbformat
 import pytest
 from nbclient import NotebookClient
@@ -28,22 +27,73 @@ def test_check_reports_drift(tmp_path):
 
 
 @pytest.mark.parametrize("source", SOURCES, ids=lambda p: p.name)
-def test_every_notebook_ends_with_exercises_and_learner_copies_hide_solutions(source):
-    full = jupytext.read(source)
-    solutions = [c.source for c in full.cells if course.SOLUTION_TAG in c.metadata.get("tags", ())]
-    assert 2 <= len(solutions) <= 3, f"{source.name} should end with two or three exercises"
+def test_learner_notebooks_hide_every_solution_and_give_them_back_when_filled(source):
+    full = nbformat.read(source.with_suffix(".ipynb"), as_version=4)
+    solutions = [c for c in full.cells if course.SOLUTION_TAG in c.metadata.get("tags", ())]
+    assert solutions, f"{source.name} has no exercises"
     heading = next(i for i, c in enumerate(full.cells) if c.cell_type == "markdown" and "## Exercises" in c.source)
-    first_solution = next(i for i, c in enumerate(full.cells) if course.SOLUTION_TAG in c.metadata.get("tags", ()))
-    assert heading < first_solution
-    learner = course.learner_copy(source)
-    learner_code = "\n".join(c.source for c in learner.cells)
+    assert heading < full.cells.index(solutions[0])
+    committed = nbformat.read(course.LEARNERS / source.with_suffix(".ipynb").name, as_version=4)
+    assert committed == course.learner_copy(source)  # the committed learner notebook is the generated one
+    learner_lines = {line for c in committed.cells for line in c.source.splitlines()}
+    lesson_lines = {line for c in full.cells if c not in solutions for line in c.source.splitlines()}
     for solution in solutions:
-        for line in solution.splitlines():
-            if line.strip() and not line.strip().startswith("#") and len(line.strip()) > 12:
-                assert line not in learner_code, f"solution code leaked into the learner copy: {line}"
-    # Everything before the exercises is the same lesson.
-    assert [c.source for c in learner.cells[:heading]] == [c.source for c in full.cells[:heading]]
-    assert sum(c.source == course.PLACEHOLDER for c in learner.cells) == len(solutions)
+        for line in solution.source.splitlines():
+            if line.strip() and line not in lesson_lines:  # a line the lesson itself also has is no leak
+                assert line not in learner_lines, f"solution code leaked into the learner notebook: {line}"
+    placeholders = [c for c in committed.cells if course.EXERCISE_TAG in c.metadata.get("tags", ())]
+    assert len(placeholders) == len(solutions)
+    for cell, solution in zip(placeholders, solutions, strict=True):
+        exercise_id = course.solution_exercise(solution)
+        variable = "answer_" + exercise_id.replace(".", "_")
+        assert cell.source.endswith(f"{variable} = None") and f"Exercise {exercise_id}" in cell.source
+    assert not any(course.SOLUTION_TAG in c.metadata.get("tags", ()) for c in committed.cells)
+    assert all(not c.get("outputs") and not c.get("execution_count") for c in committed.cells if c.cell_type == "code")
+    # Filled back with the solutions, the learner notebook IS the full one (apart from its badge and
+    # its unpaired mark): executing the full notebooks in CI executes the learner notebooks, solved.
+    filled = course.fill_solutions(committed, full)
+    assert [(c.cell_type, c.source, c.metadata) for c in filled.cells[1:]] == [
+        (c.cell_type, c.source, c.metadata) for c in full.cells[1:]]
+    name = source.with_suffix(".ipynb").name
+    assert f"notebooks/learners/{name}" in committed.cells[0].source
+    assert committed.cells[0].source.replace(f"notebooks/learners/{name}", f"notebooks/{name}") == full.cells[0].source
+
+
+def test_learner_notebooks_and_answer_key_are_up_to_date():
+    assert course.check_learners() == []
+
+
+def test_check_learners_reports_stale_missing_and_extra_files(tmp_path, capsys):
+    learners, key = tmp_path / "learners", tmp_path / "answer-key.md"
+    course.write_learner_copies(out_dir=learners)
+    course.write_answer_key(path=key)
+    assert course.check_learners(learners=learners, key=key) == []
+    first = sorted(learners.glob("*.ipynb"))[0]
+    first.write_text(first.read_text().replace("answer_", "answer_x_", 1))
+    (learners / "99_extra.ipynb").write_text("{}")
+    key.write_text(key.read_text() + "edited\n")
+    (sorted(learners.glob("*.ipynb"))[1]).unlink()
+    problems = course.check_learners(learners=learners, key=key)
+    assert len(problems) == 4 and all("make exercises" in p for p in problems)
+    assert any("out of date" in p and first.name in p for p in problems)
+    assert any("missing" in p for p in problems) and any("99_extra" in p for p in problems)
+
+
+def test_answer_key_has_every_exercise_with_statement_minutes_and_solution():
+    from lora_lab.exercises import EXERCISES
+
+    key = course.answer_key()
+    for ex in EXERCISES.values():
+        assert f"### Exercise {ex.id}: {ex.title} ({ex.minutes} min)" in key
+        assert f"`{ex.variable}` is {ex.expects}." in key
+        assert f'assert exercises.check("{ex.id}", {ex.variable}).correct' in key
+
+
+def test_learner_notebooks_are_not_lessons():
+    """nbmake's glob, `course run`, `check`, `strip` and `t4-rehearsal` see the lessons only."""
+    assert all(p.parent == ROOT / "notebooks" for p in course.course_notebooks())
+    assert sorted(ROOT.glob("notebooks/[0-9][0-9]_*.ipynb")) == course.course_notebooks()
+    assert course.LEARNERS.parent == ROOT / "notebooks"
 
 
 def test_learner_copy_runs_up_to_the_exercises(tmp_path):
@@ -53,6 +103,8 @@ def test_learner_copy_runs_up_to_the_exercises(tmp_path):
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
     assert errors == []
     assert course.unexplained_stderr(nb) == []  # library noise silenced by the preflight (lora_lab.quiet)
+    checks = [c for c in nb.cells if c.cell_type == "code" and c.source.startswith("exercises.check(")]
+    assert checks and all("not answered yet" in str(c.outputs) for c in checks)  # runs to the end, unanswered
 
 
 def test_unexplained_stderr_finds_stderr_unless_the_cell_explains_it():
@@ -70,6 +122,7 @@ def test_make_exercises_writes_every_notebook(tmp_path):
     for path in written:
         nb = nbformat.read(path, as_version=4)
         assert not any(course.SOLUTION_TAG in c.metadata.get("tags", ()) for c in nb.cells)
+        assert path.read_text() == (course.LEARNERS / path.name).read_text()
 
 
 def test_figure_backend_saves_png_and_svg(tmp_path):
@@ -96,7 +149,7 @@ def test_run_refuses_a_missing_path_and_a_source_file(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("command", [["run"], ["check"], ["strip"], ["exercises"], ["figures"]])
+@pytest.mark.parametrize("command", [["run"], ["check"], ["strip"], ["exercises"], ["check-learners"], ["figures"]])
 def test_commands_fail_when_they_find_no_notebooks(tmp_path, monkeypatch, capsys, command):
     """As when the package is installed without -e: notebooks/ beside the package does not exist."""
     monkeypatch.setattr(course, "NOTEBOOKS", tmp_path / "site-packages" / "notebooks")

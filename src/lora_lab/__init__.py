@@ -34,6 +34,7 @@ Lesson helpers (import the one you need):
     quant_plots  notebook 04's figures
     adapters     specialists: switch, hot-swap, mixed batches, merge, combine (notebook 05)
     quiz         quick checks with feedback; answers computed by the package
+    exercises    every exercise's statement and its check, computed by the package
     export       GGUF export with llama.cpp's pinned converters, checked in llama.cpp; Ollama Modelfile (notebook 06)
     scale        beyond one GPU: the DDP/FSDP fit table, an accelerate FSDP-QLoRA config, the FSDP2 check (06)
 

@@ -3,7 +3,8 @@
     python -m lora_lab.tooling.course run     # execute notebooks/NN_*.ipynb in order into build/notebooks/
     python -m lora_lab.tooling.course check   # every .py has its .ipynb twin, same cells, no outputs
     python -m lora_lab.tooling.course strip   # remove outputs and execution counts from notebooks/*.ipynb
-    python -m lora_lab.tooling.course exercises  # learner copies without solutions into build/learners/
+    python -m lora_lab.tooling.course exercises  # learner notebooks (notebooks/learners/) and docs/answer-key.md
+    python -m lora_lab.tooling.course check-learners  # both up to date with the lessons (CI)
     python -m lora_lab.tooling.course figures    # every figure of the course as PNG + SVG into build/figures/
 
 `run` prints one line per notebook (name, seconds, ok/failed) and exits non-zero if any failed;
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -23,14 +25,20 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[3]
 NOTEBOOKS = ROOT / "notebooks"
 BUILD = ROOT / "build" / "notebooks"
-LEARNERS = ROOT / "build" / "learners"
+#: Learner notebooks, committed: each lesson with its solution cells replaced by placeholders.
+LEARNERS = NOTEBOOKS / "learners"
+#: The answer key, committed: every exercise's statement and solution, generated from the lessons.
+ANSWER_KEY = ROOT / "docs" / "answer-key.md"
 FIGURES = ROOT / "build" / "figures"
 REHEARSAL = ROOT / "build" / "rehearsal"
 #: Cells tagged so hold an exercise's solution; learner copies replace their code.
 SOLUTION_TAG = "solution"
 #: A cell tagged so shows stderr on purpose and explains it; `unexplained_stderr` skips it.
 STDERR_TAG = "stderr-explained"
-PLACEHOLDER = "# Your solution here. (The instructor's copy of this notebook has one.)\n"
+#: Tag of a learner notebook's placeholder cell (where the solution cell was).
+EXERCISE_TAG = "exercise"
+#: The answer variable a solution cell assigns: answer_02_3 for exercise 02.3.
+ANSWER_VARIABLE = re.compile(r"^(answer_(\d\d)_(\d+))\s*=", re.MULTILINE)
 #: Prepended to a notebook by `figures`: every figure shown, or left open at a cell's end, is saved.
 FIGURE_HOOK = """import matplotlib
 matplotlib.use("module://lora_lab.tooling.figure_backend")
@@ -189,33 +197,154 @@ def strip(folder: Path = NOTEBOOKS) -> None:
         nbformat.write(nb, path)
 
 
-def learner_copy(path: Path):
-    """The notebook with every solution cell's code replaced by a placeholder, outputs removed."""
-    import jupytext
+def solution_exercise(cell) -> str:
+    """The exercise id ("02.3") a solution cell answers, from the one answer variable it assigns.
 
-    nb = jupytext.read(path)
+    Raises:
+        ValueError: the cell assigns no answer_NN_M variable, or more than one.
+    """
+    found = {f"{m.group(2)}.{m.group(3)}" for m in ANSWER_VARIABLE.finditer(cell.source)}
+    if len(found) != 1:
+        raise ValueError(f"a solution cell must assign exactly one answer_NN_M variable, found {sorted(found)}:\n"
+                         f"{cell.source[:200]}")
+    return found.pop()
+
+
+def placeholder(exercise_id: str) -> str:
+    """The learner's cell in place of a solution: the answer variable set to None, and what to compute."""
+    from lora_lab.exercises import EXERCISES
+
+    ex = EXERCISES[exercise_id]
+    return (f"# Exercise {ex.id}: your solution here. Replace None with {ex.expects}.\n"
+            f"{ex.variable} = None")
+
+
+def _full_notebook(path: Path):
+    """The lesson as committed (.ipynb, with its stable cell ids), from a .py or .ipynb path."""
+    import nbformat
+
+    return nbformat.read(path.with_suffix(".ipynb"), as_version=4)
+
+
+def learner_copy(path: Path):
+    """The lesson's learner notebook: each solution cell replaced by its placeholder, outputs removed.
+
+    The Colab badge points at the learner notebook's own path (whatever repository and ref it
+    names), and the copy is marked unpaired so jupytext never writes a .py beside it.
+    """
+    nb = _full_notebook(path)
+    name = path.with_suffix(".ipynb").name
     for cell in nb.cells:
         tags = list(cell.metadata.get("tags", ()))
         if SOLUTION_TAG in tags:
-            cell.source = PLACEHOLDER
-            cell.metadata["tags"] = [t for t in tags if t != SOLUTION_TAG] + ["exercise"]
+            cell.source = placeholder(solution_exercise(cell))
+            cell.metadata["tags"] = [t for t in tags if t != SOLUTION_TAG] + [EXERCISE_TAG]
         if cell.cell_type == "code":
             cell.outputs = []
             cell.execution_count = None
+        elif "colab.research.google.com" in cell.source:
+            cell.source = cell.source.replace(f"notebooks/{name}", f"notebooks/{LEARNERS.name}/{name}")
+    nb.metadata.pop("widgets", None)
+    nb.metadata.setdefault("jupytext", {})["formats"] = "ipynb"
     return nb
 
 
-def write_learner_copies(folder: Path = NOTEBOOKS, out_dir: Path = LEARNERS) -> list[Path]:
-    """Write a learner copy of every course notebook (from its .py source) into `out_dir`."""
+def fill_solutions(learner, full):
+    """The learner notebook with every placeholder cell given back its solution (for tests and CI)."""
+    import copy
+
+    solutions = {solution_exercise(c): c for c in full.cells if SOLUTION_TAG in c.metadata.get("tags", ())}
+    filled = copy.deepcopy(learner)
+    for i, cell in enumerate(filled.cells):
+        if EXERCISE_TAG in cell.metadata.get("tags", ()):
+            match = ANSWER_VARIABLE.search(cell.source)
+            filled.cells[i] = copy.deepcopy(solutions[f"{match.group(2)}.{match.group(3)}"])
+    return filled
+
+
+def _learner_text(path: Path) -> str:
     import nbformat
 
+    return nbformat.writes(learner_copy(path)) + "\n"
+
+
+def write_learner_copies(folder: Path = NOTEBOOKS, out_dir: Path = LEARNERS) -> list[Path]:
+    """Write the learner notebook of every lesson (from its committed .ipynb) into `out_dir`."""
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    for py in sorted(folder.glob("[0-9][0-9]_*.py")):
-        target = out_dir / py.with_suffix(".ipynb").name
-        nbformat.write(learner_copy(py), target)
+    for ipynb in course_notebooks(folder):
+        target = out_dir / ipynb.name
+        target.write_text(_learner_text(ipynb))
         written.append(target)
     return written
+
+
+def exercise_cells(path: Path) -> list[tuple[str, str, str]]:
+    """(exercise id, statement markdown, solution code) of every exercise of a lesson, in order.
+
+    The statement is the markdown cell headed "### Exercise NN.M: ..." above the solution cell.
+    """
+    nb = _full_notebook(path)
+    found = []
+    for i, cell in enumerate(nb.cells):
+        if SOLUTION_TAG not in cell.metadata.get("tags", ()):
+            continue
+        exercise_id = solution_exercise(cell)
+        statement = next((c.source for c in reversed(nb.cells[:i]) if c.cell_type == "markdown"), "")
+        if not statement.startswith(f"### Exercise {exercise_id}:"):
+            raise ValueError(f"{path.name}: the markdown cell above exercise {exercise_id}'s solution must start "
+                             f"with '### Exercise {exercise_id}: <title>'.")
+        found.append((exercise_id, statement, cell.source))
+    return found
+
+
+def answer_key(folder: Path = NOTEBOOKS) -> str:
+    """docs/answer-key.md: every exercise's statement, what a right answer looks like, minutes and solution."""
+    from lora_lab.exercises import EXERCISES
+
+    lines = ["# Answer key", "",
+             "Generated by `make exercises` from the lessons' solution cells (`notebooks/NN_topic.py`); do not edit.",
+             "Each solution ends by asserting `lora_lab.exercises.check`, which computes the expected answer with the",
+             "package, so the values it prints are those of the run profile in use.", ""]
+    total = 0
+    for path in course_notebooks(folder):
+        rows = exercise_cells(path)
+        if not rows:
+            continue
+        lines += [f"## {path.stem}", ""]
+        for exercise_id, statement, solution in rows:
+            ex = EXERCISES[exercise_id]
+            total += ex.minutes
+            heading, _, body = statement.partition("\n")
+            lines += [f"{heading} ({ex.minutes} min)", "", body.strip(), "",
+                      f"Checked by `exercises.check(\"{ex.id}\", {ex.variable})`. Solution:", "",
+                      "```python", solution.strip(), "```", ""]
+    lines += [f"All exercises together: about {total} minutes.", ""]
+    return "\n".join(lines)
+
+
+def write_answer_key(folder: Path = NOTEBOOKS, path: Path = ANSWER_KEY) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(answer_key(folder))
+    return path
+
+
+def check_learners(folder: Path = NOTEBOOKS, learners: Path = LEARNERS, key: Path = ANSWER_KEY) -> list[str]:
+    """Differences between the committed learner notebooks and answer key and what the lessons generate."""
+    fix = "run `make exercises` (after `make sync`) and commit the result."
+    problems = []
+    expected = {p.name: p for p in course_notebooks(folder)}
+    for name, path in expected.items():
+        target = learners / name
+        if not target.exists():
+            problems.append(f"{target} is missing: {fix}")
+        elif target.read_text() != _learner_text(path):
+            problems.append(f"{target} is out of date with {name}: {fix}")
+    for extra in sorted(set(p.name for p in learners.glob("*.ipynb")) - set(expected)):
+        problems.append(f"{learners / extra} has no lesson {extra} in {folder}: remove it, or {fix}")
+    if not key.exists() or key.read_text() != answer_key(folder):
+        problems.append(f"{key} is {'out of date' if key.exists() else 'missing'}: {fix}")
+    return problems
 
 
 def t4_plan(budget_bytes: int | None = None) -> list:
@@ -261,7 +390,8 @@ def main(argv=None) -> int:
     p_run.add_argument("--out", type=Path, default=BUILD)
     sub.add_parser("check", help="check the .py/.ipynb pairs")
     sub.add_parser("strip", help="strip outputs from the notebooks")
-    sub.add_parser("exercises", help="write learner copies without solutions to build/learners/")
+    sub.add_parser("exercises", help="write the learner notebooks (notebooks/learners/) and docs/answer-key.md")
+    sub.add_parser("check-learners", help="fail if the learner notebooks or the answer key are out of date")
     p_fig = sub.add_parser("figures", help="save every figure as PNG and SVG into build/figures/")
     p_fig.add_argument("notebooks", nargs="*", type=Path, help="default: every notebooks/NN_*.ipynb")
     p_plan = sub.add_parser("t4-plan", help="every training run of every notebook as a Colab T4 plans it")
@@ -296,9 +426,17 @@ def _command(args) -> int:
         return 1 if failed else 0
     if args.command == "exercises":
         notebooks_to_run()
-        for path in write_learner_copies():
+        for path in [*write_learner_copies(), write_answer_key()]:
             print(f"wrote {path.relative_to(ROOT)}")
         return 0
+    if args.command == "check-learners":
+        notebooks_to_run()
+        problems = check_learners()
+        for p in problems:
+            print(p)
+        if not problems:
+            print(f"all {len(course_notebooks())} learner notebooks and the answer key are up to date")
+        return 1 if problems else 0
     if args.command == "figures":
         os.environ.setdefault("LORA_LAB_FIGURES_DIR", str(FIGURES))
         notebooks = notebooks_to_run(args.notebooks)
