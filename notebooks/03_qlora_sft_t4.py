@@ -164,16 +164,20 @@ if USE_DRIVE:
 recipe = train.recipe(profile, hw, method=METHOD, output_dir=checkpoints, eval_each_epoch=True)
 t4_recipe = train.recipe(t4_profile, precision=models.precision_for("cuda", (7, 5), "qlora"), method="qlora",
                          output_dir="checkpoints", eval_each_epoch=True, fsdp=False)
-for obj in (recipe.quantization, recipe.lora, recipe.sft):
-    if obj is not None:
-        print(f"{type(obj).__module__}.{type(obj).__name__}")
-on_t4 = {(config, name): value for config, name, value, _ in t4_recipe.table()}
+print(recipe.quantization)  # the objects themselves (SFTConfig prints 100+ fields, mostly defaults: see the table)
+print(recipe.lora)
+print(f"{type(recipe.sft).__module__}.{type(recipe.sft).__name__} with {len(recipe.sft_kwargs)} arguments set")
+
+
+def shown(value) -> str:
+    return f"`{value}`" if isinstance(value, torch.dtype) else f"`{value!r}`"
+
+
 here = {(config, name): value for config, name, value, _ in recipe.table()}
 rows = ["| config | field | this run | t4 profile on a T4 | why |", "|---|---|---|---|---|"]
-for config, name, _, why in t4_recipe.table():
-    shown = [repr(v) if not isinstance(v, torch.dtype) else str(v) for v in (here.get((config, name), "-"),
-                                                                             on_t4[(config, name)])]
-    rows.append(f"| {config} | `{name}` | `{shown[0]}` | `{shown[1]}` | {why} |")
+for config, name, value, why in t4_recipe.table():
+    this_run = shown(here[(config, name)]) if (config, name) in here else "-"
+    rows.append(f"| {config} | `{name}` | {this_run} | {shown(value)} | {why} |")
 display(Markdown("\n".join(rows)))
 
 # %% [markdown]
@@ -422,9 +426,10 @@ print(callbacks.compare_memory(estimate, readings, cpu_step)["summary"])
 # **paged** optimizer allocates its states in NVIDIA unified memory: when a long batch pushes the GPU
 # to its limit, the driver moves pages of the states out to CPU RAM and back when the optimizer step
 # needs them, so a memory spike costs time instead of an out-of-memory error. This is QLoRA's third
-# idea (Dettmers et al. 2023, arXiv 2305.14314, section 3, "Paged Optimizers"); bitsandbytes'
-# documentation describes it under "Paged optimizers"
-# (https://huggingface.co/docs/bitsandbytes/main/en/optimizers). Paging changes where the states
+# idea (Dettmers et al. 2023, arXiv 2305.14314, section 3, "Paged Optimizers"); bitsandbytes
+# documents 8-bit states at https://huggingface.co/docs/bitsandbytes/explanations/optimizers and the
+# paged variants (`is_paged=True`, CUDA unified memory) at
+# https://huggingface.co/docs/bitsandbytes/reference/optim/adamw. Paging changes where the states
 # live under pressure, not their size, and the estimator counts them on the GPU, the worst case.
 #
 # Bytes per trainable parameter, from the estimator (`lora_lab.vram`), for the `t4` profile's QLoRA run
@@ -474,7 +479,7 @@ comparison = {METHOD: {"exact match": em_after, "held-out loss": loss_after, "cu
 other = "lora" if METHOD == "qlora" else "qlora"
 lora_profile = profile
 if COMPARE_LORA and hw.device_type == "cuda":  # against the memory free now, with the QLoRA model still loaded
-    compare_decision = gpu_runs.preflight(gpu_runs.sft_run("03", other, profile, other), hw)
+    compare_decision = gpu_runs.preflight(gpu_runs.sft_run("03", other, profile, other), hw)  # t4-plan: "03 lora"
     lora_profile = compare_decision.apply(profile) if compare_decision.runs else None
 if COMPARE_LORA and lora_profile is not None:
     other_model, _ = train.load_model_and_tokenizer(lora_profile, other, hw=hw)
@@ -642,3 +647,28 @@ for checkpointing in (True, False):
     longest = vram.max_seq_len_that_fits("Qwen/Qwen2.5-1.5B", "Colab T4", gradient_checkpointing=checkpointing,
                                          **settings)
     print(f"gradient checkpointing {'on ' if checkpointing else 'off'}: up to {longest:,} tokens per example")
+
+
+# %% [markdown]
+# ## Takeaways
+#
+# What this run showed, printed from its own numbers:
+
+# %%
+takeaways = [
+    f"* Number format: {precision.note} A T4 (capability 7.5) gets `fp16=True, bf16=False`, passed explicitly.",
+    f"* The recipe: {len(recipe.table())} settings in three objects, printed above with a reason each; the model and "
+    f"the trainer got exactly those objects (SFTConfig: {result.sft_config.to_dict() == recipe.sft.to_dict()}).",
+    f"* {METHOD} fine-tuning took held-out exact match from {em_before:.0%} to {em_after:.0%} and the held-out loss "
+    f"from {loss_before:.3f} to {loss_after:.3f} in {result.metrics['global_step']} steps.",
+    f"* Epochs: lowest held-out loss after epoch {epochs['best'][0]:g} of {epochs['last'][0]:g}"
+    + (" (turned up after it)." if epochs["turned_up"] else " (it did not turn up)."),
+    f"* Optimizer states: {full32.optimizer_states / full32.trainable_params:.0f} bytes per parameter for 32-bit "
+    f"AdamW, {full8.optimizer_states / full8.trainable_params:.2f} for 8-bit; paging moves them to CPU RAM under "
+    "pressure instead of failing.",
+    "* LoRA against QLoRA: " + ", ".join(f"{m} {row['exact match']:.0%}" for m, row in comparison.items())
+    + " held-out exact match after the same training.",
+    f"* The adapter is {adapter_bytes / MIB:.2f} MiB; reloaded it gave the same answers ({same}); merged into a "
+    f"16-bit base its logits matched within tolerance ({merge_report.ok}).",
+]
+display(Markdown("\n".join(takeaways)))
