@@ -455,9 +455,10 @@ lora8, full8 = optimizer_rows["paged_adamw_8bit"]
 display(Markdown(
     f"8-bit states take {full8.optimizer_states / full8.trainable_params:.2f} bytes per parameter instead of "
     f"{full32.optimizer_states / full32.trainable_params:.0f}. For a full fine-tune of 1.5B parameters that is "
-    f"{(full32.optimizer_states - full8.optimizer_states) / GIB:.1f} GiB less "
-    f"({'enough to fit' if full8.fits(t4) and not full32.fits(t4) else 'fits a T4: ' + str(full8.fits(t4))} a "
-    f"Colab T4's {t4.usable_bytes / GIB:.2f} GiB). For QLoRA, only the "
+    f"{(full32.optimizer_states - full8.optimizer_states) / GIB:.1f} GiB less: the step needs "
+    f"{full8.total / GIB:.1f} GiB instead of {full32.total / GIB:.1f}, "
+    f"{'within' if full8.fits(t4) else 'still more than'} a Colab T4's {t4.usable_bytes / GIB:.2f} GiB. "
+    "For QLoRA, only the "
     f"{lora8.trainable_params:,} adapter parameters have states: the saving is "
     f"{(lora32.optimizer_states - lora8.optimizer_states) / MIB:.0f} MiB of a {lora8.total / GIB:.2f} GiB step. "
     "The paged variant is there for the spikes, not the average."))

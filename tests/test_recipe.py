@@ -96,7 +96,7 @@ def test_lora_vs_qlora_verdict_picks_the_reason_the_numbers_support():
     assert "knowledge the rounded base lost" in train.lora_vs_qlora_verdict(gap, lost)
     assert "does not explain the gap" in train.lora_vs_qlora_verdict(gap, kept)
     assert "within 5%" in train.lora_vs_qlora_verdict(tie, lost)
-    assert "80.0% of its pretraining facts instead of 98.0%" in train.lora_vs_qlora_verdict(tie, lost)
+    assert "80.0% of its pretraining facts (unquantized: 98.0%)" in train.lora_vs_qlora_verdict(tie, lost)
     assert "Only one method" in train.lora_vs_qlora_verdict({"qlora": gap["qlora"]}, kept)
     text = {"unquantized": {"loss": 3.0, "perplexity": 20.1}, "NF4": {"loss": 3.2, "perplexity": 24.5}}
     assert "held-out prose goes from 3.000 to 3.200" in train.lora_vs_qlora_verdict(tie, text, rehearsal=True)

@@ -144,7 +144,7 @@ SFT_REASONS = {
 }
 #: Why each `BitsAndBytesConfig` argument has its value (notebook 03's recipe table).
 BNB_REASONS = {
-    "load_in_4bit": "every linear layer of the frozen base in 4 bits: 1.5B weights take ~1 GB instead of 3 GB",
+    "load_in_4bit": "every linear layer of the frozen base stored in 4 bits instead of 16 (embeddings and norms stay)",
     "bnb_4bit_quant_type": "NF4: 16 levels at normal quantiles, less rounding error than FP4 or INT4 (notebook 04)",
     "bnb_4bit_use_double_quant": "the per-block absmax scales in 8 bits too: 4.127 instead of 4.5 bits per weight",
     "bnb_4bit_compute_dtype": "weights are dequantized to this for each matmul: fp16 on a T4, which has no native bf16",
@@ -607,12 +607,13 @@ def lora_vs_qlora_verdict(comparison: dict, knowledge: dict, rehearsal: bool = F
     """
     fp, nf4 = knowledge["unquantized"], knowledge["NF4"]
     if "accuracy" in fp:
-        lost = f"it answers {nf4['accuracy']:.1%} of its pretraining facts instead of {fp['accuracy']:.1%}"
+        lost = (f"it answers {nf4['accuracy']:.1%} of its pretraining facts (unquantized: {fp['accuracy']:.1%}), "
+                f"and its loss on the answers goes from {fp['loss']:.4f} to {nf4['loss']:.4f}")
         damaged = fp["accuracy"] - nf4["accuracy"] >= 0.02
     else:
         lost = f"its loss per token on held-out prose goes from {fp['loss']:.3f} to {nf4['loss']:.3f}"
         damaged = nf4["loss"] > fp["loss"] * 1.02
-    base = f"Before any fine-tuning, rounding the base to NF4 changes what it knows: {lost}."
+    base = f"Before any fine-tuning, the base rounded to NF4 was scored on what it learned in pretraining: {lost}."
     prefix = ("Rehearsal: the stand-in model has random weights, so these numbers only show that the path runs. "
               if rehearsal else "")
     if "qlora" not in comparison or "lora" not in comparison:
