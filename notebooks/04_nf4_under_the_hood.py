@@ -351,8 +351,8 @@ if profile.rehearsal:
           "t4 path runs, and the differences between formats here mean nothing.")
 nf4_change = (results["NF4"]["loss"] - reference["loss"]) / reference["loss"]
 if SCORE_ON_FACTS:
-    kept = (f"the NF4 base still answers {results['NF4']['accuracy']:.1%} of the facts the unquantized model "
-            f"answers {reference['accuracy']:.1%} of, and its answer loss changes by {nf4_change:+.1%}")
+    kept = (f"the NF4 base answers {results['NF4']['accuracy']:.1%} of the facts (unquantized: "
+            f"{reference['accuracy']:.1%}), and its answer loss changes by {nf4_change:+.1%}")
 else:
     kept = f"the NF4 base's loss per token on held-out prose changes by {nf4_change:+.1%}"
 display(Markdown(
@@ -440,7 +440,7 @@ for name in ("NF4", "NF4+pissa", "NF4+loftq"):
 width = min(m.in_features for m in linears.values())
 removed = {init: 1 - weight_error[f"NF4+{init}"] / weight_error["NF4"] for init in ("pissa", "loftq")}
 display(Markdown(
-    "Against plain NF4, " + " and ".join(f"{init.upper() if init == 'pissa' else 'LoftQ'} removes "
+    "Against plain NF4, " + " and ".join(f"{'PiSSA' if init == 'pissa' else 'LoftQ'} removes "
                                          f"{share:.0%} of the weight error" for init, share in removed.items())
     + f", for the price of an SVD per layer. Mind the scale: here rank {profile.lora_r} is "
     f"{profile.lora_r / width:.1%} of the narrowest layer's {width} inputs, so the adapter can soak up much of the "
@@ -487,7 +487,7 @@ display(Markdown("\n".join([
     f"with double quantization, which changed NF4's error by {dq_cost['nf4']:+.2%}; {arch.name} takes "
     f"{total[True] / GB:.2f} GB in NF4 + DQ against {2 * arch.total_params / GB:.2f} GB in bf16.",
     f"* Rounding the whole base to NF4 changed the {loss_name} by {nf4_change:+.1%}"
-    + (f" and the facts answered from {reference['accuracy']:.1%} to {results['NF4']['accuracy']:.1%}"
+    + (f"; it answered {results['NF4']['accuracy']:.1%} of the facts (unquantized: {reference['accuracy']:.1%})"
        if SCORE_ON_FACTS else "") + " (notebook 03 compares LoRA with QLoRA on the same task).",
     f"* One optimizer step of ±{profile.learning_rate:g} applied to 4-bit weights came through with a relative "
     f"error of {step_error[profile.learning_rate]:.2f} (1 means lost): adapters stay in 16/32 bits, the base is "
