@@ -401,8 +401,8 @@ if merge_report.max_abs_diff_vs_trained is not None:
 # %% [markdown]
 # The merged model is the adapter trained on a 4-bit base, now sitting on the *unquantized* base. The
 # adapter learned to work with NF4-rounded weights, so the merged model differs from the trained
-# model by the rounding error of the base, which is the last line above. On a large model the rounding
-# barely moves the answers; on the tiny model, which stores a lot in very few weights, it can.
+# model by the rounding error of the base: the last line above says by how much, and the exact match
+# of the merged model beside the QLoRA model's says whether that moved the answers.
 #
 # ## 9. Predicted and measured memory
 
