@@ -662,7 +662,7 @@ takeaways = [
     f"the trainer got exactly those objects (SFTConfig: {result.sft_config.to_dict() == recipe.sft.to_dict()}).",
     f"* {METHOD} fine-tuning took held-out exact match from {em_before:.0%} to {em_after:.0%} and the held-out loss "
     f"from {loss_before:.3f} to {loss_after:.3f} in {result.metrics['global_step']} steps.",
-    f"* Epochs: lowest held-out loss after epoch {epochs['best'][0]:g} of {epochs['last'][0]:g}"
+    f"* Epochs: lowest held-out loss after epoch {epochs['best'][0]:.3g} of {epochs['last'][0]:.3g}"
     + (" (turned up after it)." if epochs["turned_up"] else " (it did not turn up)."),
     f"* Optimizer states: {full32.optimizer_states / full32.trainable_params:.0f} bytes per parameter for 32-bit "
     f"AdamW, {full8.optimizer_states / full8.trainable_params:.2f} for 8-bit; paging moves them to CPU RAM under "

@@ -569,16 +569,16 @@ def epoch_verdict(summary: dict) -> str:
         return (f"This run evaluated {summary['epochs']} epoch(s) (it stopped at epoch {last_e:.2f}): too few to test "
                 f"the rule of thumb. The held-out loss went from {summary['curve'][0][1]:.3f} to {last:.3f}.")
     limit = RULE_OF_THUMB_EPOCHS
-    text = f"The held-out loss was lowest after epoch {best_e:g} ({best:.3f}); after the last, epoch {last_e:g}, " \
+    text = f"The held-out loss was lowest after epoch {best_e:.3g} ({best:.3f}); after the last, epoch {last_e:.3g}, " \
            f"it was {last:.3f}. "
     at_limit = _loss_at(summary["curve"], limit)
     if at_limit is not None:
         text += f"After epoch {limit} it was {at_limit:.3f}. "
     if summary["turned_up"] and best_e <= limit:
-        text += (f"It turned up after epoch {best_e:g}: here the rule of thumb holds, and the epochs after it "
+        text += (f"It turned up after epoch {best_e:.3g}: here the rule of thumb holds, and the epochs after it "
                  "overfit the training set.")
     elif summary["turned_up"]:
-        text += (f"It turned up only after epoch {best_e:g}: on this task more than {limit} epochs helped before "
+        text += (f"It turned up only after epoch {best_e:.3g}: on this task more than {limit} epochs helped before "
                  "overfitting set in.")
     elif best_e > limit:
         text += (f"It never turned up by more than {TURN_UP_MARGIN:.0%}: on this task and data size, training past "
@@ -587,7 +587,7 @@ def epoch_verdict(summary: dict) -> str:
     else:
         text += "It neither improved nor turned up after that."
     if summary["first_rise"] is not None and summary["first_rise"] < best_e:
-        text += (f" (It rose once, at epoch {summary['first_rise']:g}, before falling again: one bump is not yet "
+        text += (f" (It rose once, at epoch {summary['first_rise']:.3g}, before falling again: one bump is not yet "
                  "overfitting.)")
     return text
 
