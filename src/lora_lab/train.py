@@ -16,6 +16,11 @@ Public API (stable; the rank-sweep and adapter lessons build on it):
   `sft`, `record_training` and `evaluate_after`, `save_and_reload_adapter` and
   `merge_and_check`, `record_memory` (predicted vs measured), `write_outputs` (metrics.json,
   loss.png). `main()` is its command line.
+- `recipe(profile, hw)`: the `BitsAndBytesConfig`, `LoraConfig` and `SFTConfig` a run uses, built
+  by the same functions as the run, with a reason for every value (`Recipe.table`) and as plain
+  transformers/peft/trl code (`recipe_code`). Notebook 03 prints them.
+- Reading results: `epoch_summary` / `epoch_verdict` (held-out loss per epoch against the rule of
+  thumb "1-3 epochs") and `lora_vs_qlora_verdict`, so the notebook's sentences come from its numbers.
 - Re-exported for the notebooks: `load_model_and_tokenizer`, `lora_config`, `decide_precision`
   (`lora_lab.models`).
 
