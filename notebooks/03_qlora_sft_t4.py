@@ -50,7 +50,7 @@ print(profile.summary())
 #    tokens carry loss, and report examples that are too long instead of cutting them mid-answer.
 # 5. **Evaluate** the base model on held-out prompts: eval loss and exact match.
 # 6. **Train** with trl's `SFTTrainer`: 4-bit base, LoRA on every linear layer, gradient
-#    checkpointing, paged 8-bit AdamW, checkpoints that survive a disconnect.
+#    checkpointing, paged 8-bit AdamW (section 10 explains it), checkpoints that survive a disconnect.
 # 7. **Evaluate** after training, and read the held-out loss per epoch.
 # 8. **Save, reload, merge**: the adapter alone, the same answers after a reload, and a merge into
 #    a 16-bit copy of the base whose logits match the adapter's.
