@@ -24,21 +24,39 @@ hw = models.hardware_for(profile, hw)  # a t4 rehearsal decides as on a T4 and e
 print(profile.summary())
 
 # %% [markdown]
+# ## Objectives
+#
+# By the end of this notebook you will be able to:
+#
+# * choose fp16, bf16 or fp32 from a GPU's compute capability, and check that a run fits the GPU
+#   before loading anything;
+# * write the `BitsAndBytesConfig`, `LoraConfig` and `SFTConfig` of a QLoRA run on a T4, and say why
+#   each value is what it is;
+# * prepare chat data so that only the answer carries loss, and check every example;
+# * read a held-out loss curve per epoch to decide how many epochs to train;
+# * say what 8-bit and paged optimizers save, and compare QLoRA with LoRA on the same task;
+# * save, reload and merge an adapter, and check each step.
+#
 # ## The plan
 #
-# This notebook fine-tunes a model with QLoRA from start to finish and checks each step for the
-# failures that hit people who run fine-tuning notebooks on a free Colab T4:
+# This notebook fine-tunes a model with QLoRA (LoRA adapters trained on top of a base model frozen
+# in 4 bits; notebook 00's concepts section draws both) from start to finish and checks each step
+# for the failures that hit people who run fine-tuning notebooks on a free Colab T4:
 #
-# 1. **Numbers format.** Pick fp16, bf16 or fp32 from the GPU's compute capability (a T4 has no bf16).
+# 1. **Number format.** Pick fp16, bf16 or fp32 from the GPU's compute capability (a T4 has no bf16).
 # 2. **Memory preflight.** Estimate the peak memory *before* loading anything, and stop with advice if
 #    it will not fit.
-# 3. **Data.** Apply the chat template, put the loss on the answer only, count per example how many
+# 3. **The recipe.** The three configuration objects of the run, printed, every value explained.
+# 4. **Data.** Apply the chat template, put the loss on the answer only, count per example how many
 #    tokens carry loss, and report examples that are too long instead of cutting them mid-answer.
-# 4. **Train** with trl's `SFTTrainer`: 4-bit base, LoRA on every linear layer, gradient
-#    checkpointing, paged 8-bit AdamW, checkpoints that survive a disconnect.
-# 5. **Evaluate** before and after on held-out prompts: eval loss, exact match, answers side by side.
-# 6. **Save, reload, merge**: the adapter alone, the same answers after a reload, and a merge into
+# 5. **Evaluate** the base model on held-out prompts: eval loss and exact match.
+# 6. **Train** with trl's `SFTTrainer`: 4-bit base, LoRA on every linear layer, gradient
+#    checkpointing, paged 8-bit AdamW (section 10 explains it), checkpoints that survive a disconnect.
+# 7. **Evaluate** after training, and read the held-out loss per epoch.
+# 8. **Save, reload, merge**: the adapter alone, the same answers after a reload, and a merge into
 #    a 16-bit copy of the base whose logits match the adapter's.
+# 9. **Memory**, predicted against measured; 10. **optimizer states**, 32-bit, 8-bit and paged;
+#    11. **LoRA against QLoRA**, trained on the same data with the same steps and seed.
 #
 # On a GPU this runs the `t4` profile (Qwen2.5-1.5B-Instruct learning text-to-SQL on
 # `b-mc2/sql-create-context`, CC-BY-4.0: a behaviour the base model lacks, with answers `sqlite3` can
@@ -54,11 +72,13 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 import torch
-from transformers import AutoConfig
+from IPython.display import Markdown, display
+from transformers import AutoConfig, AutoModelForCausalLM
 
+import lora_lab.quant as quant
 from lora_lab import callbacks, data, evaluate, gpu_runs, models, preflight, sft_data, tiny, train, vram
 from lora_lab.drive import drive_checkpoint_dir
-from lora_lab.train_plots import plot_loss
+from lora_lab.train_plots import plot_epochs, plot_loss
 from lora_lab.units import GIB, MIB
 
 METHOD = profile.method  # "qlora"; "lora" or "full" run through the same code, for comparison
@@ -66,6 +86,7 @@ OUTPUT_DIR = Path("runs") / "03_qlora_sft" / profile.name
 USE_DRIVE = False  # Colab: True puts checkpoints on Google Drive (you will be asked to mount it)
 RESUME = USE_DRIVE  # continue from the newest checkpoint (useful when checkpoints survived a disconnect)
 RUN_7B = False  # GPU only: a short QLoRA run of a 7B model at the end
+COMPARE_LORA = True  # section 11: a second run with LoRA on a 16-bit base (on a T4 it takes as long as the first)
 started = time.perf_counter()
 
 # %% [markdown]
@@ -120,17 +141,74 @@ except preflight.WontFitError as err:
     print(err)
 
 # %% [markdown]
-# ## 3. Data: chat template, loss on the answer only, checked per example
+# ## 3. The recipe in plain sight
 #
-# The model, its tokenizer and the data. For QLoRA, `load_model_and_tokenizer` quantizes every linear
-# layer to 4-bit NF4 with double quantization while loading, then runs peft's
-# `prepare_model_for_kbit_training` (norms and embeddings to fp32, gradient checkpointing on).
+# Three objects configure the whole run:
+#
+# * `BitsAndBytesConfig` (transformers): how the frozen base is stored. **NF4** (4-bit NormalFloat)
+#   rounds each weight to one of 16 levels placed at quantiles of a normal distribution, with one
+#   scale (the block's largest magnitude, its *absmax*) per block of 64 weights; **double
+#   quantization** stores those scales in 8 bits too. Notebook 04 builds both by hand.
+# * `LoraConfig` (peft): where the adapters go, their rank r and their scale alpha / r.
+# * `SFTConfig` (trl): how training runs: steps, batch, learning rate, optimizer, number format,
+#   checkpoints, evaluation.
+#
+# `train.recipe` builds them with the same functions the run calls (`models.bnb_config`,
+# `models.lora_config`, `train.sft_config_kwargs`); the cells below print their values for this run
+# and for the `t4` profile on a Colab T4, and after loading and training we check that the model and
+# the trainer got exactly these objects.
+
+# %%
+checkpoints = OUTPUT_DIR / "checkpoints"
+if USE_DRIVE:
+    checkpoints = drive_checkpoint_dir(f"03_qlora_sft-{profile.name}") or checkpoints
+recipe = train.recipe(profile, hw, method=METHOD, output_dir=checkpoints, eval_each_epoch=True)
+t4_recipe = train.recipe(t4_profile, precision=models.precision_for("cuda", (7, 5), "qlora"), method="qlora",
+                         output_dir="checkpoints", eval_each_epoch=True, fsdp=False)
+print(recipe.quantization)  # the objects themselves (SFTConfig prints 100+ fields, mostly defaults: see the table)
+print(recipe.lora)
+print(f"{type(recipe.sft).__module__}.{type(recipe.sft).__name__} with {len(recipe.sft_kwargs)} arguments set")
+
+
+def shown(value) -> str:
+    return f"`{value}`" if isinstance(value, torch.dtype) else f"`{value!r}`"
+
+
+here = {(config, name): value for config, name, value, _ in recipe.table()}
+rows = ["| config | field | this run | t4 profile on a T4 | why |", "|---|---|---|---|---|"]
+for config, name, value, why in t4_recipe.table():
+    this_run = shown(here[(config, name)]) if (config, name) in here else "-"
+    rows.append(f"| {config} | `{name}` | {this_run} | {shown(value)} | {why} |")
+display(Markdown("\n".join(rows)))
+
+# %% [markdown]
+# The same run without `lora_lab`: the values of the T4 column written as plain transformers, peft and
+# trl code (generated from the objects above, so it cannot drift from them; `tests/test_train.py`
+# executes the three configs and compares them with `train.recipe`'s).
+
+# %%
+recipe_configs, recipe_run = train.recipe_code(t4_recipe, t4_profile.model_id)
+display(Markdown(f"```python\n{recipe_configs}\n\n{recipe_run}\n```"))
+
+# %% [markdown]
+# ## 4. Data: chat template, loss on the answer only, checked per example
+#
+# The model, its tokenizer and the data. For QLoRA, `load_model_and_tokenizer` loads the base with
+# the `BitsAndBytesConfig` above (every linear layer to 4-bit NF4 with double quantization), then runs
+# peft's `prepare_model_for_kbit_training` (norms and embeddings to fp32, gradient checkpointing on).
 # On a CPU, bitsandbytes may print that an optional package of faster kernels (`kernels`) is missing;
 # that is harmless, it falls back to its own implementation.
+#
+# A **chat template** is the tokenizer's own recipe (a Jinja template) for turning a list of messages
+# (role and content) into the exact text, special markers included, that the model was trained to
+# read. The last line below shows one conversation rendered by it.
 
 # %%
 splits = data.load_profile_dataset(profile)
 model, tokenizer = train.load_model_and_tokenizer(profile, METHOD, hw=hw)
+if recipe.quantization is not None:
+    print("the model was loaded with exactly the BitsAndBytesConfig above:",
+          model.config.quantization_config.to_dict() == recipe.quantization.to_dict())
 print({name: len(split) for name, split in splits.items()})
 print(f"eos {tokenizer.eos_token!r} (id {tokenizer.eos_token_id}), pad {tokenizer.pad_token!r} "
       f"(id {tokenizer.pad_token_id}): different, so padding never hides the eos the model must learn")
@@ -170,7 +248,7 @@ except ValueError as err:
     print("refused:", err)
 
 # %% [markdown]
-# ## 4. The model before training
+# ## 5. The model before training
 #
 # Held-out prompts, greedy decoding, generation stopping at eos. For the `cpu` profile the questions
 # are about entities whose facts the model saw only in pretraining, never in fine-tuning data.
@@ -186,20 +264,19 @@ print(f"before: eval loss {loss_before:.3f} on answer tokens, exact match {em_be
 print(evaluate.format_table(rows_before[:3]))
 
 # %% [markdown]
-# ## 5. Training
+# ## 6. Training
 #
-# `train.sft` attaches LoRA to every linear layer and runs trl's `SFTTrainer` with each setting
-# chosen on purpose (`train.sft_config_kwargs` lists them with a comment each): fp16/bf16 from the
-# capability, gradient checkpointing, paged 8-bit AdamW, and a checkpoint every `save_steps`
-# steps with the optimizer, scheduler and random-number states, so a run can resume exactly. A
-# callback logs the loss, tokens per second and peak memory at every logging step.
+# `train.sft` attaches LoRA with the recipe's `LoraConfig` and runs trl's `SFTTrainer` with the
+# recipe's `SFTConfig`: fp16/bf16 from the capability, gradient checkpointing, paged 8-bit AdamW
+# (section 10), a held-out evaluation after every epoch, and a checkpoint every `save_steps` steps
+# with the optimizer, scheduler and random-number states, so a run can resume exactly. A callback
+# logs the loss, tokens per second and peak memory at every logging step.
 #
 # One more bf16 trap hides in trl itself: for a quantized model, `SFTTrainer` converts the LoRA
 # matrices to bf16 whatever `fp16`/`bf16` say. On a T4 that brings bf16 back into an fp16 run, and on
 # any machine it rounds every update to bf16's 8-bit mantissa. `sft` casts them back to fp32 right
 # after building the trainer (`compat.keep_trainable_fp32`: `lora_lab.compat` holds every library
-# workaround, each tied to the versions it is for); on this course's tiny model the bf16 adapters
-# had cost QLoRA a large part of its held-out exact match.
+# workaround, each tied to the versions it is for).
 #
 # On Colab, set `USE_DRIVE = True` to write checkpoints to Google Drive: after a disconnect, rerun
 # the notebook and training continues from the newest checkpoint (`RESUME`).
@@ -209,14 +286,14 @@ if hw.device_type == "cuda":  # at full size, against the memory free right now:
     decision = gpu_runs.preflight(gpu_runs.sft_run("03", "main", profile, METHOD), hw)
     if not decision.runs:
         raise SystemExit(decision.note)
-    profile = decision.apply(profile)
-checkpoints = OUTPUT_DIR / "checkpoints"
-if USE_DRIVE:
-    checkpoints = drive_checkpoint_dir(f"03_qlora_sft-{profile.name}") or checkpoints
+    if decision.apply(profile) != profile:  # shrunk to fit: the recipe follows (the note says what changed)
+        profile = decision.apply(profile)
+        recipe = train.recipe(profile, hw, method=METHOD, output_dir=checkpoints, eval_each_epoch=True)
 if not RESUME and checkpoints.exists():
     shutil.rmtree(checkpoints)  # a fresh run: old local checkpoints would be resumed from by mistake
 try:
-    result = train.sft(model, tokenizer, train_set, profile, checkpoints, method=METHOD, resume=RESUME, hw=hw)
+    result = train.sft(model, tokenizer, train_set, profile, checkpoints, method=METHOD, lora=recipe.lora,
+                       eval_dataset=eval_set, resume=RESUME, hw=hw)
 except preflight.TrainingOutOfMemory as err:
     print(err)
     raise SystemExit("Out of memory: apply one of the suggestions above, then rerun (RESUME = True keeps the steps done).") from None
@@ -225,6 +302,7 @@ for record in result.records:
     print(f"step {record['step']:>4}  loss {record['loss']:.3f}  {record['tokens_per_s']:>8.0f} tokens/s  "
           f"peak {record['peak_memory_bytes'] / GIB:.2f} GiB ({record['peak_memory_kind']})")
 print({k: result.metrics[k] for k in ("train_runtime_s", "train_tokens_per_s", "final_loss")})
+print("the trainer ran with exactly the SFTConfig of the recipe:", result.sft_config.to_dict() == recipe.sft.to_dict())
 plot_loss(result.log_history, title=f"{profile.name}: {METHOD} training loss")
 plt.show()
 
@@ -252,7 +330,7 @@ except preflight.TrainingOutOfMemory as err:
     print(err)
 
 # %% [markdown]
-# ## 6. After training
+# ## 7. After training
 
 # %%
 loss_after = evaluate.eval_loss(tuned, tokenizer, eval_set, profile.max_length)
@@ -265,7 +343,28 @@ if profile.name == "cpu":  # the course's promise for the cpu profile, checked o
     assert em_before <= 0.10 and em_after >= 0.80, f"exact match {em_before:.0%} -> {em_after:.0%}"
 
 # %% [markdown]
-# ## 7. Save, reload, merge
+# ### How many epochs? The held-out loss per epoch
+#
+# An **epoch** is one pass over the training set. A common rule of thumb says to train 1-3 epochs
+# and that more overfits: the training loss keeps falling while the loss on held-out examples turns
+# up. How many passes help depends on how much data there is and how hard the task is, so the way to
+# know is to watch the held-out loss. The recipe's `eval_strategy="epoch"` made the trainer evaluate
+# the held-out set after every epoch of this run (epoch 0 is the base model, from section 5).
+
+# %%
+steps_per_epoch = len(train_set) / profile.effective_batch
+print(f"{len(train_set)} training examples / effective batch {profile.effective_batch} = "
+      f"{steps_per_epoch:.1f} optimizer steps per epoch; {result.metrics['global_step']} steps = "
+      f"{result.metrics['global_step'] / steps_per_epoch:.1f} epochs")
+epochs = train.epoch_summary([(0.0, loss_before), *result.eval_losses])
+for epoch, loss in epochs["curve"]:
+    print(f"epoch {epoch:5.2f}: held-out loss {loss:.3f}")
+plot_epochs(result.log_history, loss_before, steps_per_epoch, title=f"{profile.name}: {METHOD}, loss per epoch")
+plt.show()
+display(Markdown(train.epoch_verdict(epochs)))
+
+# %% [markdown]
+# ## 8. Save, reload, merge
 #
 # The adapter is all that training produced: LoRA matrices, saved as safetensors. We reload it onto a
 # freshly loaded base and check that greedy answers are identical.
@@ -303,10 +402,10 @@ if merge_report.max_abs_diff_vs_trained is not None:
 # %% [markdown]
 # The merged model is the adapter trained on a 4-bit base, now sitting on the *unquantized* base. The
 # adapter learned to work with NF4-rounded weights, so the merged model differs from the trained
-# model by the rounding error of the base, which is the last line above. On a large model the rounding
-# barely moves the answers; on the tiny model, which stores a lot in very few weights, it can.
+# model by the rounding error of the base: the last line above says by how much, and the exact match
+# of the merged model beside the QLoRA model's says whether that moved the answers.
 #
-# ## 8. Predicted and measured memory
+# ## 9. Predicted and measured memory
 
 # %%
 on_gpu = precision.executed != "float32"
@@ -319,47 +418,130 @@ cpu_step = None if on_gpu else callbacks.measure_cpu_step(tuned, train_set, prof
 print(callbacks.compare_memory(estimate, readings, cpu_step)["summary"])
 
 # %% [markdown]
-# ## Why the tiny model suffers more from 4 bits
+# ## 10. Optimizer states: 32-bit, 8-bit and paged AdamW
 #
-# NF4 rounds every weight to one of 16 levels per block of 64. The relative error that leaves in a
-# weight matrix depends on how the weights are distributed, not on the model's size; measure it on
-# this model's layers:
+# AdamW keeps two running averages per trainable parameter (of the gradient and of its square). In
+# fp32 that is 8 bytes per parameter, on top of the weight and its gradient. **8-bit AdamW** stores
+# both in 8 bits, with one fp32 scale per block of values (Dettmers et al. 2021, "8-bit Optimizers via
+# Block-wise Quantization", arXiv 2110.02861); bitsandbytes keeps small tensors in 32 bits. A
+# **paged** optimizer allocates its states in NVIDIA unified memory: when a long batch pushes the GPU
+# to its limit, the driver moves pages of the states out to CPU RAM and back when the optimizer step
+# needs them, so a memory spike costs time instead of an out-of-memory error. This is QLoRA's third
+# idea (Dettmers et al. 2023, arXiv 2305.14314, section 3, "Paged Optimizers"); bitsandbytes
+# documents 8-bit states at https://huggingface.co/docs/bitsandbytes/explanations/optimizers and the
+# paged variants (`is_paged=True`, CUDA unified memory) at
+# https://huggingface.co/docs/bitsandbytes/reference/optim/adamw. Paging changes where the states
+# live under pressure, not their size, and the estimator counts them on the GPU, the worst case.
+#
+# Bytes per trainable parameter, from the estimator (`lora_lab.vram`), for the `t4` profile's QLoRA run
+# and for a full fine-tune of the same 1.5B model (batch 1):
 
 # %%
-import bitsandbytes.functional as bnbf
-from transformers import AutoModelForCausalLM
-
-# The base's original weights, on the CPU, to compare with what the 4-bit layers hold.
-original = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32 if profile.is_local else torch.float16)
-reference = dict(original.named_modules())
-relative = []
-for name, module in model.named_modules():
-    if type(module).__name__ == "Linear4bit":
-        key = name.removeprefix("base_model.model.").replace(".base_layer", "")
-        rounded = bnbf.dequantize_4bit(module.weight.data, module.weight.quant_state).float().cpu()
-        exact = reference[key].weight.float()
-        relative.append(((rounded - exact).norm() / exact.norm()).item())
-n_params = sum(p.numel() for p in original.parameters())
-if relative:
-    print(f"{len(relative)} layers: relative NF4 error |W - NF4(W)| / |W| between {min(relative):.3f} and "
-          f"{max(relative):.3f}")
-else:
-    print(f"METHOD = {METHOD!r}: this run has no 4-bit layers to measure")
-if profile.is_local:
-    n_facts = len(data.ATTRIBUTES) * len(data.make_world().entities)
-    print(f"{n_params:,} parameters hold {n_facts:,} facts (and the language around them): "
-          f"{n_params // n_facts:,} parameters per fact")
-del original, reference
+optimizer_rows = {}
+for optimizer in ("adamw", "paged_adamw_32bit", "adamw_8bit", "paged_adamw_8bit"):
+    lora_est = vram.estimate("Qwen/Qwen2.5-1.5B", method="qlora", rank=t4_profile.lora_r,
+                             batch_size=t4_profile.batch_size, seq_len=t4_profile.max_length, precision="fp16",
+                             optimizer=optimizer)
+    full_est = vram.estimate("Qwen/Qwen2.5-1.5B", method="full", batch_size=1, seq_len=t4_profile.max_length,
+                             precision="mixed", optimizer=optimizer)
+    optimizer_rows[optimizer] = (lora_est, full_est)
+print(f"{'optimizer':<19}{'bytes/param':>12}{'QLoRA states':>14}{'QLoRA total':>13}{'full FT states':>16}"
+      f"{'full FT total':>15}")
+for optimizer, (lora_est, full_est) in optimizer_rows.items():
+    print(f"{optimizer:<19}{full_est.optimizer_states / full_est.trainable_params:12.2f}"
+          f"{lora_est.optimizer_states / MIB:10.1f} MiB{lora_est.total / GIB:9.2f} GiB"
+          f"{full_est.optimizer_states / GIB:12.2f} GiB{full_est.total / GIB:11.2f} GiB")
+lora32, full32 = optimizer_rows["adamw"]
+lora8, full8 = optimizer_rows["paged_adamw_8bit"]
+display(Markdown(
+    f"8-bit states take {full8.optimizer_states / full8.trainable_params:.2f} bytes per parameter instead of "
+    f"{full32.optimizer_states / full32.trainable_params:.0f}. For a full fine-tune of 1.5B parameters that is "
+    f"{(full32.optimizer_states - full8.optimizer_states) / GIB:.1f} GiB less: the step needs "
+    f"{full8.total / GIB:.1f} GiB instead of {full32.total / GIB:.1f}, "
+    f"{'within' if full8.fits(t4) else 'still more than'} a Colab T4's {t4.usable_bytes / GIB:.2f} GiB. "
+    "For QLoRA, only the "
+    f"{lora8.trainable_params:,} adapter parameters have states: the saving is "
+    f"{(lora32.optimizer_states - lora8.optimizer_states) / MIB:.0f} MiB of a {lora8.total / GIB:.2f} GiB step. "
+    "The paged variant is there for the spikes, not the average."))
 
 # %% [markdown]
-# An error of that size in every weight is what a 7B model carries too, and for it the QLoRA paper
-# measures no loss: 5-shot MMLU 53.1 with NF4 + double quantization against 53.0 for 16-bit LoRA
-# (Dettmers et al. 2023, arXiv 2305.14314, Table 4). The tiny model differs in how much each weight
-# has to hold. It stores four facts about each of a few hundred made-up entities in well under a
-# million parameters, so the answer to "where does mipoka live?" rests on a few weights and a narrow
-# margin between the right city and the next one; a few percent of noise on those weights flips
-# answers. A 7B model's knowledge is spread over thousands of times more weights, and the errors
-# largely average out. This is why the `cpu` profile trains longer than a real QLoRA run would need.
+# ## 11. LoRA against QLoRA, measured
+#
+# QLoRA trains the same adapters as LoRA; only the frozen base differs (NF4 instead of 16 bits, or
+# fp32 on a CPU). Does the 4-bit base cost anything on this task? A second run trains LoRA on the
+# unquantized base with the same data, steps, seed and recipe, and we score both on the same
+# held-out questions. Then we ask the base models themselves, before any fine-tuning, how many of
+# the facts they were pretrained on they still know in each format.
+
+# %%
+del merged  # the 16-bit merged copy is not needed any more (the biggest thing this notebook holds on a GPU)
+gpu_runs.free_gpu_memory()
+comparison = {METHOD: {"exact match": em_after, "held-out loss": loss_after, "curve": epochs["curve"],
+                       "train s": result.metrics["train_runtime_s"]}}
+other = "lora" if METHOD == "qlora" else "qlora"
+lora_profile = profile
+if COMPARE_LORA and hw.device_type == "cuda":  # against the memory free now, with the QLoRA model still loaded
+    compare_decision = gpu_runs.preflight(gpu_runs.sft_run("03", other, profile, other), hw)  # t4-plan: "03 lora"
+    lora_profile = compare_decision.apply(profile) if compare_decision.runs else None
+if COMPARE_LORA and lora_profile is not None:
+    other_model, _ = train.load_model_and_tokenizer(lora_profile, other, hw=hw)
+    other_result = train.sft(other_model, tokenizer, train_set, lora_profile, OUTPUT_DIR / f"{other}-checkpoints",
+                             method=other, eval_dataset=eval_set, hw=hw, verbose=False)
+    em_other, _ = evaluate.exact_match(other_result.model, tokenizer, splits["eval"], **eval_kwargs)
+    loss_other = evaluate.eval_loss(other_result.model, tokenizer, eval_set, profile.max_length)
+    comparison[other] = {"exact match": em_other, "held-out loss": loss_other,
+                         "curve": train.epoch_summary([(0.0, loss_before), *other_result.eval_losses])["curve"],
+                         "train s": other_result.metrics["train_runtime_s"]}
+    del other_model, other_result
+    gpu_runs.free_gpu_memory()
+for method, row in comparison.items():
+    print(f"{method:<6} held-out exact match {row['exact match']:6.1%}   held-out loss {row['held-out loss']:.3f}   "
+          f"trained in {row['train s']:.0f} s")
+if len(comparison) == 2:
+    fig, ax = plt.subplots(figsize=(5.5, 3.2))
+    for method, row in comparison.items():
+        ax.plot(*zip(*row["curve"], strict=True), marker="o", ms=3, label=method)
+    ax.set(xlabel="epoch", ylabel="held-out loss", yscale="log", title="LoRA and QLoRA, same data, steps and seed")
+    ax.legend()
+    fig.tight_layout()
+    plt.show()
+
+# %% [markdown]
+# Now the base model alone, before any adapter: the unquantized weights, then every linear weight
+# rounded to NF4 and back (`quant.quantized`, notebook 04). On the `cpu` profile it is asked the
+# facts it memorised in pretraining ("the color of mipoka is" → " orange"), which the held-out
+# questions ask about; a real model is scored on held-out English prose instead (loss per token).
+
+# %%
+if hw.device_type == "cuda":  # a 16-bit copy of the base beside the tuned model, against the memory free now
+    quant.comparison_preflight(gpu_runs.estimator_model(profiles.PROFILES[profile.name].model_id), quant.TEXT_BATCH,
+                               quant.TEXT_MAX_LENGTH, hw)
+original = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32 if profile.is_local else torch.float16)
+original = original.to("cuda" if hw.device_type == "cuda" and torch.cuda.is_available() else "cpu").eval()
+if profile.is_local:
+    fact_prompts, fact_answers = quant.fact_prompts()
+    base_score = lambda m: quant.completion_loss(m, tokenizer, fact_prompts, fact_answers)  # noqa: E731
+else:
+    texts = quant.heldout_text()
+    base_score = lambda m: quant.text_loss(m, tokenizer, texts)  # noqa: E731
+knowledge = {"unquantized": base_score(original)}
+with quant.quantized(original, "nf4") as nf4_errors:
+    knowledge["NF4"] = base_score(original)
+print(f"NF4 relative weight error |W - NF4(W)| / |W|, mean over {len(nf4_errors)} layers: "
+      f"{sum(nf4_errors.values()) / len(nf4_errors):.3f}")
+for name, r in knowledge.items():
+    print(f"base {name:<12} loss {r['loss']:.4f}" + (f"   facts answered {r['accuracy']:.1%}" if profile.is_local else
+                                                     f"   perplexity {r['perplexity']:.2f}"))
+del original
+gpu_runs.free_gpu_memory()
+display(Markdown(train.lora_vs_qlora_verdict(comparison, knowledge, rehearsal=profile.rehearsal)))
+
+# %% [markdown]
+# For a model of 7B parameters the QLoRA paper measures no such cost: 5-shot MMLU 53.1 with NF4 + double
+# quantization against 53.0 for 16-bit LoRA (Dettmers et al. 2023, arXiv 2305.14314, Table 4). The
+# relative rounding error per weight is about the same at any size (notebook 04 measures it); what
+# the error does to answers depends on how close the model's right answers are to wrong ones,
+# and this run cannot measure that for a 7B model.
 #
 # ## The same pipeline as a command
 #
@@ -415,7 +597,7 @@ for n_gpus, sharding in ((1, None), (2, None), (2, "fsdp"), (4, "fsdp")):
 # %% [markdown]
 # ## Does 7B fit on a T4?
 #
-# The syllabus says a 7B model can be fine-tuned with QLoRA on a 16 GB card. The estimate first, for
+# A common claim is that a 7B model can be fine-tuned with QLoRA on a 16 GB card. The estimate first, for
 # batch 1 at the t4 profile's 512 tokens:
 
 # %%
@@ -424,7 +606,6 @@ est_7b = preflight.estimate_memory(vram.preset_config("Qwen/Qwen2.5-7B"), seven_
 print(est_7b)
 print(f"fits a Colab T4 ({t4.usable_bytes / GIB:.2f} GiB): {est_7b.fits(t4)}")
 if hw.device_type == "cuda":
-    del merged  # the 16-bit merged copy is the biggest thing this notebook still holds on the GPU
     gpu_runs.free_gpu_memory()
     # Against the memory free now (after this notebook's own models), not what was free at the start.
     decision = gpu_runs.preflight(gpu_runs.seven_b_run(t4_profile), hw)
@@ -507,3 +688,27 @@ assert exercises.check("03.2", answer_03_2).correct, "the solution disagrees wit
 
 # %%
 exercises.check("03.2", answer_03_2)
+
+# %% [markdown]
+# ## Takeaways
+#
+# What this run showed, printed from its own numbers:
+
+# %%
+takeaways = [
+    f"* Number format: {precision.note} A T4 (capability 7.5) gets `fp16=True, bf16=False`, passed explicitly.",
+    f"* The recipe: {len(recipe.table())} settings in three objects, printed above with a reason each; the model and "
+    f"the trainer got exactly those objects (SFTConfig: {result.sft_config.to_dict() == recipe.sft.to_dict()}).",
+    f"* {METHOD} fine-tuning took held-out exact match from {em_before:.0%} to {em_after:.0%} and the held-out loss "
+    f"from {loss_before:.3f} to {loss_after:.3f} in {result.metrics['global_step']} steps.",
+    f"* Epochs: lowest held-out loss after epoch {epochs['best'][0]:.3g} of {epochs['last'][0]:.3g}"
+    + (" (turned up after it)." if epochs["turned_up"] else " (it did not turn up)."),
+    f"* Optimizer states: {full32.optimizer_states / full32.trainable_params:.0f} bytes per parameter for 32-bit "
+    f"AdamW, {full8.optimizer_states / full8.trainable_params:.2f} for 8-bit; paging moves them to CPU RAM under "
+    "pressure instead of failing.",
+    "* LoRA against QLoRA: " + ", ".join(f"{m} {row['exact match']:.0%}" for m, row in comparison.items())
+    + " held-out exact match after the same training.",
+    f"* The adapter is {adapter_bytes / MIB:.2f} MiB; reloaded it gave the same answers ({same}); merged into a "
+    f"16-bit base its logits matched within tolerance ({merge_report.ok}).",
+]
+display(Markdown("\n".join(takeaways)))

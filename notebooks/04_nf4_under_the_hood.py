@@ -23,10 +23,22 @@ profile = profiles.get_profile()
 print(profile.summary())
 
 # %% [markdown]
+# ## Objectives
+#
+# By the end of this notebook you will be able to:
+#
+# * build the NF4, FP4 and INT4 code books and quantize a weight block by block, matching
+#   bitsandbytes bit for bit;
+# * explain why NF4's levels sit at normal quantiles, and measure its error against FP4 and INT4;
+# * compute what double quantization saves, and what a 7B base takes in 4 bits;
+# * measure what 4-bit rounding does to what a model knows, and say why QLoRA trains 16/32-bit
+#   adapters on a frozen 4-bit base.
+#
 # ## What is in the 4 bits?
 #
-# QLoRA stores the frozen base model in "4-bit NormalFloat" (NF4). The syllabus calls it *smart
-# rounding* and moves on. Here we take it apart. A 4-bit weight is made of three things:
+# QLoRA (LoRA adapters trained on a base model frozen in 4 bits; notebook 00's concepts section
+# draws it) stores the frozen base model in "4-bit NormalFloat" (NF4). A common description calls it
+# *smart rounding* and moves on. Here we take it apart. A 4-bit weight is made of three things:
 #
 # 1. a **code book**: 16 numbers between -1 and 1. The 4 bits are just an index into it;
 # 2. a **scale per block**: the weights are cut into blocks of 64, and each block is divided by
@@ -78,6 +90,7 @@ print("FP4 equals bitsandbytes' get_4bit_type('fp4') exactly:",
 
 # %%
 import matplotlib.pyplot as plt
+from IPython.display import Markdown, display
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from lora_lab import gpu_runs, quant_plots, tiny
@@ -125,11 +138,13 @@ for fmt, shares in usage.items():
     print("      " + " ".join(f"{s:.1%}" for s in shares.tolist()))
 print(f"\nbusiest level holds: NF4 {usage['nf4'].max():.1%}, FP4 {usage['fp4'].max():.1%}, "
       f"INT4 {usage['int4'].max():.1%} of the weights (a perfectly even split would be {1 / 16:.1%})")
+evenest = min(usage, key=lambda fmt: usage[fmt].max())
+display(Markdown(f"In this run **{evenest.upper()}** spreads the weights most evenly over its levels (its busiest "
+                 f"level holds {usage[evenest].max():.1%}): the fewer weights crowd into one level, the fewer codes "
+                 "are wasted on values that hardly occur."))
 
 # %% [markdown]
-# NF4 spreads the weights far more evenly over its levels than INT4 or FP4 do: fewer codes are
-# wasted on values that hardly occur. (The outermost NF4 levels get the block maxima; the levels
-# are not perfectly even because the normalized weights are not exactly normal: dividing by the
+# (The outermost NF4 levels get the block maxima; the levels are not perfectly even because the normalized weights are not exactly normal: dividing by the
 # block's own maximum changes the distribution, and how much depends on the block size. That is
 # the point of arXiv 2306.06965, "NF4 isn't information theoretically optimal".)
 #
@@ -142,12 +157,14 @@ print(f"\nbusiest level holds: NF4 {usage['nf4'].max():.1%}, FP4 {usage['fp4'].m
 # %%
 g = torch.Generator().manual_seed(0)
 x = torch.randn(1024, 1024, generator=g) * 0.02  # 1,048,576 values shaped like a weight matrix
+bit_exact = {}
 for fmt in ("nf4", "fp4"):
     ours = quant.quantize(x, fmt)
     packed, state = bnb_functional.quantize_4bit(x, blocksize=64, quant_type=fmt)
-    print(f"{fmt.upper()}: packed codes equal {torch.equal(ours.packed, packed.view(-1))}, "
-          f"absmax equal {torch.equal(ours.absmax, state.absmax)}, dequantized equal "
-          f"{torch.equal(quant.dequantize(ours), bnb_functional.dequantize_4bit(packed, state))}")
+    checks = (torch.equal(ours.packed, packed.view(-1)), torch.equal(ours.absmax, state.absmax),
+              torch.equal(quant.dequantize(ours), bnb_functional.dequantize_4bit(packed, state)))
+    bit_exact[fmt] = all(checks)
+    print(f"{fmt.upper()}: packed codes equal {checks[0]}, absmax equal {checks[1]}, dequantized equal {checks[2]}")
 
 first = ours.packed[:3].tolist()
 print("\nfirst three bytes:", [f"0x{b:02x}" for b in first], "-> codes", ours.codes()[:6].tolist(),
@@ -178,11 +195,17 @@ for fmt in quant.FORMATS:
         sweep[f"{fmt.upper()} {name}"] = [quant.relative_rmse(sample, quant.round_trip(sample, fmt, bs)) for bs in blocksizes]
 quant_plots.error_vs_blocksize(blocksizes, sweep, title="4-bit rounding error against block size")
 plt.show()
+lowest = {name: min(errors, key=errors.get) for name, errors in table.items()}
+nf4_wins = [name for name, fmt in lowest.items() if fmt == "nf4"]
+growth = {name: sweep[f"NF4 {name}"][-1] / sweep[f"NF4 {name}"][1] for name in ("normal", "heavy-tailed")}
+display(Markdown(
+    "Lowest error per row: " + ", ".join(f"{name}: **{fmt.upper()}**" for name, fmt in lowest.items())
+    + f". From blocks of 64 to {blocksizes[-1]}, NF4's error grows {growth['normal']:.2f}x on normal data and "
+    f"{growth['heavy-tailed']:.2f}x on the heavy-tailed sample, where one large outlier sets the scale of a whole "
+    "block."))
 
 # %% [markdown]
-# NF4 has the lowest error of the three in every row. The gap to INT4 and FP4 widens with the
-# block size, most of all on heavy tails, where one large outlier sets the scale of a whole block.
-# QLoRA reports the same order on real models: mean perplexity 27.41 with NF4 + double
+# On real models QLoRA reports NF4 first as well: mean perplexity 27.41 with NF4 + double
 # quantization, 29.48 / 31.07 with FP4 (two variants) and 34.34 with Int4 (QLoRA, arXiv
 # 2305.14314, Table 2).
 #
@@ -202,11 +225,13 @@ for dq in (False, True):
 print(f"saved by double quantization: {quant.bits_per_parameter() - quant.bits_per_parameter(double_quant=True):.3f} "
       "bit per weight")
 
+dq_cost = {}
 for fmt in ("nf4", "fp4"):
     plain = quant.relative_rmse(normal, quant.round_trip(normal, fmt))
     dq = quant.relative_rmse(normal, quant.round_trip(normal, fmt, double_quant=True))
+    dq_cost[fmt] = (dq - plain) / plain
     print(f"{fmt.upper()} relative RMSE on normal data: {plain:.5f} without, {dq:.5f} with double quantization "
-          f"({(dq - plain) / plain:+.2%})")
+          f"({dq_cost[fmt]:+.2%})")
 
 ours = quant.quantize(x, "nf4", double_quant=True)
 packed, state = bnb_functional.quantize_4bit(x, blocksize=64, quant_type="nf4", compress_statistics=True)
@@ -215,9 +240,9 @@ print(f"\nagainst bitsandbytes: 4-bit codes equal {torch.equal(ours.packed, pack
       f"{torch.equal(ours.double_quant.offset, state.offset)}, 8-bit absmax codes equal for {agree:.2%}")
 
 # %% [markdown]
-# Double quantization saves the difference between the two bit counts printed above, and the
-# error barely moves: the absmax values are rounded far more finely (256 levels) than the
-# weights (16). One detail from checking it against bitsandbytes: the 8-bit codes agree for all but a
+# Double quantization saves the difference between the two bit counts printed above, and changes
+# the error by the percentage printed beside each format: the absmax values are rounded far more
+# finely (256 levels) than the weights (16). One detail from checking it against bitsandbytes: the 8-bit codes agree for all but a
 # fraction of a percent of the absmax values. bitsandbytes' CPU kernel looks the level up with a fast
 # approximate table search and, for values lying close to the midpoint between two levels,
 # sometimes returns a neighbour; `lora_lab.quant` takes the nearest level. `tests/test_quant.py`
@@ -250,11 +275,11 @@ for dq in (False, True):
 print(f"double quantization saves {(total[False] - total[True]) / GB:.2f} GB; the 16-bit rest "
       f"(vocabulary {arch.vocab_size:,} x hidden {arch.hidden_size:,}, embeddings and untied head) is "
       f"{2 * other_params / total[True]:.0%} of the NF4 + DQ total")
-
-# %% [markdown]
-# In 4 bits a 7B base takes about a third of its bf16 size. What stays in 16 bits, mostly the
-# embedding matrix and the output head over a large vocabulary, becomes a big share of what is
-# left: this is why QLoRA helps less on small models with big vocabularies.
+share_7b = total[True] / (2 * arch.total_params)
+display(Markdown(f"In 4 bits (NF4 + DQ) the {arch.name} base takes {share_7b:.0%} of its bf16 size. What stays in "
+                 f"16 bits, mostly the embedding matrix and the output head over a {arch.vocab_size:,}-token "
+                 f"vocabulary, is {2 * other_params / total[True]:.0%} of what is left: this is why QLoRA helps "
+                 "less on small models with big vocabularies."))
 #
 # ## What it does to a model
 #
@@ -325,6 +350,17 @@ if SCORE_ON_FACTS:
 if profile.rehearsal:
     print("Rehearsal: the stand-in model has random weights, so it knows no English; its losses show that the "
           "t4 path runs, and the differences between formats here mean nothing.")
+nf4_change = (results["NF4"]["loss"] - reference["loss"]) / reference["loss"]
+if SCORE_ON_FACTS:
+    kept = (f"the NF4 base answers {results['NF4']['accuracy']:.1%} of the facts (unquantized: "
+            f"{reference['accuracy']:.1%}), and its answer loss changes by {nf4_change:+.1%}")
+else:
+    kept = f"the NF4 base's loss per token on held-out prose changes by {nf4_change:+.1%}"
+display(Markdown(
+    f"Before any fine-tuning, {kept}. Whatever rounding takes from the base here, a LoRA adapter trained on top "
+    "of it has to do without: notebook 03 (section 11, *LoRA against QLoRA, measured*) trains both on the same "
+    "task and prints the same base-model measurement beside their scores, to say whether this is what separates "
+    "them."))
 
 if SCORE_ON_FACTS:
     fig, ax = plt.subplots(figsize=(6, 3))
@@ -339,9 +375,9 @@ if SCORE_ON_FACTS:
 # error we measured on random data. How much the perturbation *matters* depends on how sure the
 # model is: on the facts, a margin of several logits survives a small nudge; on running text,
 # every token's probability moves a little and the loss adds it up. The lines under the table say
-# which format cost the most in this run. Relative weight error does not shrink with model size:
-# it depends on the shape of the weight distribution and on the block size, not on the number of
-# weights.
+# which format cost the most in this run. The relative weight error depends on the shape of the
+# weight distribution and on the block size (the error table above), not on the number of weights;
+# how much a given error costs depends on how close the model's right answers are to wrong ones.
 #
 # ## Why the adapters stay in 16 or 32 bits
 #
@@ -353,9 +389,11 @@ if SCORE_ON_FACTS:
 
 # %%
 w = next(iter(linears.values())).weight.detach().float().cpu()
+step_error = {}
 for lr in (2e-4, profile.learning_rate):  # QLoRA's rate for 7B/13B models, and this profile's
     step = lr * torch.randn(w.shape, generator=g).sign()
     kept = quant.rounding_of_update(w, step)
+    step_error[lr] = kept["error"]
     print(f"step of ±{lr:g}: {kept['changed']:.2%} of the 4-bit codes change; relative error of the "
           f"step as the 4-bit weights see it: {kept['error']:.2f}")
 
@@ -400,23 +438,15 @@ for init in ("pissa", "loftq"):
 for name in ("NF4", "NF4+pissa", "NF4+loftq"):
     print(f"{name:10} weight relative RMSE {weight_error[name]:.4f}   {loss_name} {results[name]['loss']:.4f} "
           f"({(results[name]['loss'] - reference['loss']) / reference['loss']:+.1%} against the unquantized model)")
-
-# %% [markdown]
-# Both starts remove part of the rounding error for the price of an SVD per layer. Be careful
-# with the size of the effect here: on the tiny model, rank 16 is an eighth of a 128-wide layer, so
-# the adapter can soak up much of the error; on a 7B model the same rank is a small slice of a
-# 3584-wide layer. These initialisations matter most where rounding hurts: at 2-3 bits, or on
-# weights with outliers.
-#
-# ## Summary
-#
-# * NF4 is a lookup table of 16 normal quantiles (7 negative, 0, 8 positive), applied per block of
-#   64 weights scaled by their absmax. Nothing more: we rebuilt it and matched bitsandbytes' codes,
-#   scales and outputs exactly.
-# * It has less error than FP4 or INT4 on bell-shaped and on heavy-tailed data, and the error grows
-#   with the block size.
-# * Storage: 4.5 bits per weight, 4.127 with double quantization, which costs almost no accuracy.
-# * Adapters stay in 16/32 bits because a training step is far smaller than a 4-bit level gap.
+width = min(m.in_features for m in linears.values())
+removed = {init: 1 - weight_error[f"NF4+{init}"] / weight_error["NF4"] for init in ("pissa", "loftq")}
+display(Markdown(
+    "Against plain NF4, " + " and ".join(f"{'PiSSA' if init == 'pissa' else 'LoftQ'} removes "
+                                         f"{share:.0%} of the weight error" for init, share in removed.items())
+    + f", for the price of an SVD per layer. Mind the scale: here rank {profile.lora_r} is "
+    f"{profile.lora_r / width:.1%} of the narrowest layer's {width} inputs, so the adapter can soak up much of the "
+    f"error; on {arch.name} the same rank is {profile.lora_r / arch.hidden_size:.2%} of a {arch.hidden_size:,}-wide "
+    "layer. These initialisations matter most where rounding hurts: at 2-3 bits, or on weights with outliers."))
 
 # %% [markdown]
 # ## Check your understanding
@@ -493,3 +523,28 @@ assert exercises.check("04.2", answer_04_2).correct, "the solution disagrees wit
 
 # %%
 exercises.check("04.2", answer_04_2)
+
+# %% [markdown]
+# ## Takeaways
+#
+# What this run showed, printed from its own numbers:
+
+# %%
+display(Markdown("\n".join([
+    f"* NF4 is a lookup table of 16 normal quantiles ({(nf4 < 0).sum().item()} negative, 0, "
+    f"{(nf4 > 0).sum().item()} positive), applied per block of 64 weights scaled by their absmax. Rebuilt here, it "
+    f"matched bitsandbytes' codes, scales and outputs exactly: {'yes' if bit_exact['nf4'] else 'NO'} (FP4: "
+    f"{'yes' if bit_exact['fp4'] else 'NO'}).",
+    "* Relative error with blocks of 64 (NF4 / FP4 / INT4): " + "; ".join(
+        f"{name} " + " / ".join(f"{table[name][fmt]:.4f}" for fmt in quant.FORMATS) for name in table)
+    + f". NF4's error grew {growth['heavy-tailed']:.2f}x on heavy tails from blocks of 64 to {blocksizes[-1]}.",
+    f"* Storage: {quant.bits_per_parameter():.3f} bits per weight, {quant.bits_per_parameter(double_quant=True):.3f} "
+    f"with double quantization, which changed NF4's error by {dq_cost['nf4']:+.2%}; {arch.name} takes "
+    f"{total[True] / GB:.2f} GB in NF4 + DQ against {2 * arch.total_params / GB:.2f} GB in bf16.",
+    f"* Rounding the whole base to NF4 changed the {loss_name} by {nf4_change:+.1%}"
+    + (f"; it answered {results['NF4']['accuracy']:.1%} of the facts (unquantized: {reference['accuracy']:.1%})"
+       if SCORE_ON_FACTS else "") + " (notebook 03 compares LoRA with QLoRA on the same task).",
+    f"* One optimizer step of ±{profile.learning_rate:g} applied to 4-bit weights came through with a relative "
+    f"error of {step_error[profile.learning_rate]:.2f} (1 means lost): adapters stay in 16/32 bits, the base is "
+    "only read.",
+])))

@@ -1,6 +1,6 @@
 """4-bit quantization from scratch: NF4, FP4 and INT4, block-wise, with double quantization.
 
-QLoRA keeps the frozen base model in 4 bits. The syllabus calls that "smart rounding"; this module
+QLoRA keeps the frozen base model in 4 bits. A common description calls that "smart rounding"; this module
 spells the rounding out so a learner can read every step and check it against bitsandbytes, the
 library that does it for real:
 

@@ -16,6 +16,11 @@ Public API (stable; the rank-sweep and adapter lessons build on it):
   `sft`, `record_training` and `evaluate_after`, `save_and_reload_adapter` and
   `merge_and_check`, `record_memory` (predicted vs measured), `write_outputs` (metrics.json,
   loss.png). `main()` is its command line.
+- `recipe(profile, hw)`: the `BitsAndBytesConfig`, `LoraConfig` and `SFTConfig` a run uses, built
+  by the same functions as the run, with a reason for every value (`Recipe.table`) and as plain
+  transformers/peft/trl code (`recipe_code`). Notebook 03 prints them.
+- Reading results: `epoch_summary` / `epoch_verdict` (held-out loss per epoch against the rule of
+  thumb "1-3 epochs") and `lora_vs_qlora_verdict`, so the notebook's sentences come from its numbers.
 - Re-exported for the notebooks: `load_model_and_tokenizer`, `lora_config`, `decide_precision`
   (`lora_lab.models`).
 
@@ -69,8 +74,9 @@ from .train_plots import plot_loss
 from .units import MIB
 
 __all__ = [
-    "Precision", "RunSetup", "SFTResult", "TrainingDiverged", "configure_run", "decide_precision", "load_model_and_tokenizer",
-    "lora_config", "main", "run_pipeline", "sft", "sft_config_kwargs",
+    "Precision", "Recipe", "RunSetup", "SFTResult", "TrainingDiverged", "configure_run", "decide_precision",
+    "epoch_summary", "epoch_verdict", "load_model_and_tokenizer", "lora_config", "lora_vs_qlora_verdict", "main",
+    "recipe", "recipe_code", "run_pipeline", "sft", "sft_config_kwargs",
 ]
 
 
@@ -89,6 +95,12 @@ class SFTResult:
     output_dir: str  # where checkpoints were written
     last_checkpoint: str | None  # newest checkpoint folder
     records: list = field(default_factory=list)  # TrainingMonitor records, one per logging step
+    sft_config: object = None  # the trl.SFTConfig the trainer ran with
+
+    @property
+    def eval_losses(self) -> list[tuple[float, float]]:
+        """(epoch, held-out loss) at every evaluation the trainer ran (each epoch when given an eval set)."""
+        return [(e["epoch"], e["eval_loss"]) for e in self.log_history if "eval_loss" in e]
 
     @property
     def losses(self) -> list[tuple[int, float]]:
@@ -96,16 +108,81 @@ class SFTResult:
         return [(e["step"], e["loss"]) for e in self.log_history if "loss" in e]
 
 
+#: Why each `SFTConfig` argument has its value, one line each (notebook 03 prints them beside the values).
+SFT_REASONS = {
+    "output_dir": "checkpoints go here (checkpoint-N folders); on Colab a Google Drive folder survives a disconnect",
+    "max_steps": "a fixed number of optimizer steps: the run's length does not depend on the dataset's size",
+    "per_device_train_batch_size": "sequences per micro-step: what fits a T4 at max_length with checkpointing on",
+    "gradient_accumulation_steps": "micro-steps per optimizer step: a larger effective batch without more memory",
+    "learning_rate": "peak rate; LoRA wants about 10x a full fine-tune's (QLoRA paper: 2e-4 for 7B/13B)",
+    "lr_scheduler_type": "how the rate falls after warmup",
+    "warmup_steps": "a float below 1 is a share of max_steps: the rate ramps up while Adam's statistics settle",
+    "weight_decay": "none: decaying the small LoRA matrices would only pull the update back to zero",
+    "max_grad_norm": "clip the gradient norm: keeps fp16 and the first steps stable",
+    "optim": "paged 8-bit AdamW: states in 8 bits, paged to CPU RAM if a spike would run the GPU out of memory",
+    "fp16": "passed explicitly, from the compute capability: a T4 (7.5) computes in fp16",
+    "bf16": "passed explicitly: a T4 has no native bf16 (trl would switch bf16 on if neither flag were given)",
+    "activation_checkpointing": "keep each layer's input only and recompute the rest in backward: less memory, ~30% more time",
+    "activation_checkpointing_kwargs": "non-reentrant checkpointing works with the frozen (no-grad) base inputs",
+    "max_length": "longest example in tokens; the data step drops longer ones whole instead of cutting answers",
+    "packing": "off: exact packing needs flash-attention's variable-length kernels, which a T4 lacks",
+    "padding_free": "off, for the same reason; batches of similar lengths cut the padding instead",
+    "train_sampling_strategy": "group_by_length batches similar lengths together (less padding without packing)",
+    "logging_steps": "loss, tokens/s and peak memory this often",
+    "save_strategy": "checkpoints by step count ...",
+    "save_steps": "... every this many optimizer steps",
+    "save_total_limit": "... keeping only the newest few (disk on Colab is limited)",
+    "save_only_model": "False keeps optimizer, scheduler and RNG states: needed to resume exactly after a disconnect",
+    "seed": "model init and dropout: the same seed gives the same run",
+    "data_seed": "data order, seeded separately",
+    "report_to": "no wandb or tensorboard prompts",
+    "include_num_input_tokens_seen": "count real (non-padding) tokens, for honest tokens per second",
+    "disable_tqdm": "progress bars on",
+    "eval_strategy": "\"epoch\": held-out loss after every epoch, the curve that shows when more epochs stop helping",
+    "per_device_eval_batch_size": "evaluation batch: no gradients, so the training batch size fits",
+    "dataloader_num_workers": "0: deterministic, and Colab has few cores",
+    "dataloader_pin_memory": "pinned host memory speeds copies to a GPU (off without one)",
+    "ddp_find_unused_parameters": "every LoRA matrix gets a gradient every step, so DDP need not search",
+    "ddp_backend": "gloo when several CPU processes train together; None lets a GPU use nccl",
+    "use_cpu": "only set for multi-process CPU runs (accelerate asks for it explicitly)",
+    "eos_token": "None keeps the tokenizer's own eos (checked to differ from the pad token)",
+}
+#: Why each `BitsAndBytesConfig` argument has its value (notebook 03's recipe table).
+BNB_REASONS = {
+    "load_in_4bit": "every linear layer of the frozen base stored in 4 bits instead of 16 (embeddings and norms stay)",
+    "bnb_4bit_quant_type": "NF4: 16 levels at normal quantiles, less rounding error than FP4 or INT4 (notebook 04)",
+    "bnb_4bit_use_double_quant": "the per-block absmax scales in 8 bits too: 4.127 instead of 4.5 bits per weight",
+    "bnb_4bit_compute_dtype": "weights are dequantized to this for each matmul: fp16 on a T4, which has no native bf16",
+    "bnb_4bit_quant_storage": "only under FSDP: packed 4-bit weights stored in the compute dtype so they shard",
+}
+#: Why each `LoraConfig` argument has its value (notebook 03's recipe table).
+LORA_REASONS = {
+    "r": "rank of the update B @ A; QLoRA found rank mattered little once every linear layer is adapted",
+    "lora_alpha": "the update is scaled by alpha / r: here 2, a common choice",
+    "lora_dropout": "dropout on the adapted inputs (0.05 on the T4's real data; notebook 02 measures it)",
+    "target_modules": "every linear layer but the output head: QLoRA needed all of them to match full fine-tuning",
+    "bias": "biases stay frozen",
+    "task_type": "wraps the model for causal LM: generate, save and merge work as usual",
+    "use_rslora": "plain alpha / r scaling (rsLoRA's alpha / sqrt(r) is the alternative)",
+}
+
+
 def sft_config_kwargs(profile, output_dir, precision: Precision, *, max_steps: int | None = None,
-                      learning_rate: float | None = None, seed: int | None = None) -> dict:
+                      learning_rate: float | None = None, seed: int | None = None,
+                      eval_each_epoch: bool = False) -> dict:
     """The `SFTConfig` arguments of a run, every one set on purpose (nothing left to trl's defaults).
+
+    `SFT_REASONS` says why each has its value.
+
+    Args:
+        eval_each_epoch: evaluate the trainer's `eval_dataset` after every epoch (held-out loss per epoch).
 
     Returns:
         A dict for `trl.SFTConfig(**kwargs)`; tests inspect it (e.g. fp16 on a T4).
     """
     seed = profile.seed if seed is None else seed
     distributed_cpu = _world_size() > 1 and not torch.cuda.is_available()
-    return dict(
+    kwargs = dict(
         output_dir=str(output_dir),  # checkpoints go here (checkpoint-N folders)
         max_steps=profile.capped_steps(profile.max_steps if max_steps is None else max_steps),  # optimizer steps
         per_device_train_batch_size=profile.batch_size,  # sequences per micro-step and process
@@ -136,7 +213,9 @@ def sft_config_kwargs(profile, output_dir, precision: Precision, *, max_steps: i
         report_to="none",  # no wandb/tensorboard prompts
         include_num_input_tokens_seen="non_padding",  # real tokens for tokens/s
         disable_tqdm=False,  # progress bars
-        eval_strategy="no",  # evaluation runs before and after, with exact match (lora_lab.evaluate)
+        # Held-out loss after each epoch when an eval set is given; exact match runs before and after
+        # (lora_lab.evaluate).
+        eval_strategy="epoch" if eval_each_epoch else "no",
         dataloader_num_workers=0,  # deterministic and Colab-friendly
         dataloader_pin_memory=torch.cuda.is_available(),  # pinned host memory speeds copies to a GPU; none here
         ddp_find_unused_parameters=False,  # every LoRA matrix gets a gradient every step
@@ -144,6 +223,119 @@ def sft_config_kwargs(profile, output_dir, precision: Precision, *, max_steps: i
         use_cpu=distributed_cpu,  # accelerate sets up multi-process CPU (DDP) only when asked explicitly
         eos_token=None,  # the tokenizer's own eos (checked distinct from pad)
     )
+    if eval_each_epoch:
+        kwargs["per_device_eval_batch_size"] = profile.batch_size  # no gradients: the training batch fits
+    return kwargs
+
+
+@dataclass
+class Recipe:
+    """The three configuration objects of a run, exactly as `load_model_and_tokenizer` and `sft` build them."""
+
+    quantization: object  # transformers.BitsAndBytesConfig (None unless method == "qlora")
+    lora: object  # peft.LoraConfig (None for a full fine-tune)
+    sft: object  # trl.SFTConfig
+    sft_kwargs: dict  # the arguments SFTConfig was built from (the ones the course sets)
+
+    def table(self) -> list[tuple[str, str, object, str]]:
+        """(config, field, value, why) for every argument the course sets, in the order they are built."""
+        rows = []
+        if self.quantization is not None:
+            for name, why in BNB_REASONS.items():
+                if name == "bnb_4bit_quant_storage" and not _quant_storage_set(self.quantization):
+                    continue
+                rows.append(("BitsAndBytesConfig", name, getattr(self.quantization, name), why))
+        if self.lora is not None:
+            rows += [("LoraConfig", name, getattr(self.lora, name), why) for name, why in LORA_REASONS.items()]
+        rows += [("SFTConfig", name, value, SFT_REASONS[name]) for name, value in self.sft_kwargs.items()]
+        return rows
+
+
+def _quant_storage_set(config) -> bool:
+    return getattr(config, "bnb_4bit_quant_storage", torch.uint8) not in (None, torch.uint8)
+
+
+def recipe(profile, hw=None, *, method: str | None = None, output_dir="runs/sft", precision: Precision | None = None,
+           max_steps: int | None = None, learning_rate: float | None = None, seed: int | None = None,
+           eval_each_epoch: bool = False, fsdp: bool | None = None) -> Recipe:
+    """The `BitsAndBytesConfig`, `LoraConfig` and `SFTConfig` a run of `profile` uses, built by the same
+    functions as the run itself (`models.bnb_config`, `models.lora_config`, `sft_config_kwargs`).
+
+    Args:
+        profile: the run profile.
+        hw: a hardware reading (default: as `models.hardware_for` decides); gives the number format.
+        method: "qlora", "lora" or "full" (default: profile.method).
+        output_dir: where the run writes checkpoints.
+        precision: overrides the precision decided from `hw`.
+        max_steps, learning_rate, seed, eval_each_epoch: as for `sft`.
+        fsdp: store packed 4-bit weights in the compute dtype (default: detect an FSDP launch).
+    """
+    from trl import SFTConfig
+
+    method = models.check_method(method or profile.method)
+    precision = precision or decide_precision(hw or models.hardware_for(profile), method)
+    fsdp = models._uses_fsdp() if fsdp is None else fsdp
+    quantization = None
+    if method == "qlora":
+        quantization = models.bnb_config(precision, quant_storage=precision.torch_compute_dtype if fsdp else None)
+    lora = None if method == "full" else lora_config(profile)
+    kwargs = sft_config_kwargs(profile, output_dir, precision, max_steps=max_steps, learning_rate=learning_rate,
+                               seed=seed, eval_each_epoch=eval_each_epoch)
+    return Recipe(quantization=quantization, lora=lora, sft=SFTConfig(**kwargs), sft_kwargs=kwargs)
+
+
+def _code_value(value) -> str:
+    """`value` as Python source (torch dtypes as torch.float16 etc.)."""
+    if isinstance(value, torch.dtype):
+        return str(value)
+    if isinstance(value, (set, frozenset)):
+        return repr(sorted(value))
+    return repr(value)
+
+
+def recipe_code(rec: Recipe, model_id: str) -> tuple[str, str]:
+    """Plain transformers/peft/trl code that rebuilds a run from `rec`'s values, without lora_lab.
+
+    Returns:
+        (configs, run): the three configs as source (tests execute it and compare the objects), then
+        the lines that load the model and train with them.
+    """
+    def call(name: str, pairs) -> str:
+        return f"{name}(\n" + "".join(f"    {k}={_code_value(v)},\n" for k, v in pairs) + ")"
+
+    lines = ["import torch", "from peft import LoraConfig", "from transformers import BitsAndBytesConfig",
+             "from trl import SFTConfig", ""]
+    if rec.quantization is not None:
+        names = [n for n in BNB_REASONS if n != "bnb_4bit_quant_storage" or _quant_storage_set(rec.quantization)]
+        lines.append("bnb_config = " + call("BitsAndBytesConfig", [(n, getattr(rec.quantization, n)) for n in names]))
+    if rec.lora is not None:
+        lines.append("lora_config = " + call("LoraConfig", [(n, getattr(rec.lora, n)) for n in LORA_REASONS]))
+    lines.append("sft_config = " + call("SFTConfig", rec.sft_kwargs.items()))
+    configs = "\n".join(lines)
+    dtype = rec.quantization.bnb_4bit_compute_dtype if rec.quantization is not None else (
+        torch.float16 if rec.sft_kwargs["fp16"] else torch.bfloat16 if rec.sft_kwargs["bf16"] else torch.float32)
+    load = [f"model = AutoModelForCausalLM.from_pretrained({model_id!r}, dtype={dtype}, device_map={{'': 0}}"
+            + (", quantization_config=bnb_config)" if rec.quantization is not None else ")")]
+    if rec.quantization is not None:
+        load.append("model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)  "
+                    "# norms to fp32")
+    run = "\n".join([
+        "from peft import prepare_model_for_kbit_training",
+        "from transformers import AutoModelForCausalLM, AutoTokenizer",
+        "from trl import SFTTrainer",
+        "",
+        f"tokenizer = AutoTokenizer.from_pretrained({model_id!r})  # give it a pad token that is not its eos",
+        *load,
+        "# train_dataset / eval_dataset: rows in prompt/completion (or messages) form, answers ending in eos",
+        "trainer = SFTTrainer(model=model, args=sft_config, train_dataset=train_dataset, eval_dataset=eval_dataset,",
+        "                     processing_class=tokenizer" + (", peft_config=lora_config)" if rec.lora is not None else ")"),
+        "# trl 1.16 casts a quantized model's LoRA matrices to bf16: cast them back to fp32 on a T4",
+        "for p in trainer.model.parameters():",
+        "    if p.requires_grad:",
+        "        p.data = p.data.float()",
+        "trainer.train()",
+    ])
+    return configs, run
 
 
 def _last_checkpoint(folder) -> str | None:
@@ -197,7 +389,8 @@ def sft(model, tokenizer, splits_or_train, profile, output_dir, *, method: str =
         resume: continue from the newest checkpoint in `output_dir` (fresh start if there is none).
         seed: overrides profile.seed (LoRA init, data order).
         callbacks: extra `TrainerCallback`s.
-        eval_dataset: optional held-out set (messages) for the trainer's own eval loss at save steps.
+        eval_dataset: optional held-out set (messages, or tokenized) for the trainer's own eval loss after
+            every epoch (`SFTResult.eval_losses`).
         hw: a hardware reading for out-of-memory advice (default: detect).
         verbose: print the data report and resume notes.
 
@@ -223,11 +416,9 @@ def sft(model, tokenizer, splits_or_train, profile, output_dir, *, method: str =
     train, report, eval_dataset = _tokenized(tokenizer, splits_or_train, eval_dataset, profile, verbose)
     if method != "full" and not models.is_peft_model(model):
         model = models.attach_lora(model, lora or lora_config(profile), seed=seed)
-    kwargs = sft_config_kwargs(profile, output_dir, precision, max_steps=max_steps, learning_rate=learning_rate,
-                               seed=seed)
-    if eval_dataset is not None:
-        kwargs.update(eval_strategy="steps", eval_steps=profile.save_steps, per_device_eval_batch_size=profile.batch_size)
-    config = SFTConfig(**kwargs)
+    config = SFTConfig(**sft_config_kwargs(profile, output_dir, precision, max_steps=max_steps,
+                                           learning_rate=learning_rate, seed=seed,
+                                           eval_each_epoch=eval_dataset is not None))
     monitor = TrainingMonitor()
     trainer = SFTTrainer(model=model, args=config, train_dataset=train, eval_dataset=eval_dataset,
                          processing_class=tokenizer,
@@ -258,7 +449,7 @@ def sft(model, tokenizer, splits_or_train, profile, output_dir, *, method: str =
     del trainer
     free_gpu_memory()
     return SFTResult(model=trained, log_history=log_history, metrics=metrics, data_report=report,
-                     output_dir=str(output_dir), last_checkpoint=last, records=monitor.records)
+                     output_dir=str(output_dir), last_checkpoint=last, records=monitor.records, sft_config=config)
 
 
 def _adapter_rank(model, method: str, lora, profile) -> int | None:
@@ -339,6 +530,118 @@ def _save_after_oom(trainer, output_dir) -> str | None:
     except Exception as err:  # saving can fail too when memory is gone; keep the older checkpoint
         print(f"(could not save the step-{step} state after the error: {type(err).__name__}; keeping {last})")
         return last
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading the results (notebook 03 prints these sentences from its own numbers)
+
+#: The rule of thumb notebook 03 tests: "train 1-3 epochs; more overfits".
+RULE_OF_THUMB_EPOCHS = 3
+#: A held-out loss this much above its lowest value counts as "turned up" (not noise between evaluations).
+TURN_UP_MARGIN = 0.02
+
+
+def epoch_summary(curve: Sequence[tuple[float, float]]) -> dict:
+    """Where a held-out loss curve is lowest and where it first turns up.
+
+    Args:
+        curve: (epoch, held-out loss) pairs, e.g. ``[(0.0, loss_before), *result.eval_losses]``.
+
+    Returns:
+        A dict: `curve` (sorted), `best` (epoch, loss) at the lowest loss, `last` (epoch, loss),
+        `first_rise` (the first epoch whose loss is above the one before, or None), `turned_up`
+        (the last loss is more than `TURN_UP_MARGIN` above the lowest), `epochs` (epochs evaluated
+        after training started).
+    """
+    curve = sorted((float(e), float(loss)) for e, loss in curve)
+    if not curve:
+        raise ValueError("epoch_summary needs at least one (epoch, loss) pair: was an eval set given to sft?")
+    best = min(curve, key=lambda point: point[1])
+    first_rise = next((e for (_, prev), (e, loss) in zip(curve[:-1], curve[1:], strict=True) if loss > prev), None)
+    last = curve[-1]
+    return {"curve": curve, "best": best, "last": last, "first_rise": first_rise,
+            "turned_up": last[1] > best[1] * (1 + TURN_UP_MARGIN), "epochs": sum(e > 0 for e, _ in curve)}
+
+
+def _loss_at(curve, epoch: float) -> float | None:
+    return next((loss for e, loss in curve if abs(e - epoch) < 1e-6), None)
+
+
+def epoch_verdict(summary: dict) -> str:
+    """A paragraph on the rule of thumb "1-3 epochs; more overfits", written from `epoch_summary`'s numbers."""
+    (best_e, best), (last_e, last) = summary["best"], summary["last"]
+    if summary["epochs"] < 2:
+        return (f"This run evaluated {summary['epochs']} epoch(s) (it stopped at epoch {last_e:.2f}): too few to test "
+                f"the rule of thumb. The held-out loss went from {summary['curve'][0][1]:.3f} to {last:.3f}.")
+    limit = RULE_OF_THUMB_EPOCHS
+    text = f"The held-out loss was lowest after epoch {best_e:.3g} ({best:.3f}); after the last, epoch {last_e:.3g}, " \
+           f"it was {last:.3f}. "
+    at_limit = _loss_at(summary["curve"], limit)
+    if at_limit is not None:
+        text += f"After epoch {limit} it was {at_limit:.3f}. "
+    if summary["turned_up"] and best_e <= limit:
+        text += (f"It turned up after epoch {best_e:.3g}: here the rule of thumb holds, and the epochs after it "
+                 "overfit the training set.")
+    elif summary["turned_up"]:
+        text += (f"It turned up only after epoch {best_e:.3g}: on this task more than {limit} epochs helped before "
+                 "overfitting set in.")
+    elif best_e > limit:
+        text += (f"It never turned up by more than {TURN_UP_MARGIN:.0%}: on this task and data size, training past "
+                 f"epoch {limit} kept helping, so the rule of thumb would have stopped too early here. It is a "
+                 "starting point; the held-out curve decides.")
+    else:
+        text += "It neither improved nor turned up after that."
+    if summary["first_rise"] is not None and summary["first_rise"] < best_e:
+        text += (f" (It rose once, at epoch {summary['first_rise']:.3g}, before falling again: one bump is not yet "
+                 "overfitting.)")
+    return text
+
+
+#: A difference in held-out exact match smaller than this (5 points) counts as "the same" for one seed.
+EXACT_MATCH_TIE = 0.05
+
+
+def lora_vs_qlora_verdict(comparison: dict, knowledge: dict, rehearsal: bool = False) -> str:
+    """Why QLoRA and LoRA differ (or do not) on this run, chosen from what the run measured.
+
+    Args:
+        comparison: method ("qlora", "lora") -> {"exact match", "held-out loss"} after the same training.
+        knowledge: "unquantized" and "NF4" -> the base model's score before fine-tuning
+            (`quant.completion_loss`, with `accuracy`, or `quant.text_loss`).
+        rehearsal: the numbers come from a stand-in with random weights (they mean nothing).
+    """
+    fp, nf4 = knowledge["unquantized"], knowledge["NF4"]
+    if "accuracy" in fp:
+        lost = (f"it answers {nf4['accuracy']:.1%} of its pretraining facts (unquantized: {fp['accuracy']:.1%}), "
+                f"and its loss on the answers goes from {fp['loss']:.4f} to {nf4['loss']:.4f}")
+        damaged = fp["accuracy"] - nf4["accuracy"] >= 0.02
+    else:
+        lost = f"its loss per token on held-out prose goes from {fp['loss']:.3f} to {nf4['loss']:.3f}"
+        damaged = nf4["loss"] > fp["loss"] * 1.02
+    base = f"Before any fine-tuning, the base rounded to NF4 was scored on what it learned in pretraining: {lost}."
+    prefix = ("Rehearsal: the stand-in model has random weights, so these numbers only show that the path runs. "
+              if rehearsal else "")
+    if "qlora" not in comparison or "lora" not in comparison:
+        return prefix + base + " Only one method was trained in this run (COMPARE_LORA off, or it did not fit)."
+    q, lo = comparison["qlora"], comparison["lora"]
+    gap = lo["exact match"] - q["exact match"]
+    text = (f"{prefix}Same data, steps and seed: QLoRA reached {q['exact match']:.0%} held-out exact match "
+            f"(held-out loss {q['held-out loss']:.3f}), LoRA {lo['exact match']:.0%} ({lo['held-out loss']:.3f}). "
+            f"{base} ")
+    if gap >= EXACT_MATCH_TIE and damaged:
+        text += ("The held-out questions ask about exactly such facts, and an adapter trained to answer questions "
+                 "cannot put back what the 4-bit base no longer knows: QLoRA's gap here comes from the knowledge the "
+                 "rounded base lost, not from training the adapters.")
+    elif gap >= EXACT_MATCH_TIE:
+        text += ("That loss is small, so lost knowledge does not explain the gap; what differs is training on top "
+                 "of the rounded base.")
+    elif gap <= -EXACT_MATCH_TIE:
+        text += ("QLoRA scored higher in this run: the 4-bit base is not what limits it here (one seed; a "
+                 "difference of this size can be noise).")
+    else:
+        text += (f"The two methods are within {EXACT_MATCH_TIE:.0%} of each other: on this task the 4-bit base cost "
+                 "no measurable exact match" + (", although it changed what the base knows." if damaged else "."))
+    return text
 
 
 # ---------------------------------------------------------------------------------------------

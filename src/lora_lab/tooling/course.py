@@ -360,6 +360,7 @@ def t4_plan(budget_bytes: int | None = None) -> list:
     plan = rank.PLANS["t4"]
     runs = gpu_runs.sweep_runs(t4, plan, rank.sweep_configs(plan, gpu_runs.estimator_model(t4.model_id)))
     runs.append(gpu_runs.sft_run("03", "main", t4))
+    runs.append(gpu_runs.sft_run("03", "lora", t4, "lora"))  # section 11: LoRA on a 16-bit base, same recipe
     runs.append(gpu_runs.seven_b_run(t4))
     runs += gpu_runs.specialist_runs(t4, adapters.default_recipes(t4))
     return [gpu_runs.fit(r, budget_bytes or gpu_runs.T4_PLAN_BUDGET) for r in runs]
