@@ -76,7 +76,7 @@ from IPython.display import Markdown, display
 from transformers import AutoConfig, AutoModelForCausalLM
 
 import lora_lab.quant as quant
-from lora_lab import callbacks, data, evaluate, gpu_runs, models, preflight, sft_data, tiny, train, vram
+from lora_lab import callbacks, data, evaluate, gpu_runs, hub, models, preflight, sft_data, tiny, train, vram
 from lora_lab.drive import drive_checkpoint_dir
 from lora_lab.train_plots import plot_epochs, plot_loss
 from lora_lab.units import GIB, MIB
@@ -114,7 +114,8 @@ print("\nthis machine:", precision.note)
 
 # %%
 model_path = tiny.resolve_model_path(profile.model_id)
-model_config = AutoConfig.from_pretrained(model_path)
+with hub.hub_errors(model_path, "model"):  # no Hub: one line saying what to do, not a traceback
+    model_config = AutoConfig.from_pretrained(model_path)
 try:
     preflight_estimate = preflight.preflight_memory(model_config, profile, METHOD, hw, precision)
 except preflight.WontFitError as err:

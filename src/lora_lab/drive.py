@@ -15,8 +15,8 @@ DRIVE_ROOT = Path(MOUNT_POINT) / "MyDrive"  # the learner's "My Drive" once moun
 def drive_checkpoint_dir(run_name: str, mount: bool = True) -> Path | None:
     """A checkpoint folder on Google Drive (Colab only, opt-in), mounting Drive if asked; else None.
 
-    Checkpoints on Drive survive a Colab disconnect: rerun with resume=True and training continues
-    from the newest one.
+    Checkpoints on Drive survive a Colab disconnect: set `RESUME = True` in notebook 03 (or pass
+    `--resume` to `python -m lora_lab.train`) and training continues from the newest one.
     """
     root = DRIVE_ROOT
     if not root.exists() and mount and hardware.in_colab():

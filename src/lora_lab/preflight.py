@@ -173,7 +173,7 @@ def _oom_message(step: int, max_steps: int, last_checkpoint: str | None, model_c
     if est is not None:
         lines.append(f"The estimator predicted {est.total / GIB:.2f} GiB for batch {profile.batch_size} x {seq_len} tokens "
                      f"({method}, {est.settings.get('precision')}).")
-    lines.append("Checkpoint kept: " + (f"{last_checkpoint} (continue with resume=True / --resume)."
+    lines.append("Checkpoint kept: " + (f"{last_checkpoint} (set RESUME = True in notebook 03 and run it again from the top, or add --resume to the command)."
                                         if last_checkpoint else "none yet (no step was saved before the failure)."))
     lines.append("Try: " + "; ".join(tips) + ". Restarting the runtime also frees memory held by earlier cells.")
     return "\n".join(lines), tips

@@ -46,7 +46,7 @@ from pathlib import Path
 
 import torch
 
-from . import checkpoints, data, evaluate, hardware, models, profiles
+from . import checkpoints, data, evaluate, hardware, hub, models, profiles
 from .callbacks import (
     DivergenceGuard,
     TrainingDiverged,
@@ -694,8 +694,10 @@ def configure_run(profile, *, method=None, output_dir="runs/sft", model_path=Non
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = str(model_path) if model_path is not None else models.tiny.resolve_model_path(profile.model_id)
+    with hub.hub_errors(path, "model"):
+        model_config = AutoConfig.from_pretrained(path)
     return RunSetup(profile=profile, method=method, hw=hw, precision=precision, out=out, model_path=path,
-                    model_config=AutoConfig.from_pretrained(path), fsdp=models._uses_fsdp(), say=say)
+                    model_config=model_config, fsdp=models._uses_fsdp(), say=say)
 
 
 def run_preflight(run: RunSetup, verbose: bool = True):
