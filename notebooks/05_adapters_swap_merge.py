@@ -474,8 +474,8 @@ best_combo = {t: max(combo_scores[c][t] for c in combo_scores) for t in names}
 display(Markdown("\n".join([
     f"- Specialists on their own tasks: {spec_line}; "
     + ("all passed their bars." if judged else "not judged in a rehearsal (the stand-in model cannot learn)."),
-    f"- One adapter file is {f.file_bytes:,} bytes, as the formula predicts ({predicted.tensor_bytes:,} bytes of "
-    f"tensors plus a {f.header_bytes:,}-byte header)"
+    f"- One adapter file is {f.file_bytes:,} bytes: {f.tensor_bytes:,} bytes of tensors (the formula: "
+    f"{predicted.tensor_bytes:,}) plus a {f.header_bytes:,}-byte header"
     + (f", {f.file_bytes / base_file_bytes:.0%} of this tiny base's weights file." if base_file_bytes else "."),
     f"- Switching adapters took {switch_s * 1e3:.2f} ms, reloading the base with another one {reload_s:.2f} s: "
     f"{reload_s / switch_s:,.0f}x longer.",
