@@ -236,3 +236,69 @@ def test_score_table_scores_each_adapter_and_the_base_on_each_task(profile, mult
     differ = [a != b for a, b in zip(expected["__base__"], expected["format"], strict=True)]
     assert any(differ)  # the adapter changes answers (random B): the table must tell them apart
     assert table["format"]["recall"] == pytest.approx(1 - sum(differ) / len(differ))
+
+
+def test_score_heatmap_shows_every_score_and_frames_the_specialists():
+    from matplotlib.colors import to_hex
+
+    from lora_lab import adapter_plots
+
+    scores = {"__base__": {"recall": 0.0, "format": 0.1}, "recall": {"recall": 0.9, "format": 0.0},
+              "format": {"recall": 0.2, "format": 0.4}}
+    bars = {"recall": 0.7, "format": 0.5}
+    fig = adapter_plots.score_heatmap(scores, bars=bars)
+    ax = fig.axes[0]
+    assert ax.images[0].get_array().tolist() == [[0.0, 0.1], [0.9, 0.0], [0.2, 0.4]]
+    assert [t.get_text() for t in ax.texts] == ["0%", "10%", "90%", "0%", "20%", "40%"]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["base (no adapter)", "recall", "format"]
+    frames = {(p.get_x() + 0.5, p.get_y() + 0.5): to_hex(p.get_edgecolor()) for p in ax.patches}
+    assert frames == {(0, 1): "#ffffff", (1, 2): "#d55e00"}  # format (40%) is below its bar of 50%
+    with pytest.raises(ValueError, match="same tasks"):
+        adapter_plots.score_heatmap({"a": {"recall": 0.1}, "b": {"format": 0.1}})
+    with pytest.raises(ValueError, match="shares, not percentages"):
+        adapter_plots.score_heatmap({"a": {"recall": 90.0}})
+
+
+def test_bars_pass_fail_and_are_not_judged_in_a_rehearsal(profile):
+    bars = adapters.specialist_bars(profile)
+    recipes = adapters.default_recipes(profile)
+    assert set(bars) == set(recipes) == set(adapters.CPU_TASKS)
+    good = {"__base__": {"recall": 0.0, "extract": 0.0, "format": 0.0},
+            "recall": {"recall": 0.8, "extract": 0.1, "format": 0.0},
+            "extract": {"recall": 0.5, "extract": 0.9, "format": 0.0},
+            "format": {"recall": 0.0, "extract": 0.0, "format": 0.6}}
+    verdicts = adapters.judge_specialists(good, bars)
+    assert all(v.passed and v.judged for v in verdicts.values())
+    assert verdicts["recall"].best_other == "extract" and verdicts["recall"].best_other_score == 0.5
+    assert verdicts["recall"].base_score == 0.0
+    adapters.assert_specialists_pass(verdicts, recipes)  # nothing raised
+    # Below the bar, and above it but not far enough ahead of another specialist: both fail, by name.
+    bad = {**good, "format": {"recall": 0.0, "extract": 0.0, "format": 0.3},
+           "extract": {"recall": 0.75, "extract": 0.9, "format": 0.0}}
+    verdicts = adapters.judge_specialists(bad, bars)
+    assert [t for t, v in verdicts.items() if not v.passed] == ["recall", "format"]
+    with pytest.raises(adapters.SpecialistBelowBarError, match=r"'format' scored 30%.*raise max_steps") as err:
+        adapters.assert_specialists_pass(verdicts, recipes)
+    assert "'recall' scored 80%" in str(err.value) and "'extract' scored" not in str(err.value)
+    assert "FAILS" in verdicts["format"].line()
+    rehearsal = adapters.judge_specialists(bad, bars, rehearsal=True)
+    adapters.assert_specialists_pass(rehearsal, recipes)  # a rehearsal cannot learn: nothing is judged
+    assert all("not judged in a rehearsal" in v.line() for v in rehearsal.values())
+    t4 = profiles.get_profile("t4")
+    assert set(adapters.specialist_bars(t4)) == set(adapters.default_recipes(t4))
+    with pytest.raises(ValueError, match="No row for the 'format' specialist"):
+        adapters.judge_specialists({k: v for k, v in good.items() if k != "format"}, bars)
+
+
+def test_each_cpu_specialist_passes_its_bar(profile):
+    """The notebook's specialists, trained (or reused from the cache: the key covers every setting and
+    the package's code) and judged exactly as notebook 05 does."""
+    recipes = adapters.default_recipes(profile)
+    runs = {task: adapters.train_specialist(profile, recipe) for task, recipe in recipes.items()}
+    model, tokenizer = adapters.load_specialists(profile, {t: r.adapter_dir for t, r in runs.items()}, "lora")
+    evals = adapters.held_out_sets(profile, list(runs))
+    assert all(len(ds) == adapters.N_EVAL for ds in evals.values())
+    scores = adapters.score_table(model, tokenizer, evals, ["__base__", *runs], profile)
+    verdicts = adapters.judge_specialists(scores, adapters.specialist_bars(profile))
+    adapters.assert_specialists_pass(verdicts, recipes)
+    assert all(v.judged and v.passed for v in verdicts.values())

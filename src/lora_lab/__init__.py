@@ -33,6 +33,7 @@ Lesson helpers (import the one you need):
     quant        NF4, FP4, INT4 and double quantization from scratch (notebook 04)
     quant_plots  notebook 04's figures
     adapters     specialists: switch, hot-swap, mixed batches, merge, combine (notebook 05)
+    adapter_plots  notebook 05's adapter-by-task score heatmap
     quiz         quick checks with feedback; answers computed by the package
     exercises    every exercise's statement and its check, computed by the package
     export       GGUF export with llama.cpp's pinned converters, checked in llama.cpp; Ollama Modelfile (notebook 06)
