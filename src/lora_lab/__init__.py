@@ -30,12 +30,13 @@ Lesson helpers (import the one you need):
     quant        NF4, FP4, INT4 and double quantization from scratch (notebook 04)
     quant_plots  notebook 04's figures
     adapters     specialists: switch, hot-swap, mixed batches, merge, combine (notebook 05)
-    quiz         quick checks with feedback; answers computed by the package
+    quiz         one quiz per lesson: hints on retries, the answer after three tries; answers computed
+    exercises    every exercise's check (exercises.check("02.3", answer_02_3)); answers computed
     export       GGUF export with llama.cpp's pinned converters, checked in llama.cpp; Ollama Modelfile (notebook 06)
     scale        beyond one GPU: the DDP/FSDP fit table, an accelerate FSDP-QLoRA config, the FSDP2 check (06)
 
 Build tooling (`lora_lab.tooling`, not imported by the lessons):
-    tooling.course          runs, checks, strips and exports the notebooks
+    tooling.course          runs, checks, strips and exports the notebooks; learner notebooks, answer key
     tooling.colab           Open-in-Colab badges, the Colab install cell, set-repo
     tooling.figure_backend  saves every figure as PNG and SVG for `course figures`
 """
