@@ -34,13 +34,13 @@ Lesson helpers (import the one you need):
     quant_plots  notebook 04's figures
     adapters     specialists: switch, hot-swap, mixed batches, merge, combine (notebook 05)
     adapter_plots  notebook 05's adapter-by-task score heatmap
-    quiz         quick checks with feedback; answers computed by the package
-    exercises    every exercise's statement and its check, computed by the package
+    quiz         one quiz per lesson: hints on retries, the answer after three tries; answers computed
+    exercises    every exercise's check (exercises.check("02.3", answer_02_3)); answers computed
     export       GGUF export with llama.cpp's pinned converters, checked in llama.cpp; Ollama Modelfile (notebook 06)
     scale        beyond one GPU: the DDP/FSDP fit table, an accelerate FSDP-QLoRA config, the FSDP2 check (06)
 
 Build tooling (`lora_lab.tooling`, not imported by the lessons):
-    tooling.course          runs, checks, strips and exports the notebooks
+    tooling.course          runs, checks, strips and exports the notebooks; learner notebooks, answer key
     tooling.colab           Open-in-Colab badges, the Colab install cell, set-repo REPO and REF, check (stdlib only)
     tooling.figure_backend  saves every figure as PNG and SVG for `course figures`
 """
