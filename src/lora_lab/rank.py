@@ -787,7 +787,7 @@ class _Runner:
 
     def __init__(self, profile, plan: SweepPlan, path: str, base_key: dict, use_cache: bool, verbose: bool):
         self.profile, self.plan, self.path, self.base_key = profile, plan, path, base_key
-        self.use_cache, self.verbose, self.pool = use_cache, verbose, None
+        self.use_cache, self.verbose, self.pool, self.broken = use_cache, verbose, None, False
 
     def payload(self, cfg: SweepConfig) -> dict:
         return dict(self.base_key, cfg=asdict(cfg), steps=self.plan.steps, alpha=self.plan.alpha,
@@ -804,7 +804,7 @@ class _Runner:
             else:
                 todo.append(i)
         workers = min(self.plan.workers, len(todo), os.cpu_count() or 1)
-        if workers > 1:
+        if workers > 1 and not self.broken:
             import concurrent.futures
             import multiprocessing
 
@@ -813,11 +813,18 @@ class _Runner:
                     max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
             futures = {self.pool.submit(_run_task, configs[i], self.plan, self.profile, self.path): i for i in todo}
             start = time.perf_counter()
-            for fut in concurrent.futures.as_completed(futures):
-                i = futures[fut]
-                rows[i] = self._store(configs[i], fut.result(), f"done at {time.perf_counter() - start:.1f} s")
-        else:
-            for i in todo:
+            try:
+                for fut in concurrent.futures.as_completed(futures):
+                    i = futures[fut]
+                    rows[i] = self._store(configs[i], fut.result(), f"done at {time.perf_counter() - start:.1f} s")
+            except concurrent.futures.process.BrokenProcessPool as err:
+                # A script without an `if __name__ == "__main__":` guard cannot start spawned workers:
+                # go on in this process (same results, only slower).
+                print(f"worker processes failed ({err}); training the remaining runs in this process")
+                self.broken = True
+                self.close()
+        for i in todo:
+            if i not in rows:
                 t = time.perf_counter()
                 row = _run_task(configs[i], self.plan, self.profile, self.path)
                 rows[i] = self._store(configs[i], row, f"{time.perf_counter() - t:.1f} s")
@@ -836,7 +843,7 @@ class _Runner:
 
     def close(self) -> None:
         if self.pool is not None:
-            self.pool.shutdown()
+            self.pool.shutdown(cancel_futures=True)
             self.pool = None
 
 
@@ -874,7 +881,7 @@ def sft_sweep(profile, plan: SweepPlan | None = None, *, model_path: str | None 
         state = _worker_state(profile, path)
         with torch_threads(plan.threads):
             loss, em = loss_and_greedy_match(state["base"], state["eval"], state["tokenizer"])
-        return dict(eval_loss=loss, exact_match=em)
+        return dict(eval_loss=loss, exact_match=em, n_train=len(state["train"]))
 
     base = cached("sft-base", base_key, baseline, use_cache)
     runner = _Runner(profile, plan, path, base_key, use_cache, verbose)
@@ -1003,6 +1010,17 @@ def _trainer_sweep(profile, plan: SweepPlan, path: str, only=None, verbose=True)
     return dict(runs=runs, plan=asdict(plan), baseline=None, skipped=skipped, best_lr=best_rank_lrs(runs))
 
 
+def follow_up_pair(runs: Sequence[dict], group: str) -> tuple[list[dict], dict | None]:
+    """The runs of a follow-up `group` ("dropout", "warmup", "seed") and the rank run they vary:
+    same rank, learning rate and targets, the plan's dropout, with warmup and the first seed (None if absent)."""
+    rows = [r for r in runs if r["group"] == group]
+    if not rows:
+        return [], None
+    ref = next((r for r in runs if r["group"] in ("rank", "lr") and r["rank"] == rows[0]["rank"]
+                and r["lr"] == rows[0]["lr"] and r["targets"] == "all-linear"), None)
+    return rows, ref
+
+
 def best_lr(runs: Sequence[dict], method: str, rank: int | None = None) -> tuple[float, float]:
     """(learning rate, eval loss) of the run with the lowest held-out loss among one method's LR sweep."""
     cands = [r for r in runs if r["method"] == method and (rank is None or r["rank"] == rank)
@@ -1075,12 +1093,12 @@ def merge_report(model_path: str, rank: int = 16, targets="all-linear", *, batch
 
 
 # ---------------------------------------------------------------------------------------------
-# 6. What to pick
+# 6. Takeaways
 
 
 @dataclass
 class Summary:
-    """Findings computed from the results, each next to the syllabus's advice."""
+    """Findings computed from the results (the notebook's takeaways), one line each."""
 
     lines: list[str] = field(default_factory=list)
 
