@@ -767,6 +767,10 @@ def _worker_state(profile, path: str) -> dict:
     if key not in _WORKER_STATE:
         from transformers import AutoTokenizer
 
+        from .quiet import quiet_library_noise
+
+        quiet_library_noise()  # a spawned worker starts without the notebook's filters
+
         tokenizer = AutoTokenizer.from_pretrained(path)
         _, train_set, eval_set = prepared_data(profile, tokenizer)
         _WORKER_STATE.clear()
