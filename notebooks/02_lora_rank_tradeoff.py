@@ -345,7 +345,8 @@ print(f"\nestimated T4 memory (QLoRA, batch 4 x 512): r={plan.ranks[0]} {estimat
 # Reading the figure: moving right along the blue line buys held-out loss with parameters (each
 # point is a rank at its own best learning rate); the marker area is the measured memory of a step.
 # The right panel sets the tiny model's measured memory next to the estimate for the real model
-# with QLoRA, where the frozen base and the activations weigh more than the adapter.
+# with QLoRA; the last printed line says how much that estimate changes from the smallest rank to
+# the largest.
 #
 # Is the sweep long enough for a verdict? The test is in its own numbers: a difference between ranks
 # means something only when it is larger than what a second seed of the same run moves.
