@@ -333,7 +333,7 @@ fig = rank_plots.tradeoff(runs, estimates, est_label=f"{REAL} QLoRA on a T4, est
 # A GPU run the preflight skipped (full fine-tuning of the 1.5B model needs more than a T4) has no row.
 full = next((r for r in runs if r["group"] == "full"), None)
 ranked = rank.best_runs(runs)
-print(f"{'rank':>5}{'best LR':>9}{'held-out loss':>15}{'exact match':>13}{'MiB/step':>10}")
+print(f"{'rank':>5}{'LR':>9}{'held-out loss':>15}{'exact match':>13}{'MiB/step':>10}")
 for r in ranked:
     print(f"{r['rank']:>5}{r['lr']:>9g}{r['eval_loss']:>15.3f}{r['exact_match']:>13.1%}{r['memory'] / 2**20:>10.2f}")
 if full:
@@ -445,8 +445,9 @@ display(Markdown(
     + f", against {top['eval_loss']:.3f} at the best, lr {top['lr']:g} ({top['lr'] / low['lr']:.0f}x higher). "
     + ("In a run of this length the low end of the rule of thumb is too low." if low["eval_loss"] > 1.5 * top["eval_loss"]
        else "Here the low end was not far behind.")
-    + " Best learning rate per rank under rsLoRA: " + ", ".join(f"r={k}: {v:g}" for k, v in best_lrs.items())
-    + (f" (spread {max(best_lrs.values()) / min(best_lrs.values()):.0f}x)." if len(best_lrs) > 1 else ".")))
+    + (" Best learning rate per rank under rsLoRA, searched: " + ", ".join(f"r={k}: {v:g}" for k, v in best_lrs.items())
+       + (f" (spread {max(best_lrs.values()) / min(best_lrs.values()):.0f}x)." if len(best_lrs) > 1 else ".")
+       if plan.lr_ladder else f" This plan trains every rank at one learning rate ({plan.lora_lr:g}); it does not search.")))
 
 # %% [markdown]
 # ## 7. Dropout
@@ -600,7 +601,8 @@ summary.add(f"Rank is a capacity: in the controlled task the error stops falling
             f"{small[-1]['error'] / min(r['error'] for r in small):.1f}x worse than the best rank.")
 summary.add("Scaling rules, toy task: the best learning rate moved " + ", ".join(f"{v:.1f}x under {k}" for k, v in spreads.items())
             + f" across ranks {SCALING['ranks'][0]}-{SCALING['ranks'][-1]}.")
-summary.add(f"Course task, {plan.rule}, learning rate tuned per rank: held-out loss {ranked[0]['eval_loss']:.3f} at "
+summary.add(f"Course task, {plan.rule}, " + ("learning rate searched per rank" if plan.lr_ladder else
+                                              f"one learning rate ({plan.lora_lr:g})") + f": held-out loss {ranked[0]['eval_loss']:.3f} at "
             f"r={ranked[0]['rank']} down to {best_loss:.3f}; the smallest rank within {within:.3f} of the best is r={good_rank}"
             + (f"; a second seed moved the loss by {noise:.3f}" if noise is not None else "")
             + (f"; full fine-tuning {full['eval_loss']:.3f}." if full else "."))

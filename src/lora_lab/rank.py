@@ -905,10 +905,14 @@ def sft_sweep(profile, plan: SweepPlan | None = None, *, model_path: str | None 
 
 
 def best_rank_lrs(runs: Sequence[dict]) -> dict[int, float]:
-    """{rank: the LR of its lowest held-out loss} over the rank runs (all-linear, dropout as planned)."""
+    """{rank: the LR of its lowest held-out loss} over the rank runs (all-linear, dropout as planned).
+
+    Only the "rank" group counts (the LRs every rank tried), so that each rank is compared on the same
+    footing; the extra LRs at lr_rank ("lr" group) teach the learning rate and are read separately.
+    """
     best: dict[int, dict] = {}
     for row in runs:
-        if row["group"] in ("rank", "lr") and row["method"] == "lora" and row["targets"] == "all-linear":
+        if row["group"] == "rank" and row["method"] == "lora" and row["targets"] == "all-linear":
             if row["rank"] not in best or row["eval_loss"] < best[row["rank"]]["eval_loss"]:
                 best[row["rank"]] = row
     return {r: row["lr"] for r, row in sorted(best.items())}
@@ -917,7 +921,7 @@ def best_rank_lrs(runs: Sequence[dict]) -> dict[int, float]:
 def best_runs(runs: Sequence[dict]) -> list[dict]:
     """Per rank, the run at its best LR (sorted by rank): the rank sweep's verdict is read from these."""
     lrs = best_rank_lrs(runs)
-    return [next(row for row in runs if row["group"] in ("rank", "lr") and row["method"] == "lora"
+    return [next(row for row in runs if row["group"] == "rank" and row["method"] == "lora"
                  and row["targets"] == "all-linear" and row["rank"] == r and row["lr"] == lr)
             for r, lr in lrs.items()]
 
