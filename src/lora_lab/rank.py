@@ -12,11 +12,15 @@ Notebook `02_lora_rank_tradeoff` calls these functions; every number it shows co
 3. Scaling rules (`scaling_sweep`): the update is scaled by alpha / r (alpha fixed), 1 (alpha = r)
    or alpha / sqrt(r) (rsLoRA, arXiv 2312.03732); a learning-rate sweep per rank shows which rule
    keeps the best learning rate where it is when the rank changes.
-4. SFT sweep (`sft_sweep`): the cpu profile's tiny model on the course's `recall` task, per rank,
-   full fine-tuning, attention-only vs MLP-only at equal parameter count, and a learning-rate
-   sweep. On the cpu profile a plain PyTorch loop trains (one thread, fp32 base, LoRA in fp32: the
-   SFTTrainer's fixed costs would dominate runs this short); on a GPU profile the same configs go
-   through `lora_lab.train.sft` (QLoRA, the course's real pipeline).
+4. SFT sweep (`sft_sweep`): the cpu profile's tiny model on the course's `recall` task. Scale rule
+   rsLoRA (alpha / sqrt(r)); each rank's learning rate searched on a ladder (`lr_extensions`);
+   full fine-tuning; extra low learning rates at one rank; then, at that rank's best learning
+   rate, attention-only vs MLP-only at equal parameter count, dropout, no warmup and a second
+   seed (`followup_configs`); `accumulation_check` compares a batch with its gradient-accumulated
+   split. On the cpu profile a plain PyTorch loop trains (fp32 base, LoRA in fp32: the
+   SFTTrainer's fixed costs would dominate runs this short), in `workers` processes of one thread;
+   on a GPU profile the same configs go through `lora_lab.train.sft` (QLoRA, the course's real
+   pipeline), each checked by `lora_lab.gpu_runs.preflight` first.
 5. Merging (`merge_report`): logits of the merged and the unmerged model, and forward-pass timings.
 
 Results are cached as JSON under ``<cache root>/rank/`` (`cached`; `lora_lab.units`), keyed by everything that shapes them,
