@@ -24,15 +24,29 @@ hw = models.hardware_for(profile, hw)  # a t4 rehearsal decides as on a T4 and e
 print(profile.summary())
 
 # %% [markdown]
+# ## Objectives
+#
+# By the end of this notebook you will be able to:
+#
+# * write a LoRA layer by hand (B at zero, A random, the alpha / r scale, dropout on the LoRA path)
+#   and check it against peft's own layer;
+# * count an adapter's parameters and predict its file size from the rank and the adapted layers;
+# * explain what the rank buys, from an experiment whose answer is known in advance;
+# * pick a scaling rule (alpha fixed, alpha = r, rsLoRA) knowing how it moves the best learning rate;
+# * read a rank sweep, a learning-rate sweep and the dropout, warmup and effective-batch measurements
+#   of a real fine-tuning run, and say what a sweep this small cannot show.
+
+# %% [markdown]
 # ## The question
 #
-# The syllabus this course grew from says: *rank 8 for style, 16-32 for complex tasks, and set
-# alpha equal to the rank.* The sources say something less tidy:
+# A common rule of thumb says: *rank 8 for style, 16-32 for complex tasks, alpha equal to the rank,
+# dropout 0.05-0.1, a learning rate of 2e-5 to 2e-4.* The sources say something less tidy:
 #
 # * **LoRA paper** (Hu et al., arXiv 2106.09685, Table 6): on GPT-3 WikiSQL with W_q and W_v
-#   adapted, ranks 1, 2, 4, 8 and 64 score 73.4, 73.3, 73.7, 73.8 and 73.5: rank barely mattered.
+#   adapted, ranks 1, 2, 4, 8 and 64 score 73.4, 73.3, 73.7, 73.8 and 73.5.
 # * **QLoRA** (Dettmers et al., arXiv 2305.14314, Appendix A): once *all* linear layers are adapted,
-#   the rank was "unrelated to final performance"; which layers you adapt mattered more.
+#   the rank was "unrelated to final performance"; which layers you adapt mattered more. Dropout
+#   0.05 helped its 7B and 13B models, not the 33B and 65B ones; it trained at 2e-4 (7B, 13B) and 1e-4.
 # * **Biderman et al. 2024** (arXiv 2405.09673): on code and maths, ranks 16-64 do not reach full
 #   fine-tuning, whose weight updates have far higher rank.
 # * **"LoRA Without Regret"** (Thinking Machines, 2025): low ranks fall off the full-fine-tuning loss
@@ -40,9 +54,9 @@ print(profile.summary())
 #   matter more than attention at equal parameter count; the best LoRA learning rate is about
 #   10x the full fine-tuning one.
 #
-# This notebook measures each of these on your machine: first the arithmetic, then a controlled
-# experiment where we *know* the answer, then real fine-tuning runs, then merging. The summary at
-# the end is computed from the results, not written in advance.
+# This notebook builds the layer by hand, then measures: first the arithmetic, then a controlled
+# experiment where we *know* the answer, then real fine-tuning runs (rank, learning rate, dropout,
+# warmup, effective batch), then merging. The takeaways at the end are printed from this run's results.
 #
 # On the `cpu` profile the runs use the course's tiny model with a 32-bit base and LoRA on top
 # (method "lora"): QLoRA's 4-bit base is notebook 03's subject, and it would only slow these small
@@ -50,12 +64,64 @@ print(profile.summary())
 # it); a second run only reads them.
 
 # %% [markdown]
-# ## 1. Parameter math
+# ## 1. LoRA by hand
 #
-# LoRA replaces the update of a frozen `d_out x d_in` matrix W by `B @ A`, with `A` of shape
-# `r x d_in` and `B` of shape `d_out x r`. One adapted matrix costs `r * (d_in + d_out)` parameters;
-# an adapter costs that summed over every adapted matrix of every block. Its safetensors file holds
-# those values at 4 bytes each (peft saves fp32 unless the adapter is cast) plus a small JSON header.
+# A linear layer computes `y = W x + b` with a `d_out x d_in` weight `W`. Fine-tuning would change
+# all of `W`. LoRA (low-rank adaptation, Hu et al. 2021) freezes `W` and learns a correction of
+# rank at most `r` as the product of two thin matrices:
+#
+# `y = W x + b + (alpha / r) * B (A x)`, with `A` of shape `r x d_in` and `B` of shape `d_out x r`.
+#
+# * **rank `r`**: how many directions the update can use. `B @ A` has the shape of `W` but rank at
+#   most `r`, and costs `r * (d_in + d_out)` parameters instead of `d_in * d_out`.
+# * **`B` starts at zero** and `A` at random values, so the adapted layer starts out *exactly* equal
+#   to the pretrained one, and training starts from the pretrained model.
+# * **alpha** sets the scale `alpha / r` that multiplies the update (peft calls it `lora_alpha`).
+# * **dropout** (`lora_dropout`) zeroes a random share of the layer's input on the LoRA path only;
+#   the frozen path sees the whole input.
+#
+# Here is the whole layer. The notebook prints its source from `lora_lab/lora_by_hand.py`, so what
+# you read is the code that runs (and that the tests check).
+
+# %%
+import inspect
+
+from IPython.display import Markdown, display
+
+from lora_lab import lora_by_hand
+
+display(Markdown(f"```python\n{inspect.getsource(lora_by_hand.LoRALinear)}```"))
+
+# %% [markdown]
+# Now the checks, on a 64 -> 48 layer with r=8, alpha=16 and dropout 0.1: at initialisation the
+# output must equal the base layer's; with the same weights copied into peft's `lora.Linear` (the
+# layer `get_peft_model` puts in place of every adapted `nn.Linear`) the two must agree, in eval mode
+# and in training mode with the same dropout masks; merging `W + scale * B @ A` into one plain layer
+# must give the same outputs; and the trainable parameters must be `r * (d_in + d_out)`. Before
+# comparing with peft, `B` gets random values, as if training had moved it.
+
+# %%
+check = lora_by_hand.compare_with_peft(d_in=64, d_out=48, r=8, alpha=16.0, dropout=0.1)
+print(f"at initialisation, largest |LoRA layer - base layer|:     {check['init_vs_base']:.1e}  (B = 0)")
+print(f"largest |ours - peft's lora.Linear|, eval mode:           {check['vs_peft']:.1e}")
+print(f"largest |ours - peft's lora.Linear|, training + dropout:  {check['vs_peft_dropout']:.1e}")
+print(f"largest |merged nn.Linear - LoRA layer|:                  {check['merged_vs_unmerged']:.1e}"
+      f"  (outputs up to {check['max_abs_output']:.2f})")
+print(f"scale: ours {check['scale']:g}, peft's {check['peft_scaling']:g} (alpha / r = {check['alpha']:g} / {check['r']})")
+print(f"trainable parameters: ours {check['params']:,}, peft's {check['peft_params']:,}, "
+      f"r * (d_in + d_out) = {check['r']} * ({check['d_in']} + {check['d_out']}) = {check['formula']:,}")
+
+# %% [markdown]
+# The merged layer is exact up to float rounding (the sum is done in a different order), which is
+# why merging costs nothing at inference: the adapted model has the base model's shapes. Section 9
+# does the same on a whole model.
+
+# %% [markdown]
+# ## 2. Parameter math
+#
+# An adapter costs `r * (d_in + d_out)` summed over every adapted matrix of every block. Its
+# safetensors file holds those values at 4 bytes each (peft saves fp32 unless the adapter is cast)
+# plus a small JSON header.
 #
 # We count for the architecture of the `t4` profile's model (Qwen2.5-1.5B; the Instruct variant
 # has the same shapes), with LoRA on q and v only (the LoRA paper's choice) and on every linear
@@ -113,18 +179,20 @@ print(f"{'dtype':<8}{'rank':>5}{'params':>9}{'predicted tensors':>19}{'file':>10
 for f in files:
     print(f"{f['dtype']:<8}{f['rank']:>5}{f['params']:>9,}{f['predicted_tensor_bytes']:>19,}{f['file_bytes']:>10,}"
           f"{f['header_bytes']:>8,}{f['tensor_bytes']:>15,}")
-exact = all(f["tensor_bytes"] == f["predicted_tensor_bytes"] for f in files)
 print(f"\nPrediction equals the file minus its header in {sum(f['tensor_bytes'] == f['predicted_tensor_bytes'] for f in files)}"
       f" of {len(files)} files; the header is {min(f['header_bytes'] for f in files):,}-"
       f"{max(f['header_bytes'] for f in files):,} bytes.")
+qv16, al16 = (next(r for r in table if r["targets"] == t and r["rank"] == 16) for t in ("q,v", "all-linear"))
+r_equal = next((r["rank"] for r in table if r["targets"] == "q,v" and r["params"] >= al16["params"]), None)
+display(Markdown(
+    f"At r=16, all-linear trains {al16['params'] / qv16['params']:.1f}x as many parameters as q,v"
+    + (f": q,v needs r={r_equal} to match it, so the choice of targets moves the count as much as the rank does."
+       if r_equal else ".")
+    + f" The r=16 all-linear adapter is {al16['adapter_bytes'] / 2**20:.0f} MiB in fp32, against "
+    f"{real_arch.total_params * 2 / 2**30:.1f} GiB for the base model's weights in 16 bits."))
 
 # %% [markdown]
-# The arithmetic says two things the folklore hides. The choice of *targets* moves the count as
-# much as the rank does (the two lines above are parallel and far apart), and the file size follows
-# directly from the count: for a real model, an adapter is megabytes, not the base's gigabytes.
-
-# %% [markdown]
-# ## 2. A controlled experiment: recovering an update of known rank
+# ## 3. A controlled experiment: recovering an update of known rank
 #
 # Real fine-tuning never tells us the "true" rank of the update it needs. So we make a task where we
 # know it: one frozen linear layer `W0` (128 x 128), a target update `dW` of rank 8, and data
@@ -132,46 +200,53 @@ print(f"\nPrediction equals the file minus its header in {sum(f['tensor_bytes'] 
 # rank r to the data with Adam and measure how far the learned update is from the true one,
 # `||dW_fit - dW|| / ||dW||`. For inputs like these that distance *is* the excess held-out error of
 # the fitted layer, so no separate test set is needed. We repeat with three dataset sizes.
+#
+# What to look for: below the true rank the adapter *cannot* represent `dW` (a product `B @ A` has
+# rank at most r), whatever the data. Above it, the spare directions have nothing left to learn but
+# the noise.
 
 # %%
 RECOVERY = dict(d=128, true_rank=8, n_trains=[96, 1024, 16384], ranks=[1, 2, 4, 8, 16, 32, 64, 128],
                 noise=1.0, steps=200, seed=0)
 recovery = rank.cached("recovery", RECOVERY, lambda: rank.recovery_sweep(**RECOVERY))
 fig = rank_plots.recovery(recovery, RECOVERY["true_rank"])
+gaps = {}
 for n in RECOVERY["n_trains"]:
     sel = [r for r in recovery if r["n_train"] == n]
     best = min(sel, key=lambda r: r["error"])
     top = sel[-1]
+    gaps[n] = top["error"] - best["error"]
     k = rank.knee([r["rank"] for r in sel], [r["error"] for r in sel])
     where = f"knee at r={k}" if best["error"] < 0.5 else "no clear knee: too little data to recover dW"
     print(f"{n:>6,} examples: {where}; best r={best['rank']} (error {best['error']:.3f}); r={top['rank']}: "
           f"error {top['error']:.3f}, {top['error'] - best['error']:+.3f} above the best")
+n_small, n_big = RECOVERY["n_trains"][0], RECOVERY["n_trains"][-1]
+display(Markdown(
+    f"Spare rank has a price: r={RECOVERY['ranks'][-1]} sits {gaps[n_small]:.3f} above the best rank with "
+    f"{n_small} examples and {gaps[n_big]:.3f} with {n_big:,} ({gaps[n_small] / gaps[n_big]:.0f}x less; "
+    f"the square root of the data ratio is {(n_big / n_small) ** 0.5:.0f}x). More data makes spare rank cheap, "
+    "one side of 'the needed rank grows with the data' (\"LoRA Without Regret\")."))
 
 # %% [markdown]
-# Read the plot from left to right. Below the true rank, the adapter cannot represent the update and
-# the error stays high whatever the data. At the true rank it drops sharply: that is the knee. Above
-# it, extra rank has nothing left to learn except the noise. With fewer examples than the layer is
-# wide, nothing is recovered well, and the spare directions fit the noise so the error *rises* with
-# rank: a large rank overfits. With more data the whole curve sinks and the price of spare rank (the
-# printed gap between r=128 and the best rank) shrinks, roughly as one over the square root of the
-# number of examples: the curve flattens. This is one side of "the needed rank grows with the data"
-# ("LoRA Without Regret"): more data makes spare rank cheap, and a real dataset that carries more
-# directions worth learning than the rank allows leaves the adapter short of capacity.
-
-# %% [markdown]
-# ## 3. Scaling rules: alpha fixed, alpha = r, or rsLoRA?
+# ## 4. Scaling rules: alpha fixed, alpha = r, or rsLoRA?
 #
 # peft multiplies `B @ A` by a scale before adding it to the layer's output. Three rules are in use:
 #
 # | rule | scale | how to get it in peft |
 # |---|---|---|
 # | alpha fixed | alpha / r | `lora_alpha=alpha` (the same alpha for every rank) |
-# | alpha = r | 1 | `lora_alpha=r` (the syllabus's "alpha equals rank") |
+# | alpha = r | 1 | `lora_alpha=r` (the rule of thumb "alpha equals rank") |
 # | rsLoRA | alpha / sqrt(r) | `lora_alpha=alpha, use_rslora=True` (Kalajdzievski, arXiv 2312.03732) |
 #
 # The rule decides how far one optimizer step moves the update, and so where the best learning
 # rate lies for each rank. We fit a target whose spectrum decays over all 128 directions (every rank
 # has something to learn), for a short, fixed budget of Adam steps, at a grid of learning rates.
+#
+# Two claims to test: "LoRA Without Regret" argues that with alpha / r and Adam the first steps move
+# the model by about the same amount whatever the rank, so one learning rate serves every rank (is
+# the star at the same learning rate for every rank in the top-left panel?). rsLoRA argues that
+# alpha / r shrinks each direction's step as r grows, so that at one learning rate a large rank
+# learns no more than a small one (compare rank 128 with rank 2 in the bottom panels).
 
 # %%
 SCALING = dict(ranks=[2, 8, 32, 128], lrs=[5e-3, 1e-2, 2e-2, 5e-2, 1e-1, 2e-1, 5e-1], steps=60,
@@ -186,63 +261,68 @@ for rule in scaling["best_lr"]:
           f"error at the best LR: r={SCALING['ranks'][0]} {at_best[str(SCALING['ranks'][0])]:.3f}, "
           f"r={SCALING['ranks'][-1]} {at_best[str(SCALING['ranks'][-1])]:.3f}")
 fixed_lr = SCALING["curve_lr"]
+gain = {}
 for rule in scaling["best_lr"]:
     cells = {g["rank"]: g["error"] for g in scaling["grid"] if g["rule"] == rule and g["lr"] == fixed_lr}
+    gain[rule] = cells[SCALING["ranks"][0]] - cells[SCALING["ranks"][-1]]
     print(f"at one LR ({fixed_lr:g}), {rule:<23}: error r={SCALING['ranks'][0]} {cells[SCALING['ranks'][0]]:.3f}"
           f" -> r={SCALING['ranks'][-1]} {cells[SCALING['ranks'][-1]]:.3f}")
+spreads = scaling["spread"]
+steady, moving = min(spreads, key=spreads.get), max(spreads, key=spreads.get)
+display(Markdown(
+    f"Here the best learning rate stayed most in place under **{steady}** ({spreads[steady]:.1f}x across ranks "
+    f"{SCALING['ranks'][0]}-{SCALING['ranks'][-1]}) and moved most under **{moving}** ({spreads[moving]:.1f}x). "
+    f"At one learning rate, rank {SCALING['ranks'][-1]} gained most over rank {SCALING['ranks'][0]} under "
+    f"**{max(gain, key=gain.get)}** and least under **{min(gain, key=gain.get)}**. So with a learning rate tuned "
+    "per rank the rule mostly decides *where* the best learning rate lies; with one learning rate for every rank "
+    "it decides whether rank seems to matter. Adam, a short budget and this toy are assumptions, not laws."))
 
 # %% [markdown]
-# The two camps read this experiment differently, and both are right about something:
-#
-# * **"LoRA Without Regret"** argues that with the alpha / r rule and Adam, the first steps move the
-#   model by about the same amount whatever the rank, so one learning rate serves every rank. Look at
-#   the top-left panel and the printed spread: is the star at the same learning rate for every rank?
-#   (Rank 2 cannot do better than its cap, so its curve is flat over a wide range and its star is
-#   only weakly placed.)
-# * **rsLoRA** argues that alpha / r shrinks each rank direction's step as r grows, so that at a
-#   *given* learning rate a large rank learns no more than a small one, and proposes alpha / sqrt(r)
-#   so that extra rank pays off. The bottom panels and the "at one LR" lines show it: at the same
-#   learning rate, compare how much rank 128 gains over rank 2 under each rule.
-#
-# Both effects come from the same scale factor. If you tune the learning rate for each rank, the
-# rule mostly decides *where* the best learning rate lies (compare the errors at each rule's best
-# LR). If you pick one learning rate and sweep the rank, the rule decides whether the rank seems to
-# matter. Neither paper's claim is a law: Adam, a short budget and this toy are assumptions. The
-# syllabus's "alpha = r" is the rule under which the best learning rate moves most with the rank.
-#
-# The sweep below keeps alpha fixed (alpha / r) so that one learning rate is fair to every rank.
+# **The rule of the sweep below.** A rank sweep at one learning rate would measure the scaling rule
+# as much as the rank. So the sweep uses **rsLoRA** (scale alpha / sqrt(r), peft `use_rslora=True`,
+# arXiv 2312.03732) with alpha = 8, which gives r=16 the scale 2 of the profiles' own setting
+# (alpha 32 / r 16), and it **tunes the learning rate for every rank**: it starts at the profile's
+# learning rate and its neighbours on a ladder of factor-3 steps, and steps further out while a
+# rank's best learning rate sits at the edge of what it tried.
 
 # %% [markdown]
-# ## 4. Fine-tuning the course model, rank by rank
+# ## 5. Fine-tuning the course model, rank by rank
 #
 # Now real supervised fine-tuning: the profile's base model and task (on `cpu`: the tiny Llama and
 # the `recall` task, whose held-out questions ask about entities the model saw only in
-# pretraining). Every run has the same data order, steps and schedule. We train
+# pretraining). Every run has the same data order, number of steps and schedule (linear warmup, then
+# linear decay to zero). We train
 #
-# * LoRA on all linear layers at each rank of the plan, alpha fixed;
+# * LoRA on all linear layers at each rank of the plan, with its learning rate searched;
 # * full fine-tuning as the baseline;
-# * LoRA on attention only and on the MLP only, at ranks chosen so both have *exactly* the same
-#   number of parameters (close to all-linear at the rank of the learning-rate sweep);
-# * a small learning-rate sweep for one LoRA rank and for full fine-tuning.
+# * at one rank (`lr_rank`) and its best learning rate: attention-only and MLP-only LoRA at ranks
+#   chosen so both have *exactly* the same number of parameters, dropout, no warmup, and a second
+#   seed (which measures how much a run moves by chance alone).
 #
 # For each run: held-out loss on the answer tokens, greedy exact match (an answer counts when the
 # model's greedy choice is right at every answer token and at the closing end-of-turn token, exactly
 # the condition for greedy generation to reproduce it), trainable parameters, the memory of one
 # training step counted by `lora_lab.memory.measure_step` (weights + gradients + optimizer states +
 # activations saved for backward), and the median seconds per step. On `cpu` a plain PyTorch loop
-# trains on one thread (trl's trainer costs more than these short runs themselves); on `t4` the same
-# configurations run through `lora_lab.train.sft` with QLoRA and fewer ranks and steps.
-# Seconds per step are measurements: they vary with whatever else runs on the machine.
+# trains, in two processes of one thread each (trl's trainer costs more than these short runs
+# themselves); on `t4` the same configurations run through `lora_lab.train.sft` with QLoRA, fewer
+# ranks and steps, and one learning rate per rank. Seconds per step are measurements: they vary
+# with whatever else runs on the machine.
 
 # %%
 plan = rank.PLANS[profile.name]
-print(f"plan for '{profile.name}': ranks {plan.ranks}, {plan.steps} steps, LoRA lr {plan.lora_lr:g} with alpha "
-      f"{plan.alpha:g}, full fine-tuning lr {plan.full_lr:g}")
+print(f"plan for '{profile.name}': ranks {plan.ranks}, {plan.steps} steps of batch {profile.batch_size}, "
+      f"scale rule {plan.rule} with alpha {plan.alpha:g}, "
+      + (f"LR searched per rank on {plan.lr_ladder} from {plan.lora_lr:g}" if plan.lr_ladder
+         else f"LoRA LR {plan.lora_lr:g} for every rank")
+      + f"; full fine-tuning lr {plan.full_lr:g}")
 sweep = rank.sft_sweep(profile, plan)
 runs = sweep["runs"]
 if sweep["baseline"]:
     print(f"\nbase model before fine-tuning: held-out loss {sweep['baseline']['eval_loss']:.3f}, "
           f"exact match {sweep['baseline']['exact_match']:.1%}")
+for skipped in sweep.get("skipped", []):
+    print(f"not started: {skipped['run']}: {skipped['note']}")
 
 # %%
 estimates = []
@@ -253,54 +333,199 @@ for r in plan.ranks:
 fig = rank_plots.tradeoff(runs, estimates, est_label=f"{REAL} QLoRA on a T4, estimate (MiB)")
 # A GPU run the preflight skipped (full fine-tuning of the 1.5B model needs more than a T4) has no row.
 full = next((r for r in runs if r["group"] == "full"), None)
-ranked = sorted((r for r in runs if r["group"] == "rank"), key=lambda r: r["rank"])
-print(f"estimated T4 memory (QLoRA, batch 4 x 512): r={plan.ranks[0]} {estimates[0]['total'] / 2**30:.2f} GiB, "
+ranked = rank.best_runs(runs)
+print(f"{'rank':>5}{'LR':>9}{'held-out loss':>15}{'exact match':>13}{'MiB/step':>10}")
+for r in ranked:
+    print(f"{r['rank']:>5}{r['lr']:>9g}{r['eval_loss']:>15.3f}{r['exact_match']:>13.1%}{r['memory'] / 2**20:>10.2f}")
+if full:
+    print(f" full{full['lr']:>9g}{full['eval_loss']:>15.3f}{full['exact_match']:>13.1%}{full['memory'] / 2**20:>10.2f}")
+print(f"\nestimated T4 memory (QLoRA, batch 4 x 512): r={plan.ranks[0]} {estimates[0]['total'] / 2**30:.2f} GiB, "
       f"r={plan.ranks[-1]} {estimates[-1]['total'] / 2**30:.2f} GiB")
-print(f"measured per step: r={ranked[0]['rank']} {ranked[0]['memory'] / 2**20:.2f} MiB, "
-      f"r={ranked[-1]['rank']} {ranked[-1]['memory'] / 2**20:.2f} MiB, full fine-tuning "
-      + (f"{full['memory'] / 2**20:.2f} MiB" if full else "skipped by the preflight"))
-for skipped in sweep.get("skipped", []):
-    print(f"not started: {skipped['run']}: {skipped['note']}")
 
 # %% [markdown]
-# Reading the figure: moving right along the blue line buys held-out loss with parameters; the
-# marker area is the measured memory of a step. The runs are short (the printed plan says how many
-# steps), long enough to teach the answer format, which takes the held-out loss down from the base
-# model's, but mostly too short to teach the model to retrieve held-out facts: exact match on 100
-# questions moves by a few questions between runs, so compare the runs by held-out loss. The right panel shows why the memory axis is flat
-# for LoRA on a real model: the frozen base and the activations dominate, and the adapter's weights,
-# gradients and Adam states grow with r but stay small next to them.
-
-# %%
-good_rank, best_loss = rank.smallest_good_rank(runs, tol=0.02)
-att = next(r for r in runs if r["group"] == "targets" and r["name"].startswith("attention"))
-mlp = next(r for r in runs if r["group"] == "targets" and r["name"].startswith("mlp"))
-print(f"best all-linear rank by held-out loss: r={min(ranked, key=lambda r: r['eval_loss'])['rank']} "
-      f"(loss {best_loss:.3f}); smallest rank within 2% of it: r={good_rank}")
-print(f"rank {ranked[0]['rank']}: loss {ranked[0]['eval_loss']:.3f}; rank {ranked[-1]['rank']}: loss "
-      f"{ranked[-1]['eval_loss']:.3f}; full fine-tuning "
-      + (f"({full['trainable']:,} parameters): loss {full['eval_loss']:.3f}" if full else "skipped"))
-print(f"attention only ({att['name']}, {att['trainable']:,} parameters): loss {att['eval_loss']:.3f}, exact match "
-      f"{att['exact_match']:.1%}")
-print(f"MLP only       ({mlp['name']}, {mlp['trainable']:,} parameters): loss {mlp['eval_loss']:.3f}, exact match "
-      f"{mlp['exact_match']:.1%}")
-
-# %% [markdown]
-# ### Where does LoRA's best learning rate sit?
+# Reading the figure: moving right along the blue line buys held-out loss with parameters (each
+# point is a rank at its own best learning rate); the marker area is the measured memory of a step.
+# The right panel sets the tiny model's measured memory next to the estimate for the real model
+# with QLoRA; the last printed line says how much that estimate changes from the smallest rank to
+# the largest.
 #
-# "LoRA Without Regret" reports the best LoRA learning rate at roughly 10x the best full
-# fine-tuning one. Our sweep is coarse (a few points per method), so read the ratio as a range.
+# Is the sweep long enough for a verdict? The test is in its own numbers: a difference between ranks
+# means something only when it is larger than what a second seed of the same run moves.
 
 # %%
-fig = rank_plots.lr_sweep(runs, plan.lr_rank)
-lora_best, lora_loss = rank.best_lr(runs, "lora", plan.lr_rank)
-full_best, full_loss = rank.best_lr(runs, "full") if full else (None, None)
-print(f"best LR: LoRA r={plan.lr_rank} {lora_best:g} (loss {lora_loss:.3f}); "
-      + (f"full fine-tuning {full_best:g} (loss {full_loss:.3f}); ratio {lora_best / full_best:.3g}x, measured on a "
-         "grid of factor-3 steps" if full else "no full fine-tuning run to compare with"))
+seed_rows, seed_ref = rank.follow_up_pair(runs, "seed")
+noise = abs(seed_rows[0]["eval_loss"] - seed_ref["eval_loss"]) if seed_rows and seed_ref else None
+best_loss = min(r["eval_loss"] for r in ranked)
+# The smallest rank this sweep cannot tell from the best: within one seed-to-seed spread (5% without a second seed).
+within = noise if noise is not None else 0.05 * best_loss
+good_rank = next(r["rank"] for r in ranked if r["eval_loss"] <= best_loss + within)
+gap_small = ranked[0]["eval_loss"] - best_loss
+lines = [f"Each rank at its best learning rate: held-out loss from {ranked[0]['eval_loss']:.3f} at r={ranked[0]['rank']} "
+         f"to {best_loss:.3f} at the best rank (r={min(ranked, key=lambda r: r['eval_loss'])['rank']}); the smallest rank "
+         f"within {'one seed-to-seed spread' if noise is not None else '5%'} ({within:.3f}) of the best is **r={good_rank}**."]
+if noise is not None:
+    lines.append(f"A second seed of r={seed_ref['rank']} at lr {seed_ref['lr']:g} moved the held-out loss by {noise:.3f}, "
+                 f"so the gap of {gap_small:.3f} between r={ranked[0]['rank']} and the best rank is "
+                 f"{gap_small / max(noise, 1e-9):.1f}x the seed-to-seed spread: "
+                 + ("the ranking of the extreme ranks follows from these runs." if gap_small > 3 * noise else
+                    "too small against the spread to rank them."))
+    close = [(a, b) for a, b in zip(ranked, ranked[1:], strict=False) if abs(a["eval_loss"] - b["eval_loss"]) < 3 * noise]
+    if close:
+        lines.append("Neighbours closer than 3x the spread (not ranked by this sweep): "
+                     + ", ".join(f"r={a['rank']} and r={b['rank']}" for a, b in close) + ".")
+edge = [r for r in ranked if plan.lr_ladder and r["lr"] in (plan.lr_ladder[0], plan.lr_ladder[-1])]
+if edge:
+    lines.append("At the end of the learning-rate ladder (the search could not bracket it): "
+                 + ", ".join(f"r={r['rank']}" for r in edge) + ".")
+if full:
+    lines.append(f"Full fine-tuning ({full['trainable']:,} parameters, one learning rate, {full['lr']:g}, not searched) "
+                 f"reached {full['eval_loss']:.3f}: "
+                 + ("no LoRA rank closes the gap (full fine-tuning also trains the embeddings and norms that "
+                    "all-linear LoRA leaves frozen)." if full["eval_loss"] < best_loss else
+                    f"{sum(r['eval_loss'] <= full['eval_loss'] for r in ranked)} of the {len(ranked)} ranks, each at its "
+                    "searched learning rate, did as well or better."))
+display(Markdown("\n\n".join(lines)))
 
 # %% [markdown]
-# ## 5. Merging
+# What this sweep cannot show, by its size:
+
+# %%
+n_train = sweep["baseline"]["n_train"] if sweep["baseline"] else None
+limits = [f"one model of {runs[0]['total_params']:,} parameters" if "total_params" in runs[0] else f"one model ({profile.model_id})",
+          f"one task ({', '.join(profile.tasks) or profile.dataset_id})",
+          f"{plan.steps} steps of batch {profile.batch_size}"
+          + (f" ({plan.steps * profile.batch_size / n_train:.1f} passes over {n_train} training examples)" if n_train else ""),
+          f"{profile.n_eval} held-out questions (one question is {1 / profile.n_eval:.0%} of exact match)",
+          "one seed per run (one second seed measures the spread)" if noise is not None else "one seed per run"]
+display(Markdown(
+    "This sweep has " + "; ".join(limits) + ". It cannot show how the ranks compare on a 1.5B model or on a task "
+    "whose update needs far higher rank (Biderman et al. 2024 on code and maths), whether a longer run would let "
+    "small ranks catch up or large ranks overfit, or differences smaller than the seed-to-seed spread."))
+
+# %% [markdown]
+# ### Which layers: attention or MLP?
+#
+# At exactly equal parameter counts, is it better to adapt the attention projections or the MLP?
+# ("LoRA Without Regret" found the MLP.)
+
+# %%
+att = next((r for r in runs if r["group"] == "targets" and r["name"].startswith("attention")), None)
+mlp = next((r for r in runs if r["group"] == "targets" and r["name"].startswith("mlp")), None)
+if att and mlp:
+    print(f"attention only ({att['name']}, {att['trainable']:,} parameters): loss {att['eval_loss']:.3f}, exact match "
+          f"{att['exact_match']:.1%}")
+    print(f"MLP only       ({mlp['name']}, {mlp['trainable']:,} parameters): loss {mlp['eval_loss']:.3f}, exact match "
+          f"{mlp['exact_match']:.1%}")
+    gap = abs(mlp["eval_loss"] - att["eval_loss"])
+    display(Markdown(
+        f"At lr {att['lr']:g}, {'MLP' if mlp['eval_loss'] < att['eval_loss'] else 'attention'}-only is better by "
+        f"{gap:.3f}" + (f", {gap / noise:.1f}x the seed-to-seed spread" if noise else "") + "."))
+else:
+    print("attention vs MLP runs only on the cpu profile (this plan leaves them out)")
+
+# %% [markdown]
+# ## 6. Learning rate
+#
+# A common rule of thumb puts the LoRA learning rate at 2e-5 to 2e-4. The figure shows the held-out
+# loss against the peak learning rate for every rank (the search above), with the extra points at
+# `lr_rank` that reach down to 2e-5. The dotted line is the untrained base model.
+
+# %%
+fig = rank_plots.lr_sweep(runs, sweep["baseline"]["eval_loss"] if sweep["baseline"] else None)
+at_rank = sorted((r for r in runs if r["group"] in ("rank", "lr") and r["rank"] == plan.lr_rank
+                  and r["targets"] == "all-linear"), key=lambda r: r["lr"])
+for r in at_rank:
+    print(f"r={plan.lr_rank} lr {r['lr']:<8g} held-out loss {r['eval_loss']:.3f}  exact match {r['exact_match']:.1%}")
+low, top = at_rank[0], min(at_rank, key=lambda r: r["eval_loss"])
+base_loss = sweep["baseline"]["eval_loss"] if sweep["baseline"] else None
+best_lrs = sweep["best_lr"]
+display(Markdown(
+    f"At r={plan.lr_rank}, lr {low['lr']:g} reached a held-out loss of {low['eval_loss']:.3f}"
+    + (f" (the untrained model: {base_loss:.3f}; it covered {(base_loss - low['eval_loss']) / (base_loss - top['eval_loss']):.0%}"
+       f" of the way the best learning rate went)" if base_loss else "")
+    + f", against {top['eval_loss']:.3f} at the best, lr {top['lr']:g} ({top['lr'] / low['lr']:.0f}x higher). "
+    + ("In a run of this length the low end of the rule of thumb is too low." if low["eval_loss"] > 1.5 * top["eval_loss"]
+       else "Here the low end was not far behind.")
+    + (" Best learning rate per rank under rsLoRA, searched: " + ", ".join(f"r={k}: {v:g}" for k, v in best_lrs.items())
+       + (f" (spread {max(best_lrs.values()) / min(best_lrs.values()):.0f}x)." if len(best_lrs) > 1 else ".")
+       if plan.lr_ladder else f" This plan trains every rank at one learning rate ({plan.lora_lr:g}); it does not search.")))
+
+# %% [markdown]
+# ## 7. Dropout
+#
+# `lora_dropout` zeroes a random share of each adapted layer's input on the LoRA path during
+# training, a regulariser against overfitting. It is not free: peft keeps the dropped-out copy of
+# that input for the backward pass, so the saved activations grow, and drawing the masks takes time.
+# We train `lr_rank` at its best learning rate with dropout 0, 0.05 and 0.1 (the run without is the
+# rank sweep's own).
+
+# %%
+drop_rows, drop_ref = rank.follow_up_pair(runs, "dropout")
+drop_all = sorted(drop_rows + ([drop_ref] if drop_ref else []), key=lambda r: r["dropout"])
+fig = rank_plots.dropout(drop_all)
+for r in drop_all:
+    print(f"dropout {r['dropout']:<5g} held-out loss {r['eval_loss']:.3f}  exact match {r['exact_match']:.1%}  "
+          f"{r['seconds_per_step'] * 1000:6.1f} ms/step  {r['memory'] / 2**20:6.2f} MiB/step"
+          + (f" (activations {r['memory_activations'] / 2**20:.2f} MiB)" if "memory_activations" in r else ""))
+d0, dmax = drop_all[0], drop_all[-1]
+best_d = min(drop_all, key=lambda r: r["eval_loss"])
+display(Markdown(
+    f"Dropout {dmax['dropout']:g} against {d0['dropout']:g}: held-out loss {dmax['eval_loss']:.3f} vs {d0['eval_loss']:.3f}"
+    + (f" ({abs(dmax['eval_loss'] - d0['eval_loss']) / noise:.1f}x the seed-to-seed spread)" if noise else "")
+    + f", memory per step {dmax['memory'] / d0['memory'] - 1:+.0%}, time per step "
+    f"{dmax['seconds_per_step'] / d0['seconds_per_step'] - 1:+.0%} (timings move with the machine's load). "
+    f"The lowest held-out loss came with dropout {best_d['dropout']:g}. QLoRA found 0.05 useful for 7B and 13B "
+    "models, not for 33B and 65B (arXiv 2305.14314, Appendix A); peft's default is 0."))
+
+# %% [markdown]
+# ## 8. Warmup and effective batch, briefly
+#
+# **Warmup** raises the learning rate linearly from near zero over the first steps, so that the
+# first, noisiest updates are small. We repeat `lr_rank` at its best learning rate with no warmup.
+
+# %%
+warm_rows, warm_ref = rank.follow_up_pair(runs, "warmup")
+if warm_rows and warm_ref:
+    w0 = warm_rows[0]
+    print(f"with {plan.warmup_steps} warmup steps: held-out loss {warm_ref['eval_loss']:.3f}; without: {w0['eval_loss']:.3f}")
+    print("training loss over the first 10 steps, with warmup:   ", [round(v, 2) for _, v in warm_ref["losses"][:10]])
+    print("training loss over the first 10 steps, without warmup:", [round(v, 2) for _, v in w0["losses"][:10]])
+    display(Markdown(
+        f"Without warmup the held-out loss was {w0['eval_loss'] - warm_ref['eval_loss']:+.3f} against the run with it"
+        + (f", {abs(w0['eval_loss'] - warm_ref['eval_loss']) / noise:.1f}x the seed-to-seed spread" if noise else "")
+        + ": at this learning rate and length, warmup "
+        + ("helped." if noise and warm_ref["eval_loss"] < w0["eval_loss"] - noise else
+           "made no difference larger than chance." if noise else "made this difference.")))
+else:
+    print("the warmup comparison runs only on the cpu profile (this plan leaves it out)")
+
+# %% [markdown]
+# **Effective batch** = batch size x gradient accumulation steps. Accumulation splits a batch into
+# micro-batches, runs forward and backward on each and adds their gradients before one optimizer
+# step. Weight each micro-batch's loss by its share of the batch's answer tokens and the step is the
+# same; only one micro-batch's activations are alive at a time.
+
+# %%
+est_kw = dict(method="qlora", rank=16, target_modules="all-linear", seq_len=512, gradient_checkpointing=True,
+              optimizer="paged_adamw_8bit", precision="fp16")
+one_piece, split = vram.estimate(REAL, batch_size=16, **est_kw), vram.estimate(REAL, batch_size=4, **est_kw)
+print(f"{REAL} QLoRA r=16, 512 tokens, estimate: batch 16 x 1: {one_piece.total / 2**30:.2f} GiB; "
+      f"batch 4 x accumulation 4: {split.total / 2**30:.2f} GiB (activations {one_piece.activations / 2**30:.2f} -> "
+      f"{split.activations / 2**30:.2f} GiB)")
+if plan.engine == "loop":
+    acc = rank.accumulation_check(profile, rank=plan.lr_rank, lr=best_lrs[plan.lr_rank], steps=6, grad_accum=2)
+    print(f"measured on the tiny model, {acc['steps']} steps of {acc['batch']} examples: batch {acc['batch']} x 1 vs "
+          f"{acc['batch'] // acc['grad_accum']} x {acc['grad_accum']}")
+    print("  training loss, in one piece:", [round(v, 4) for _, v in acc["losses_full"]])
+    print("  training loss, accumulated: ", [round(v, 4) for _, v in acc["losses_accum"]])
+    display(Markdown(
+        f"Same effective batch, same curve: the largest difference in training loss over {acc['steps']} steps is "
+        f"{acc['max_loss_diff']:.1e} (float rounding); the memory of a step went from {acc['memory_full'] / 2**20:.2f} to "
+        f"{acc['memory_accum'] / 2**20:.2f} MiB (saved activations {acc['activations_full'] / 2**20:.2f} -> "
+        f"{acc['activations_accum'] / 2**20:.2f} MiB). The price is time: the micro-batches run one after the other."))
+
+# %% [markdown]
+# ## 9. Merging
 #
 # `merge_and_unload()` folds `scale * B @ A` into W, leaving a plain model of the base's shape. We
 # give the tiny model an adapter with non-zero B on every linear layer, compare the logits of the
@@ -318,61 +543,9 @@ print(f"forward pass, batch {merge['batch_size']} x {merge['seq_len']} tokens, m
       f"({merge['merged_ms'] / merge['base_ms'] - 1:+.0%})")
 
 # %% [markdown]
-# On a tiny model the adapter's two extra matrix products per layer are a visible share of the
-# work; on a 1.5B model they are a small share, but they never vanish until you merge. Unmerged
-# adapters are what let one base serve several adapters (notebook 05); merged, the model costs
-# exactly what the base costs.
-
-# %% [markdown]
-# ## 6. What to pick
-#
-# The lines below are computed from this run's results and set next to the syllabus's advice.
-
-# %%
-summary = rank.Summary()
-k_big = rank.knee([r["rank"] for r in recovery if r["n_train"] == RECOVERY["n_trains"][-1]],
-                  [r["error"] for r in recovery if r["n_train"] == RECOVERY["n_trains"][-1]])
-small = [r for r in recovery if r["n_train"] == RECOVERY["n_trains"][0]]
-summary.add(f"Rank is a capacity: in the controlled task the error stops falling at r={k_big}, the true rank "
-            f"{RECOVERY['true_rank']}; with {RECOVERY['n_trains'][0]} examples, r={small[-1]['rank']} is "
-            f"{small[-1]['error'] / min(r['error'] for r in small):.1f}x worse than the best rank (overfitting).")
-spreads = scaling["spread"]
-summary.add("The best learning rate moved by " + ", ".join(f"{v:.1f}x under {k}" for k, v in spreads.items())
-            + f" across ranks {SCALING['ranks'][0]}-{SCALING['ranks'][-1]}: the syllabus's alpha = r is the rule "
-            + ("under which it moves most." if max(spreads, key=spreads.get) == rank.SCALING_RULES[1]
-               else "we expected to move most, and here it did not."))
-summary.add(f"On the course task the smallest all-linear rank within 2% of the best held-out loss is r={good_rank}; "
-            f"r={ranked[0]['rank']} reached {ranked[0]['eval_loss']:.3f} vs {best_loss:.3f} for the best rank"
-            + (f" and {full['eval_loss']:.3f} for full fine-tuning" if full else " (full fine-tuning was skipped)")
-            + (f"; no rank closes the gap to full fine-tuning, which also trains the embeddings and norms that "
-               f"all-linear LoRA leaves frozen (ranks {ranked[0]['rank']}-{ranked[-1]['rank']} span "
-               f"{max(r['eval_loss'] for r in ranked) - best_loss:.3f} in loss)."
-               if full and full["eval_loss"] < best_loss else "."))
-summary.add(f"Targets: at equal parameters, MLP-only reached {mlp['eval_loss']:.3f} and attention-only "
-            f"{att['eval_loss']:.3f} ({'MLP' if mlp['eval_loss'] < att['eval_loss'] else 'attention'} better by "
-            f"{abs(mlp['eval_loss'] - att['eval_loss']):.3f}, the direction 'LoRA Without Regret' "
-            f"{'found' if mlp['eval_loss'] < att['eval_loss'] else 'did not find'}; one seed, so a gap this small "
-            "is a lead, not a result).")
-if full:
-    summary.add(f"Best LoRA learning rate {lora_best:g} vs full fine-tuning {full_best:g}: {lora_best / full_best:.3g}x "
-                "(the literature's rule of thumb is about 10x).")
-summary.add(f"Memory depends little on the rank for a real model: the estimate for {REAL} with QLoRA goes from "
-            f"{estimates[0]['total'] / 2**30:.2f} to {estimates[-1]['total'] / 2**30:.2f} GiB "
-            f"({estimates[-1]['total'] / estimates[0]['total'] - 1:+.0%}) from r={plan.ranks[0]} to r={plan.ranks[-1]}.")
-summary.add(f"Merging is exact in fp32 (largest logit difference {merge['max_abs_diff']:.1e}) and removes the "
-            f"unmerged adapter's {merge['unmerged_ms'] / merge['base_ms'] - 1:+.0%} forward-pass time.")
-print(summary)
-
-# %% [markdown]
-# Against the syllabus: "rank 8 for style, 16-32 for complex tasks" holds as a starting point when
-# every linear layer is adapted, because there the rank rarely decides much (LoRA paper Table 6,
-# QLoRA Appendix A, and the rank sweep above). It fails in two directions: a task whose update
-# needs more rank than you give it, or more data than a small rank can absorb, stays below full
-# fine-tuning however you tune it (Biderman et al. 2024); and a large rank on a small dataset only
-# adds noise (section 2). "alpha = r" is a convention with a cost: it moves the best learning rate
-# with every rank change. What to do instead: adapt all linear layers, start around r=16 with alpha
-# fixed, tune the learning rate once, and raise the rank only when the held-out loss says the
-# adapter, not the data, is the limit.
+# Unmerged adapters are what let one base serve several adapters (notebook 05); merged, the model
+# has exactly the base's shapes and cost. How large the unmerged adapter's extra matrix products
+# weigh depends on the model: on this tiny one, the timing above says it.
 
 # %% [markdown]
 # ## Check your understanding
@@ -458,3 +631,43 @@ assert exercises.check("02.3", answer_02_3).correct, "the solution disagrees wit
 
 # %%
 exercises.check("02.3", answer_02_3)
+
+# %% [markdown]
+# ## Takeaways
+#
+# Printed from this run's results.
+
+# %%
+summary = rank.Summary()
+summary.add(f"The hand-written LoRA layer equals the base layer at initialisation (difference {check['init_vs_base']:.0e}), "
+            f"peft's `lora.Linear` with the same weights (difference {check['vs_peft']:.0e}), and its own merge "
+            f"(difference {check['merged_vs_unmerged']:.0e}); it trains r * (d_in + d_out) = {check['params']:,} parameters.")
+k_big = rank.knee([r["rank"] for r in recovery if r["n_train"] == n_big], [r["error"] for r in recovery if r["n_train"] == n_big])
+small = [r for r in recovery if r["n_train"] == n_small]
+summary.add(f"Rank is a capacity: in the controlled task the error stops falling at r={k_big} (true rank "
+            f"{RECOVERY['true_rank']}); with {n_small} examples, r={small[-1]['rank']} is "
+            f"{small[-1]['error'] / min(r['error'] for r in small):.1f}x worse than the best rank.")
+summary.add("Scaling rules, toy task: the best learning rate moved " + ", ".join(f"{v:.1f}x under {k}" for k, v in spreads.items())
+            + f" across ranks {SCALING['ranks'][0]}-{SCALING['ranks'][-1]}.")
+summary.add(f"Course task, {plan.rule}, " + ("learning rate searched per rank" if plan.lr_ladder else
+                                              f"one learning rate ({plan.lora_lr:g})") + f": held-out loss {ranked[0]['eval_loss']:.3f} at "
+            f"r={ranked[0]['rank']} down to {best_loss:.3f}; the smallest rank within {within:.3f} of the best is r={good_rank}"
+            + (f"; a second seed moved the loss by {noise:.3f}" if noise is not None else "")
+            + (f"; full fine-tuning {full['eval_loss']:.3f}." if full else "."))
+if att and mlp:
+    summary.add(f"Targets at equal parameters: MLP-only {mlp['eval_loss']:.3f}, attention-only {att['eval_loss']:.3f}.")
+summary.add(f"Learning rate at r={plan.lr_rank}: {low['lr']:g} gave {low['eval_loss']:.3f}, the best ({top['lr']:g}) "
+            f"{top['eval_loss']:.3f}.")
+summary.add(f"Dropout {d0['dropout']:g} / {dmax['dropout']:g}: held-out loss {d0['eval_loss']:.3f} / {dmax['eval_loss']:.3f}, "
+            f"memory per step {dmax['memory'] / d0['memory'] - 1:+.0%}.")
+if warm_rows and warm_ref:
+    summary.add(f"Warmup: held-out loss {warm_ref['eval_loss']:.3f} with, {warm_rows[0]['eval_loss']:.3f} without.")
+if plan.engine == "loop":
+    summary.add(f"Gradient accumulation: same training losses (largest difference {acc['max_loss_diff']:.0e}), "
+                f"step memory {acc['memory_full'] / 2**20:.2f} -> {acc['memory_accum'] / 2**20:.2f} MiB.")
+summary.add(f"Memory depends little on the rank for a real model: the estimate for {REAL} with QLoRA goes from "
+            f"{estimates[0]['total'] / 2**30:.2f} to {estimates[-1]['total'] / 2**30:.2f} GiB "
+            f"({estimates[-1]['total'] / estimates[0]['total'] - 1:+.0%}) from r={plan.ranks[0]} to r={plan.ranks[-1]}.")
+summary.add(f"Merging is exact in fp32 (largest logit difference {merge['max_abs_diff']:.1e}) and removes the "
+            f"unmerged adapter's {merge['unmerged_ms'] / merge['base_ms'] - 1:+.0%} forward-pass time.")
+display(Markdown(str(summary)))

@@ -1,5 +1,7 @@
 """Tests of lora_lab.rank: parameter formula vs peft, file size, the knee, scaling rules, merging, the sweep."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -130,8 +132,8 @@ def test_sweep_runs_learn_and_are_seeded(tiny_model_path, tmp_path, monkeypatch)
 
     monkeypatch.setattr(rank, "cache_dir", lambda: tmp_path)
     profile = profiles.get_profile("cpu")
-    plan = rank.PLANS["cpu"].__class__(**{**rank.PLANS["cpu"].__dict__, "steps": 12})
-    first = rank.sft_sweep(profile, plan, model_path=str(tiny_model_path), only=["r=2"], verbose=False)
+    plan = dataclasses.replace(rank.PLANS["cpu"], steps=12, ranks=(2,), workers=1)
+    first = rank.sft_sweep(profile, plan, model_path=str(tiny_model_path), only=["r=2 lr=0.003"], verbose=False)
     row = first["runs"][0]
     assert row["eval_loss"] < first["baseline"]["eval_loss"]
     assert row["trainable"] == vram.lora_params(vram.load_arch(str(tiny_model_path)), 2, "all-linear")
@@ -142,7 +144,7 @@ def test_sweep_runs_learn_and_are_seeded(tiny_model_path, tmp_path, monkeypatch)
     assert row["memory_weights"] == 4 * row["total_params"]  # the fp32 base and adapter, each tensor once
     assert row["memory_activations"] > 0
     # a second run, without the cache, gives identical numbers
-    second = rank.sft_sweep(profile, plan, model_path=str(tiny_model_path), only=["r=2"], use_cache=False,
+    second = rank.sft_sweep(profile, plan, model_path=str(tiny_model_path), only=["r=2 lr=0.003"], use_cache=False,
                             verbose=False)
     assert second["runs"][0]["losses"] == row["losses"]
     assert second["runs"][0]["eval_loss"] == row["eval_loss"]
@@ -178,7 +180,7 @@ def test_trainer_sweep_trains_through_sft_and_reports_the_loop_fields(tiny_model
     from lora_lab import profiles
 
     profile = profiles.get_profile("cpu").replace(n_eval=20, logging_steps=2, save_steps=100)
-    plan = rank.PLANS["cpu"].__class__(**{**rank.PLANS["cpu"].__dict__, "steps": 8, "engine": "trainer"})
+    plan = dataclasses.replace(rank.PLANS["cpu"], steps=8, engine="trainer", ranks=(2,), lr_ladder=())
     result = rank.sft_sweep(profile, plan, model_path=str(tiny_model_path), only=["r=2"], verbose=False)
     assert result["baseline"] is None and result["plan"]["engine"] == "trainer"
     (row,) = result["runs"]
@@ -200,3 +202,99 @@ def test_cached_results_are_keyed_by_the_package_code(monkeypatch):
     assert rank._key(payload) == before  # the same code and settings hit the same file
     monkeypatch.setattr(units, "code_version", lambda: "another-code")
     assert rank._key(payload) != before
+
+
+def _row(rank_, lr, loss):
+    return dict(group="rank", method="lora", targets="all-linear", rank=rank_, lr=lr, eval_loss=loss)
+
+
+def test_lr_search_steps_outwards_until_the_best_lr_is_inside():
+    plan = rank.PLANS["cpu"]
+    assert rank._start_lrs(plan) == [1e-3, 3e-3, 1e-2]
+    rows = [_row(1, 1e-3, 1.0), _row(1, 3e-3, 0.9), _row(1, 1e-2, 1.1),  # inside: nothing to add
+            _row(64, 1e-3, 0.5), _row(64, 3e-3, 0.6), _row(64, 1e-2, 0.9),  # lowest LR best: go down
+            _row(4, 1e-3, 0.9), _row(4, 3e-3, 0.8), _row(4, 1e-2, 0.7)]  # highest LR best: go up
+    extra = {(c.rank, c.lr) for c in rank.lr_extensions(rows, plan)}
+    assert extra == {(64, 3e-4), (4, 3e-2)}
+    rows += [_row(64, 3e-4, 0.55), _row(4, 3e-2, 3.0)]
+    assert rank.lr_extensions(rows, plan) == []
+    assert rank.best_rank_lrs(rows) == {1: 3e-3, 4: 1e-2, 64: 1e-3}
+    rows.append(_row(16, 1e-4, 2.0))  # the ladder's lowest value: no step below it
+    assert rank.lr_extensions(rows, plan) == []
+
+
+def test_the_sweep_rule_sets_peft_scaling():
+    from peft import LoraConfig, get_peft_model
+
+    plan = rank.PLANS["cpu"]
+    assert plan.rule == rank.SWEEP_RULE == rank.SCALING_RULES[2]
+    for r, scale in ((1, 8.0), (16, 2.0), (64, 1.0)):  # rsLoRA: alpha / sqrt(r) with alpha 8
+        alpha, rs = rank.lora_alpha_for(plan, r)
+        m = get_peft_model(rank._OneLayer(torch.eye(64)), LoraConfig(r=r, lora_alpha=alpha, use_rslora=rs,
+                                                                      target_modules=["layer"]))
+        assert m.base_model.model.layer.scaling["default"] == pytest.approx(scale)
+
+
+def test_gradient_accumulation_takes_the_same_steps(tiny_model_path):
+    from transformers import AutoTokenizer
+
+    from lora_lab import data, sft_data
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_path)
+    splits = data.course_splits(("recall",), n_eval=10)
+    tr, _ = sft_data.prepare_sft_data(tok, splits["train"].select(range(64)), 64, verbose=False)
+    base = rank._load_base(str(tiny_model_path))
+    cfg = rank.SweepConfig("r=4", "lora", 4)
+    results = []
+    for accum in (1, 4):
+        model = rank._wrap_for(base, cfg, rank.PLANS["cpu"], 0)
+        with rank.torch_threads(1):
+            out = rank.train_loop(model, tr, steps=3, lr=3e-3, batch_size=16, tokenizer=tok, grad_accum=accum)
+        results.append((out["losses"], [p.detach().clone() for p in model.parameters() if p.requires_grad]))
+    (loss_a, params_a), (loss_b, params_b) = results
+    assert [s for s, _ in loss_a] == [1, 2, 3]
+    assert all(abs(a - b) < 1e-4 for (_, a), (_, b) in zip(loss_a, loss_b, strict=True))
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(params_a, params_b, strict=True))
+    assert any(p.abs().sum() > 0 for p in params_a)  # it trained (B left zero)
+    with pytest.raises(ValueError, match="multiple of grad_accum"):
+        rank.train_loop(model, tr, steps=1, lr=1e-3, batch_size=16, tokenizer=tok, grad_accum=3)
+
+
+def test_dropout_costs_activation_memory(tiny_model_path):
+    from transformers import AutoTokenizer
+
+    from lora_lab import data, memory, sft_data
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_path)
+    splits = data.course_splits(("recall",), n_eval=10)
+    tr, _ = sft_data.prepare_sft_data(tok, splits["train"].select(range(32)), 64, verbose=False)
+    batch = rank._first_batch(tr, 16, tok, 0)
+    base = rank._load_base(str(tiny_model_path))
+    acts = {}
+    for p in (0.0, 0.1):
+        model = rank._wrap_for(base, rank.SweepConfig("d", "lora", 8, dropout=p), rank.PLANS["cpu"], 0)
+        opt = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=1e-3)
+        acts[p] = memory.measure_step(model, batch, opt).activations
+    assert acts[0.1] > acts[0.0]  # peft keeps a dropped-out copy of each adapted layer's input
+
+
+def test_whole_cpu_sweep_flow_searches_then_follows_up(tiny_model_path, tmp_path, monkeypatch):
+    from lora_lab import profiles
+
+    monkeypatch.setattr(rank, "cache_dir", lambda: tmp_path)
+    profile = profiles.get_profile("cpu").replace(n_eval=20)
+    plan = dataclasses.replace(rank.PLANS["cpu"], steps=3, ranks=(2,), lr_rank=2, lora_lrs=(2e-5,), workers=1,
+                               max_extensions=1)
+    out = rank.sft_sweep(profile, plan, model_path=str(tiny_model_path), verbose=False)
+    groups = [r["group"] for r in out["runs"]]
+    assert groups.count("rank") in (3, 4) and groups.count("lr") == 1 and groups.count("full") == 1
+    assert groups.count("dropout") == 2 and groups.count("warmup") == 1 and groups.count("seed") == 1
+    assert groups.count("targets") == 2
+    best = out["best_lr"][2]
+    follow = [r for r in out["runs"] if r["group"] in ("dropout", "warmup", "seed", "targets")]
+    assert all(r["lr"] == best for r in follow)
+    assert {r["dropout"] for r in out["runs"] if r["group"] == "dropout"} == {0.05, 0.1}
+    assert [r["rank"] for r in rank.best_runs(out["runs"])] == [2]
+    # every run is cached: a second call trains nothing and returns the same rows
+    again = rank.sft_sweep(profile, plan, model_path=str(tiny_model_path), verbose=False)
+    assert [r["eval_loss"] for r in again["runs"]] == [r["eval_loss"] for r in out["runs"]]

@@ -201,8 +201,9 @@ def sweep_runs(profile, plan, configs) -> list[PlannedRun]:
     runs = []
     for cfg in configs:
         method = "full" if cfg.method == "full" else profile.method
-        runs.append(sft_run("02", cfg.name, profile, method, rank=cfg.rank or profile.lora_r, alpha=plan.alpha,
-                            targets=cfg.targets))
+        dropout = plan.dropout if cfg.dropout is None else cfg.dropout  # the dropout runs copy more activations
+        runs.append(sft_run("02", cfg.name, profile.replace(lora_dropout=dropout), method,
+                            rank=cfg.rank or profile.lora_r, alpha=plan.alpha, targets=cfg.targets))
     return runs
 
 

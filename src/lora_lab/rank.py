@@ -12,11 +12,15 @@ Notebook `02_lora_rank_tradeoff` calls these functions; every number it shows co
 3. Scaling rules (`scaling_sweep`): the update is scaled by alpha / r (alpha fixed), 1 (alpha = r)
    or alpha / sqrt(r) (rsLoRA, arXiv 2312.03732); a learning-rate sweep per rank shows which rule
    keeps the best learning rate where it is when the rank changes.
-4. SFT sweep (`sft_sweep`): the cpu profile's tiny model on the course's `recall` task, per rank,
-   full fine-tuning, attention-only vs MLP-only at equal parameter count, and a learning-rate
-   sweep. On the cpu profile a plain PyTorch loop trains (one thread, fp32 base, LoRA in fp32: the
-   SFTTrainer's fixed costs would dominate runs this short); on a GPU profile the same configs go
-   through `lora_lab.train.sft` (QLoRA, the course's real pipeline).
+4. SFT sweep (`sft_sweep`): the cpu profile's tiny model on the course's `recall` task. Scale rule
+   rsLoRA (alpha / sqrt(r)); each rank's learning rate searched on a ladder (`lr_extensions`);
+   full fine-tuning; extra low learning rates at one rank; then, at that rank's best learning
+   rate, attention-only vs MLP-only at equal parameter count, dropout, no warmup and a second
+   seed (`followup_configs`); `accumulation_check` compares a batch with its gradient-accumulated
+   split. On the cpu profile a plain PyTorch loop trains (fp32 base, LoRA in fp32: the
+   SFTTrainer's fixed costs would dominate runs this short), in `workers` processes of one thread;
+   on a GPU profile the same configs go through `lora_lab.train.sft` (QLoRA, the course's real
+   pipeline), each checked by `lora_lab.gpu_runs.preflight` first.
 5. Merging (`merge_report`): logits of the merged and the unmerged model, and forward-pass timings.
 
 Results are cached as JSON under ``<cache root>/rank/`` (`cached`; `lora_lab.units`), keyed by everything that shapes them,
@@ -29,6 +33,7 @@ import contextlib
 import hashlib
 import json
 import math
+import os
 import random
 import statistics
 import tempfile
@@ -427,6 +432,10 @@ def scaling_sweep(ranks: Sequence[int] = (2, 8, 32, 128),
 # 4. SFT sweep on the course model
 
 
+#: The sweep's scaling rule: rsLoRA (Kalajdzievski, arXiv 2312.03732; peft `use_rslora=True`).
+SWEEP_RULE = SCALING_RULES[2]
+
+
 @dataclass(frozen=True)
 class SweepConfig:
     """One training run of the sweep."""
@@ -436,7 +445,10 @@ class SweepConfig:
     rank: int | None = None  # LoRA rank (None for full fine-tuning)
     targets: str | tuple[str, ...] = "all-linear"  # peft target_modules
     lr: float | None = None  # peak learning rate (None: the plan's)
-    group: str = "rank"  # "rank", "full", "targets" or "lr"
+    group: str = "rank"  # "rank" (rank x LR grid), "full", "targets", "lr", "dropout", "warmup" or "seed"
+    dropout: float | None = None  # lora_dropout (None: the plan's)
+    warmup: bool = True  # False: no warmup, the run starts at its peak learning rate
+    seed: int = 0  # added to the profile's seed (a second seed measures the run-to-run spread)
 
 
 @dataclass(frozen=True)
@@ -445,26 +457,48 @@ class SweepPlan:
 
     ranks: tuple[int, ...]  # LoRA ranks on all linear layers
     steps: int  # optimizer steps per run
-    lora_lr: float  # peak LR of every LoRA run (alpha fixed: best LR barely moves with rank)
+    lora_lr: float  # the LR every rank starts its search from (and the t4 plan's only LoRA LR)
     full_lr: float  # peak LR of the full fine-tuning baseline
-    alpha: float  # lora_alpha for every rank (scale alpha / r)
-    lr_rank: int  # rank of the LoRA learning-rate sweep
-    lora_lrs: tuple[float, ...]  # LoRA learning-rate sweep
-    full_lrs: tuple[float, ...]  # full fine-tuning learning-rate sweep
+    alpha: float  # lora_alpha; with rsLoRA the update is scaled by alpha / sqrt(r)
+    lr_rank: int  # the rank of the learning-rate, dropout, warmup, target and seed runs
+    lora_lrs: tuple[float, ...]  # extra LRs tried at lr_rank (the low end a common rule of thumb names)
+    full_lrs: tuple[float, ...]  # extra full fine-tuning LRs
     equal_budget_unit: int  # attention-only and MLP-only ranks are multiples of the smallest equal pair
-    warmup_steps: int = 3  # linear warmup, then linear decay to 0
-    threads: int | None = 1  # torch threads while training (cpu: 1 is fastest for a tiny model)
+    warmup_steps: int = 5  # linear warmup, then linear decay to 0
+    threads: int | None = 1  # torch threads per run (cpu: 1 is fastest for a tiny model)
     engine: str = "loop"  # "loop" (plain PyTorch, cpu) or "trainer" (lora_lab.train.sft, GPU profiles)
+    rule: str = SWEEP_RULE  # one of SCALING_RULES: how alpha and r set the scale
+    lr_ladder: tuple[float, ...] = ()  # per-rank LR search: start at lora_lr and its two neighbours here,
+    # then step outwards while the best LR sits at an edge of what was tried (empty: no search)
+    max_extensions: int = 2  # outward steps of that search per rank
+    dropout: float = 0.0  # lora_dropout of every run but the dropout runs
+    dropouts: tuple[float, ...] = ()  # the dropout runs at lr_rank (the one equal to `dropout` is shared)
+    warmup_check: bool = False  # one run at lr_rank and its best LR without warmup
+    seed_check: bool = False  # one run at lr_rank and its best LR with another seed
+    targets_check: bool = True  # attention-only vs MLP-only at equal parameters, near lr_rank
+    workers: int = 1  # processes that train at once (cpu: one per core, each on one thread)
 
 
 PLANS = {
-    "cpu": SweepPlan(ranks=(1, 2, 4, 8, 16, 32, 64), steps=60, lora_lr=3e-3, full_lr=1e-3, alpha=32.0, lr_rank=8,
-                     lora_lrs=(1e-3, 3e-3, 1e-2), full_lrs=(3e-4, 1e-3, 3e-3), equal_budget_unit=1),
+    # 2 cores: two processes of one thread each. ~25 runs x 100 steps; the search around 3e-3 (the cpu
+    # profile's LR) brackets each rank's best LR.
+    "cpu": SweepPlan(ranks=(1, 4, 16, 64), steps=100, lora_lr=3e-3, full_lr=1e-3, alpha=8.0, lr_rank=16,
+                     lora_lrs=(2e-5, 2e-4), full_lrs=(), equal_budget_unit=1,
+                     lr_ladder=(1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2), dropouts=(0.0, 0.05, 0.1),
+                     warmup_check=True, seed_check=True, workers=2),
     # Qwen2.5-1.5B in 4 bits on a T4: about 1.5 s per step of batch 4x4 x <=512 tokens (estimate;
-    # not measured here). 7 runs x 40 steps + evaluation stays within the issue's 20-minute budget.
-    "t4": SweepPlan(ranks=(4, 16, 64), steps=40, lora_lr=2e-4, full_lr=2e-5, alpha=32.0, lr_rank=16,
-                    lora_lrs=(2e-4, 1e-3), full_lrs=(), equal_budget_unit=1, threads=None, engine="trainer"),
+    # not measured here). 6 runs x 40 steps + evaluation (full fine-tuning is skipped by the preflight).
+    # rsLoRA with alpha 8 gives r=16 the t4 profile's scale (32 / 16 = 2); one LR per rank (no search);
+    # attention vs MLP only on cpu (the Colab budget goes to the learning rate and dropout).
+    "t4": SweepPlan(ranks=(4, 16, 64), steps=40, lora_lr=2e-4, full_lr=2e-5, alpha=8.0, lr_rank=16,
+                    lora_lrs=(2e-5, 1e-3), full_lrs=(), equal_budget_unit=1, threads=None, engine="trainer",
+                    dropout=0.05, dropouts=(0.0, 0.05, 0.1), targets_check=False),
 }
+
+
+def lora_alpha_for(plan: SweepPlan, rank: int) -> tuple[float, bool]:
+    """(lora_alpha, use_rslora) of a run at `rank` under the plan's scaling rule."""
+    return scale_for(plan.rule, rank, plan.alpha)
 
 
 def equal_param_ranks(model, set_a: str = "attention", set_b: str = "mlp", near: int | None = None) -> tuple[int, int]:
@@ -488,21 +522,71 @@ def equal_param_ranks(model, set_a: str = "attention", set_b: str = "mlp", near:
     return r_a, r_b
 
 
+def _lr_name(rank: int, lr: float) -> str:
+    return f"r={rank} lr={lr:g}"
+
+
+def _start_lrs(plan: SweepPlan) -> list[float]:
+    """lora_lr and its neighbours on the ladder (just lora_lr without a ladder)."""
+    if not plan.lr_ladder:
+        return [plan.lora_lr]
+    i = plan.lr_ladder.index(plan.lora_lr)
+    return list(plan.lr_ladder[max(0, i - 1): i + 2])
+
+
 def sweep_configs(plan: SweepPlan, model) -> list[SweepConfig]:
-    """Every run of the sweep: ranks, full fine-tuning, attention vs MLP at equal parameters, LR sweep."""
-    arch = vram.load_arch(model)
-    runs = [SweepConfig(f"r={r}", "lora", r, "all-linear", plan.lora_lr, "rank") for r in plan.ranks]
+    """The runs that need no earlier result: each rank at its starting LRs, the extra LRs at lr_rank,
+    full fine-tuning, and (without an LR search) attention vs MLP and the dropout runs at lora_lr."""
+    runs = [SweepConfig(_lr_name(r, lr) if plan.lr_ladder else f"r={r}", "lora", r, "all-linear", lr, "rank")
+            for r in plan.ranks for lr in _start_lrs(plan)]
     runs.append(SweepConfig("full", "full", None, "all-linear", plan.full_lr, "full"))
-    r_att, r_mlp = equal_param_ranks(arch, near=plan.lr_rank)
-    runs.append(SweepConfig(f"attention r={r_att}", "lora", r_att, target_modules(arch, "attention"), plan.lora_lr,
-                            "targets"))
-    runs.append(SweepConfig(f"mlp r={r_mlp}", "lora", r_mlp, target_modules(arch, "mlp"), plan.lora_lr, "targets"))
     for lr in plan.lora_lrs:
-        if lr != plan.lora_lr:
-            runs.append(SweepConfig(f"r={plan.lr_rank} lr={lr:g}", "lora", plan.lr_rank, "all-linear", lr, "lr"))
+        if not any(c.rank == plan.lr_rank and c.lr == lr for c in runs):
+            runs.append(SweepConfig(_lr_name(plan.lr_rank, lr), "lora", plan.lr_rank, "all-linear", lr, "lr"))
     for lr in plan.full_lrs:
         if lr != plan.full_lr:
             runs.append(SweepConfig(f"full lr={lr:g}", "full", None, "all-linear", lr, "lr"))
+    if not plan.lr_ladder:
+        runs += followup_configs(plan, model, plan.lora_lr)
+    return runs
+
+
+def lr_extensions(runs: Sequence[dict], plan: SweepPlan) -> list[SweepConfig]:
+    """The next LR to try for each rank whose best LR so far is the lowest or highest it tried.
+
+    Returns one config per such rank: the ladder's next value beyond that edge (none past the ladder's end).
+    """
+    extra = []
+    for r in plan.ranks:
+        tried = sorted({row["lr"] for row in runs if row["group"] == "rank" and row["rank"] == r})
+        if not tried:
+            continue
+        best = min((row for row in runs if row["group"] == "rank" and row["rank"] == r), key=lambda x: x["eval_loss"])
+        i = plan.lr_ladder.index(best["lr"])
+        step = -1 if best["lr"] == tried[0] else 1 if best["lr"] == tried[-1] else 0
+        if step and 0 <= i + step < len(plan.lr_ladder) and plan.lr_ladder[i + step] not in tried:
+            lr = plan.lr_ladder[i + step]
+            extra.append(SweepConfig(_lr_name(r, lr), "lora", r, "all-linear", lr, "rank"))
+    return extra
+
+
+def followup_configs(plan: SweepPlan, model, lr: float) -> list[SweepConfig]:
+    """Runs at lr_rank and its best LR `lr`: attention vs MLP at equal parameters, dropout, warmup, seed."""
+    arch = vram.load_arch(model)
+    r_att, r_mlp = equal_param_ranks(arch, near=plan.lr_rank)
+    runs = []
+    if plan.targets_check:
+        runs += [SweepConfig(f"attention r={r_att}", "lora", r_att, target_modules(arch, "attention"), lr, "targets"),
+                 SweepConfig(f"mlp r={r_mlp}", "lora", r_mlp, target_modules(arch, "mlp"), lr, "targets")]
+    for p in plan.dropouts:
+        if p != plan.dropout:
+            runs.append(SweepConfig(f"r={plan.lr_rank} dropout {p:g}", "lora", plan.lr_rank, "all-linear", lr,
+                                    "dropout", dropout=p))
+    if plan.warmup_check:
+        runs.append(SweepConfig(f"r={plan.lr_rank} no warmup", "lora", plan.lr_rank, "all-linear", lr, "warmup",
+                                warmup=False))
+    if plan.seed_check:
+        runs.append(SweepConfig(f"r={plan.lr_rank} seed 1", "lora", plan.lr_rank, "all-linear", lr, "seed", seed=1))
     return runs
 
 
@@ -520,16 +604,25 @@ def _batches(dataset, batch_size: int, steps: int, tokenizer, seed: int):
         yield sft_data.pad_batch(tokenizer, [ids_all[i] for i in idx], [labels_all[i] for i in idx])
 
 
-def train_loop(model, train_set, *, steps: int, lr: float, batch_size: int, tokenizer, warmup_steps: int = 3,
-               seed: int = 0) -> dict:
+def _answer_tokens(batch: dict) -> int:
+    """Tokens that carry loss in a batch (the model shifts labels by one: the first position never does)."""
+    return int((batch["labels"][:, 1:] != -100).sum())
+
+
+def train_loop(model, train_set, *, steps: int, lr: float, batch_size: int, tokenizer, warmup_steps: int = 5,
+               seed: int = 0, grad_accum: int = 1) -> dict:
     """Plain PyTorch SFT: AdamW (no weight decay), linear warmup then linear decay, gradient clipping 1.0.
 
     The loss is the model's own causal-LM loss on the labelled (answer) tokens, as in
-    `lora_lab.train.sft`.
+    `lora_lab.train.sft`. With `grad_accum` > 1 each batch of `batch_size` is split into that many
+    micro-batches whose gradients add up before the step; each micro-batch's mean loss is weighted
+    by its share of the batch's answer tokens, so the step is the same as without accumulation.
 
     Returns:
         losses [(step, loss)], seconds_per_step (median over steps after the first), seconds.
     """
+    if batch_size % grad_accum:
+        raise ValueError(f"batch_size {batch_size} must be a multiple of grad_accum {grad_accum}.")
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
 
@@ -542,16 +635,21 @@ def train_loop(model, train_set, *, steps: int, lr: float, batch_size: int, toke
     model.train()
     losses, times = [], []
     start = time.perf_counter()
+    micro = batch_size // grad_accum
     for step, batch in enumerate(_batches(train_set, batch_size, steps, tokenizer, seed)):
         t = time.perf_counter()
-        loss = model(**batch).loss
-        loss.backward()
+        total_tokens, step_loss = _answer_tokens(batch), 0.0
+        for i in range(grad_accum):
+            part = {k: v[i * micro: (i + 1) * micro] for k, v in batch.items()}
+            loss = model(**part).loss * (_answer_tokens(part) / total_tokens)
+            loss.backward()
+            step_loss += loss.item()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
         times.append(time.perf_counter() - t)
-        losses.append((step + 1, round(loss.item(), 5)))
+        losses.append((step + 1, round(step_loss, 5)))
     model.eval()
     return dict(losses=losses, seconds_per_step=statistics.median(times[1:] or times),
                 seconds=time.perf_counter() - start)
@@ -598,20 +696,32 @@ def _load_base(path: str):
     return model
 
 
-def _wrap(model, cfg: SweepConfig, alpha: float, seed: int):
+def _wrap(model, cfg: SweepConfig, alpha: float, seed: int, use_rslora: bool = False, dropout: float = 0.0):
     from peft import LoraConfig, get_peft_model
 
     if cfg.method == "full":
         return model
     torch.manual_seed(seed)
     targets = cfg.targets if isinstance(cfg.targets, str) else list(cfg.targets)
-    return get_peft_model(model, LoraConfig(r=cfg.rank, lora_alpha=alpha, lora_dropout=0.0,
+    return get_peft_model(model, LoraConfig(r=cfg.rank, lora_alpha=alpha, lora_dropout=dropout, use_rslora=use_rslora,
                                             target_modules=targets, bias="none", task_type="CAUSAL_LM"))
 
 
+def _wrap_for(base, cfg: SweepConfig, plan: SweepPlan, seed: int):
+    """A fresh copy of `base` with the run's adapter (scale by the plan's rule, the run's dropout)."""
+    import copy
+
+    alpha, rslora = lora_alpha_for(plan, cfg.rank) if cfg.method == "lora" else (plan.alpha, False)
+    dropout = plan.dropout if cfg.dropout is None else cfg.dropout
+    return _wrap(copy.deepcopy(base), cfg, alpha, seed, use_rslora=rslora, dropout=dropout)
+
+
 def run_one(cfg: SweepConfig, plan: SweepPlan, model_path: str, train_set, eval_set, *, batch_size: int,
-            tokenizer, seed: int = 0) -> dict:
+            tokenizer, seed: int = 0, base=None) -> dict:
     """Train one sweep config with the plain loop and measure it (cpu engine).
+
+    Args:
+        base: the loaded base model (copied, never changed); loaded from `model_path` when None.
 
     Returns:
         The config's fields plus trainable (parameters), memory (bytes of one training step by
@@ -620,18 +730,21 @@ def run_one(cfg: SweepConfig, plan: SweepPlan, model_path: str, train_set, eval_
     """
     from . import memory
 
+    base = base if base is not None else _load_base(model_path)
+    seed = seed + cfg.seed
     lr = cfg.lr or (plan.full_lr if cfg.method == "full" else plan.lora_lr)
     # Memory of one step, measured on a fresh copy (the step changes the weights).
-    probe = _wrap(_load_base(model_path), cfg, plan.alpha, seed)
+    probe = _wrap_for(base, cfg, plan, seed)
     opt = torch.optim.AdamW([p for p in probe.parameters() if p.requires_grad], lr=lr)
     measured = memory.measure_step(probe, _first_batch(train_set, batch_size, tokenizer, seed), opt)
     del probe, opt
-    model = _wrap(_load_base(model_path), cfg, plan.alpha, seed)
+    model = _wrap_for(base, cfg, plan, seed)
     torch.manual_seed(seed)
     trained = train_loop(model, train_set, steps=plan.steps, lr=lr, batch_size=batch_size, tokenizer=tokenizer,
-                         warmup_steps=plan.warmup_steps, seed=seed)
+                         warmup_steps=plan.warmup_steps if cfg.warmup else 0, seed=seed)
     eval_loss, em = loss_and_greedy_match(model, eval_set, tokenizer)
     return dict(asdict(cfg), lr=lr, targets=cfg.targets if isinstance(cfg.targets, str) else list(cfg.targets),
+                dropout=plan.dropout if cfg.dropout is None else cfg.dropout,
                 trainable=measured.trainable_params, total_params=measured.total_params,
                 memory=measured.total, memory_weights=measured.weights, memory_gradients=measured.gradients,
                 memory_optimizer=measured.optimizer_states, memory_activations=measured.activations,
@@ -649,21 +762,119 @@ def prepared_data(profile, tokenizer) -> tuple:
     return splits, train_set, eval_set
 
 
+#: What a process of the cpu sweep keeps between runs: tokenizer, data, base model (per model path).
+_WORKER_STATE: dict = {}
+
+
+def _worker_state(profile, path: str) -> dict:
+    key = (profile, path)
+    if key not in _WORKER_STATE:
+        from transformers import AutoTokenizer
+
+        from .quiet import quiet_library_noise
+
+        quiet_library_noise()  # a spawned worker starts without the notebook's filters
+
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        _, train_set, eval_set = prepared_data(profile, tokenizer)
+        _WORKER_STATE.clear()
+        _WORKER_STATE[key] = dict(tokenizer=tokenizer, train=train_set, eval=eval_set, base=_load_base(path))
+    return _WORKER_STATE[key]
+
+
+def _run_task(cfg: SweepConfig, plan: SweepPlan, profile, path: str) -> dict:
+    """One run of the cpu sweep, in this process or a worker (which keeps its data between runs)."""
+    state = _worker_state(profile, path)
+    with torch_threads(plan.threads):
+        return run_one(cfg, plan, path, state["train"], state["eval"], batch_size=profile.batch_size,
+                       tokenizer=state["tokenizer"], seed=profile.seed, base=state["base"])
+
+
+class _Runner:
+    """Runs sweep configs: cached ones are read, the others train in `plan.workers` processes at once."""
+
+    def __init__(self, profile, plan: SweepPlan, path: str, base_key: dict, use_cache: bool, verbose: bool):
+        self.profile, self.plan, self.path, self.base_key = profile, plan, path, base_key
+        self.use_cache, self.verbose, self.pool, self.broken = use_cache, verbose, None, False
+
+    def payload(self, cfg: SweepConfig) -> dict:
+        return dict(self.base_key, cfg=asdict(cfg), steps=self.plan.steps, alpha=self.plan.alpha,
+                    rule=self.plan.rule, warmup=self.plan.warmup_steps, dropout=self.plan.dropout)
+
+    def run(self, configs: Sequence[SweepConfig]) -> list[dict]:
+        rows: dict[int, dict] = {}
+        todo = []
+        for i, cfg in enumerate(configs):
+            path = cache_dir() / f"sft-{_key(self.payload(cfg))}.json"
+            if self.use_cache and path.exists():
+                rows[i] = json.loads(path.read_text())
+                self._say(rows[i], "cached")
+            else:
+                todo.append(i)
+        workers = min(self.plan.workers, len(todo), os.cpu_count() or 1)
+        if workers > 1 and not self.broken:
+            import concurrent.futures
+            import multiprocessing
+
+            if self.pool is None:
+                self.pool = concurrent.futures.ProcessPoolExecutor(
+                    max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+            futures = {self.pool.submit(_run_task, configs[i], self.plan, self.profile, self.path): i for i in todo}
+            start = time.perf_counter()
+            try:
+                for fut in concurrent.futures.as_completed(futures):
+                    i = futures[fut]
+                    rows[i] = self._store(configs[i], fut.result(), f"done at {time.perf_counter() - start:.1f} s")
+            except concurrent.futures.process.BrokenProcessPool as err:
+                # A script without an `if __name__ == "__main__":` guard cannot start spawned workers:
+                # go on in this process (same results, only slower).
+                print(f"worker processes failed ({err}); training the remaining runs in this process")
+                self.broken = True
+                self.close()
+        for i in todo:
+            if i not in rows:
+                t = time.perf_counter()
+                row = _run_task(configs[i], self.plan, self.profile, self.path)
+                rows[i] = self._store(configs[i], row, f"{time.perf_counter() - t:.1f} s")
+        return [rows[i] for i in range(len(configs))]
+
+    def _store(self, cfg: SweepConfig, row: dict, note: str) -> dict:
+        cached("sft", self.payload(cfg), lambda: row, use_cache=False)
+        self._say(row, note)
+        return row
+
+    def _say(self, row: dict, note: str) -> None:
+        if self.verbose:
+            print(f"{row['name']:<20} eval loss {row['eval_loss']:.3f}  exact match {row['exact_match']:6.1%}  "
+                  f"{row['trainable']:>9,} trainable  {row['memory'] / units.MIB:6.2f} MiB/step  "
+                  f"{row['seconds_per_step'] * 1000:6.1f} ms/step  ({note})")
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(cancel_futures=True)
+            self.pool = None
+
+
 def sft_sweep(profile, plan: SweepPlan | None = None, *, model_path: str | None = None, use_cache: bool = True,
               only: Sequence[str] | None = None, verbose: bool = True) -> dict:
     """Run (or load from the cache) every config of the profile's sweep plan.
+
+    On the loop engine (cpu) the runs come in three waves: each rank at its starting LRs (plus the
+    extra LRs and full fine-tuning); outward steps of the per-rank LR search while a rank's best LR
+    sits at an edge of what it tried; then the runs at `lr_rank`'s best LR (attention vs MLP,
+    dropout, no warmup, a second seed).
 
     Args:
         profile: the run profile (its model, data, batch size, max_length and seed).
         plan: defaults to PLANS[profile.name].
         model_path: overrides the profile's model (tests).
         use_cache: load runs cached under `cache_dir()` when present.
-        only: run just these config names.
+        only: run just the first-wave configs with these names (tests).
         verbose: one line per run.
 
     Returns:
         runs: one result dict per config (see `run_one`), plan, baseline (eval loss and exact match
-        of the untouched base model).
+        of the untouched base model), best_lr ({rank: best LR}, from the search).
     """
     from . import tiny
 
@@ -671,45 +882,93 @@ def sft_sweep(profile, plan: SweepPlan | None = None, *, model_path: str | None 
     path = str(model_path or tiny.resolve_model_path(profile.model_id))
     if plan.engine != "loop":
         return _trainer_sweep(profile, plan, path, only=only, verbose=verbose)
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    configs = [c for c in sweep_configs(plan, path) if only is None or c.name in only]
-    data_cache: dict = {}
-
-    def data_sets():
-        if not data_cache:
-            _, data_cache["train"], data_cache["eval"] = prepared_data(profile, tokenizer)
-        return data_cache["train"], data_cache["eval"]
-
     base_key = dict(model=Path(path).name, tasks=profile.tasks, seed=profile.seed, n_eval=profile.n_eval,
                     max_length=profile.max_length, batch=profile.batch_size)
-    runs = []
-    with torch_threads(plan.threads):
-        def baseline():
-            _, ev = data_sets()
-            loss, em = loss_and_greedy_match(_load_base(path), ev, tokenizer)
-            return dict(eval_loss=loss, exact_match=em)
 
-        base = cached("sft-base", base_key, baseline, use_cache)
-        for cfg in configs:
-            payload = dict(base_key, cfg=asdict(cfg), steps=plan.steps, alpha=plan.alpha, warmup=plan.warmup_steps)
+    def baseline():
+        state = _worker_state(profile, path)
+        with torch_threads(plan.threads):
+            loss, em = loss_and_greedy_match(state["base"], state["eval"], state["tokenizer"])
+        return dict(eval_loss=loss, exact_match=em, n_train=len(state["train"]))
 
-            def compute(cfg=cfg):
-                tr, ev = data_sets()
-                return run_one(cfg, plan, path, tr, ev, batch_size=profile.batch_size,
-                               tokenizer=tokenizer, seed=profile.seed)
+    base = cached("sft-base", base_key, baseline, use_cache)
+    runner = _Runner(profile, plan, path, base_key, use_cache, verbose)
+    try:
+        first = [c for c in sweep_configs(plan, path) if only is None or c.name in only]
+        runs = runner.run(first)
+        if only is None and plan.lr_ladder:
+            for _ in range(plan.max_extensions):
+                extra = lr_extensions(runs, plan)
+                if not extra:
+                    break
+                runs += runner.run(extra)
+            runs += runner.run(followup_configs(plan, path, best_rank_lrs(runs)[plan.lr_rank]))
+    finally:
+        runner.close()
+    return dict(runs=runs, plan=asdict(plan), baseline=base, best_lr=best_rank_lrs(runs))
 
-            t = time.perf_counter()
-            row = cached("sft", payload, compute, use_cache)
-            took = time.perf_counter() - t
-            if verbose:
-                print(f"{cfg.name:<18} eval loss {row['eval_loss']:.3f}  exact match {row['exact_match']:6.1%}  "
-                      f"{row['trainable']:>9,} trainable  {row['memory'] / units.MIB:6.2f} MiB/step  "
-                      f"{row['seconds_per_step'] * 1000:6.1f} ms/step  "
-                      + ("(cached)" if took < 0.1 else f"({took:.1f} s)"))
-            runs.append(row)
-    return dict(runs=runs, plan=asdict(plan), baseline=base)
+
+def best_rank_lrs(runs: Sequence[dict]) -> dict[int, float]:
+    """{rank: the LR of its lowest held-out loss} over the rank runs (all-linear, dropout as planned).
+
+    Only the "rank" group counts (the LRs every rank tried), so that each rank is compared on the same
+    footing; the extra LRs at lr_rank ("lr" group) teach the learning rate and are read separately.
+    """
+    best: dict[int, dict] = {}
+    for row in runs:
+        if row["group"] == "rank" and row["method"] == "lora" and row["targets"] == "all-linear":
+            if row["rank"] not in best or row["eval_loss"] < best[row["rank"]]["eval_loss"]:
+                best[row["rank"]] = row
+    return {r: row["lr"] for r, row in sorted(best.items())}
+
+
+def best_runs(runs: Sequence[dict]) -> list[dict]:
+    """Per rank, the run at its best LR (sorted by rank): the rank sweep's verdict is read from these."""
+    lrs = best_rank_lrs(runs)
+    return [next(row for row in runs if row["group"] == "rank" and row["method"] == "lora"
+                 and row["targets"] == "all-linear" and row["rank"] == r and row["lr"] == lr)
+            for r, lr in lrs.items()]
+
+
+def accumulation_check(profile, *, rank: int, lr: float, steps: int = 6, grad_accum: int = 2,
+                       model_path: str | None = None, plan: SweepPlan | None = None, use_cache: bool = True) -> dict:
+    """Same effective batch, with and without gradient accumulation: the loss curves and the memory of a step.
+
+    Trains LoRA at `rank` for `steps` steps of `profile.batch_size` examples twice: in one piece,
+    and as `grad_accum` micro-batches. Returns losses_full, losses_accum, max_loss_diff, and the
+    measured memory of one step (micro-batch) of each: memory_full, memory_accum,
+    activations_full, activations_accum.
+    """
+    from . import memory, tiny
+
+    plan = plan or PLANS[profile.name]
+    path = str(model_path or tiny.resolve_model_path(profile.model_id))
+    payload = dict(model=Path(path).name, tasks=profile.tasks, seed=profile.seed, batch=profile.batch_size,
+                   max_length=profile.max_length, rank=rank, lr=lr, steps=steps, accum=grad_accum, rule=plan.rule,
+                   alpha=plan.alpha)
+
+    def compute():
+        state = _worker_state(profile, path)
+        cfg = SweepConfig("accumulation", "lora", rank, "all-linear", lr, "accumulation")
+        out = {}
+        with torch_threads(plan.threads):
+            for name, accum in (("full", 1), ("accum", grad_accum)):
+                model = _wrap_for(state["base"], cfg, plan, profile.seed)
+                batch = _first_batch(state["train"], profile.batch_size // accum, state["tokenizer"], profile.seed)
+                opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+                measured = memory.measure_step(model, batch, opt)
+                out[f"memory_{name}"], out[f"activations_{name}"] = measured.total, measured.activations
+                model = _wrap_for(state["base"], cfg, plan, profile.seed)
+                torch.manual_seed(profile.seed)
+                out[f"losses_{name}"] = train_loop(model, state["train"], steps=steps, lr=lr,
+                                                   batch_size=profile.batch_size, tokenizer=state["tokenizer"],
+                                                   warmup_steps=plan.warmup_steps, seed=profile.seed,
+                                                   grad_accum=accum)["losses"]
+        out["max_loss_diff"] = max(abs(a[1] - b[1]) for a, b in zip(out["losses_full"], out["losses_accum"],
+                                                                    strict=True))
+        return dict(out, batch=profile.batch_size, grad_accum=grad_accum, steps=steps)
+
+    return cached("accumulation", payload, compute, use_cache)
 
 
 def _trainer_sweep(profile, plan: SweepPlan, path: str, only=None, verbose=True) -> dict:
@@ -730,29 +989,48 @@ def _trainer_sweep(profile, plan: SweepPlan, path: str, only=None, verbose=True)
             skipped.append(decision.to_dict())
             continue
         run_profile = decision.apply(profile)
+        if not cfg.warmup:
+            run_profile = run_profile.replace(warmup_ratio=0.0)
         method = "full" if cfg.method == "full" else profile.method
         model, tokenizer = train.load_model_and_tokenizer(run_profile, method, hw=hw, model_path=path)
         if splits is None:
             splits, train_set, eval_set = prepared_data(profile, tokenizer)
-        lora = None if cfg.method == "full" else train.lora_config(run_profile, r=cfg.rank, alpha=plan.alpha,
-                                                                   targets=cfg.targets)
+        lora = None
+        if cfg.method != "full":
+            alpha, rslora = lora_alpha_for(plan, cfg.rank)
+            lora = train.lora_config(run_profile, r=cfg.rank, alpha=alpha, targets=cfg.targets, use_rslora=rslora,
+                                     dropout=plan.dropout if cfg.dropout is None else cfg.dropout)
         with tempfile.TemporaryDirectory() as tmp:
             result = train.sft(model, tokenizer, train_set, run_profile, tmp, method=method, lora=lora,
-                               max_steps=plan.steps, learning_rate=cfg.lr, seed=profile.seed, hw=hw, verbose=False)
+                               max_steps=plan.steps, learning_rate=cfg.lr, seed=profile.seed + cfg.seed, hw=hw,
+                               verbose=False)
         m = result.model
         trainable = sum(p.numel() for p in m.parameters() if p.requires_grad)
         loss = evaluate.eval_loss(m, tokenizer, eval_set, profile.max_length)
         em, _ = evaluate.exact_match(m, tokenizer, splits["eval"], profile.max_new_tokens)
-        row = dict(asdict(cfg), trainable=trainable, memory=result.metrics["peak_memory_bytes"],
+        row = dict(asdict(cfg), targets=cfg.targets if isinstance(cfg.targets, str) else list(cfg.targets),
+                   dropout=plan.dropout if cfg.dropout is None else cfg.dropout,
+                   trainable=trainable, memory=result.metrics["peak_memory_bytes"],
                    seconds_per_step=result.metrics["train_runtime_s"] / max(1, result.metrics["global_step"]),
                    eval_loss=loss, exact_match=em, final_train_loss=result.metrics["final_loss"],
                    losses=result.losses)
         if verbose:
-            print(f"{cfg.name:<18} eval loss {loss:.3f}  exact match {em:6.1%}  {trainable:,} trainable")
+            print(f"{cfg.name:<20} eval loss {loss:.3f}  exact match {em:6.1%}  {trainable:,} trainable")
         runs.append(row)
         del model, m, result
         gpu_runs.free_gpu_memory()  # the next run starts from an empty cache
-    return dict(runs=runs, plan=asdict(plan), baseline=None, skipped=skipped)
+    return dict(runs=runs, plan=asdict(plan), baseline=None, skipped=skipped, best_lr=best_rank_lrs(runs))
+
+
+def follow_up_pair(runs: Sequence[dict], group: str) -> tuple[list[dict], dict | None]:
+    """The runs of a follow-up `group` ("dropout", "warmup", "seed") and the rank run they vary:
+    same rank, learning rate and targets, the plan's dropout, with warmup and the first seed (None if absent)."""
+    rows = [r for r in runs if r["group"] == group]
+    if not rows:
+        return [], None
+    ref = next((r for r in runs if r["group"] in ("rank", "lr") and r["rank"] == rows[0]["rank"]
+                and r["lr"] == rows[0]["lr"] and r["targets"] == "all-linear"), None)
+    return rows, ref
 
 
 def best_lr(runs: Sequence[dict], method: str, rank: int | None = None) -> tuple[float, float]:
@@ -827,12 +1105,12 @@ def merge_report(model_path: str, rank: int = 16, targets="all-linear", *, batch
 
 
 # ---------------------------------------------------------------------------------------------
-# 6. What to pick
+# 6. Takeaways
 
 
 @dataclass
 class Summary:
-    """Findings computed from the results, each next to the syllabus's advice."""
+    """Findings computed from the results (the notebook's takeaways), one line each."""
 
     lines: list[str] = field(default_factory=list)
 

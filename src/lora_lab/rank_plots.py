@@ -74,27 +74,29 @@ def scaling(result: dict):
 
 
 def tradeoff(runs: Sequence[dict], estimates: Sequence[dict] | None = None, est_label: str = ""):
-    """Left: held-out loss vs trainable parameters, marker area ~ measured memory of a step.
-    Right: measured memory per step vs trainable parameters, and (optionally) an estimate for a real model.
+    """Left: held-out loss vs trainable parameters (each rank at its best LR, full fine-tuning, attention vs
+    MLP), marker area ~ measured memory of a step. Right: measured memory per step vs trainable parameters,
+    and (optionally) an estimate for a real model.
     """
     import matplotlib.pyplot as plt
 
+    from .rank import best_runs
+
+    ranked = sorted(best_runs(runs), key=lambda r: r["trainable"])
+    shown = ranked + [r for r in runs if r["group"] in ("full", "targets")]
     ncols = 2 if estimates else 1
     fig, axes = plt.subplots(1, ncols, figsize=(6.2 * ncols, 3.8), squeeze=False)
     ax = axes[0, 0]
-    colours = {"rank": "C0", "full": "C3", "targets": "C2", "lr": "C7"}
-    mem_max = max(r["memory"] for r in runs)
-    for r in runs:
-        if r["group"] == "lr":
-            continue
+    colours = {"rank": "C0", "lr": "C0", "full": "C3", "targets": "C2"}
+    mem_max = max(r["memory"] for r in shown)
+    for r in shown:
         ax.scatter(r["trainable"], r["eval_loss"], s=30 + 300 * r["memory"] / mem_max, color=colours[r["group"]],
                    alpha=0.7, edgecolor="k", lw=0.5)
         ax.annotate(r["name"], (r["trainable"], r["eval_loss"]), fontsize=7, xytext=(4, 4),
                     textcoords="offset points")
-    ranked = sorted((r for r in runs if r["group"] == "rank"), key=lambda r: r["trainable"])
     ax.plot([r["trainable"] for r in ranked], [r["eval_loss"] for r in ranked], color="C0", lw=1)
     ax.set(xscale="log", xlabel="trainable parameters", ylabel="held-out loss (answer tokens)",
-           title="quality vs parameters (marker area ~ memory per step)")
+           title="each rank at its best LR (marker area ~ memory per step)")
     ax.grid(True, alpha=0.3)
     if estimates:
         ax = axes[0, 1]
@@ -119,20 +121,49 @@ def tradeoff(runs: Sequence[dict], estimates: Sequence[dict] | None = None, est_
     return fig
 
 
-def lr_sweep(runs: Sequence[dict], lora_rank: int):
-    """Held-out loss vs learning rate for LoRA at one rank and for full fine-tuning."""
+def lr_sweep(runs: Sequence[dict], baseline_loss: float | None = None):
+    """Held-out loss vs peak learning rate, one line per LoRA rank (all-linear), each rank's best LR starred."""
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5.5, 3.3))
-    for label, sel in (
-        (f"LoRA r={lora_rank}", [r for r in runs if r["method"] == "lora" and r["rank"] == lora_rank
-                                 and r["targets"] == "all-linear"]),
-        ("full fine-tuning", [r for r in runs if r["method"] == "full"]),
-    ):
-        sel = sorted(sel, key=lambda r: r["lr"])
-        ax.plot([r["lr"] for r in sel], [r["eval_loss"] for r in sel], marker="o", label=label)
-    ax.set(xscale="log", xlabel="peak learning rate", ylabel="held-out loss", title="learning-rate sweep")
-    ax.grid(True, alpha=0.3)
-    ax.legend()
+    from .rank import best_rank_lrs
+
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    best = best_rank_lrs(runs)
+    for rank in best:
+        sel = sorted((r for r in runs if r["group"] in ("rank", "lr") and r["method"] == "lora"
+                      and r["targets"] == "all-linear" and r["rank"] == rank), key=lambda r: r["lr"])
+        line, = ax.plot([r["lr"] for r in sel], [r["eval_loss"] for r in sel], marker="o", ms=4, label=f"r={rank}")
+        top = min(sel, key=lambda r: r["eval_loss"])
+        ax.plot([top["lr"]], [top["eval_loss"]], marker="*", ms=13, color=line.get_color())
+    if baseline_loss is not None:
+        ax.axhline(baseline_loss, color="grey", ls=":", lw=1, label="base model, untrained")
+    ax.set(xscale="log", yscale="log", xlabel="peak learning rate", ylabel="held-out loss",
+           title="learning rate per rank (star: best)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def dropout(rows: Sequence[dict]):
+    """Held-out loss, milliseconds per step and memory per step (with its activations) vs LoRA dropout."""
+    import matplotlib.pyplot as plt
+
+    rows = sorted(rows, key=lambda r: r["dropout"])
+    p = [r["dropout"] for r in rows]
+    fig, axes = plt.subplots(1, 3, figsize=(11, 3.2))
+    axes[0].plot(p, [r["eval_loss"] for r in rows], marker="o")
+    axes[0].set(ylabel="held-out loss", title="quality")
+    axes[1].plot(p, [r["seconds_per_step"] * 1000 for r in rows], marker="o", color="C1")
+    axes[1].set(ylabel="ms per step (median)", title="time")
+    axes[2].plot(p, [r["memory"] / MIB for r in rows], marker="o", color="C2", label="whole step")
+    if all("memory_activations" in r for r in rows):  # measured by the cpu loop (a GPU run reports its peak)
+        axes[2].plot(p, [r["memory_activations"] / MIB for r in rows], marker="s", color="C2", ls="--",
+                     label="saved activations")
+    axes[2].set(ylabel="MiB", title="memory per step")
+    axes[2].legend(fontsize=8)
+    for ax in axes:
+        ax.set(xlabel="lora_dropout", xticks=p)
+        ax.grid(True, alpha=0.3)
     fig.tight_layout()
     return fig
