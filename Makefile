@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 NOTEBOOK_SOURCES := $(wildcard notebooks/[0-9][0-9]_*.py)
 
-.PHONY: setup run test lint sync check-sync pytest nbtest t4-rehearsal gpu-check t4-plan clean colab-links colab-check colab-check-install exercises figures bench gguf-tools
+.PHONY: setup run test lint sync check-sync pytest notebook-tests nbtest t4-rehearsal gpu-check t4-plan clean colab-links colab-check colab-check-install exercises figures bench gguf-tools
 
 # Create the virtual environment and install the pinned stack (torch pinned: a bare
 # `torch` would pull a multi-GB CUDA build) plus this package in editable mode.
@@ -22,7 +22,7 @@ setup: $(STAMP)
 run: $(STAMP)
 	$(BIN)/python -m lora_lab.tooling.course run
 
-test: $(STAMP) lint check-sync gguf-tools pytest nbtest t4-rehearsal
+test: $(STAMP) lint check-sync gguf-tools pytest notebook-tests
 
 lint: $(STAMP)
 	$(BIN)/ruff check $(wildcard src tests notebooks benchmarks colab)
@@ -37,7 +37,12 @@ check-sync: $(STAMP)
 	git diff --exit-code --stat -- notebooks
 
 pytest: $(STAMP) gguf-tools
-	MPLBACKEND=Agg $(BIN)/python -m pytest tests
+	MPLBACKEND=Agg $(BIN)/python -m pytest --durations=15 tests
+
+# Both notebook runs at once: each executes one notebook at a time on one torch thread (the profiles'
+# cpu_threads), so on a 2-core machine they take about the time of the longer one, not the sum.
+notebook-tests: $(STAMP) gguf-tools
+	$(MAKE) --no-print-directory -j2 --output-sync=target nbtest t4-rehearsal
 
 nbtest: $(STAMP) gguf-tools
 	$(BIN)/python -m pytest --nbmake --nbmake-timeout=900 notebooks/[0-9][0-9]_*.ipynb

@@ -478,9 +478,9 @@ from lora_lab import vram
 
 qwen7 = vram.load_arch("Qwen/Qwen2.5-7B")
 linear = [li.d_in * li.d_out for li in qwen7.linears] * qwen7.num_layers
-four_bit = sum(vram.nf4_bytes(n, double_quant=True) for n in linear) + 2 * (qwen7.total_params - sum(linear))
-answer_05_2 = 2 * qwen7.total_params / four_bit
-print(f"4-bit base {four_bit / 1e9:.2f} GB, merged 16-bit {2 * qwen7.total_params / 1e9:.2f} GB: x{answer_05_2:.2f}; "
+nf4_base_bytes = sum(vram.nf4_bytes(n, double_quant=True) for n in linear) + 2 * (qwen7.total_params - sum(linear))
+answer_05_2 = 2 * qwen7.total_params / nf4_base_bytes
+print(f"4-bit base {nf4_base_bytes / 1e9:.2f} GB, merged 16-bit {2 * qwen7.total_params / 1e9:.2f} GB: x{answer_05_2:.2f}; "
       f"{1 - sum(linear) / qwen7.total_params:.0%} of the parameters are 16-bit in both")
 assert exercises.check("05.2", answer_05_2).correct, "the solution disagrees with its check"
 

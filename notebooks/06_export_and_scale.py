@@ -268,6 +268,11 @@ only_fsdp = [f"{m} {meth}" for (m, meth, s, p), r in cell.items()
 display(Markdown(f"On Kaggle's 2 x T4, FSDP makes room for: **{', '.join(only_fsdp) or 'nothing more'}**; "
                  "DDP never does (its per-GPU figure is the single GPU's)."))
 
+# %%
+from lora_lab import scale_plots
+
+scale_plots.fit_chart(rows);
+
 # %% [markdown]
 # An FSDP-QLoRA run needs three settings from bitsandbytes' FSDP-QLoRA guide
 # (https://huggingface.co/docs/bitsandbytes/main/fsdp_qlora) and PEFT's FSDP guide: the 4-bit

@@ -5,6 +5,7 @@ and never points a learner at something they do not have: a "syllabus" they were
 or notes outside the repository.
 """
 
+import ast
 import re
 from pathlib import Path
 
@@ -16,9 +17,9 @@ NOTEBOOKS = ROOT / "notebooks"
 PACKAGE = ROOT / "src" / "lora_lab"
 
 #: The notebooks (`notebooks/<name>.py`) held to these checks. Every lesson notebook belongs here.
-CHECKED = ("00_preflight", "01_vram_math")
+CHECKED = tuple(p.stem for p in sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("[0-9][0-9]_*.py")))
 #: Package files (relative to src/lora_lab) still being reworded; empty once every branch is merged.
-PENDING_PACKAGE_FILES = ("quant.py", "quiz.py", "rank.py")
+PENDING_PACKAGE_FILES: tuple[str, ...] = ()
 
 #: Words that point a learner at material the repository does not contain.
 FORBIDDEN = {
@@ -73,6 +74,61 @@ def test_lesson_shows_a_figure(name):
     nb = jupytext.read(NOTEBOOKS / f"{name}.py")
     code = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
     assert FIGURE_CALL.search(code), f"{name} draws no figure (no plt., *plots. or diagrams. call)"
+
+
+def module_level_names(code: str, ctx: type) -> set[str]:
+    """Names a cell's code stores (ctx=ast.Store) or reads (ast.Load) at module level.
+
+    Names bound inside comprehensions, lambdas and functions are their own scope and are left out;
+    IPython's `%magic` and `!shell` lines are dropped before parsing.
+    """
+    tree = ast.parse("\n".join(line for line in code.splitlines() if not line.lstrip().startswith(("%", "!"))))
+    inner = (ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp, ast.Lambda, ast.FunctionDef, ast.ClassDef)
+    found: set[str] = set()
+
+    def visit(node):
+        if isinstance(node, inner):
+            return
+        if isinstance(node, ast.Name) and isinstance(node.ctx, ctx):
+            found.add(node.id)
+        for child in ast.iter_child_nodes(node):
+            visit(child)
+
+    visit(tree)
+    return found
+
+
+def solution_clashes(source: Path) -> set[str]:
+    """Names a solution cell rebinds that a later non-solution cell reads.
+
+    In the full notebook the solution runs; in the learner copy it does not. A later lesson cell
+    (the Takeaways) reading such a name would read the lesson's value in one copy and the exercise's
+    in the other, or crash: solutions must use names of their own. The `answer_NN_M` a check cell
+    reads are exempt: the learner copy's placeholder assigns them.
+    """
+    nb = jupytext.read(source)
+    stored: set[str] = set()
+    clashes: set[str] = set()
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        if "solution" in cell.metadata.get("tags", []):
+            stored |= module_level_names(cell.source, ast.Store)
+        else:
+            clashes |= stored & module_level_names(cell.source, ast.Load)
+    return {name for name in clashes if not name.startswith("answer_")}  # the placeholders define those
+
+
+@pytest.mark.parametrize("name", CHECKED)
+def test_solutions_do_not_rebind_what_later_cells_read(name):
+    assert solution_clashes(NOTEBOOKS / f"{name}.py") == set()
+
+
+def test_the_clash_check_catches_a_rebound_name(tmp_path):
+    bad = tmp_path / "99_bad.py"
+    bad.write_text("# %%\nsize = 3\n\n# %% tags=[\"solution\"]\nsize = 4\nanswer_99_1 = size\n\n"
+                   "# %%\nprint([size for size in range(2)], answer_99_1)\n\n# %%\nprint(size)\n")
+    assert solution_clashes(bad) == {"size"}
 
 
 def test_package_text_points_only_at_what_learners_have():

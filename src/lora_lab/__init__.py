@@ -38,6 +38,8 @@ Lesson helpers (import the one you need):
     exercises    every exercise's check (exercises.check("02.3", answer_02_3)); answers computed
     export       GGUF export with llama.cpp's pinned converters, checked in llama.cpp; Ollama Modelfile (notebook 06)
     scale        beyond one GPU: the DDP/FSDP fit table, an accelerate FSDP-QLoRA config, the FSDP2 check (06)
+    scale_plots  notebook 06's chart: per-GPU memory of one GPU, DDP and FSDP against each GPU's room
+    lora_by_hand  a LoRA linear layer written out (B = 0, A random, alpha / r), checked against peft (notebook 02)
 
 Build tooling (`lora_lab.tooling`, not imported by the lessons):
     tooling.course          runs, checks, strips and exports the notebooks; learner notebooks, answer key
