@@ -70,3 +70,20 @@ def test_the_guide_points_at_learner_copies_the_answer_key_and_independent_noteb
     assert "budgets, not measurements" in GUIDE
     for row in ("one GPU session", "GPU quota", "Hub download fails"):
         assert row in section("## Troubleshooting"), row
+
+
+def test_rules_of_thumb_point_at_sections_that_exist():
+    """Every section the guide's rules-of-thumb table names is a heading of the notebook it names."""
+    table = GUIDE[GUIDE.index("## Rules of thumb"):GUIDE.index("## Prerequisites")]
+    rows = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| rule")]
+    assert len(rows) >= 6  # rank, alpha, target modules, dropout, learning rate, epochs at least
+    headings = {p.name[:2]: {line.lstrip("# ").strip() for line in p.read_text().splitlines()
+                             if line.startswith(("# ## ", "# ### "))}
+                for p in (ROOT / "notebooks").glob("[0-9][0-9]_*.py")}
+    for row in rows:
+        measured_in = row.split("|")[2]
+        numbers = re.findall(r"\b(0\d)\b", measured_in)
+        names = re.findall(r'"([^"]+)"', measured_in)
+        assert numbers and names, row
+        for name in names:
+            assert any(name in headings[n] for n in numbers), f"no section {name!r} in notebooks {numbers}"
