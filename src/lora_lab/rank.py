@@ -774,6 +774,9 @@ def _worker_state(profile, path: str) -> dict:
         from .quiet import quiet_library_noise
 
         quiet_library_noise()  # a spawned worker starts without the notebook's filters
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # a worker's "Loading weights" bar would print in the Jupyter server's log
 
         tokenizer = AutoTokenizer.from_pretrained(path)
         _, train_set, eval_set = prepared_data(profile, tokenizer)
