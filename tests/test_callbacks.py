@@ -11,7 +11,7 @@ from lora_lab import callbacks, data, profiles, train, vram
 
 def small_profile(**changes):
     base = dict(max_steps=6, logging_steps=2, save_steps=2, batch_size=8, n_eval=6, max_new_tokens=4)
-    return profiles.get_profile("cpu").replace(**{**base, **changes})
+    return profiles.get_profile("tiny").replace(**{**base, **changes})
 
 
 class PoisonWeights(TrainerCallback):

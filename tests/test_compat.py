@@ -24,7 +24,7 @@ def qlora_trainer(tiny_model_path, tmp_path):
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
-    profile = profiles.get_profile("cpu").replace(max_steps=1)
+    profile = profiles.get_profile("tiny").replace(max_steps=1)
     model, tok = models.load_model_and_tokenizer(profile, "qlora", model_path=tiny_model_path)
     model = models.attach_lora(model, models.lora_config(profile), seed=0)
     assert all(p.dtype == torch.float32 for p in model.parameters() if p.requires_grad)  # peft's default

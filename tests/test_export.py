@@ -45,18 +45,30 @@ def checked(tiny_model_path, tmp_path_factory):
 
 @needs_tools
 @pytest.mark.parametrize("kind", ["f32", "f16", "f32+lora"])
+@pytest.mark.outcome
 def test_llama_cpp_matches_pytorch_within_tolerance_and_greedy_tokens_are_identical(checked, kind):
     agree = checked["agree"][kind]
+    print(f"{kind}: max |logit diff| {agree.max_abs_logit_diff:.4f} (reported), max |prob diff| "
+          f"{agree.max_prob_diff:.5f} (tolerance {export.TOLERANCES[kind.split('+')[0]]})")
     assert agree.within(export.TOLERANCES[kind.split("+")[0]]), agree
     assert agree.greedy_same == 1.0 and agree.top5_same == 1.0, agree
 
 
 @needs_tools
+@pytest.mark.outcome
 def test_q8_0_stays_within_its_looser_tolerance(checked):
     agree = checked["agree"]["q8_0"]
     assert agree.within(export.TOLERANCES["q8_0"]), agree
     # quantization error is real: larger than f16's, which is why each type has its own tolerance
-    assert agree.max_abs_logit_diff > checked["agree"]["f16"].max_abs_logit_diff
+    assert agree.max_prob_diff > checked["agree"]["f16"].max_prob_diff
+
+
+def test_agreement_needs_the_same_tokens_and_close_probabilities():
+    same = export.Agreement(0.9, 1.0, 1.0, [None], max_prob_diff=0.001)
+    assert same.within(0.01)  # a large logit offset that leaves the distribution alone is fine
+    assert not export.Agreement(0.01, 0.9, 1.0, [None], max_prob_diff=0.001).within(0.01)  # a top-5 set moved
+    assert not export.Agreement(0.01, 1.0, 0.5, [3], max_prob_diff=0.001).within(0.01)  # greedy tokens differ
+    assert not export.Agreement(0.01, 1.0, 1.0, [None], max_prob_diff=0.05).within(0.01)
 
 
 @needs_tools
@@ -115,7 +127,7 @@ def test_modelfile_carries_the_chat_template_and_stop_tokens(tiny_model_path):
 def test_a_qlora_adapter_merged_into_the_dequantized_nf4_base_is_the_trained_model(tiny_model_path):
     from lora_lab import adapters, models, profiles
 
-    profile = profiles.get_profile("cpu")
+    profile = profiles.get_profile("tiny")
     nf4, tok = models.load_model_and_tokenizer(profile, "qlora", model_path=tiny_model_path, for_training=False)
     torch.manual_seed(0)
     trained = get_peft_model(nf4, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False))

@@ -131,8 +131,8 @@ def test_sweep_runs_learn_and_are_seeded(tiny_model_path, tmp_path, monkeypatch)
     from lora_lab import profiles
 
     monkeypatch.setattr(rank, "cache_dir", lambda: tmp_path)
-    profile = profiles.get_profile("cpu")
-    plan = dataclasses.replace(rank.PLANS["cpu"], steps=12, ranks=(2,), workers=1)
+    profile = profiles.get_profile("tiny")
+    plan = dataclasses.replace(rank.PLANS["tiny"], steps=12, ranks=(2,), workers=1)
     first = rank.sft_sweep(profile, plan, model_path=str(tiny_model_path), only=["r=2 lr=0.003"], verbose=False)
     row = first["runs"][0]
     assert row["eval_loss"] < first["baseline"]["eval_loss"]
@@ -179,8 +179,8 @@ def test_trainer_sweep_trains_through_sft_and_reports_the_loop_fields(tiny_model
     """The GPU profiles' engine (`lora_lab.train.sft`, QLoRA), run here on the tiny model for a few steps."""
     from lora_lab import profiles
 
-    profile = profiles.get_profile("cpu").replace(n_eval=20, logging_steps=2, save_steps=100)
-    plan = dataclasses.replace(rank.PLANS["cpu"], steps=8, engine="trainer", ranks=(2,), lr_ladder=())
+    profile = profiles.get_profile("tiny").replace(n_eval=20, logging_steps=2, save_steps=100)
+    plan = dataclasses.replace(rank.PLANS["tiny"], steps=8, engine="trainer", ranks=(2,), lr_ladder=())
     result = rank.sft_sweep(profile, plan, model_path=str(tiny_model_path), only=["r=2"], verbose=False)
     assert result["baseline"] is None and result["plan"]["engine"] == "trainer"
     (row,) = result["runs"]
@@ -209,7 +209,7 @@ def _row(rank_, lr, loss):
 
 
 def test_lr_search_steps_outwards_until_the_best_lr_is_inside():
-    plan = rank.PLANS["cpu"]
+    plan = rank.PLANS["tiny"]
     assert rank._start_lrs(plan) == [1e-3, 3e-3, 1e-2]
     rows = [_row(1, 1e-3, 1.0), _row(1, 3e-3, 0.9), _row(1, 1e-2, 1.1),  # inside: nothing to add
             _row(64, 1e-3, 0.5), _row(64, 3e-3, 0.6), _row(64, 1e-2, 0.9),  # lowest LR best: go down
@@ -226,7 +226,7 @@ def test_lr_search_steps_outwards_until_the_best_lr_is_inside():
 def test_the_sweep_rule_sets_peft_scaling():
     from peft import LoraConfig, get_peft_model
 
-    plan = rank.PLANS["cpu"]
+    plan = rank.PLANS["tiny"]
     assert plan.rule == rank.SWEEP_RULE == rank.SCALING_RULES[2]
     for r, scale in ((1, 8.0), (16, 2.0), (64, 1.0)):  # rsLoRA: alpha / sqrt(r) with alpha 8
         alpha, rs = rank.lora_alpha_for(plan, r)
@@ -247,7 +247,7 @@ def test_gradient_accumulation_takes_the_same_steps(tiny_model_path):
     cfg = rank.SweepConfig("r=4", "lora", 4)
     results = []
     for accum in (1, 4):
-        model = rank._wrap_for(base, cfg, rank.PLANS["cpu"], 0)
+        model = rank._wrap_for(base, cfg, rank.PLANS["tiny"], 0)
         with rank.torch_threads(1):
             out = rank.train_loop(model, tr, steps=3, lr=3e-3, batch_size=16, tokenizer=tok, grad_accum=accum)
         results.append((out["losses"], [p.detach().clone() for p in model.parameters() if p.requires_grad]))
@@ -272,7 +272,7 @@ def test_dropout_costs_activation_memory(tiny_model_path):
     base = rank._load_base(str(tiny_model_path))
     acts = {}
     for p in (0.0, 0.1):
-        model = rank._wrap_for(base, rank.SweepConfig("d", "lora", 8, dropout=p), rank.PLANS["cpu"], 0)
+        model = rank._wrap_for(base, rank.SweepConfig("d", "lora", 8, dropout=p), rank.PLANS["tiny"], 0)
         opt = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=1e-3)
         acts[p] = memory.measure_step(model, batch, opt).activations
     assert acts[0.1] > acts[0.0]  # peft keeps a dropped-out copy of each adapted layer's input
@@ -282,8 +282,8 @@ def test_whole_cpu_sweep_flow_searches_then_follows_up(tiny_model_path, tmp_path
     from lora_lab import profiles
 
     monkeypatch.setattr(rank, "cache_dir", lambda: tmp_path)
-    profile = profiles.get_profile("cpu").replace(n_eval=20)
-    plan = dataclasses.replace(rank.PLANS["cpu"], steps=3, ranks=(2,), lr_rank=2, lora_lrs=(2e-5,), workers=1,
+    profile = profiles.get_profile("tiny").replace(n_eval=20)
+    plan = dataclasses.replace(rank.PLANS["tiny"], steps=3, ranks=(2,), lr_rank=2, lora_lrs=(2e-5,), workers=1,
                                max_extensions=1)
     out = rank.sft_sweep(profile, plan, model_path=str(tiny_model_path), verbose=False)
     groups = [r["group"] for r in out["runs"]]

@@ -15,7 +15,7 @@ from lora_lab import data, models, profiles, train
 def small_profile(**changes):
     """The cpu profile with a short schedule: 2 epochs of 4 steps over 64 training examples."""
     base = dict(max_steps=8, logging_steps=2, save_steps=4, batch_size=8, grad_accum=2, n_eval=20)
-    return profiles.get_profile("cpu").replace(**{**base, **changes})
+    return profiles.get_profile("tiny").replace(**{**base, **changes})
 
 
 def _lora_fields(config) -> dict:

@@ -1,9 +1,14 @@
-"""The cpu profile's tiny base model: deterministic, loadable like a Hub model, with a sane tokenizer."""
+"""The tiny profile's base model: shipped with the package, deterministic to rebuild, loadable like a Hub
+model, with a sane tokenizer."""
 
+import hashlib
+import json
+
+import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from lora_lab import data, tiny
+from lora_lab import data, profiles, tiny
 
 SMALL = tiny.TinyRecipe(n_entities=30, pretrain_docs=300, pretrain_steps=25, pretrain_batch=16, vocab_size=512)
 
@@ -82,3 +87,32 @@ def test_the_build_reports_each_stage_and_the_time_left(tmp_path, capsys):
     assert tiny.progress_line(30, 120, 10.0, 2.5) == (
         "  pretraining: step 30/120 (25%), loss 2.500, 10 s so far, about 30 s left")
     assert tiny.progress_line(60, 120, 75.0).endswith("1 min 15 s so far, about 1 min 15 s left")
+
+
+def test_the_default_model_is_the_shipped_one_and_nothing_is_pretrained(monkeypatch):
+    def no_pretraining(*args, **kwargs):
+        raise AssertionError("the shipped model must not be pretrained on this machine")
+
+    monkeypatch.setattr(tiny, "pretrain", no_pretraining)
+    path = tiny.ensure_tiny_model()
+    assert path == tiny.SHIPPED and tiny.resolve_model_path(profiles.TINY_MODEL_ID) == str(tiny.SHIPPED)
+    record = json.loads((path / tiny.SHIPPED_RECORD).read_text())
+    assert record["model_sha256"] == hashlib.sha256((path / "model.safetensors").read_bytes()).hexdigest()
+    assert record["command"].startswith("python -m lora_lab.tiny build")
+    assert tiny.pretraining_report(path)["fact_recall"] >= 0.95
+
+
+def test_damaged_shipped_weights_are_refused_with_one_line(tmp_path, monkeypatch):
+    import shutil
+
+    copy = tmp_path / "tiny-llama"
+    shutil.copytree(tiny.SHIPPED, copy)
+    weights = copy / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-10] + b"0123456789")
+    monkeypatch.setattr(tiny, "SHIPPED", copy)
+    tiny._checked_shipped.cache_clear()
+    try:
+        with pytest.raises(RuntimeError, match=r"missing or damaged.*reinstall lora-lab"):
+            tiny.ensure_tiny_model()
+    finally:
+        tiny._checked_shipped.cache_clear()

@@ -27,7 +27,7 @@ def gpu_reading(name="Tesla T4", capability=(7, 5), total=int(14.74 * GIB)) -> h
 def small_profile(**changes):
     """The cpu profile with a short schedule for tests."""
     base = dict(max_steps=8, logging_steps=2, save_steps=4, batch_size=8, n_eval=20)
-    return profiles.get_profile("cpu").replace(**{**base, **changes})
+    return profiles.get_profile("tiny").replace(**{**base, **changes})
 
 
 @pytest.fixture(scope="module")

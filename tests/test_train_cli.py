@@ -40,7 +40,7 @@ def write_jsonl(path, rows):
                                          ("--learning-rate", "0"), ("--learning-rate", "-0.0001"),
                                          ("--eval-size", "0"), ("--max-length", "-5"), ("--rank", "eight")])
 def test_non_positive_numbers_are_refused_by_name(capsys, tmp_path, flag, value):
-    code, text = run_cli(capsys, "--profile", "cpu", flag, value, "--output-dir", str(tmp_path / "run"))
+    code, text = run_cli(capsys, "--profile", "tiny", flag, value, "--output-dir", str(tmp_path / "run"))
     assert code == 2 and f"argument {flag}: must be a positive" in text and repr(value) in text
     assert nothing_saved(tmp_path / "run")
 
@@ -49,7 +49,7 @@ def test_the_same_settings_are_refused_through_the_api():
     with pytest.raises(ValueError, match=r"max_steps must be a positive number, got 0 \(command line: --max-steps\)"):
         train.check_settings(max_steps=0)
     with pytest.raises(ValueError, match="rank must be a positive number, got -2"):
-        train.run_pipeline(profiles.get_profile("cpu"), rank=-2, verbose=False)
+        train.run_pipeline(profiles.get_profile("tiny"), rank=-2, verbose=False)
     train.check_settings(max_steps=1, rank=None, learning_rate=1e-4)  # None means "the profile's"
 
 
@@ -75,7 +75,7 @@ def test_eval_size_and_max_length_flags_reach_the_run(capsys, tmp_path, monkeypa
     seen = {}
     monkeypatch.setattr(train, "run_pipeline", lambda profile, **kw: seen.update(profile=profile, **kw) or {})
     data_file = write_jsonl(tmp_path / "d.jsonl", [{"messages": [USER, {"role": "assistant", "content": "red"}]}] * 9)
-    code, _ = run_cli(capsys, "--profile", "cpu", "--dataset", data_file, "--eval-size", "3", "--max-length", "48",
+    code, _ = run_cli(capsys, "--profile", "tiny", "--dataset", data_file, "--eval-size", "3", "--max-length", "48",
                       "--output-dir", str(tmp_path / "run"))
     assert code == 0
     assert (seen["profile"].n_eval, seen["profile"].max_length, seen["profile"].dataset_id) == (3, 48, data_file)
@@ -100,14 +100,14 @@ def test_bad_data_files_are_refused_before_training(capsys, tmp_path, rows, extr
     import re
 
     data_file = write_jsonl(tmp_path / "d.jsonl", rows)
-    code, text = run_cli(capsys, "--profile", "cpu", "--dataset", data_file, *extra, "--output-dir",
+    code, text = run_cli(capsys, "--profile", "tiny", "--dataset", data_file, *extra, "--output-dir",
                          str(tmp_path / "run"))
     assert code == 2 and re.search(message, text), text[-500:]
     assert nothing_saved(tmp_path / "run")
 
 
 def test_a_missing_dataset_file_is_named(capsys, tmp_path):
-    code, text = run_cli(capsys, "--profile", "cpu", "--dataset", str(tmp_path / "nope.jsonl"), "--output-dir",
+    code, text = run_cli(capsys, "--profile", "tiny", "--dataset", str(tmp_path / "nope.jsonl"), "--output-dir",
                          str(tmp_path / "run"))
     assert code == 2 and "nope.jsonl" in text
     assert nothing_saved(tmp_path / "run")
@@ -121,7 +121,7 @@ def test_drive_needs_a_drive_mounted_by_the_notebook(capsys, tmp_path):
     assert drive.drive_dir_from_cli("", "sft", drive_root=mounted) == mounted / "lora-lab" / "sft" / "checkpoints"
     assert drive.drive_dir_from_cli(str(mounted / "mine"), "sft", drive_root=mounted) == mounted / "mine"
     if not drive.DRIVE_ROOT.is_dir():  # this machine has no Drive: the command line says what to do
-        code, text = run_cli(capsys, "--profile", "cpu", "--drive", "--output-dir", str(tmp_path / "run"))
+        code, text = run_cli(capsys, "--profile", "tiny", "--drive", "--output-dir", str(tmp_path / "run"))
         assert code == 2 and "drive.mount" in text and "--drive /content/drive/MyDrive/lora-lab/run/checkpoints" in text
         assert nothing_saved(tmp_path / "run")
 
@@ -144,7 +144,7 @@ def test_ctrl_c_ends_with_one_line_saying_how_to_resume(capsys, tmp_path, monkey
         return real(profile.replace(save_steps=2, batch_size=8), callbacks=[CtrlCAt(3)], n_show=1, **kw)
 
     monkeypatch.setattr(train, "run_pipeline", interrupted)
-    code, text = run_cli(capsys, "--profile", "cpu", "--max-steps", "6", "--eval-size", "4", "--output-dir",
+    code, text = run_cli(capsys, "--profile", "tiny", "--max-steps", "6", "--eval-size", "4", "--output-dir",
                          str(tmp_path / "run"))
     assert code == 130
     lines = [line.strip() for line in text.splitlines() if "Interrupted" in line]

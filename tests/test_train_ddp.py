@@ -24,10 +24,10 @@ REL_TOL = 1e-3
 
 def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, tiny_model_path):
     out = tmp_path / "ddp"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "LORA_LAB_PROFILE": "cpu", "HF_HUB_OFFLINE": "1",
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "LORA_LAB_PROFILE": "tiny", "HF_HUB_OFFLINE": "1",
            "TQDM_DISABLE": "1", "MPLBACKEND": "Agg"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
-           "-m", "lora_lab.train", "--profile", "cpu", "--method", "lora", "--max-steps", str(STEPS),
+           "-m", "lora_lab.train", "--profile", "tiny", "--method", "lora", "--max-steps", str(STEPS),
            "--output-dir", str(out), "--no-merge"]
     result = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -37,7 +37,7 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, ti
     assert metrics["world_size"] == 2 and metrics["adapter_bytes"] > 0
 
     # One process, the same global batch: twice the gradient accumulation.
-    profile = profiles.get_profile("cpu")
+    profile = profiles.get_profile("tiny")
     single_profile = profile.replace(grad_accum=2 * profile.grad_accum)
     splits = data.load_profile_dataset(single_profile)
     model, tok = models.load_model_and_tokenizer(single_profile, "lora")

@@ -111,6 +111,6 @@ def test_command_line_on_stand_ins(qwen_standin, tmp_path, monkeypatch):
 
 
 def test_command_line_reports_a_predictable_failure_without_traceback(tmp_path, capsys):
-    code = train.main(["--profile", "cpu", "--dataset", str(tmp_path / "missing"), "--output-dir", str(tmp_path)])
+    code = train.main(["--profile", "tiny", "--dataset", str(tmp_path / "missing"), "--output-dir", str(tmp_path)])
     assert code == 2
     assert "Error" in capsys.readouterr().err

@@ -38,7 +38,7 @@ def test_the_package_calls_current_checkpointing_apis(tiny_model_path):
     """Loading for QLoRA training enables checkpointing through `activation_checkpointing_enable`."""
     from lora_lab import models, profiles
 
-    profile = profiles.get_profile("cpu").replace(gradient_checkpointing=True)
+    profile = profiles.get_profile("tiny").replace(gradient_checkpointing=True)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         model, _ = models.load_model_and_tokenizer(profile, "qlora")
@@ -68,7 +68,7 @@ def test_sft_runs_do_not_pin_memory_without_a_gpu():
     from lora_lab import hardware, models, profiles, train
 
     precision = models.decide_precision(hardware.detect(), "qlora")
-    kwargs = train.sft_config_kwargs(profiles.get_profile("cpu"), "out", precision)
+    kwargs = train.sft_config_kwargs(profiles.get_profile("tiny"), "out", precision)
     assert kwargs["dataloader_pin_memory"] is torch.cuda.is_available()
 
 

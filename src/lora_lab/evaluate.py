@@ -6,7 +6,8 @@
   scored by task (`score`): course answers after light normalisation (case, spaces, a final full
   stop, thousands separators); GSM8K by the final number of a free-form solution (`final_answer`);
   SQL by normalised exact match, with `sqlite3` checking the query against the example's own
-  CREATE TABLE statements (`extract_sql`, `normalise_sql`, `sqlite_accepts`).
+  CREATE TABLE statements (`extract_sql`, `normalise_sql`, `sqlite_accepts`) and comparing its
+  result with the reference's on seeded rows (execution match, `lora_lab.sql_task`).
 - `eval_loss`: the mean cross-entropy over the tokens that carry loss in training (the assistant
   answer and its eos), computed from the same tokenization as training.
 - `side_by_side`: a few prompts with the reference and two models' answers, for a table.
@@ -14,8 +15,12 @@
 
 from __future__ import annotations
 
+import argparse
+import json
 import re
+import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 
@@ -102,6 +107,11 @@ def generate(model, tokenizer, prompts: Sequence, max_new_tokens: int = 32, batc
                 **enc,
                 max_new_tokens=max_new_tokens,
                 do_sample=False,  # greedy: the same prompt always gives the same answer
+                # Plain greedy whatever the model's generation_config.json ships: its values fill every
+                # field left at its default, and a repetition penalty would punish repeating the table and
+                # column names of the prompt, which SQL must do. Only explicit values override them.
+                repetition_penalty=1.0,
+                no_repeat_ngram_size=0,
                 eos_token_id=tokenizer.eos_token_id,  # stop at the end of the assistant turn
                 pad_token_id=tokenizer.pad_token_id,
                 use_cache=True,
@@ -293,17 +303,22 @@ def score(task: str | None, prediction: str, reference: str, context: str | None
         context: SQL only: the example's CREATE TABLE statements.
 
     Returns:
-        {"correct": bool, "extracted": what was compared} plus, for SQL, "valid_sql" and "sql_error".
+        {"correct": bool, "extracted": what was compared} plus, for SQL, "valid_sql", "sql_error" and
+        "execution_match" (the same result as the reference on seeded rows: `sql_task.execution_match`).
     """
     if task == "gsm8k":
         got = final_answer(prediction)
         want = final_answer(reference)  # a bare number ("18") or a whole GSM8K solution ("... #### 18")
         return {"correct": bool(got) and got == want, "extracted": got}
     if task == "sql":
+        from .sql_task import execution_match
+
         got = extract_sql(prediction)
+        want = extract_sql(reference) or reference
         valid, error = sqlite_accepts(got, context or "")
-        return {"correct": bool(got) and normalise_sql(got) == normalise_sql(extract_sql(reference) or reference),
-                "extracted": got, "valid_sql": valid, "sql_error": error}
+        return {"correct": bool(got) and normalise_sql(got) == normalise_sql(want),
+                "extracted": got, "valid_sql": valid, "sql_error": error,
+                "execution_match": valid and execution_match(got, want, context or "")["match"]}
     return {"correct": normalise_answer(prediction) == normalise_answer(reference), "extracted": prediction}
 
 
@@ -323,7 +338,7 @@ def exact_match(model, tokenizer, dataset, max_new_tokens: int = 16, batch_size:
 
     Returns:
         (score in [0, 1], rows): one dict per example with prompt, answer, prediction, correct
-        (and, for SQL, valid_sql and sql_error).
+        (and, for SQL, valid_sql, sql_error and execution_match).
 
     Raises:
         ValueError: for an empty dataset or one without `messages` and `answer`.
@@ -342,9 +357,24 @@ def exact_match(model, tokenizer, dataset, max_new_tokens: int = 16, batch_size:
         row = {"prompt": prompt[-1]["content"], "answer": answer, "prediction": prediction,
                "correct": verdict["correct"]}
         if "valid_sql" in verdict:
-            row.update(valid_sql=verdict["valid_sql"], sql_error=verdict["sql_error"])
+            row.update(valid_sql=verdict["valid_sql"], sql_error=verdict["sql_error"],
+                       execution_match=verdict["execution_match"])
         rows.append(row)
     return sum(r["correct"] for r in rows) / len(rows), rows
+
+
+def summary(rows: Sequence[dict]) -> dict:
+    """The scores of `exact_match` rows: exact_match, and for SQL rows execution_match and valid_sql
+    (None for rows that are not SQL)."""
+    return {"exact_match": sum(r["correct"] for r in rows) / len(rows) if rows else None,
+            "execution_match": execution_match_rate(rows), "valid_sql": valid_sql_rate(rows)}
+
+
+def execution_match_rate(rows: Sequence[dict]) -> float | None:
+    """Share of `exact_match` rows whose SQL returned the reference's result (`sql_task.execution_match`);
+    None when the rows are not SQL."""
+    flags = [r["execution_match"] for r in rows if "execution_match" in r]
+    return sum(flags) / len(flags) if flags else None
 
 
 def valid_sql_rate(rows: Sequence[dict]) -> float | None:
@@ -431,3 +461,143 @@ def format_table(rows: list[dict], width: int = 40) -> str:
              "-+-".join("-" * w for w in widths)]
     lines += [" | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in cells]
     return "\n".join(lines)
+
+# ---------------------------------------------------------------------------------------------
+# `python -m lora_lab.evaluate --adapter DIR --dataset FILE`: score a trained adapter on your own rows
+#
+# The rows are read like `--dataset` of `lora_lab.train` (one .jsonl/.json/.parquet file), in
+# b-mc2/sql-create-context's columns (`question`, `context`, `answer`) or as chat `messages`, and scored
+# with the course's prompt format and scorer (`exact_match`): for SQL, exact match after normalising,
+# execution match in sqlite3, and the share of valid queries. The base model and the base with the
+# adapter answer the same prompts, greedily, side by side. The base is the one the adapter records
+# (`adapter_config.json`'s `base_model_name_or_path`, a local folder for the models the course
+# installs), loaded as it was for training (`lora_lab_adapter.json`'s `method`: a 4-bit NF4 base for
+# QLoRA), so nothing is downloaded for an adapter the course trained. Bad input ends with one line
+# saying what to change and exit code 2.
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m lora_lab.evaluate",
+        description="Score a LoRA adapter and its base model on your own rows, side by side.")
+    parser.add_argument("--adapter", required=True, help="an adapter folder written by lora_lab.train (or peft)")
+    parser.add_argument("--dataset", required=True,
+                        help="one .jsonl/.json/.parquet file: question/context/answer rows (text-to-SQL) or chat "
+                             "'messages'")
+    parser.add_argument("--limit", type=int, default=None, help="score only the first N rows")
+    parser.add_argument("--method", choices=("qlora", "lora"), default=None,
+                        help="how to load the base (default: as the adapter was trained, else lora)")
+    parser.add_argument("--max-new-tokens", type=int, default=64, help="generation budget per answer")
+    parser.add_argument("--batch-size", type=int, default=16, help="prompts per generate call")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of a report")
+    return parser
+
+
+def adapter_info(adapter_dir: str | Path) -> dict:
+    """What the adapter folder says about its base: {"base_model", "method", "task"}.
+
+    Raises:
+        ValueError: no adapter there, or its base model cannot be found.
+    """
+    from .models import ADAPTER_INFO_FILE, require_whole_safetensors
+
+    folder = Path(adapter_dir)
+    config_file = folder / "adapter_config.json"
+    if not config_file.is_file():
+        raise ValueError(f"{folder} holds no adapter_config.json: pass the adapter folder that training wrote "
+                         "(e.g. runs/sft/adapter).")
+    require_whole_safetensors(folder / "adapter_model.safetensors")
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+        extra_file = folder / ADAPTER_INFO_FILE
+        extra = json.loads(extra_file.read_text(encoding="utf-8")) if extra_file.is_file() else {}
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{folder}: its adapter description is not valid JSON ({err}).") from None
+    if not isinstance(config, dict) or not isinstance(extra, dict):
+        raise ValueError(f"{folder}: adapter_config.json and {ADAPTER_INFO_FILE} must each hold one JSON object.")
+    base = config.get("base_model_name_or_path") or extra.get("base_model")
+    if not base:
+        raise ValueError(f"{config_file} names no base model (base_model_name_or_path).")
+    looks_local = str(base).startswith(("/", ".", "~")) or Path(base).exists()
+    if looks_local and not Path(base).expanduser().is_dir():
+        raise ValueError(f"The adapter's base model folder {base} does not exist on this machine: retrain, or set "
+                         f"base_model_name_or_path in {config_file} to the base model's folder.")
+    return {"base_model": str(base), "method": extra.get("method"), "task": extra.get("task")}
+
+
+def read_rows(path: str | Path, limit: int | None = None):
+    """The rows of one data file in the course's schema (messages, answer, task, context for SQL)."""
+    from . import data
+
+    rows = data.normalise(data.read_data_file(path), str(path))
+    if limit is not None:
+        if limit < 1:
+            raise ValueError(f"--limit must be at least 1, got {limit}.")
+        rows = rows.select(range(min(limit, len(rows))))
+    data.validate(rows, str(path))
+    return rows
+
+
+def score_side_by_side(adapter_dir, rows, *, method: str | None = None, max_new_tokens: int = 64,
+                       batch_size: int = 16) -> dict:
+    """The base model's and the adapter's scores on `rows`, and the answers of both.
+
+    Returns:
+        {"base_model", "method", "n", "base": {...}, "adapter": {...}, "rows": [...]}, each score
+        dict holding exact_match and, for SQL rows, execution_match and valid_sql.
+    """
+    from peft import PeftModel
+
+    from . import models, profiles
+
+    info = adapter_info(adapter_dir)
+    method = method or info["method"] or "lora"
+    if method not in ("qlora", "lora"):
+        raise ValueError(f"The adapter records method {method!r}: pass --method qlora or --method lora.")
+    profile = profiles.get_profile()
+    base, tokenizer = models.load_model_and_tokenizer(profile, method, model_path=info["base_model"],
+                                                      for_training=False)
+    kwargs = dict(max_new_tokens=max_new_tokens, batch_size=batch_size)
+    scores = {}
+    _, rows_base = exact_match(base, tokenizer, rows, **kwargs)
+    scores["base"] = summary(rows_base)
+    tuned = PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=False).eval()
+    _, rows_tuned = exact_match(tuned, tokenizer, rows, **kwargs)
+    scores["adapter"] = summary(rows_tuned)
+    table = side_by_side(rows_base, rows_tuned, n=len(rows_base), names=("base", "adapter"))
+    return {"base_model": info["base_model"], "method": method, "n": len(rows_base), **scores, "rows": table}
+
+
+def report(result: dict, n_show: int = 5) -> str:
+    """The scores as lines a person reads, with a few answers side by side."""
+    lines = [f"{result['n']} rows; base {result['base_model']} loaded for {result['method']}"]
+    for name in ("exact_match", "execution_match", "valid_sql"):
+        if result["base"].get(name) is not None:
+            lines.append(f"{name.replace('_', ' '):<16} base {result['base'][name]:6.1%}   "
+                         f"adapter {result['adapter'][name]:6.1%}")
+    return "\n".join(lines) + "\n\n" + format_table(result["rows"][:n_show])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Exit 0 with the scores, 2 with one line on bad input, 130 on Ctrl-C."""
+    args = build_parser().parse_args(argv)
+    try:
+        adapter_info(args.adapter)  # a bad adapter folder fails here, before any model loads
+        rows = read_rows(args.dataset, args.limit)
+        for name in ("max_new_tokens", "batch_size"):
+            if getattr(args, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be at least 1.")
+        result = score_side_by_side(args.adapter, rows, method=args.method, max_new_tokens=args.max_new_tokens,
+                                    batch_size=args.batch_size)
+    except (ValueError, OSError) as err:
+        print(f"{type(err).__name__}: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("Interrupted: nothing was written.", file=sys.stderr)
+        return 130
+    print(json.dumps(result, indent=1) if args.json else report(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -42,11 +42,15 @@ NODE_LLAMA_CPP_VERSION = "3.22.1"
 #: needs llama.cpp's compiled `llama-quantize`, which neither the sdist (uncompiled) nor node-llama-cpp ships.
 OUTTYPES = ("f32", "f16", "bf16", "q8_0")
 
-#: Largest |logit difference| accepted between llama.cpp and PyTorch, per file type, for the course's
-#: tiny model (f32 reference). Largest measured (notebook 06, tests/test_export.py): f32 0.0056,
-#: f16 0.0057, q8_0 0.093; each kept 3-9x above: f32 differs only by summation order, f16 by rounding
-#: each weight to 11 significant bits, q8_0 by 8-bit blocks of 32 weights with one f16 scale each.
-TOLERANCES = {"f32": 0.02, "f16": 0.05, "q8_0": 0.5}
+#: Largest difference in next-token probability accepted between llama.cpp and PyTorch, per file type,
+#: for the course's tiny model (f32 reference), on top of identical greedy tokens and top-5 sets.
+#: Probabilities, not raw logits: the largest |logit difference| depends on the CPU's kernels (q8_0:
+#: 0.093 on an AVX2 machine, 0.516 on an AVX-512/AMX one, with the same greedy and top-5 tokens),
+#: while what a user sees (which tokens, with what probability) does not. The logit difference is
+#: still measured and printed (`Agreement.max_abs_logit_diff`). f32 differs only by summation order,
+#: f16 by rounding each weight to 11 significant bits, q8_0 by 8-bit blocks of 32 weights with one
+#: f16 scale each. Measured margins: tests/test_export.py and benchmarks/results/cross_isa.md.
+TOLERANCES = {"f32": 0.01, "f16": 0.02, "q8_0": 0.1}
 
 _SDIST_MEMBERS = ("convert_hf_to_gguf.py", "convert_lora_to_gguf.py", "conversion/", "gguf-py/gguf/")
 _RUNTIME_FILES = ("package.json", "package-lock.json", "llama_eval.mjs")
@@ -434,18 +438,20 @@ def torch_eval(model, token_lists, n_generate: int = 0) -> list[LlamaRun]:
 class Agreement:
     """llama.cpp against PyTorch on the same prompts."""
 
-    max_abs_logit_diff: float  # over every prompt, step and vocabulary entry
+    max_abs_logit_diff: float  # over every prompt, step and vocabulary entry (reported; CPU-dependent)
     top5_same: float  # share of steps whose top-5 token sets are equal
     greedy_same: float  # share of prompts whose greedy generations are identical token by token
     first_divergence: list[int | None]  # per prompt: index of the first differing greedy token
+    max_prob_diff: float = 0.0  # largest |p - q| of a next-token probability, over every step and token
 
     def within(self, tolerance: float) -> bool:
-        return self.max_abs_logit_diff <= tolerance
+        """Same greedy tokens, same top-5 sets, and next-token probabilities within `tolerance`."""
+        return self.greedy_same == 1.0 and self.top5_same == 1.0 and self.max_prob_diff <= tolerance
 
 
 def compare(reference: list[LlamaRun], other: list[LlamaRun]) -> Agreement:
     """Compare logits step by step (on the reference's tokens while both agree) and greedy tokens."""
-    diffs, top5, same, first = [], [], [], []
+    diffs, prob_diffs, top5, same, first = [], [], [], [], []
     for ref, oth in zip(reference, other, strict=True):
         mismatch = [i for i, (x, y) in enumerate(zip(ref.generated, oth.generated, strict=False)) if x != y]
         first.append(mismatch[0] if mismatch else None)
@@ -454,8 +460,15 @@ def compare(reference: list[LlamaRun], other: list[LlamaRun]) -> Agreement:
         n = min(len(ref.logits), len(oth.logits), mismatch[0] + 1 if mismatch else len(ref.logits))
         for a, b in zip(ref.logits[:n], oth.logits[:n], strict=True):
             diffs.append(float(np.max(np.abs(a - b))))
+            prob_diffs.append(float(np.max(np.abs(_softmax(a) - _softmax(b)))))
             top5.append(set(np.argsort(-a)[:5]) == set(np.argsort(-b)[:5]))
-    return Agreement(max(diffs), float(np.mean(top5)), float(np.mean(same)), first)
+    return Agreement(max(diffs), float(np.mean(top5)), float(np.mean(same)), first, max(prob_diffs))
+
+
+def _softmax(logits) -> np.ndarray:
+    shifted = np.asarray(logits, dtype=np.float64) - np.max(logits)
+    weights = np.exp(shifted)
+    return weights / weights.sum()
 
 
 def merge_into_dequantized_base(qlora_model, base_dir, adapter_name: str = "default"):

@@ -482,7 +482,7 @@ class SweepPlan:
 PLANS = {
     # 2 cores: two processes of one thread each. ~25 runs x 100 steps; the search around 3e-3 (the cpu
     # profile's LR) brackets each rank's best LR.
-    "cpu": SweepPlan(ranks=(1, 4, 16, 64), steps=100, lora_lr=3e-3, full_lr=1e-3, alpha=8.0, lr_rank=16,
+    "tiny": SweepPlan(ranks=(1, 4, 16, 64), steps=100, lora_lr=3e-3, full_lr=1e-3, alpha=8.0, lr_rank=16,
                      lora_lrs=(2e-5, 2e-4), full_lrs=(), equal_budget_unit=1,
                      lr_ladder=(1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2), dropouts=(0.0, 0.05, 0.1),
                      warmup_check=True, seed_check=True, workers=2),

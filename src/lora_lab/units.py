@@ -37,3 +37,27 @@ def code_version() -> str:
         digest.update(str(path.relative_to(package)).encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()[:12]
+
+
+def build_once(target: Path, build) -> Path:
+    """`target`, built by `build(folder)` into a temporary sibling folder and renamed into place.
+
+    A build that is interrupted or fails leaves no half-written `target` behind (its temporary folder
+    is removed), and a second process that finishes first wins: the slower one discards its copy.
+    """
+    import shutil
+    import tempfile
+
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=".building-", dir=target.parent))
+    try:
+        build(scratch)
+        if target.exists():
+            shutil.rmtree(scratch)
+        else:
+            scratch.rename(target)
+    except BaseException:
+        shutil.rmtree(scratch, ignore_errors=True)
+        raise
+    return target

@@ -400,6 +400,9 @@ def main(argv=None) -> int:
     p_reh = sub.add_parser("t4-rehearsal", help="execute the notebooks' t4 path on this CPU into build/rehearsal/")
     p_reh.add_argument("notebooks", nargs="*", type=Path, help="default: every notebooks/NN_*.ipynb")
     p_reh.add_argument("--out", type=Path, default=REHEARSAL)
+    p_fresh = sub.add_parser("fresh-cache", help="an empty cache root that shares only installed inputs (the GGUF "
+                                                   "tools, SmolLM2's safetensors) with $LORA_LAB_CACHE")
+    p_fresh.add_argument("folder", type=Path)
     args = parser.parse_args(argv)
     try:
         return _command(args)
@@ -408,7 +411,28 @@ def main(argv=None) -> int:
         return 2
 
 
+#: Cache folders that hold installed inputs, not results: a fresh cache may share them.
+SHARED_CACHE_INPUTS = ("export", "models")
+
+
+def fresh_cache(folder: Path) -> Path:
+    """`folder` emptied, with links to the installed inputs of the current cache root (nothing that a
+    run computed: results, sweeps and specialists are recomputed under the new root)."""
+    from lora_lab.units import cache_dir
+
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    for name in SHARED_CACHE_INPUTS:
+        source = cache_dir(name)
+        if source.is_dir():
+            (folder / name).symlink_to(source.resolve(), target_is_directory=True)
+    return folder
+
+
 def _command(args) -> int:
+    if args.command == "fresh-cache":
+        print(f"fresh cache root: {fresh_cache(args.folder)}")
+        return 0
     if args.command == "t4-plan":
         return print_t4_plan(args.json)
     if args.command == "t4-rehearsal":
