@@ -58,7 +58,7 @@ notebook-tests: $(STAMP) gguf-tools
 	$(MAKE) --no-print-directory t4-rehearsal
 
 nbtest: $(STAMP) gguf-tools
-	$(BIN)/python -m pytest --nbmake --nbmake-timeout=900 notebooks/[0-9][0-9]_*.ipynb
+	$(BIN)/python -m pytest --nbmake --nbmake-timeout=900 --durations=0 notebooks/[0-9][0-9]_*.ipynb
 
 # Every notebook's t4 path on this CPU (LORA_LAB_PROFILE=t4 LORA_LAB_REHEARSAL=1): the t4 settings and
 # decisions with a scaled-down random Qwen2 and local SQL/GSM8K rows; executed copies in build/rehearsal/.

@@ -23,41 +23,12 @@ GSM8K_ID = "openai/gsm8k"
 # ---------------------------------------------------------------------------------------------
 # Data in the Hub datasets' formats
 
-_TABLES = [
-    ("head", [("name", "VARCHAR"), ("born_state", "VARCHAR"), ("age", "INTEGER")]),
-    ("department", [("name", "VARCHAR"), ("budget_in_billions", "INTEGER"), ("num_employees", "INTEGER")]),
-    ("farm", [("farm_id", "INTEGER"), ("total_horses", "INTEGER"), ("cows", "INTEGER")]),
-    ("city", [("official_name", "VARCHAR"), ("status", "VARCHAR"), ("population", "INTEGER")]),
-    ("singer", [("name", "VARCHAR"), ("country", "VARCHAR"), ("age", "INTEGER")]),
-    ("table_name_12", [("player", "VARCHAR"), ("school", "VARCHAR"), ("round", "INTEGER")]),
-]
-_NAMES = ["Ben", "Ana", "Lima", "Oslo", "Rome", "Sam", "Kim", "Tokyo"]
-
-
 def sql_rows(n: int, seed: int = 0) -> list[dict]:
-    """`n` text-to-SQL rows shaped like b-mc2/sql-create-context's (question, context, answer)."""
-    rng = random.Random(seed)
-    rows = []
-    for i in range(n):
-        table, columns = _TABLES[i % len(_TABLES)]
-        context = f"CREATE TABLE {table} ({', '.join(f'{c} {t}' for c, t in columns)})"
-        text_cols = [c for c, t in columns if t == "VARCHAR"]
-        num_cols = [c for c, t in columns if t == "INTEGER"]
-        kind = rng.randrange(3)
-        num = rng.choice(num_cols)
-        value = rng.randint(2, 90)
-        if kind == 0:
-            q, a = (f"How many {table} rows have {num.replace('_', ' ')} greater than {value}?",
-                    f"SELECT COUNT(*) FROM {table} WHERE {num} > {value}")
-        elif kind == 1 and text_cols:
-            col, name = rng.choice(text_cols), rng.choice(_NAMES)
-            q, a = (f"What is the {num.replace('_', ' ')} of the {table} whose {col.replace('_', ' ')} is {name}?",
-                    f'SELECT {num} FROM {table} WHERE {col} = "{name}"')
-        else:
-            q, a = (f"What is the average {num.replace('_', ' ')} of all {table} entries?",
-                    f"SELECT AVG({num}) FROM {table}")
-        rows.append({"question": q, "context": context, "answer": a})
-    return rows
+    """`n` text-to-SQL rows shaped like b-mc2/sql-create-context's (question, context, answer): the
+    cpu profile's own generator (`lora_lab.sql_task`), over all of its tables."""
+    from .sql_task import TABLES, make_rows
+
+    return make_rows(TABLES, n, seed)
 
 
 def gsm8k_rows(n: int, seed: int = 0) -> list[dict]:
