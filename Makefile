@@ -47,8 +47,8 @@ OTHER_ISA := $(shell grep -qw avx512f /proc/cpuinfo 2>/dev/null \
   && echo ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2 ONEDNN_MAX_CPU_ISA=AVX2 \
   || echo ATEN_CPU_CAPABILITY=default MKL_ENABLE_INSTRUCTIONS=SSE4_2 ONEDNN_MAX_CPU_ISA=SSE41)
 outcomes-other-isa: $(STAMP) gguf-tools
-	$(BIN)/python -m lora_lab.tooling.course fresh-cache build/other-isa-cache
-	env $(OTHER_ISA) LORA_LAB_CACHE=build/other-isa-cache MPLBACKEND=Agg $(BIN)/python -m pytest -m outcome \
+	$(BIN)/python -m lora_lab.tooling.course fresh-cache $(CURDIR)/build/other-isa-cache
+	env $(OTHER_ISA) LORA_LAB_CACHE=$(CURDIR)/build/other-isa-cache MPLBACKEND=Agg $(BIN)/python -m pytest -m outcome -rP \
 	  -p no:cacheprovider tests
 
 # The notebook runs one after the other: the cpu profile's SmolLM2 run in notebook 03 uses both cores,

@@ -18,8 +18,9 @@ CACHE_ENV = "LORA_LAB_CACHE"  # the one environment variable that moves every ca
 
 
 def cache_root() -> Path:
-    """Where the course caches what it builds: $LORA_LAB_CACHE, else ~/.cache/lora_lab."""
-    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "lora_lab")
+    """Where the course caches what it builds: $LORA_LAB_CACHE, else ~/.cache/lora_lab; always an absolute
+    path (the GGUF tools run in other working directories)."""
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "lora_lab").expanduser().absolute()
 
 
 def cache_dir(kind: str) -> Path:
