@@ -20,15 +20,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
 from . import data
 from .standin_data import gsm8k_rows, sql_rows
-from .units import cache_dir
+from .units import build_once, cache_dir
 
 #: Qwen2.5's ChatML chat template (its default system turn shortened): turns end with <|im_end|>.
 CHATML_TEMPLATE = (
@@ -110,24 +108,17 @@ def ensure_standin_model(folder: str | os.PathLike | None = None) -> Path:
     target = Path(folder) if folder else cache_dir("rehearsal") / f"qwen2-standin-{_key()}"
     if (target / "config.json").exists() and (target / "tokenizer.json").exists():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".building-", dir=target.parent))
-    try:
+
+    def build(scratch: Path) -> None:
         tokenizer = build_tokenizer()
         torch.manual_seed(0)
         model = Qwen2ForCausalLM(standin_config(tokenizer))
         model.generation_config = GenerationConfig(eos_token_id=tokenizer.eos_token_id,
                                                    pad_token_id=tokenizer.pad_token_id, do_sample=False)
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        if target.exists():
-            shutil.rmtree(tmp)
-        else:
-            tmp.rename(target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return target
+        model.save_pretrained(scratch)
+        tokenizer.save_pretrained(scratch)
+
+    return build_once(target, build)
 
 
 def report(profile) -> str:
