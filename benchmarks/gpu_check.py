@@ -10,10 +10,12 @@ For any CUDA machine, with no Hub access (nothing is downloaded):
    lengths, with gradient checkpointing on and off, one real training step runs after
    `empty_cache` and `reset_peak_memory_stats`; its `max_memory_allocated` is set beside the
    estimate's `peak_allocated` and its `max_memory_reserved` beside the estimate's `reserved`.
-2. The t4 rehearsal at full size: Qwen2.5-1.5B's real architecture (random weights, saved and loaded
-   through the course's own QLoRA loader) trained with the t4 profile's settings by `lora_lab.train.sft`
-   under `torch.cuda.set_per_process_memory_fraction` capped at 14.74 GiB (a Colab T4's usable
-   memory): step time and peak memory.
+2. The t4 rehearsal at full size, the timing case of notebook 03's run: Qwen2.5-1.5B's real architecture
+   (random weights, saved and loaded through the course's own QLoRA loader) trained with the t4
+   profile's settings by `lora_lab.train.sft` on SQL rows of the task's real lengths, under
+   `torch.cuda.set_per_process_memory_fraction` capped at 14.74 GiB (a Colab T4's usable memory):
+   step time, training tokens per second (beside the figure `lora_lab.t4_budget` plans with) and peak
+   memory. On a T4 this is the measurement that replaces the plan's throughput.
 
 Writes `benchmarks/results/gpu_check_<gpu>.csv` and prints one summary line per case. Cases are
 planned from the estimate so that the run stays within `--budget-s` (default 420 s; the target is at
@@ -280,7 +282,7 @@ def rehearsal_full_size(workdir: str, steps: int = 10) -> dict:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from lora_lab import data, hardware, models, profiles, rehearsal, standin_data, train
+    from lora_lab import data, hardware, models, profiles, rehearsal, standin_data, t4_budget, train
 
     folder = os.path.join(workdir, "qwen2.5-1.5b-random")
     cfg_dict = vram.preset_config("Qwen/Qwen2.5-1.5B")
@@ -296,7 +298,10 @@ def rehearsal_full_size(workdir: str, steps: int = 10) -> dict:
         hw = hardware.detect()
         profile = profiles.PROFILES["t4"].replace(model_id=folder, max_steps=steps, logging_steps=1, save_steps=steps + 1)
         fields["precision"] = "fp16" if models.decide_precision(hw, "qlora").fp16 else "bf16"
-        rows = [dict(r, question=r["question"] * 3) for r in standin_data.sql_rows(profile.effective_batch * steps)]
+        # The 03 run's shapes: its batch, accumulation, length cap and checkpointing, on rows of the SQL task's
+        # real lengths (lora_lab.t4_budget plans with their token count); the tokens/s measured here is what
+        # replaces the plan's figure.
+        rows = standin_data.sql_rows(profile.effective_batch * steps)
         from datasets import Dataset
 
         splits = data.normalise(Dataset.from_list(rows), standin_data.SQL_ID)
@@ -311,7 +316,9 @@ def rehearsal_full_size(workdir: str, steps: int = 10) -> dict:
         row = _row("rehearsal", fields, est, result.metrics["peak_allocated_bytes"],
                    result.metrics["peak_reserved_bytes"], round(step_s, 3),
                    note=f"capped at {T4_CAP_BYTES / GIB:.2f} GiB; {result.metrics['global_step']} steps of batch "
-                        f"{profile.batch_size}x{profile.grad_accum}")
+                        f"{profile.batch_size}x{profile.grad_accum}; {result.metrics['train_tokens_per_s']:.0f} training "
+                        f"tokens/s (lora_lab.t4_budget plans a T4 at "
+                        f"{t4_budget.FIGURES['train_tokens_per_s'].value:g})")
     except torch.OutOfMemoryError as err:
         row = _row("rehearsal", fields, None, None, None, None, "oom", str(err).splitlines()[0][:200])
     finally:

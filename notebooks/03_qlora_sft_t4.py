@@ -93,6 +93,13 @@ RUN_7B = False  # GPU only: a short QLoRA run of a 7B model at the end
 # Section 11's second run (LoRA on a 16-bit base) takes as long again as the first, so it is off in class:
 # set True to run it. A rehearsal runs it, to check the path on every change.
 COMPARE_LORA = profile.rehearsal
+# The run's shape: what an out-of-memory message tells you to change, by these names.
+BATCH_SIZE = profile.batch_size  # examples per micro-step
+GRAD_ACCUM = profile.grad_accum  # micro-steps per optimizer step: effective batch BATCH_SIZE x GRAD_ACCUM
+MAX_LENGTH = profile.max_length  # longest example in tokens; longer ones are dropped whole, never cut
+GRADIENT_CHECKPOINTING = profile.gradient_checkpointing  # recompute activations in backward: less memory
+profile = profile.replace(batch_size=BATCH_SIZE, grad_accum=GRAD_ACCUM, max_length=MAX_LENGTH,
+                          gradient_checkpointing=GRADIENT_CHECKPOINTING)
 started = time.perf_counter()
 
 # %% [markdown]

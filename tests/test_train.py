@@ -272,7 +272,8 @@ def test_out_of_memory_is_caught_with_advice_and_checkpoints_kept(splits, tmp_pa
     assert oom.fired and oom.ballast[0].numel() * 4 == oom.ballast_bytes  # raised mid-forward, memory taken
     err = info.value
     message = str(err)
-    assert "Out of memory at step 4 of 8" in message and "Try:" in message and "estimator predicted" in message
+    assert "Out of memory at step 4 of 8" in message and "Try" in message and "estimator predicted" in message
+    assert "settings cell" in message and any(name in message for name in ("BATCH_SIZE = ", "MAX_LENGTH = "))
     assert err.suggestions and err.step == 3
     # Checkpoint 2 was written by the schedule; step 3 (completed before the failure) is saved too.
     assert (tmp_path / "checkpoint-2").is_dir()
@@ -350,3 +351,26 @@ def test_merge_tolerance_accepts_a_real_merge_in_its_dtype(tiny_model_path, spli
     if dtype != "float32":
         assert diff > models.MERGE_TOLERANCE["float32"]
 
+
+
+def test_out_of_memory_advice_names_the_settings_cells_variables():
+    """Each tip is an assignment of notebook 03's settings cell that the estimator says fits; a smaller batch
+    keeps the effective batch with more accumulation."""
+    from lora_lab import vram
+
+    t4 = profiles.PROFILES["t4"].replace(batch_size=8, grad_accum=2, max_length=512, gradient_checkpointing=False)
+    kwargs = dict(method="qlora", rank=16, target_modules="all-linear", batch_size=8, seq_len=512,
+                  gradient_checkpointing=False, optimizer="paged_adamw_8bit", precision="fp16", device="cuda")
+    budget = int(14 * 2**30)
+    assert not vram.estimate("Qwen/Qwen2.5-1.5B", **kwargs).fits(budget)
+    tips = preflight.settings_that_fit("Qwen/Qwen2.5-1.5B", t4, budget, **kwargs)
+    assert "GRADIENT_CHECKPOINTING = True" in tips
+    batch_tip = next(t for t in tips if t.startswith("BATCH_SIZE = "))
+    batch = int(batch_tip.split("BATCH_SIZE = ")[1].split(",")[0])
+    accum = int(batch_tip.split("GRAD_ACCUM = ")[1].split(" ")[0])
+    assert 0 < batch < 8 and batch * accum == 16  # the same effective batch: the same updates
+    assert vram.estimate("Qwen/Qwen2.5-1.5B", **{**kwargs, "batch_size": batch}).fits(budget)
+    length_tip = next(t for t in tips if t.startswith("MAX_LENGTH = "))
+    length = int(length_tip.split("MAX_LENGTH = ")[1].split(" ")[0])
+    assert 64 <= length < 512 and length % 64 == 0
+    assert vram.estimate("Qwen/Qwen2.5-1.5B", **{**kwargs, "seq_len": length}).fits(budget)

@@ -82,6 +82,8 @@ def test_t4_pipeline_on_stand_ins(qwen_standin, tmp_path):
         assert on_disk[key] is not None, key
     assert metrics["dtype_decided"] == "float16" and metrics["dtype_executed"] == "float32"
     assert metrics["method"] == "qlora" and metrics["eval_loss_after"] < metrics["eval_loss_before"]
+    # fp16's GradScaler runs in the rehearsal too (on fp32 numbers: nothing overflows, nothing is skipped).
+    assert metrics["skipped_steps"] == 0 and metrics["loss_scale"] == 2.0**16
     assert metrics["reload_same_generations"] is True
     assert metrics["merge"]["ok"] and (tmp_path / "merged" / "config.json").exists()
     assert (tmp_path / "loss.png").exists() and (tmp_path / "adapter" / "adapter_model.safetensors").exists()
@@ -114,3 +116,19 @@ def test_command_line_reports_a_predictable_failure_without_traceback(tmp_path, 
     code = train.main(["--profile", "tiny", "--dataset", str(tmp_path / "missing"), "--output-dir", str(tmp_path)])
     assert code == 2
     assert "Error" in capsys.readouterr().err
+
+
+def test_fp16_overflow_in_a_rehearsal_stops_the_run_and_saves_no_adapter(qwen_standin, tmp_path):
+    """Gradients made infinite from step 3 on, as an fp16 overflow makes them: the GradScaler skips every
+    step, the weights stay finite, and the guard stops the run before the adapter is saved."""
+    from lora_lab.callbacks import MAX_SKIPPED_IN_A_ROW, InjectGradientOverflow
+
+    profile = t4_profile(qwen_standin).replace(max_steps=20, save_steps=2)
+    splits = data.load_profile_dataset(profile, loader=lambda *args: gsm8k_like())
+    with pytest.raises(train.TrainingDiverged) as info:
+        train.run_pipeline(profile, output_dir=tmp_path, splits=splits, hw=t4_reading(), verbose=False,
+                           callbacks=[InjectGradientOverflow(2)])
+    assert info.value.step == 2 + MAX_SKIPPED_IN_A_ROW
+    assert "overflowed 8 optimizer steps in a row" in str(info.value) and "max_grad_norm" in str(info.value)
+    assert not (tmp_path / "adapter").exists() and not (tmp_path / "metrics.json").exists()
+    assert not (tmp_path / "checkpoints" / f"checkpoint-{info.value.step}").exists()

@@ -22,6 +22,7 @@ Lesson helpers (import the one you need):
                  `python -m lora_lab.evaluate --adapter DIR --dataset FILE`: base and adapter side by side
     callbacks    loss / tokens per second / peak memory logging, divergence guard, simulated disconnect and OOM
     gpu_runs     every GPU run preflighted at full size against free memory: run, shrink or skip; the t4 plan
+    t4_budget    how long each notebook takes on a Colab T4: a step-time model with its sources, and the budgets
     rehearsal    the t4 rehearsal's stand-in model: a scaled-down random Qwen2 with a ChatML tokenizer
     standin_data  the t4 rehearsal's datasets: SQL and GSM8K rows in the Hub datasets' formats
     vram         the memory estimator, reverse questions, its command line (notebook 01)

@@ -4,9 +4,11 @@ fault injectors; plus the memory readings that stand next to the estimator's pre
 `TrainingMonitor` adds, at every logging step, the throughput since the previous log and the peak
 memory so far to the trainer's `log_history` (and keeps its own list of records for plots).
 `StopAtStep` ends training after a given step, like a Colab disconnect after a checkpoint;
-`SimulateOutOfMemory` raises the same `torch.OutOfMemoryError` a real GPU would, so the notebook
-and the tests can show the out-of-memory path on any machine. `DivergenceGuard` stops a run whose
-loss (or whose weights, before a checkpoint) stops being finite, so no adapter of it is saved.
+`SimulateOutOfMemory` raises the same `torch.OutOfMemoryError` a real GPU would, and
+`InjectGradientOverflow` makes the gradients overflow as fp16 ones do, so the notebook and the tests can
+show both failure paths on any machine. `DivergenceGuard` stops a run whose loss (or whose weights,
+before a checkpoint) stops being finite, or whose fp16 steps the GradScaler keeps skipping, so no
+adapter of it is saved.
 
 Memory readings compare like with like: `start_peak_measurement` empties the CUDA cache and resets
 the peaks right before training (so the evaluation before training does not count);
@@ -159,31 +161,62 @@ class TrainingDiverged(ValueError):
 
 
 def divergence_message(step: int, what: str, learning_rate: float, fp16: bool, max_grad_norm: float | None) -> str:
-    """What went wrong and what to change, from the run's own settings."""
+    """What went wrong and what to change, from the run's own settings (on a T4: what a T4 can do)."""
     tips = [f"a lower learning rate (this run: {learning_rate:g}; try {learning_rate / 4:g})"]
-    if fp16:
-        tips.append("a GPU with native bf16 (compute capability 8.0 or newer: L4, A100, H100), whose range does not "
-                    "overflow like fp16's")
-    if max_grad_norm and max_grad_norm > 0:
+    if max_grad_norm and max_grad_norm > 0.3:
+        tips.append(f"stronger gradient clipping (max_grad_norm {max_grad_norm:g}; try 0.3)")
+    elif max_grad_norm and max_grad_norm > 0:
         tips.append(f"stronger gradient clipping (max_grad_norm {max_grad_norm:g}; try {max_grad_norm / 3:.2g})")
     else:
-        tips.append("gradient clipping (max_grad_norm=1.0)")
+        tips.append("gradient clipping (max_grad_norm=0.3)")
+    if fp16:
+        tips += ["trainable (LoRA) weights in fp32 with fp16 only inside autocast, as the course keeps them "
+                 "(lora_lab.compat.keep_trainable_fp32): never cast the adapters themselves to fp16",
+                 "the QLoRA paper's settings, which were tuned without bf16 in mind: lr 2e-4, max_grad_norm 0.3 "
+                 "(github.com/artidoro/qlora, qlora.py)",
+                 "or, if you have one, a GPU with native bf16 (compute capability 8.0 or newer: L4, A100)"]
     return (f"Training diverged at step {step}: {what}. The run was stopped; no adapter of it was saved as a "
             "result or merged (checkpoints written before the divergence are kept). Try: " + "; ".join(tips) + ".")
 
 
-class DivergenceGuard(TrainerCallback):
-    """Stop training as soon as the logged loss is NaN or infinite, and before saving non-finite weights.
+#: fp16 loss scaling: optimizer steps the GradScaler may skip in a row (each halves the scale) before the
+#: run is stopped. A few skips at the start are normal: the scaler starts at 2**16 and halves until the
+#: scaled gradients fit fp16. Eight in a row means the scale fell 256-fold and the gradients still overflow.
+MAX_SKIPPED_IN_A_ROW = 8
+#: ... and the share of all steps skipped once `SKIP_SHARE_AFTER` steps have run: above it the adapter
+#: barely moved, and scoring it would report a run that did not train.
+MAX_SKIPPED_SHARE = 0.2
+SKIP_SHARE_AFTER = 20
+#: A loss scale below this means fp16 cannot hold the gradients even unscaled.
+MIN_LOSS_SCALE = 1.0
 
-    The trainer logs, then saves, in the same step: raising from `on_log` keeps the step's checkpoint
-    from being written. At save steps whose loss is not logged, `on_step_end` checks every trainable
-    parameter first. The exception (`TrainingDiverged`) ends `trainer.train()`, so nothing after it in
-    the pipeline (adapter save, reload, merge) runs.
+
+class DivergenceGuard(TrainerCallback):
+    """Stop training as soon as it stops training for real, before anything of it is saved.
+
+    Three signs, each checked at the end of every optimizer step (the trainer logs, then saves, after
+    `on_step_end` and `on_log`, so raising there keeps that step's checkpoint from being written):
+
+    - the logged loss is NaN or infinite (`logging_nan_inf_filter=False` in the course's `SFTConfig`:
+      with transformers' default a non-finite loss is replaced in the log by the running mean);
+    - fp16 loss scaling: the GradScaler skipped too many optimizer steps (`MAX_SKIPPED_IN_A_ROW` in a
+      row, or more than `MAX_SKIPPED_SHARE` of them), or its scale collapsed below `MIN_LOSS_SCALE`.
+      A skipped step leaves the weights finite and unchanged, so without this count a run of skipped
+      steps ends with an adapter that barely moved, scored as if it had trained;
+    - a trainable parameter holds NaN or inf (checked before each checkpoint and at the end).
+
+    The exception (`TrainingDiverged`) ends `trainer.train()`, so nothing after it in the pipeline
+    (adapter save, reload, merge) runs. `skipped_steps` and `loss_scale` are kept for the run's metrics.
     """
 
+    def __init__(self):
+        self.skipped_steps = 0  # optimizer steps the GradScaler skipped (non-finite gradients)
+        self.skipped_in_a_row = 0
+        self.loss_scale: float | None = None  # the GradScaler's scale after the last step (None: no scaler)
+
     def _stop(self, args, step: int, what: str):
-        raise TrainingDiverged(divergence_message(step, what, args.learning_rate, bool(args.fp16),
-                                                  getattr(args, "max_grad_norm", None)), step)
+        raise TrainingDiverged(divergence_message(step, what, args.learning_rate, bool(args.fp16) or (
+            self.loss_scale is not None), getattr(args, "max_grad_norm", None)), step)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         loss = (logs or {}).get("loss")
@@ -195,7 +228,30 @@ class DivergenceGuard(TrainerCallback):
             if param.requires_grad and not torch.isfinite(param.detach()).all():
                 self._stop(args, state.global_step, f"the trainable weight {name} holds NaN or inf values")
 
-    def on_step_end(self, args, state, control, model=None, **kwargs):
+    def _check_loss_scaling(self, args, state, optimizer):
+        scaler = getattr(optimizer, "scaler", None)  # accelerate's AcceleratedOptimizer under fp16
+        if scaler is None or not scaler.is_enabled():
+            return
+        self.loss_scale = float(scaler.get_scale())
+        if getattr(optimizer, "step_was_skipped", False):
+            self.skipped_steps += 1
+            self.skipped_in_a_row += 1
+        else:
+            self.skipped_in_a_row = 0
+        step = state.global_step
+        if self.skipped_in_a_row >= MAX_SKIPPED_IN_A_ROW:
+            self._stop(args, step, f"fp16 gradients overflowed {self.skipped_in_a_row} optimizer steps in a row "
+                       f"(the GradScaler skipped each one; loss scale now {self.loss_scale:g})")
+        if step >= SKIP_SHARE_AFTER and self.skipped_steps > MAX_SKIPPED_SHARE * step:
+            self._stop(args, step, f"the GradScaler skipped {self.skipped_steps} of {step} optimizer steps "
+                       "(fp16 gradients overflowed): the adapter barely trained")
+        if self.loss_scale < MIN_LOSS_SCALE:
+            self._stop(args, step, f"the fp16 loss scale collapsed to {self.loss_scale:g}: the gradients overflow "
+                       "fp16 even unscaled")
+
+    def on_step_end(self, args, state, control, model=None, optimizer=None, **kwargs):
+        if optimizer is not None:
+            self._check_loss_scaling(args, state, optimizer)
         if control.should_save and model is not None:
             self._check_weights(args, state, model)
         return control
@@ -203,6 +259,29 @@ class DivergenceGuard(TrainerCallback):
     def on_train_end(self, args, state, control, model=None, **kwargs):
         if model is not None:  # the last steps may have been neither logged nor saved
             self._check_weights(args, state, model)
+
+
+class InjectGradientOverflow(TrainerCallback):
+    """From optimizer step `step + 1` on, turn one trainable gradient into inf: what an fp16 overflow does.
+
+    A fault injector, like `SimulateOutOfMemory`: a tensor hook multiplies the gradient of the first
+    trainable parameter by infinity during backward, before the GradScaler looks for non-finite
+    gradients, so the scaler skips the step exactly as it would after a real overflow.
+    """
+
+    def __init__(self, step: int):
+        self.step = step
+        self._handle = None
+
+    def on_step_begin(self, args, state, control, model=None, **kwargs):
+        if state.global_step >= self.step and self._handle is None and model is not None:
+            param = next(p for p in model.parameters() if p.requires_grad)
+            self._handle = param.register_hook(lambda grad: grad * math.inf)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
 
 
 class TrainingMonitor(TrainerCallback):

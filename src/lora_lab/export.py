@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -314,6 +315,7 @@ def install_runtime(install: bool = True) -> Path:
         return out
     if not install:
         raise ExportToolsMissing(f"the llama.cpp runtime is not in {out}: run `make gguf-tools` (needs npm).")
+    check_node()
     if shutil.which("npm") is None:
         raise ExportToolsMissing("npm is not installed: it is needed for node-llama-cpp (apt install npm).")
     out.mkdir(parents=True, exist_ok=True)
@@ -326,9 +328,37 @@ def install_runtime(install: bool = True) -> Path:
     return out
 
 
+#: node-llama-cpp 3 runs on Node.js 20 or newer (its package.json's "engines").
+MIN_NODE_MAJOR = 20
+NODE_HELP = ("install Node.js 20 or newer: on Colab or Debian/Ubuntu from NodeSource "
+             "(https://github.com/nodesource/distributions), elsewhere from https://nodejs.org")
+
+
+def check_node() -> str:
+    """The installed Node.js version ("v20.11.1"); `ExportToolsMissing` with one line if it is missing or older
+    than `MIN_NODE_MAJOR` (node-llama-cpp, notebook 06's llama.cpp, needs it)."""
+    node = shutil.which("node")
+    if node is None:
+        raise ExportToolsMissing(f"Node.js is not installed; notebook 06's llama.cpp check needs it: {NODE_HELP}.")
+    try:
+        version = subprocess.run([node, "--version"], capture_output=True, text=True, timeout=60).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired) as err:
+        raise ExportToolsMissing(f"`node --version` failed ({type(err).__name__}): {NODE_HELP}.") from None
+    match = re.match(r"v?(\d+)\.", version)
+    if match is None or int(match.group(1)) < MIN_NODE_MAJOR:
+        raise ExportToolsMissing(f"Node.js {version or '(no version printed)'} is too old for node-llama-cpp "
+                                 f"(needs {MIN_NODE_MAJOR} or newer): {NODE_HELP}.")
+    return version
+
+
 def setup_tools() -> dict:
-    """Fetch the converters and install the runtime (cached); return the pinned versions."""
+    """Fetch the converters and install the runtime (cached); return the pinned versions.
+
+    Raises:
+        ExportToolsMissing: with one line saying what to install (Node.js 20+, npm).
+    """
     fetch_converters()
+    check_node()
     install_runtime()
     return {"llama-cpp-python (converters)": LLAMA_CPP_PYTHON_VERSION, "gguf-py (vendored)": GGUF_VERSION,
             "node-llama-cpp (runtime)": NODE_LLAMA_CPP_VERSION}
@@ -472,18 +502,91 @@ def _softmax(logits) -> np.ndarray:
     return weights / weights.sum()
 
 
-def merge_into_dequantized_base(qlora_model, base_dir, adapter_name: str = "default"):
+def adapter_to_export(profile, notebook_03_adapter, hw=None):
+    """(adapter folder, one line saying where it came from) for notebook 06 on a GPU profile.
+
+    Notebook 03's adapter when that notebook ran in this runtime; otherwise (each Colab notebook is a
+    new runtime) 06 trains its own: notebook 05's text-to-SQL specialist recipe, a short QLoRA run on
+    the same task, preflighted at full size first and cached like 05's specialists.
+    """
+    from . import adapters, gpu_runs
+
+    if (Path(notebook_03_adapter) / "adapter_config.json").exists():
+        return Path(notebook_03_adapter), f"notebook 03's adapter, from {notebook_03_adapter}"
+    recipe = adapters.default_recipes(profile)[profile.task]
+    if hw is not None and hw.device_type == "cuda":
+        decision = gpu_runs.preflight(own_adapter_run(profile), hw)
+        if not decision.runs:
+            raise SystemExit(decision.note)
+    run = adapters.train_specialist(profile, recipe, hw=hw)
+    how = "reused from the cache" if run.cached else f"trained here in {run.train_seconds:.0f} s"
+    return Path(run.adapter_dir), (f"no adapter from notebook 03 in {notebook_03_adapter} (not run in this runtime), "
+                                   f"so a {profile.capped_steps(recipe.max_steps)}-step '{recipe.task}' adapter of "
+                                   f"notebook 05's recipe, {how}")
+
+
+def own_adapter_run(profile):
+    """The `gpu_runs.PlannedRun` of the adapter notebook 06 trains when 03's is absent (`adapter_to_export`)."""
+    import dataclasses
+
+    from . import adapters, gpu_runs
+
+    run = gpu_runs.specialist_run(profile, adapters.default_recipes(profile)[profile.task])
+    return dataclasses.replace(run, notebook="06", run="own adapter")
+
+
+def merge_dtype(profile):
+    """The dtype a merged model is built and saved in: fp16 for a GPU profile (a T4 computes in fp16, and
+    fp32 would double a 3 GB model on the GPU and on disk; its rehearsal keeps that decision), fp32 on the
+    CPU profiles (the dtype they train and compare in)."""
+    import torch
+
+    return torch.float16 if profile.name == "t4" else torch.float32
+
+
+def check_merge_fits(model_dir, dtype, out_dir) -> int:
+    """Bytes the merged model takes in `dtype` (parameters x bytes each), checked before merging: a one-line
+    `MemoryError` if the GPU (when CUDA is here) or the disk under `out_dir` cannot hold them with a margin."""
+    import torch
+    from transformers import AutoConfig
+
+    from . import vram
+
+    bytes_each = torch.finfo(dtype).bits // 8
+    params = vram.load_arch(AutoConfig.from_pretrained(model_dir)).total_params
+    need = int(params * bytes_each * MERGE_MARGIN)
+    if torch.cuda.is_available():
+        free, _total = torch.cuda.mem_get_info()
+        if free < need:
+            raise MemoryError(f"The merge needs about {need / 2**30:.1f} GiB of GPU memory and {free / 2**30:.1f} GiB "
+                              "is free: restart the runtime (Runtime > Restart session) and run this notebook from the "
+                              "top, which frees what earlier cells hold.")
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    free_disk = shutil.disk_usage(out_dir).free
+    if free_disk < need:
+        raise MemoryError(f"Saving the merged model needs about {need / 2**30:.1f} GiB on disk and {out_dir} has "
+                          f"{free_disk / 2**30:.1f} GiB free: delete old runs (runs/, build/) or pick another folder.")
+    return int(params * bytes_each)
+
+
+#: Room above the merged weights themselves: the one adapted weight merged at a time in fp32, and buffers.
+MERGE_MARGIN = 1.15
+
+
+def merge_into_dequantized_base(qlora_model, base_dir, adapter_name: str = "default", dtype=None):
     """The faithful merge of a QLoRA adapter: the NF4 weights it was trained on, dequantized, plus B @ A.
 
     A QLoRA adapter learned its update on top of the NF4-rounded base, not the original 16-bit one.
-    This builds a plain model (the dtype of the base's non-quantized weights) whose adapted linear
-    weights are dequantize(W_nf4) + scale * B @ A, ready for `save_pretrained` and GGUF export.
+    This builds a plain model in `dtype` (default: the dtype of the base's non-quantized weights, fp32
+    after `prepare_model_for_kbit_training`; pass `merge_dtype(profile)`) whose adapted linear weights
+    are dequantize(W_nf4) + scale * B @ A (summed in fp32, then stored), ready for `save_pretrained`
+    and GGUF export.
     """
     import bitsandbytes.functional as bnbf
     import torch
     from transformers import AutoModelForCausalLM
 
-    dense = AutoModelForCausalLM.from_pretrained(base_dir, dtype=qlora_model.get_input_embeddings().weight.dtype)
+    dense = AutoModelForCausalLM.from_pretrained(base_dir, dtype=dtype or qlora_model.get_input_embeddings().weight.dtype)
     dense.to(qlora_model.get_input_embeddings().weight.device)
     targets = dict(dense.named_modules())
     prefix = "base_model.model."

@@ -49,6 +49,12 @@ class PlannedRun:
     note: str = ""  # what the preflight changed, or why it skipped
     budget_bytes: int | None = None  # the memory the decision was made against
     predicted_peak_bytes: int = field(default=0)  # vram.estimate(...).total for estimate_kwargs
+    # What the run's time depends on (lora_lab.t4_budget): optimizer steps, held-out examples, and how many
+    # held-out evaluations the notebook runs around it; an optional run is outside the notebook's budget.
+    steps: int = 0
+    n_eval: int = 0
+    evaluations: int = 1
+    optional: bool = False
 
     def estimate(self) -> vram.MemoryEstimate:
         return vram.estimate(self.model, **self.estimate_kwargs)
@@ -66,7 +72,8 @@ class PlannedRun:
     def to_dict(self) -> dict:
         return {"notebook": self.notebook, "run": self.run, "model": self.model,
                 "estimate_kwargs": dict(self.estimate_kwargs), "predicted_peak_bytes": self.predicted_peak_bytes,
-                "grad_accum": self.grad_accum, "action": self.action, "note": self.note}
+                "grad_accum": self.grad_accum, "action": self.action, "note": self.note, "steps": self.steps,
+                "n_eval": self.n_eval, "optional": self.optional}
 
 
 def _with_estimate(run: PlannedRun, **changes) -> PlannedRun:
@@ -125,7 +132,8 @@ def sft_run(notebook: str, run: str, profile, method: str | None = None, *, mode
 
         model_id = PROFILES[profile.name].model_id if profile.rehearsal else profile.model_id
     model = estimator_model(model_id)
-    return _with_estimate(PlannedRun(notebook, run, model, kwargs, grad_accum=profile.grad_accum))
+    return _with_estimate(PlannedRun(notebook, run, model, kwargs, grad_accum=profile.grad_accum,
+                                     steps=profile.max_steps, n_eval=profile.n_eval))
 
 
 def fit(run: PlannedRun, budget_bytes: int) -> PlannedRun:
@@ -202,8 +210,10 @@ def sweep_runs(profile, plan, configs) -> list[PlannedRun]:
     for cfg in configs:
         method = "full" if cfg.method == "full" else profile.method
         dropout = plan.dropout if cfg.dropout is None else cfg.dropout  # the dropout runs copy more activations
-        runs.append(sft_run("02", cfg.name, profile.replace(lora_dropout=dropout), method,
-                            rank=cfg.rank or profile.lora_r, alpha=plan.alpha, targets=cfg.targets))
+        run_profile = profile.replace(lora_dropout=dropout, grad_accum=plan.grad_accum or profile.grad_accum)
+        run = sft_run("02", cfg.name, run_profile, method,
+                      rank=cfg.rank or profile.lora_r, alpha=plan.alpha, targets=cfg.targets)
+        runs.append(dataclasses.replace(run, steps=plan.steps, n_eval=plan.n_eval or profile.n_eval))
     return runs
 
 
@@ -213,8 +223,9 @@ def specialist_runs(profile, recipes) -> list[PlannedRun]:
 
 
 def specialist_run(profile, recipe) -> PlannedRun:
-    return sft_run("05", recipe.task, profile, recipe.method, rank=recipe.r, alpha=recipe.alpha,
-                   optimizer=recipe.optimizer, gradient_checkpointing=recipe.gradient_checkpointing)
+    run = sft_run("05", recipe.task, profile, recipe.method, rank=recipe.r, alpha=recipe.alpha,
+                  optimizer=recipe.optimizer, gradient_checkpointing=recipe.gradient_checkpointing)
+    return dataclasses.replace(run, steps=recipe.max_steps, evaluations=0)  # scored together afterwards
 
 
 def seven_b_profile(profile):
@@ -224,4 +235,5 @@ def seven_b_profile(profile):
 
 
 def seven_b_run(profile) -> PlannedRun:
-    return sft_run("03", "7B QLoRA (optional)", seven_b_profile(profile), "qlora")
+    return dataclasses.replace(sft_run("03", "7B QLoRA (optional)", seven_b_profile(profile), "qlora"),
+                               optional=True, evaluations=0)

@@ -150,9 +150,48 @@ _ESTIMATE_ARGS = {"method", "rank", "lora_alpha", "target_modules", "batch_size"
                   "optimizer", "precision", "double_quant", "attention", "lora_dropout", "sharding", "device"}
 
 
+#: The settings cell of notebook 03 (and `python -m lora_lab.train`'s flags): what the out-of-memory advice
+#: names, so that a learner changes exactly the variable the advice is about.
+SETTING_NAMES = {"batch_size": ("BATCH_SIZE", "--batch-size"), "grad_accum": ("GRAD_ACCUM", "--grad-accum"),
+                 "max_length": ("MAX_LENGTH", "--max-length"),
+                 "gradient_checkpointing": ("GRADIENT_CHECKPOINTING", "--gradient-checkpointing")}
+
+
+def _setting(**values) -> str:
+    """`BATCH_SIZE = 2, GRAD_ACCUM = 8`: the settings cell's assignments for these profile fields."""
+    return ", ".join(f"{SETTING_NAMES[name][0]} = {value!r}" for name, value in values.items())
+
+
+def settings_that_fit(model_config, profile, budget: int, **kwargs) -> list[str]:
+    """Changes of the settings cell that the estimator says fit `budget` bytes, one per line of advice.
+
+    Each names the variables to change: gradient checkpointing on, a smaller batch with more
+    accumulation (the same effective batch), a shorter maximum length; then what else fits (another
+    method, a bigger GPU) in the estimator's words.
+    """
+    tips = []
+    checkpointing = kwargs.get("gradient_checkpointing", True)
+    if not checkpointing and vram.estimate(model_config, **{**kwargs, "gradient_checkpointing": True}).fits(budget):
+        tips.append(_setting(gradient_checkpointing=True))
+    batch = kwargs.get("batch_size", profile.batch_size)
+    if batch > 1:
+        fits = vram.max_batch_size_that_fits(model_config, budget, upper=batch, **kwargs)
+        if 0 < fits < batch:  # the largest batch that fits and divides the effective batch: the same updates
+            smaller = max(b for b in range(1, fits + 1) if profile.effective_batch % b == 0)
+            accum = profile.effective_batch // smaller
+            tips.append(_setting(batch_size=smaller, grad_accum=accum) + f" (effective batch {smaller * accum} as before)")
+    seq = kwargs.get("seq_len", profile.max_length)
+    longest = vram.max_seq_len_that_fits(model_config, budget, upper=seq, **kwargs)
+    if 64 <= longest < seq:
+        tips.append(_setting(max_length=longest - longest % 64) + " (longer examples are dropped, not cut)")
+    covered = ("gradient checkpointing", "seq ", "batch ")
+    tips += [t for t in vram.suggestions(model_config, budget, **kwargs) if not t.startswith(covered)]
+    return tips
+
+
 def _oom_message(step: int, max_steps: int, last_checkpoint: str | None, model_config, profile, method: str,
                  precision: Precision, hw: hardware.Hardware, seq_len: int) -> tuple[str, list[str]]:
-    """An out-of-memory message built from the estimator: what it predicted and what would fit."""
+    """An out-of-memory message built from the estimator: what it predicted and which settings would fit."""
     tips: list[str] = []
     est = None
     try:
@@ -164,16 +203,19 @@ def _oom_message(step: int, max_steps: int, last_checkpoint: str | None, model_c
         budget = fixed + int(0.85 * (min(usable, est.total) - fixed))
         kwargs = {k: v for k, v in est.settings.items() if k in _ESTIMATE_ARGS and v is not None}
         kwargs.pop("sharding", None)
-        tips = vram.suggestions(model_config, budget, **kwargs)
+        tips = settings_that_fit(model_config, profile, budget, **kwargs)
     except Exception as err:  # the estimator cannot read this model: fall back to general advice
         tips = [f"(estimator unavailable: {err})"]
-    tips = tips or [f"batch {max(1, profile.batch_size // 2)} with gradient accumulation {profile.grad_accum * 2}",
-                    f"max_length {max(64, seq_len // 2)}"]
+    half = max(1, profile.batch_size // 2)
+    tips = tips or [_setting(batch_size=half, grad_accum=-(-profile.effective_batch // half)),
+                    _setting(max_length=max(64, seq_len // 2))]
     lines = [f"Out of memory at step {step + 1} of {max_steps}."]
     if est is not None:
         lines.append(f"The estimator predicted {est.total / GIB:.2f} GiB for batch {profile.batch_size} x {seq_len} tokens "
                      f"({method}, {est.settings.get('precision')}).")
     lines.append("Checkpoint kept: " + (f"{last_checkpoint} (set RESUME = True in notebook 03 and run it again from the top, or add --resume to the command)."
                                         if last_checkpoint else "none yet (no step was saved before the failure)."))
-    lines.append("Try: " + "; ".join(tips) + ". Restarting the runtime also frees memory held by earlier cells.")
+    lines.append("Try, in notebook 03's settings cell (or the same flags of `python -m lora_lab.train`, e.g. "
+                 f"{SETTING_NAMES['batch_size'][1]}): " + "; ".join(tips)
+                 + ". Restarting the runtime also frees memory held by earlier cells.")
     return "\n".join(lines), tips

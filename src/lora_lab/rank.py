@@ -477,6 +477,8 @@ class SweepPlan:
     seed_check: bool = False  # one run at lr_rank and its best LR with another seed
     targets_check: bool = True  # attention-only vs MLP-only at equal parameters, near lr_rank
     workers: int = 1  # processes that train at once (cpu: one per core, each on one thread)
+    n_eval: int | None = None  # held-out examples each run is scored on (None: the profile's n_eval)
+    grad_accum: int | None = None  # micro-steps per optimizer step of each run (None: the profile's)
 
 
 PLANS = {
@@ -486,13 +488,14 @@ PLANS = {
                      lora_lrs=(2e-5, 2e-4), full_lrs=(), equal_budget_unit=1,
                      lr_ladder=(1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2), dropouts=(0.0, 0.05, 0.1),
                      warmup_check=True, seed_check=True, workers=2),
-    # Qwen2.5-1.5B in 4 bits on a T4: about 1.5 s per step of batch 4x4 x <=512 tokens (estimate;
-    # not measured here). 6 runs x 40 steps + evaluation (full fine-tuning is skipped by the preflight).
-    # rsLoRA with alpha 8 gives r=16 the t4 profile's scale (32 / 16 = 2); one LR per rank (no search);
-    # attention vs MLP only on cpu (the Colab budget goes to the learning rate and dropout).
+    # Qwen2.5-1.5B in 4 bits on a T4, within notebook 02's 20 minutes (lora_lab.t4_budget: 7 runs of about 2
+    # minutes each, with loading and scoring): 40 steps of batch 4 without accumulation (cut from 4 x 4 to fit),
+    # each scored on 32 held-out examples. Full fine-tuning is skipped by the preflight. rsLoRA with alpha 8
+    # gives r=16 the t4 profile's scale (32 / 16 = 2); one LR per rank (no search); attention vs MLP only on
+    # cpu (the Colab budget goes to the learning rate and dropout).
     "t4": SweepPlan(ranks=(4, 16, 64), steps=40, lora_lr=2e-4, full_lr=2e-5, alpha=8.0, lr_rank=16,
                     lora_lrs=(2e-5, 1e-3), full_lrs=(), equal_budget_unit=1, threads=None, engine="trainer",
-                    dropout=0.05, dropouts=(0.0, 0.05, 0.1), targets_check=False),
+                    dropout=0.05, dropouts=(0.0, 0.05, 0.1), targets_check=False, grad_accum=1, n_eval=32),
 }
 
 
@@ -997,7 +1000,8 @@ def _trainer_sweep(profile, plan: SweepPlan, path: str, only=None, verbose=True)
         method = "full" if cfg.method == "full" else profile.method
         model, tokenizer = train.load_model_and_tokenizer(run_profile, method, hw=hw, model_path=path)
         if splits is None:
-            splits, train_set, eval_set = prepared_data(profile, tokenizer)
+            splits, train_set, eval_set = prepared_data(profile.replace(n_eval=plan.n_eval or profile.n_eval),
+                                                        tokenizer)
         lora = None
         if cfg.method != "full":
             alpha, rslora = lora_alpha_for(plan, cfg.rank)

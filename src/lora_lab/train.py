@@ -119,6 +119,8 @@ SFT_REASONS = {
     "warmup_steps": "a float below 1 is a share of max_steps: the rate ramps up while Adam's statistics settle",
     "weight_decay": "none: decaying the small LoRA matrices would only pull the update back to zero",
     "max_grad_norm": "clip the gradient norm: keeps fp16 and the first steps stable",
+    "logging_nan_inf_filter": "off: a NaN or inf loss is logged as it is (the default logs the running mean instead), "
+                              "so the divergence guard sees it",
     "optim": "paged 8-bit AdamW: states in 8 bits, paged to CPU RAM if a spike would run the GPU out of memory",
     "fp16": "passed explicitly, from the compute capability: a T4 (7.5) computes in fp16",
     "bf16": "passed explicitly: a T4 has no native bf16 (trl would switch bf16 on if neither flag were given)",
@@ -204,6 +206,7 @@ def sft_config_kwargs(profile, output_dir, precision: Precision, *, max_steps: i
         padding_free=False,  # same reason; length-grouped batches cut padding instead (profile.group_by_length)
         train_sampling_strategy="group_by_length" if profile.group_by_length else "random",
         logging_steps=profile.logging_steps,  # loss, tokens/s and peak memory this often
+        logging_nan_inf_filter=False,  # log a NaN/inf loss as it is, never the running mean in its place
         save_strategy="steps",  # checkpoints every save_steps ...
         save_steps=profile.save_steps,
         save_total_limit=profile.save_total_limit,  # ... keeping the newest few
@@ -419,11 +422,13 @@ def sft(model, tokenizer, splits_or_train, profile, output_dir, *, method: str =
     config = SFTConfig(**sft_config_kwargs(profile, output_dir, precision, max_steps=max_steps,
                                            learning_rate=learning_rate, seed=seed,
                                            eval_each_epoch=eval_dataset is not None))
-    monitor = TrainingMonitor()
+    monitor, guard = TrainingMonitor(), DivergenceGuard()
     trainer = SFTTrainer(model=model, args=config, train_dataset=train, eval_dataset=eval_dataset,
                          processing_class=tokenizer,
-                         callbacks=[monitor, DivergenceGuard(), checkpoints.run_info_callback(method, rank), *callbacks])
+                         callbacks=[monitor, guard, checkpoints.run_info_callback(method, rank), *callbacks])
     keep_trainable_fp32(trainer.model)
+    if precision.decided == "float16" and not precision.fp16:  # a T4 decision on the CPU: a rehearsal
+        rehearse_loss_scaling(trainer)
     start_peak_measurement()  # empty the cache and reset the peaks: the evaluation before does not count
     start = time.perf_counter()
     try:
@@ -439,6 +444,7 @@ def sft(model, tokenizer, splits_or_train, profile, output_dir, *, method: str =
         free_gpu_memory()
         raise TrainingOutOfMemory(message, step, saved, tips) from None
     metrics = _train_metrics(trainer, output, monitor, time.perf_counter() - start, checkpoint, precision)
+    metrics.update(skipped_steps=guard.skipped_steps, loss_scale=guard.loss_scale)  # fp16 loss scaling (else 0, None)
     trained = trainer.model
     trained.eval()
     log_history = list(trainer.state.log_history)
@@ -491,6 +497,28 @@ def _tokenized(tokenizer, splits_or_train, eval_dataset, profile, verbose: bool)
     if eval_dataset is not None and "input_ids" not in eval_dataset.column_names:
         eval_dataset, _ = prepare_sft_data(tokenizer, eval_dataset, profile.max_length, "eval", verbose=verbose)
     return train, report, eval_dataset
+
+
+def rehearse_loss_scaling(trainer) -> None:
+    """Give a CPU rehearsal of an fp16 run the GradScaler the T4 run has (before `trainer.train()`).
+
+    A T4 trains with fp16 autocast and accelerate's GradScaler: it scales the loss, unscales the
+    gradients before clipping, and skips the optimizer step when they are not finite. The CPU runs
+    fp32 (accelerate allows fp16 mixed precision only on accelerators), so a rehearsal would never
+    exercise the scaler or `DivergenceGuard`'s count of skipped steps. This attaches
+    `torch.amp.GradScaler("cpu")` where accelerate keeps its own, and unscales before clipping as
+    accelerate does under fp16: the same skip decisions, on fp32 numbers.
+    """
+    accelerator = trainer.accelerator
+    accelerator.scaler = torch.amp.GradScaler("cpu")
+    clip = accelerator.clip_grad_norm_
+
+    def unscale_then_clip(parameters, max_norm, norm_type=2):
+        for optimizer in accelerator._optimizers:  # accelerate's own list, filled when train() prepares them
+            accelerator.scaler.unscale_(optimizer.optimizer)
+        return clip(parameters, max_norm, norm_type)
+
+    accelerator.clip_grad_norm_ = unscale_then_clip
 
 
 def _train_metrics(trainer, output, monitor, runtime: float, checkpoint: str | None, precision: Precision) -> dict:
@@ -782,7 +810,8 @@ def record_training(run: RunSetup, result: SFTResult, tokenizer, eval_set, metri
     Every process evaluates its own copy of the trained model: under DDP the copies must agree.
     """
     train_metrics = {k: result.metrics[k] for k in ("train_runtime_s", "train_tokens_per_s", "peak_memory_bytes",
-                                                    "peak_memory_kind", "final_loss", "train_loss_mean", "global_step")}
+                                                    "peak_memory_kind", "final_loss", "train_loss_mean", "global_step",
+                                                    "skipped_steps", "loss_scale")}
     metrics.update(train_metrics)
     metrics["eval_loss_after"] = evaluate.eval_loss(result.model, tokenizer, eval_set, run.profile.max_length)
     rank_id = int(os.environ.get("RANK", 0))
@@ -978,6 +1007,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="held-out examples for evaluation (default: the profile's)")
     parser.add_argument("--max-length", type=_positive(int), default=None,
                         help="longest example in tokens; longer ones are dropped whole (default: the profile's)")
+    parser.add_argument("--batch-size", type=_positive(int), default=None,
+                        help="examples per micro-step (default: the profile's)")
+    parser.add_argument("--grad-accum", type=_positive(int), default=None,
+                        help="micro-steps per optimizer step (default: the profile's)")
+    parser.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=None,
+                        help="recompute activations in backward: less memory, more time (default: the profile's)")
     parser.add_argument("--method", choices=models.METHODS, default=None, help="default: the profile's (qlora)")
     parser.add_argument("--rank", type=_positive(int), default=None, help="LoRA rank (default: the profile's)")
     parser.add_argument("--max-steps", type=_positive(int), default=None,
@@ -1023,7 +1058,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         profile = profiles.get_profile(args.profile)
         if not args.allow_cpu and (problem := _needs_gpu_message(profile)):
             raise ValueError(problem)
-        changes = {"n_eval": args.eval_size, "max_length": args.max_length, "model_id": args.model}
+        changes = {"n_eval": args.eval_size, "max_length": args.max_length, "model_id": args.model,
+                   "batch_size": args.batch_size, "grad_accum": args.grad_accum,
+                   "gradient_checkpointing": args.gradient_checkpointing}
         profile = profile.replace(**{k: v for k, v in changes.items() if v is not None})
         if args.dataset:
             profile = profile.replace(dataset_id=args.dataset, dataset_config=args.dataset_config, tasks=())

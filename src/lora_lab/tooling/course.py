@@ -14,6 +14,7 @@ a failed notebook's executed copy is still written, with the error in it, so not
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import re
 import shutil
@@ -354,33 +355,55 @@ def t4_plan(budget_bytes: int | None = None) -> list:
     action "skipped" (they are never started). The runs are built by the same `lora_lab.gpu_runs`
     functions the notebooks call before they start each run.
     """
-    from lora_lab import adapters, gpu_runs, profiles, rank
+    from lora_lab import adapters, export, gpu_runs, profiles, rank
 
     t4 = profiles.PROFILES["t4"]
     plan = rank.PLANS["t4"]
     runs = gpu_runs.sweep_runs(t4, plan, rank.sweep_configs(plan, gpu_runs.estimator_model(t4.model_id)))
-    runs.append(gpu_runs.sft_run("03", "main", t4))
-    runs.append(gpu_runs.sft_run("03", "lora", t4, "lora"))  # section 11: LoRA on a 16-bit base, same recipe
+    runs.append(dataclasses.replace(gpu_runs.sft_run("03", "main", t4), evaluations=2))  # scored before and after
+    # section 11: LoRA on a 16-bit base, same recipe; off in class (COMPARE_LORA)
+    runs.append(dataclasses.replace(gpu_runs.sft_run("03", "lora", t4, "lora"), optional=True))
     runs.append(gpu_runs.seven_b_run(t4))
     runs += gpu_runs.specialist_runs(t4, adapters.default_recipes(t4))
+    runs.append(export.own_adapter_run(t4))  # 06 on a runtime where 03 did not run (each Colab notebook's own)
     return [gpu_runs.fit(r, budget_bytes or gpu_runs.T4_PLAN_BUDGET) for r in runs]
 
 
 def print_t4_plan(as_json: bool) -> int:
-    """Print `t4_plan()`: runs that start (JSON lines with --json) and, on stderr, runs skipped."""
+    """Print `t4_plan()` with `lora_lab.t4_budget`'s minutes: each run (JSON lines with --json), each
+    notebook's predicted total against its budget, and the figures behind them with their sources.
+    Runs skipped go to stderr. Exits 1 if a notebook's prediction is over its budget."""
     import json
 
-    for run in t4_plan():
+    from lora_lab import t4_budget
+
+    runs = t4_plan()
+    times = t4_budget.notebook_times(runs)
+    for run in runs:
+        minutes = times[run.notebook].parts.get(f"{run.run} run", 0.0) / 60
         if not run.runs:
             print(f"notebook {run.notebook} {run.run}: {run.note}", file=sys.stderr)
         elif as_json:
             d = run.to_dict()
-            print(json.dumps({k: d[k] for k in ("notebook", "run", "model", "estimate_kwargs", "predicted_peak_bytes")}))
+            print(json.dumps({**{k: d[k] for k in ("notebook", "run", "model", "estimate_kwargs", "predicted_peak_bytes",
+                                                   "steps", "optional")},
+                              "predicted_minutes": round(minutes, 2) if not run.optional else None}))
         else:
             kw = run.estimate_kwargs
-            print(f"notebook {run.notebook} {run.run:<22} {run.model:<20} {kw['method']:<5} batch {kw['batch_size']}x"
-                  f"{run.grad_accum} x {kw['seq_len']}: {run.predicted_peak_bytes / 2**30:5.2f} GiB ({run.action})")
-    return 0
+            when = "optional, outside the budget" if run.optional else f"{minutes:4.1f} min"
+            print(f"notebook {run.notebook} {run.run:<22} {run.model:<20} {kw['method']:<5} {run.steps:>3} steps of "
+                  f"{kw['batch_size']}x{run.grad_accum} x {kw['seq_len']}: {run.predicted_peak_bytes / 2**30:5.2f} GiB "
+                  f"({run.action}), {when}")
+    out = sys.stderr if as_json else sys.stdout
+    print("\nEach notebook on a Colab T4 (class settings; install and download included):", file=out)
+    for t in times.values():
+        print("  " + t.line(), file=out)
+    print("\nThe figures behind the minutes (none measured on a T4 yet):", file=out)
+    for name, fig in t4_budget.FIGURES.items():
+        print(f"  {name} = {fig.value:g} {fig.unit}: {fig.source}", file=out)
+    print(f"  tokens per SQL example = {t4_budget.tokens_per_example('sql'):.0f}: the course's rows in "
+          "b-mc2/sql-create-context's format with Qwen2.5's chat template (t4_budget.tokens_per_example)", file=out)
+    return 0 if all(t.fits for t in times.values()) else 1
 
 
 def main(argv=None) -> int:
