@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 NOTEBOOK_SOURCES := $(wildcard notebooks/[0-9][0-9]_*.py)
 
-.PHONY: setup run test lint sync check-sync pytest notebook-tests outcomes-other-isa nbtest t4-rehearsal gpu-check t4-plan clean colab-links colab-check colab-check-install exercises figures bench gguf-tools
+.PHONY: setup run test lint sync check-sync pytest notebook-tests outcomes-other-isa nbtest t4-rehearsal gpu-check t4-plan clean colab-links colab-check colab-check-install colab-twin exercises figures bench gguf-tools
 
 # Create the virtual environment and install the pinned stack (torch pinned: a bare
 # `torch` would pull a multi-GB CUDA build) plus this package in editable mode.
@@ -53,9 +53,10 @@ outcomes-other-isa: $(STAMP) gguf-tools
 
 # The notebook runs one after the other: the cpu profile's SmolLM2 run in notebook 03 uses both cores,
 # and a second process beside it would oversubscribe them (torch's threads then wait on each other).
+# The t4 rehearsal runs in the Colab twin (Colab's Python and libraries), where learners run the t4 path.
 notebook-tests: $(STAMP) gguf-tools
 	$(MAKE) --no-print-directory nbtest
-	$(MAKE) --no-print-directory t4-rehearsal
+	$(MAKE) --no-print-directory colab-twin
 
 nbtest: $(STAMP) gguf-tools
 	$(BIN)/python -m pytest --nbmake --nbmake-timeout=900 --durations=0 notebooks/[0-9][0-9]_*.ipynb
@@ -97,11 +98,18 @@ colab-links:
 colab-check:
 	$(PYTHON) src/lora_lab/tooling/colab.py check $(if $(ONLINE),--online)
 
-# Colab's install step must leave Colab's own torch and numpy alone: a fresh virtualenv with stand-in
-# torch 2.8.0 and numpy 2.0.2 (metadata only), then pip's resolver plans colab/requirements.txt plus this
-# package there; fails if the plan touches torch or numpy. Needs the package registry (CI calls it).
+# Colab's install step must leave Colab's own torch and numpy alone: a fresh virtualenv with stand-ins of
+# Colab's torch and numpy (metadata only, versions from colab/pip-freeze.gpu.txt), then pip's resolver plans
+# colab/requirements.txt plus this package there; fails if the plan touches torch or numpy. Needs the
+# package registry (CI calls it).
 colab-check-install: $(STAMP)
 	$(BIN)/python colab/check_install.py
+
+# Colab's own stack here (colab/twin.py): Python 3.13 with the versions of colab/pip-freeze.gpu.txt, the
+# notebooks' install cell, then the t4 rehearsal of every notebook and the widget tests in it. Plain python3
+# drives it; needs Python 3.13 (COLAB_PYTHON, python3.13 on PATH, or pyenv's) and the package registry.
+colab-twin:
+	$(PYTHON) colab/twin.py
 
 # Learner notebooks (notebooks/learners/NN_topic.ipynb: each solution cell replaced by a placeholder)
 # and docs/answer-key.md, generated from the lessons; committed, and `check-sync` fails when they are stale.

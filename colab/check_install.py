@@ -4,15 +4,16 @@ Colab ships its own CUDA build of torch and its own numpy; the notebooks' instal
 replace either (a new torch breaks CUDA, a new numpy forces a runtime restart). This script builds
 a Colab-like environment and asks pip's resolver what the install cell would do there:
 
-1. a fresh virtualenv holding stand-in `torch` and `numpy` distributions at Colab's (older)
-   versions: wheels with metadata only, built here, so nothing large is downloaded;
+1. a fresh virtualenv holding stand-in `torch` and `numpy` distributions at Colab's versions (read
+   from `colab/pip-freeze.gpu.txt`, Colab's published freeze): wheels with metadata only, built here,
+   so nothing large is downloaded (`make colab-twin` installs the real ones);
 2. `pip install --dry-run --report` of `colab/requirements.txt` plus this package (from the
    checkout; on Colab it comes from GitHub with the same metadata), exactly the install cell's
    requirements;
 3. a failure if the plan installs, upgrades or downgrades torch or numpy.
 
 It needs the package registry (pip resolves against PyPI), so it is a make target that CI calls,
-not a unit test. Usage: python colab/check_install.py [--torch 2.8.0] [--numpy 2.0.2] [--workdir DIR]
+not a unit test. Usage: python colab/check_install.py [--torch VERSION] [--numpy VERSION] [--workdir DIR]
 """
 
 from __future__ import annotations
@@ -29,9 +30,28 @@ import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-#: Versions standing in for Colab's preinstalled builds (older than the course's own torch pin).
-COLAB_TORCH = "2.8.0"
-COLAB_NUMPY = "2.0.2"
+#: Colab's GPU runtime as Google publishes it (googlecolab/backend-info's pip-freeze.gpu.txt), committed.
+COLAB_FREEZE = ROOT / "colab" / "pip-freeze.gpu.txt"
+
+
+def colab_versions(path: Path = COLAB_FREEZE) -> dict[str, str]:
+    """Distribution name (lower case, `-` for `_`) -> version, from a `pip freeze` file.
+
+    Local version labels are dropped (Colab's `torch==2.11.0+cu128` is `2.11.0`, what PyPI serves);
+    comments and lines that are not `name==version` (URLs, `@ file://` builds) are skipped.
+    """
+    versions = {}
+    for line in path.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        name, sep, version = line.partition("==")
+        if sep and name and version and " " not in name:
+            versions[name.strip().lower().replace("_", "-")] = version.strip().split("+", 1)[0]
+    return versions
+
+
+#: Versions of Colab's preinstalled builds that the install cell must leave alone.
+COLAB_TORCH = colab_versions().get("torch", "")
+COLAB_NUMPY = colab_versions().get("numpy", "")
 #: Distributions the install cell must leave alone.
 PROTECTED = ("torch", "numpy")
 

@@ -56,7 +56,7 @@ from pathlib import Path
 from IPython.display import Markdown, display
 from transformers import AutoTokenizer, set_seed
 
-from lora_lab import adapters, export, scale, tiny
+from lora_lab import adapters, export, preflight, scale, tiny
 
 set_seed(profile.seed)
 T0 = time.perf_counter()
@@ -71,21 +71,19 @@ except export.ExportToolsMissing as err:
 # Two ways to ship a LoRA fine-tune to llama.cpp: **merged** (one standalone model file) or
 # **base + adapter** (the base file once, a small adapter file per task, applied at load time).
 # We build both. A QLoRA adapter is merged into the weights it was trained on: the NF4 base,
-# dequantized (to fp16 on a GPU, fp32 on the CPU), plus `B @ A`; section 4 measures the two other choices.
+# dequantized, plus `B @ A`; section 4 measures the two other choices. The merged model is built and saved
+# in fp16 on the `t4` profile (the T4's compute dtype; its CPU rehearsal keeps that decision), fp32 on the
+# `cpu` profile: `export.merge_dtype` decides, and `export.check_merge_fits` checks its size first.
 # The GGUF LoRA, applied by llama.cpp to the 16-bit base, reproduces the adapter on the 16-bit base.
 
 # %%
 OUT = Path("build") / "export" / profile.name
 if profile.name == "t4":
-    from huggingface_hub import snapshot_download
-
-    # Notebook 03's adapter if it ran in this runtime, else a short run of the same task trained here.
-    adapter_dir, where = export.adapter_to_export(profile, Path("runs") / "03_qlora_sft" / profile.name / "adapter", hw)
-    print("adapter:", where)
-    if profile.rehearsal:  # the rehearsal's stand-in base is built on this machine, not downloaded
-        base_dir = Path(tiny.resolve_model_path(profile.model_id))
-    else:
-        base_dir = Path(snapshot_download(profile.model_id, allow_patterns=["*.json", "*.safetensors", "*.jinja"]))
+    ADAPTER_03 = Path("runs") / "03_qlora_sft" / profile.name / "adapter"  # where notebook 03 saves its adapter
+    # Notebook 03's adapter if it ran in this runtime (or you copied it there), else a short run of the same task.
+    adapter_dir, where = export.adapter_to_export(profile, ADAPTER_03, hw)
+    print(where)
+    base_dir = export.base_model_dir(profile)  # the 16-bit base (the rehearsal's stand-in is built here)
     model_types = ("f16", "q8_0")  # the T4's merged model is fp16; f32 would double a 3 GB file for nothing
 else:
     run = adapters.train_specialist(profile, adapters.default_recipes(profile)["extract"], hw=hw)
@@ -98,10 +96,14 @@ held_out = adapters.task_splits(profile, "extract" if profile.is_local else prof
                                 n_eval=4)["eval"]
 prompts = [row["messages"][0]["content"] for row in held_out]
 merged_dir = OUT / "merged"
-dtype = export.merge_dtype(profile)  # fp16 on a GPU profile: half of fp32 on the GPU and on disk
-merged_bytes = export.check_merge_fits(base_dir, dtype, merged_dir)  # before merging: GPU memory and disk
-print(f"merging in {str(dtype).removeprefix('torch.')}: about {merged_bytes / 2**20:,.0f} MiB")
+dtype = export.merge_dtype(profile)  # the profile's decision: fp16 for t4 (its rehearsal too), fp32 on the cpu
 trained, _ = models.load_adapter(profile, adapter_dir, profile.method, hw=hw, model_path=base_dir)
+try:  # before merging, with the adapted model loaded: the merged size against free GPU memory and disk
+    merged_bytes = export.check_merge_fits(base_dir, dtype, merged_dir)
+except preflight.WontFitError as err:
+    raise SystemExit(str(err)) from None
+print(f"merge dtype for the {profile.name} profile: {str(dtype).removeprefix('torch.')}, "
+      f"about {merged_bytes / 2**20:,.1f} MiB (checked against free disk, and GPU memory when CUDA is here)")
 if profile.method == "qlora":
     merged = export.merge_into_dequantized_base(trained, base_dir, dtype=dtype)
 else:

@@ -289,3 +289,40 @@ def test_a_colab_runtime_without_a_gpu_says_the_cpu_profile_runs_and_how_to_get_
     profile = profiles.get_profile()
     assert profile.name == "cpu"
     assert "Colab runtime has no GPU" in profiles.why(profile) and "quota" in profiles.why(profile)
+
+
+def load_colab_script(name: str):
+    """colab/NAME.py as a module (the colab/ scripts are plain files, not part of the package)."""
+    import importlib.util
+
+    folder = Path(__file__).resolve().parents[1] / "colab"
+    sys.path.insert(0, str(folder))
+    try:
+        spec = importlib.util.spec_from_file_location(name, folder / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    finally:
+        sys.path.remove(str(folder))
+
+
+def test_colabs_freeze_is_read_as_pip_would_install_it(tmp_path):
+    check = load_colab_script("check_install")
+    committed = check.colab_versions()
+    assert committed["torch"] == "2.11.0" and committed["numpy"] == "2.1.3"  # +cu128 dropped: PyPI's version
+    assert committed["ipywidgets"] == "7.7.1" and committed["jupyter-client"] == "7.4.9"  # names normalised
+    assert check.COLAB_TORCH == committed["torch"]
+    freeze = tmp_path / "freeze.txt"
+    freeze.write_text("# a comment==1.0\ngoogle-colab @ file:///colabtools/dist/google_colab-1.0.0.tar.gz\n"
+                      "Torch==2.9.1+cu126  # trailing\n\nnot a pin\nJupyter_Core==5.7.2\n")
+    assert check.colab_versions(freeze) == {"torch": "2.9.1", "jupyter-core": "5.7.2"}
+
+
+def test_the_twin_preinstalls_what_colab_has_and_checks_what_it_must_keep():
+    twin = load_colab_script("twin")
+    colab_has = load_colab_script("check_install").colab_versions()
+    assert set(twin.KEPT) <= set(twin.PREINSTALLED) <= set(colab_has)
+    assert {"torch", "numpy", "ipywidgets", "matplotlib", "jupytext"} == set(twin.KEPT)
+    for test in twin.WIDGET_TESTS:
+        path = test.split("::")[0]
+        assert (Path(__file__).resolve().parents[1] / path).exists(), path

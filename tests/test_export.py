@@ -156,24 +156,126 @@ def test_without_the_declaration_the_pinned_converter_rejects_the_course_tokeniz
     assert not job["out"].exists()
 
 
-def test_a_missing_or_old_node_gives_one_line_saying_what_to_install(monkeypatch, tmp_path):
+def _fake_node(monkeypatch, tmp_path, printed: str):
+    """A `node` that prints `printed` for --version, found by `shutil.which` (no real Node.js involved)."""
     import stat
 
-    from lora_lab import export
+    fake = tmp_path / "node"
+    fake.write_text(f"#!/bin/sh\necho {printed}\n")
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setattr(export.shutil, "which", lambda name: str(fake) if name == "node" else None)
 
+
+def test_a_missing_node_gives_one_line_saying_what_to_install(monkeypatch):
     monkeypatch.setattr(export.shutil, "which", lambda name: None)
     with pytest.raises(export.ExportToolsMissing) as missing:
         export.check_node()
-    assert "Node.js is not installed" in str(missing.value) and "\n" not in str(missing.value)
-    fake = tmp_path / "node"
-    for version, ok in (("v18.19.0", False), ("v20.11.1", True), ("v22.3.0", True), ("garbage", False)):
-        fake.write_text(f"#!/bin/sh\necho {version}\n")
-        fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
-        monkeypatch.setattr(export.shutil, "which", lambda name, path=str(fake): path if name == "node" else None)
-        if ok:
-            assert export.check_node() == version
-        else:
-            with pytest.raises(export.ExportToolsMissing) as old:
-                export.check_node()
-            line = str(old.value)
-            assert "\n" not in line and version in line and "20 or newer" in line and "nodejs.org" in line
+    line = str(missing.value)
+    assert "\n" not in line and line.startswith("Node.js is not installed")
+    assert "deb.nodesource.com/setup_22.x" in line and "nodejs.org" in line
+
+
+@pytest.mark.parametrize("printed", ["v18.19.0", "v16.20.2", "garbage"])
+def test_an_old_or_unreadable_node_gives_one_line_naming_what_was_found(monkeypatch, tmp_path, printed):
+    _fake_node(monkeypatch, tmp_path, printed)
+    with pytest.raises(export.ExportToolsMissing) as old:
+        export.check_node()
+    line = str(old.value)
+    assert "\n" not in line and printed in line and "20 or newer" in line and "nodejs.org" in line
+    if printed == "v18.19.0":
+        assert line.startswith("Node.js v18.19.0 ") and "too old" in line
+
+
+@pytest.mark.parametrize("printed", ["v20.11.1", "v20.20.2", "v22.3.0", "v24.1.0"])
+def test_node_20_or_newer_passes(monkeypatch, tmp_path, printed):
+    _fake_node(monkeypatch, tmp_path, printed)
+    assert export.check_node() == printed
+
+
+# --------------------------------------------------------------------------- notebook 06 on the t4 profile
+
+
+def test_notebook_06_uses_03s_adapter_when_present_and_trains_its_own_when_absent(monkeypatch, tmp_path, capsys):
+    from types import SimpleNamespace
+
+    from lora_lab import adapters, profiles
+
+    trained = []
+
+    def fake_train(profile, recipe, hw=None):  # what adapter_to_export asks for, without training
+        trained.append((recipe.task, recipe.method, profile.capped_steps(recipe.max_steps)))
+        return SimpleNamespace(adapter_dir=str(tmp_path / "own"), cached=False, train_seconds=3.0)
+
+    monkeypatch.setattr(adapters, "train_specialist", fake_train)
+    adapter_03 = tmp_path / "runs" / "03_qlora_sft" / "t4" / "adapter"
+    for t4 in (profiles.PROFILES["t4"], profiles.rehearsal_of(profiles.PROFILES["t4"])):
+        trained.clear()
+        path, where = export.adapter_to_export(t4, adapter_03)
+        steps = t4.capped_steps(30)
+        assert trained == [("sql", "qlora", steps)] and path == tmp_path / "own"
+        line = capsys.readouterr().out.strip()
+        assert "\n" not in line and line.startswith("No adapter from notebook 03 in ")
+        assert f"{steps} QLoRA steps of batch 4x4" in line and "run notebook 03 in this runtime first" in line
+        assert where == f"adapter: this notebook's own {steps}-step 'sql' adapter, trained here in 3 s"
+    # the planned run that tooling.course.t4_plan lists for it: 30 steps of the t4 batch, QLoRA
+    run = export.own_adapter_run(profiles.PROFILES["t4"])
+    assert (run.notebook, run.steps, run.estimate_kwargs["method"], run.estimate_kwargs["batch_size"]) == \
+        ("06", 30, "qlora", 4)
+    adapter_03.mkdir(parents=True)
+    (adapter_03 / "adapter_config.json").write_text("{}")
+    trained.clear()
+    assert export.adapter_to_export(profiles.PROFILES["t4"], adapter_03)[0] == adapter_03 and trained == []
+
+
+def test_the_merge_dtype_is_the_profiles_decision_kept_by_the_rehearsal():
+    from lora_lab import profiles
+
+    t4, cpu = profiles.PROFILES["t4"], profiles.PROFILES["cpu"]
+    assert export.merge_dtype(t4) == torch.float16
+    assert export.merge_dtype(profiles.rehearsal_of(t4)) == torch.float16  # decided as on a T4, run on this CPU
+    assert export.merge_dtype(cpu) == torch.float32 and export.merge_dtype(profiles.quick_profile(cpu)) == torch.float32
+
+
+def test_the_merge_preflight_stops_with_one_line_when_disk_or_gpu_memory_is_short(monkeypatch, tmp_path,
+                                                                                  tiny_model_path):
+    from collections import namedtuple
+
+    from lora_lab.preflight import WontFitError
+
+    need = export.check_merge_fits(tiny_model_path, torch.float16, tmp_path / "merged")
+    assert need == export.check_merge_fits(tiny_model_path, torch.float32, tmp_path / "merged") // 2
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(export.shutil, "disk_usage", lambda _: usage(10 * need, 10 * need, need))  # no margin left
+    with pytest.raises(WontFitError) as disk:
+        export.check_merge_fits(tiny_model_path, torch.float16, tmp_path / "merged")
+    assert "\n" not in str(disk.value) and "on disk" in str(disk.value) and "delete old runs" in str(disk.value)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda: (need, 16 * 2**30))
+    with pytest.raises(WontFitError) as gpu:
+        export.check_merge_fits(tiny_model_path, torch.float16, tmp_path / "merged")
+    assert "\n" not in str(gpu.value) and "GPU memory" in str(gpu.value) and "Restart session" in str(gpu.value)
+
+
+@needs_tools
+def test_notebook_06_t4_rehearsal_runs_without_03s_adapter(monkeypatch, tmp_path):
+    """The whole notebook on the t4 rehearsal in an empty folder: no runs/ from notebook 03 beside it."""
+    from pathlib import Path
+
+    import jupytext
+    import nbformat
+
+    from lora_lab import profiles
+    from lora_lab.tooling import course
+
+    source = Path(__file__).parents[1] / "notebooks" / "06_export_and_scale.py"
+    nbformat.write(jupytext.read(source), tmp_path / "06.ipynb")  # from the .py, the source of truth
+    monkeypatch.setenv(profiles.PROFILE_ENV, "t4")
+    monkeypatch.setenv(profiles.REHEARSAL_ENV, "1")
+    assert not (tmp_path / "runs").exists()
+    assert course.run([tmp_path / "06.ipynb"], tmp_path / "out") == 0
+    executed = nbformat.read(tmp_path / "out" / "06.ipynb", as_version=4)
+    text = "".join(o.get("text", "") for c in executed.cells if c.cell_type == "code" for o in c.outputs)
+    assert "No adapter from notebook 03 in " in text and "adapter: this notebook's own 2-step 'sql' adapter" in text
+    assert "merge dtype for the t4 profile: float16" in text
+    config = json.loads((tmp_path / "build" / "export" / "t4" / "merged" / "config.json").read_text())
+    assert config["dtype"] == "float16"

@@ -317,7 +317,7 @@ def install_runtime(install: bool = True) -> Path:
         raise ExportToolsMissing(f"the llama.cpp runtime is not in {out}: run `make gguf-tools` (needs npm).")
     check_node()
     if shutil.which("npm") is None:
-        raise ExportToolsMissing("npm is not installed: it is needed for node-llama-cpp (apt install npm).")
+        raise ExportToolsMissing(f"npm is not installed (it comes with Node.js from NodeSource or nodejs.org): {NODE_HELP}.")
     out.mkdir(parents=True, exist_ok=True)
     for f in _RUNTIME_FILES:
         shutil.copyfile(here / f, out / f)
@@ -328,10 +328,12 @@ def install_runtime(install: bool = True) -> Path:
     return out
 
 
-#: node-llama-cpp 3 runs on Node.js 20 or newer (its package.json's "engines").
+#: node-llama-cpp's prebuilt Linux build runs on Node.js 20 or newer ("engines" in llama_runtime/package-lock.json).
 MIN_NODE_MAJOR = 20
-NODE_HELP = ("install Node.js 20 or newer: on Colab or Debian/Ubuntu from NodeSource "
-             "(https://github.com/nodesource/distributions), elsewhere from https://nodejs.org")
+#: What to do about a missing or old Node.js. Colab runs as root (no sudo); NodeSource's package includes npm.
+NODE_HELP = ("install Node.js 22 LTS: on Colab run `!curl -fsSL https://deb.nodesource.com/setup_22.x | bash - && "
+             "apt-get install -y nodejs` (NodeSource; on Debian/Ubuntu the same with sudo), on a laptop get the "
+             "installer from https://nodejs.org, then rerun this cell")
 
 
 def check_node() -> str:
@@ -341,13 +343,17 @@ def check_node() -> str:
     if node is None:
         raise ExportToolsMissing(f"Node.js is not installed; notebook 06's llama.cpp check needs it: {NODE_HELP}.")
     try:
-        version = subprocess.run([node, "--version"], capture_output=True, text=True, timeout=60).stdout.strip()
+        printed = subprocess.run([node, "--version"], capture_output=True, text=True, timeout=60).stdout.strip()
     except (OSError, subprocess.TimeoutExpired) as err:
         raise ExportToolsMissing(f"`node --version` failed ({type(err).__name__}): {NODE_HELP}.") from None
+    version = printed.splitlines()[0] if printed else ""
     match = re.match(r"v?(\d+)\.", version)
-    if match is None or int(match.group(1)) < MIN_NODE_MAJOR:
-        raise ExportToolsMissing(f"Node.js {version or '(no version printed)'} is too old for node-llama-cpp "
-                                 f"(needs {MIN_NODE_MAJOR} or newer): {NODE_HELP}.")
+    if match is None:
+        raise ExportToolsMissing(f"`{node} --version` printed {version or 'nothing'!r}, not a Node.js version "
+                                 f"(node-llama-cpp needs {MIN_NODE_MAJOR} or newer): {NODE_HELP}.")
+    if int(match.group(1)) < MIN_NODE_MAJOR:
+        raise ExportToolsMissing(f"Node.js {version} ({node}) is too old for node-llama-cpp, which needs "
+                                 f"{MIN_NODE_MAJOR} or newer: {NODE_HELP}.")
     return version
 
 
@@ -369,8 +375,7 @@ def tools_ready() -> str | None:
     try:
         fetch_converters(download=False)
         install_runtime(install=False)
-        if shutil.which("node") is None:
-            raise ExportToolsMissing("node is not installed")
+        check_node()
         import sentencepiece  # noqa: F401
     except (ExportToolsMissing, ImportError) as err:
         return str(err)
@@ -505,28 +510,47 @@ def _softmax(logits) -> np.ndarray:
 def adapter_to_export(profile, notebook_03_adapter, hw=None):
     """(adapter folder, one line saying where it came from) for notebook 06 on a GPU profile.
 
-    Notebook 03's adapter when that notebook ran in this runtime; otherwise (each Colab notebook is a
-    new runtime) 06 trains its own: notebook 05's text-to-SQL specialist recipe, a short QLoRA run on
-    the same task, preflighted at full size first and cached like 05's specialists.
+    Notebook 03's adapter when that notebook ran in this runtime (or its folder was copied to
+    `notebook_03_adapter`); otherwise (each Colab notebook is a new runtime) 06 trains its own, and
+    prints one line saying so first: notebook 05's text-to-SQL recipe, a short QLoRA run of 03's task
+    with the profile's batch (`own_adapter_run`), preflighted at full size against the GPU memory free
+    then (`adapters.train_specialist`, which stops with `preflight.WontFitError` if it cannot fit) and
+    cached like 05's specialists.
     """
-    from . import adapters, gpu_runs
+    from . import adapters
 
     if (Path(notebook_03_adapter) / "adapter_config.json").exists():
-        return Path(notebook_03_adapter), f"notebook 03's adapter, from {notebook_03_adapter}"
+        return Path(notebook_03_adapter), f"adapter: notebook 03's, from {notebook_03_adapter}"
     recipe = adapters.default_recipes(profile)[profile.task]
-    if hw is not None and hw.device_type == "cuda":
-        decision = gpu_runs.preflight(own_adapter_run(profile), hw)
-        if not decision.runs:
-            raise SystemExit(decision.note)
+    steps = profile.capped_steps(recipe.max_steps)
+    print(f"No adapter from notebook 03 in {Path(notebook_03_adapter).resolve()} (03 did not run in this runtime), "
+          f"so this notebook trains its own: {steps} QLoRA steps of batch {profile.batch_size}x{profile.grad_accum} "
+          f"on the same '{recipe.task}' task (notebook 05's recipe). To export 03's adapter instead, run notebook 03 "
+          "in this runtime first, or copy its adapter folder to that path.")
     run = adapters.train_specialist(profile, recipe, hw=hw)
     how = "reused from the cache" if run.cached else f"trained here in {run.train_seconds:.0f} s"
-    return Path(run.adapter_dir), (f"no adapter from notebook 03 in {notebook_03_adapter} (not run in this runtime), "
-                                   f"so a {profile.capped_steps(recipe.max_steps)}-step '{recipe.task}' adapter of "
-                                   f"notebook 05's recipe, {how}")
+    return Path(run.adapter_dir), f"adapter: this notebook's own {steps}-step '{recipe.task}' adapter, {how}"
+
+
+def base_model_dir(profile) -> Path:
+    """The local folder of `profile`'s 16-bit base model: downloaded from the Hub (weights, config, tokenizer),
+    or in a rehearsal the stand-in built on this machine."""
+    from . import tiny
+
+    local = tiny.resolve_model_path(profile.model_id)
+    if Path(local).is_dir():
+        return Path(local)
+    from huggingface_hub import snapshot_download
+
+    from . import hub
+
+    with hub.hub_errors(profile.model_id, "model"):  # no Hub: one line saying what to do
+        return Path(snapshot_download(profile.model_id, allow_patterns=["*.json", "*.safetensors", "*.jinja"]))
 
 
 def own_adapter_run(profile):
-    """The `gpu_runs.PlannedRun` of the adapter notebook 06 trains when 03's is absent (`adapter_to_export`)."""
+    """The `gpu_runs.PlannedRun` of the adapter notebook 06 trains when 03's is absent (`adapter_to_export`):
+    notebook 05's run of the profile's task, the same estimate, under 06's name (`tooling.course.t4_plan`)."""
     import dataclasses
 
     from . import adapters, gpu_runs
@@ -536,21 +560,35 @@ def own_adapter_run(profile):
 
 
 def merge_dtype(profile):
-    """The dtype a merged model is built and saved in: fp16 for a GPU profile (a T4 computes in fp16, and
-    fp32 would double a 3 GB model on the GPU and on disk; its rehearsal keeps that decision), fp32 on the
-    CPU profiles (the dtype they train and compare in)."""
+    """The dtype a merged model is built and saved in: the decision is the profile's, not this machine's.
+
+    fp16 on a GPU profile: a T4 (compute capability 7.5) computes in fp16, and fp32 (what the non-quantized
+    weights are after `prepare_model_for_kbit_training`) would double a 3 GB model on the GPU and on disk; the
+    t4 rehearsal keeps that decision on the CPU. fp32 on the CPU profiles, the dtype they train and compare in.
+    """
     import torch
 
-    return torch.float16 if profile.name == "t4" else torch.float32
+    return getattr(torch, MERGE_DTYPES.get(profile.name, "float32"))
+
+
+#: The dtype each profile merges in, by profile name (so the t4 rehearsal keeps t4's); others merge in fp32.
+MERGE_DTYPES = {"t4": "float16"}
 
 
 def check_merge_fits(model_dir, dtype, out_dir) -> int:
-    """Bytes the merged model takes in `dtype` (parameters x bytes each), checked before merging: a one-line
-    `MemoryError` if the GPU (when CUDA is here) or the disk under `out_dir` cannot hold them with a margin."""
+    """Bytes the merged model takes in `dtype` (parameters x bytes each), checked before merging.
+
+    Needs `MERGE_MARGIN` times that on the GPU (when CUDA is here: the merged copy is built beside the
+    adapted model, whose memory is already taken) and on the disk under `out_dir`.
+
+    Raises:
+        preflight.WontFitError: one line saying what is short and what to free or change.
+    """
     import torch
     from transformers import AutoConfig
 
     from . import vram
+    from .preflight import WontFitError
 
     bytes_each = torch.finfo(dtype).bits // 8
     params = vram.load_arch(AutoConfig.from_pretrained(model_dir)).total_params
@@ -558,18 +596,19 @@ def check_merge_fits(model_dir, dtype, out_dir) -> int:
     if torch.cuda.is_available():
         free, _total = torch.cuda.mem_get_info()
         if free < need:
-            raise MemoryError(f"The merge needs about {need / 2**30:.1f} GiB of GPU memory and {free / 2**30:.1f} GiB "
-                              "is free: restart the runtime (Runtime > Restart session) and run this notebook from the "
-                              "top, which frees what earlier cells hold.")
+            raise WontFitError(f"The {str(dtype).removeprefix('torch.')} merge needs about {need / 2**30:.1f} GiB of "
+                               f"GPU memory and {free / 2**30:.1f} GiB is free: restart the runtime (Runtime > "
+                               "Restart session) and run this notebook from the top, which frees what earlier "
+                               "cells hold.")
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     free_disk = shutil.disk_usage(out_dir).free
     if free_disk < need:
-        raise MemoryError(f"Saving the merged model needs about {need / 2**30:.1f} GiB on disk and {out_dir} has "
-                          f"{free_disk / 2**30:.1f} GiB free: delete old runs (runs/, build/) or pick another folder.")
+        raise WontFitError(f"Saving the merged model needs about {need / 2**30:.1f} GiB on disk and {out_dir} has "
+                           f"{free_disk / 2**30:.1f} GiB free: delete old runs (runs/, build/) or pick another folder.")
     return int(params * bytes_each)
 
 
-#: Room above the merged weights themselves: the one adapted weight merged at a time in fp32, and buffers.
+#: Room above the merged weights themselves (15%): the one adapted weight merged at a time in fp32, and buffers.
 MERGE_MARGIN = 1.15
 
 
