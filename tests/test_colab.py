@@ -243,7 +243,7 @@ def test_online_check_says_private_or_unpushed_and_catches_a_stale_push():
 
 
 def test_checkout_hints_point_a_colab_learner_at_github_not_at_a_clone(monkeypatch):
-    from lora_lab import hardware
+    from lora_lab.runtime import hardware
 
     monkeypatch.setattr(hardware, "in_colab", lambda: False)
     local = hardware.checkout_hint("python benchmarks/vram_accuracy.py", "benchmarks/results/vram_accuracy_cpu.csv")
@@ -258,7 +258,7 @@ def test_checkout_hints_point_a_colab_learner_at_github_not_at_a_clone(monkeypat
 def test_installed_from_reads_pips_record_of_a_git_install(monkeypatch):
     import importlib.metadata
 
-    from lora_lab import hardware
+    from lora_lab.runtime import hardware
 
     class Dist:
         def __init__(self, text):
@@ -277,7 +277,7 @@ def test_installed_from_reads_pips_record_of_a_git_install(monkeypatch):
 def test_a_colab_runtime_without_a_gpu_says_the_cpu_profile_runs_and_how_to_get_a_gpu(monkeypatch):
     import dataclasses
 
-    from lora_lab import hardware, profiles
+    from lora_lab.runtime import hardware, profiles
 
     hw = dataclasses.replace(hardware.detect(), device_type="cpu", in_colab=True)
     notes = [w for w in hardware.warnings_for(hw) if "no GPU" in w]

@@ -1,4 +1,4 @@
-"""lora_lab.compat: each library workaround next to a reproduction of what it works around.
+"""lora_lab.runtime.compat: each library workaround next to a reproduction of what it works around.
 
 The reproductions run on the pinned versions WITHOUT the workaround: when a library stops doing
 what a workaround undoes, its reproduction fails here, and the workaround can go (or its version
@@ -12,7 +12,8 @@ import bitsandbytes as bnb
 import pytest
 import torch
 
-from lora_lab import compat, models, profiles, train
+from lora_lab.runtime import compat, profiles
+from lora_lab.training import models, train
 
 # ---------------------------------------------------------------------------------------------
 # trl: SFTTrainer casts the LoRA matrices of a quantized model to bf16
@@ -41,11 +42,11 @@ def test_trl_casts_qlora_adapters_to_bf16_on_the_pinned_version(qlora_trainer):
 def test_keep_trainable_fp32_undoes_it_and_says_so(qlora_trainer, caplog):
     assert compat.needed("trl", compat.TRL_CASTS_QLORA_ADAPTERS_TO_BF16)  # the pinned trl is in range
     trainable = [p for p in qlora_trainer.model.parameters() if p.requires_grad]
-    with caplog.at_level(logging.INFO, logger="lora_lab.compat"):
+    with caplog.at_level(logging.INFO, logger="lora_lab.runtime.compat"):
         assert compat.keep_trainable_fp32(qlora_trainer.model) == len(trainable)
     assert all(p.dtype == torch.float32 for p in trainable)
     assert "cast" in caplog.text and "trl" in caplog.text
-    with caplog.at_level(logging.INFO, logger="lora_lab.compat"):
+    with caplog.at_level(logging.INFO, logger="lora_lab.runtime.compat"):
         caplog.clear()
         assert compat.keep_trainable_fp32(qlora_trainer.model) == 0  # nothing left to do: silent
     assert caplog.text == ""
@@ -99,7 +100,7 @@ def test_keep_cpu_4bit_layout_keeps_the_standard_layout_and_says_so(monkeypatch,
     layer = model[0]
     before = layer.weight.data.clone()
     layer.support_avx512bf16_for_cpu = True
-    with caplog.at_level(logging.INFO, logger="lora_lab.compat"):
+    with caplog.at_level(logging.INFO, logger="lora_lab.runtime.compat"):
         assert compat.keep_cpu_4bit_layout(model) == 1
     assert "4-bit layout" in caplog.text
     eval_forward(layer, monkeypatch)

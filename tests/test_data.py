@@ -5,7 +5,8 @@ import json
 import pytest
 from datasets import Dataset, DatasetDict
 
-from lora_lab import data, profiles
+from lora_lab.runtime import profiles
+from lora_lab.training import data
 
 
 def test_generation_is_deterministic():

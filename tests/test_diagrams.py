@@ -10,7 +10,9 @@ import torch  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
-from lora_lab import diagrams, quant, vram  # noqa: E402
+from lora_lab.estimation import vram  # noqa: E402
+from lora_lab.figures import diagrams
+from lora_lab.lessons import lora_by_hand, nf4
 
 
 def _texts(fig) -> str:
@@ -28,7 +30,7 @@ def test_lora_shapes_labels_each_matrix_with_a_real_layers_shape():
     assert isinstance(fig, Figure)
     text = _texts(fig)
     assert "256 x 1,536" in text and "256 x 16" in text and "16 x 1,536" in text
-    assert f"{vram.lora_layer_params(v.d_in, v.d_out, 16):,}" in text  # 28,672 = 16 x (1536 + 256)
+    assert f"{lora_by_hand.lora_layer_params(v.d_in, v.d_out, 16):,}" in text  # 28,672 = 16 x (1536 + 256)
     assert "32 / 16 = 2" in text
     rects = _rects(fig.axes[0])
     assert len(rects) == 3
@@ -46,7 +48,7 @@ def test_lora_shapes_refuses_a_zero_rank():
 def test_nf4_block_draws_64_weights_their_absmax_and_codes():
     torch.manual_seed(0)
     w = torch.randn(8, 32) * 0.02
-    q = quant.quantize(w, "nf4")
+    q = nf4.quantize(w, "nf4")
     fig = diagrams.nf4_block(w, q, block=1)
     assert isinstance(fig, Figure)
     top, bottom = fig.axes[:2]
@@ -64,7 +66,7 @@ def test_nf4_block_draws_64_weights_their_absmax_and_codes():
 def test_nf4_block_refuses_a_block_past_the_end():
     w = torch.randn(64)
     with pytest.raises(ValueError, match="1 blocks of 64"):
-        diagrams.nf4_block(w, quant.quantize(w), block=1)
+        diagrams.nf4_block(w, nf4.quantize(w), block=1)
 
 
 def test_token_row_colours_the_tokens_that_carry_loss():

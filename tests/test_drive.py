@@ -1,9 +1,9 @@
-"""lora_lab.drive: a checkpoint folder on Google Drive only on Colab, mounting Drive when asked."""
+"""lora_lab.runtime.drive: a checkpoint folder on Google Drive only on Colab, mounting Drive when asked."""
 
 import sys
 import types
 
-from lora_lab import drive, hardware
+from lora_lab.runtime import drive, hardware
 
 
 def fake_colab(monkeypatch, tmp_path):

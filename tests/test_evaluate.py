@@ -2,7 +2,7 @@
 
 from transformers import AutoTokenizer
 
-from lora_lab import evaluate
+from lora_lab.training import evaluate
 
 
 def test_tokenize_padded_pads_the_requested_side_and_restores(tiny_model_path):

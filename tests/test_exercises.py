@@ -7,7 +7,7 @@ from pathlib import Path
 import jupytext
 import pytest
 
-from lora_lab import exercises
+from lora_lab.classroom import exercises
 from lora_lab.tooling import course
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -11,9 +11,22 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from lora_lab import export
+from lora_lab.experiments import export
 
-MISSING = export.tools_ready()
+
+def tools_missing() -> str | None:
+    """None when converters, gguf, sentencepiece and the runtime are all installed, else what is missing."""
+    try:
+        export.fetch_converters(download=False)
+        export.install_runtime(install=False)
+        export.check_node()
+        import sentencepiece  # noqa: F401
+    except (export.ExportToolsMissing, ImportError) as err:
+        return str(err)
+    return None
+
+
+MISSING = tools_missing()
 needs_tools = pytest.mark.skipif(MISSING is not None, reason=f"{MISSING}")
 PROMPTS = ["<|user|>What color is the sky?<|end|><|assistant|>", "<|user|>Name a fruit.<|end|><|assistant|>",
            "The capital of"]
@@ -96,7 +109,7 @@ def test_only_a_plain_byte_level_pre_tokenizer_is_declared(tmp_path, tiny_model_
 
 def test_a_qwen2_tokenizer_is_declared_as_qwen2(tmp_path):
     """The rehearsal's stand-in Qwen2 tokenizer, saved by transformers, has Qwen2's split rule and its own vocab."""
-    from lora_lab import rehearsal
+    from lora_lab.standins import rehearsal
 
     tok = AutoTokenizer.from_pretrained(rehearsal.ensure_standin_model())
     tok.save_pretrained(tmp_path)
@@ -109,7 +122,7 @@ def test_a_qwen2_tokenizer_is_declared_as_qwen2(tmp_path):
 
 def test_unknown_outtype_is_refused_with_the_choices():
     with pytest.raises(ValueError, match="q8_0"):
-        export.convert_model(".", "q4_K_M")
+        export.export(".", ("q4_K_M",))
 
 
 def test_modelfile_carries_the_chat_template_and_stop_tokens(tiny_model_path):
@@ -127,7 +140,9 @@ def test_modelfile_carries_the_chat_template_and_stop_tokens(tiny_model_path):
 
 
 def test_a_qlora_adapter_merged_into_the_dequantized_nf4_base_is_the_trained_model(tiny_model_path):
-    from lora_lab import adapters, models, profiles
+    from lora_lab.experiments import adapters
+    from lora_lab.runtime import profiles
+    from lora_lab.training import models
 
     profile = profiles.get_profile("tiny")
     nf4, tok = models.load_model_and_tokenizer(profile, "qlora", model_path=tiny_model_path, for_training=False)
@@ -198,7 +213,8 @@ def test_node_20_or_newer_passes(monkeypatch, tmp_path, printed):
 def test_notebook_06_uses_03s_adapter_when_present_and_trains_its_own_when_absent(monkeypatch, tmp_path, capsys):
     from types import SimpleNamespace
 
-    from lora_lab import adapters, profiles
+    from lora_lab.experiments import adapters
+    from lora_lab.runtime import profiles
 
     trained = []
 
@@ -228,7 +244,7 @@ def test_notebook_06_uses_03s_adapter_when_present_and_trains_its_own_when_absen
 
 
 def test_the_merge_dtype_is_the_profiles_decision_kept_by_the_rehearsal():
-    from lora_lab import profiles
+    from lora_lab.runtime import profiles
 
     t4, cpu = profiles.PROFILES["t4"], profiles.PROFILES["cpu"]
     assert export.merge_dtype(t4) == torch.float16
@@ -240,7 +256,7 @@ def test_the_merge_preflight_stops_with_one_line_when_disk_or_gpu_memory_is_shor
                                                                                   tiny_model_path):
     from collections import namedtuple
 
-    from lora_lab.preflight import WontFitError
+    from lora_lab.estimation.preflight import WontFitError
 
     need = export.check_merge_fits(tiny_model_path, torch.float16, tmp_path / "merged")
     assert need == export.check_merge_fits(tiny_model_path, torch.float32, tmp_path / "merged") // 2
@@ -264,7 +280,7 @@ def test_notebook_06_t4_rehearsal_runs_without_03s_adapter(monkeypatch, tmp_path
     import jupytext
     import nbformat
 
-    from lora_lab import profiles
+    from lora_lab.runtime import profiles
     from lora_lab.tooling import course
 
     source = Path(__file__).parents[1] / "notebooks" / "06_export_and_scale.py"

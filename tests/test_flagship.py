@@ -1,9 +1,9 @@
-"""The cpu profile's promise, as a learner runs it: `python -m lora_lab.train --profile cpu`.
+"""The cpu profile's promise, as a learner runs it: `python -m lora_lab.training.train --profile cpu`.
 
 SmolLM2-135M-Instruct learns text-to-SQL from the generated rows and is judged on schemas that
 training never showed: exact match and execution match must each rise by `train.CPU_MIN_GAIN`
 (30 points) on any CPU. The adapter it writes then scores rows from another seed, which nothing in
-the run has seen, through `python -m lora_lab.evaluate`.
+the run has seen, through `python -m lora_lab.training.evaluate`.
 
 This trains the real model for a few minutes, so the native test run leaves it to notebook 03
 (whose cells train the same profile with the same seed, and assert the same promise with
@@ -14,7 +14,8 @@ import json
 
 import pytest
 
-from lora_lab import evaluate, sql_task, train
+from lora_lab.standins import sql_task
+from lora_lab.training import evaluate, train
 
 pytestmark = [pytest.mark.outcome, pytest.mark.flagship]
 

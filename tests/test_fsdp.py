@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from lora_lab import scale
+from lora_lab.experiments import scale
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"}
@@ -28,7 +28,7 @@ def _run(cmd, out):
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, tiny_model_path):
     tmp = tmp_path_factory.mktemp("fsdp")
-    check = ["-m", "lora_lab.scale", "fsdp-check", "--methods", "lora,qlora", "--steps", "3"]
+    check = ["-m", "lora_lab.experiments.scale", "fsdp-check", "--methods", "lora,qlora", "--steps", "3"]
     single = _run([sys.executable, *check, "--out", str(tmp / "single.json")], tmp / "single.json")
     sharded = _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
                     "29541", *check, "--out", str(tmp / "fsdp.json")], tmp / "fsdp.json")

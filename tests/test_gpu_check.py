@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from lora_lab import vram
-from lora_lab.units import GIB
+from lora_lab.estimation import vram
+from lora_lab.runtime.units import GIB
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
 

@@ -4,9 +4,12 @@ import json
 
 import pytest
 
-from lora_lab import gpu_runs, profiles, rank, train, vram
+from lora_lab.estimation import gpu_runs, vram
+from lora_lab.experiments import rank
+from lora_lab.runtime import profiles
+from lora_lab.runtime.units import GIB
 from lora_lab.tooling import course
-from lora_lab.units import GIB
+from lora_lab.training import train
 
 
 def test_t4_plan_covers_every_training_notebook_within_14_gib():
@@ -88,7 +91,7 @@ def test_every_notebook_fits_its_stated_t4_budget_and_the_readme_states_those_bu
     import re
     from pathlib import Path
 
-    from lora_lab import t4_budget
+    from lora_lab.estimation import t4_budget
     from lora_lab.tooling import course
 
     runs = course.t4_plan()
@@ -112,7 +115,8 @@ def test_every_notebook_fits_its_stated_t4_budget_and_the_readme_states_those_bu
 
 
 def test_notebook_06_plans_its_own_adapter_when_03s_is_absent(tmp_path):
-    from lora_lab import export, profiles
+    from lora_lab.experiments import export
+    from lora_lab.runtime import profiles
 
     t4 = profiles.PROFILES["t4"]
     run = export.own_adapter_run(t4)

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from lora_lab import train
+from lora_lab.training import train
 
 ROOT = Path(__file__).resolve().parents[1]
 GUIDE = (ROOT / "docs" / "instructor-guide.md").read_text()

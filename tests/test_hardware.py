@@ -5,8 +5,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from lora_lab import hardware
-from lora_lab.units import GIB
+from lora_lab.runtime import hardware
+from lora_lab.runtime.units import GIB
 
 
 def fake_gpu(monkeypatch, name, major, minor, free=14 * GIB, total=int(14.74 * GIB)):

@@ -5,7 +5,8 @@ import huggingface_hub.constants
 import pytest
 from datasets.exceptions import DatasetNotFoundError
 
-from lora_lab import data, hub, models, profiles
+from lora_lab.runtime import hub, profiles
+from lora_lab.training import data, models
 
 
 @pytest.fixture

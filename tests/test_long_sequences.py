@@ -7,7 +7,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pytest  # noqa: E402
 
-from lora_lab import long_sequences, vram  # noqa: E402
+from lora_lab.estimation import long_sequences, vram  # noqa: E402
+from lora_lab.lessons import activation_memory  # noqa: E402
 
 QWEN = "Qwen/Qwen2.5-1.5B"
 LONG = dict(method="full", precision="bf16", batch_size=4, seq_len=4096, gradient_checkpointing=True)
@@ -15,9 +16,9 @@ LONG = dict(method="full", precision="bf16", batch_size=4, seq_len=4096, gradien
 
 def test_fused_chunk_follows_liger_kernels_rule():
     # Liger's own example in fused_linear_cross_entropy.py: BT = 4096 * 4, V = 32000, H = 4096 -> 2048.
-    assert vram.fused_chunk_tokens(4096 * 4, 4096, 32000) == 2048
-    assert vram.fused_chunk_tokens(16384, 1536, 151936) == 256  # ceil(16384 / 99) = 166 -> 256
-    assert vram.fused_chunk_tokens(10, 64, 100) == 8 and vram.fused_chunk_tokens(3, 4096, 4096) == 3
+    assert activation_memory.fused_chunk_tokens(4096 * 4, 4096, 32000) == 2048
+    assert activation_memory.fused_chunk_tokens(16384, 1536, 151936) == 256  # ceil(16384 / 99) = 166 -> 256
+    assert activation_memory.fused_chunk_tokens(10, 64, 100) == 8 and activation_memory.fused_chunk_tokens(3, 4096, 4096) == 3
 
 
 def test_the_logits_are_most_of_a_long_full_fine_tune_of_a_big_vocabulary():

@@ -1,10 +1,11 @@
-"""The hand-written LoRA layer (lora_lab.lora_by_hand) against the base layer, peft and its own merge."""
+"""The hand-written LoRA layer (lora_lab.lessons.lora_by_hand) against the base layer, peft and its own merge."""
 
 import pytest
 import torch
 from torch import nn
 
-from lora_lab.lora_by_hand import LoRALinear, compare_with_peft, peft_linear
+from lora_lab.experiments.peft_checks import compare_with_peft, peft_linear
+from lora_lab.lessons.lora_by_hand import LoRALinear
 
 
 @pytest.mark.parametrize("d_in,d_out,r,alpha,dropout", [(64, 48, 8, 16.0, 0.1), (32, 96, 1, 32.0, 0.0),

@@ -1,4 +1,4 @@
-"""Tests of `lora_lab.memory`: the measurement itself, and the estimate against it on real steps.
+"""Tests of `lora_lab.estimation.memory`: the measurement itself, and the estimate against it on real steps.
 
 A few representative cases of benchmarks/vram_accuracy.py (which runs the whole grid): real
 architectures at 1-3 layers, shrunk widths, one training step each on the CPU (bitsandbytes runs
@@ -12,7 +12,7 @@ import warnings
 import pytest
 import torch
 
-from lora_lab import memory, vram
+from lora_lab.estimation import memory, vram
 
 warnings.filterwarnings("ignore", message=".*kernels.*")
 

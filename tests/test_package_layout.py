@@ -2,6 +2,7 @@
 
 import ast
 import re
+from collections import Counter
 from pathlib import Path
 
 import lora_lab
@@ -65,7 +66,7 @@ def test_no_import_cycles_counting_imports_inside_functions():
     for node in sorted(graph):
         if node not in state:
             visit(node)
-    assert "train" in graph["evaluate"] or "sft_data" in graph["evaluate"]  # the graph is really read
+    assert "training.sft_data" in graph["training.evaluate"]  # the graph is really read
 
 
 def test_no_function_longer_than_100_lines():
@@ -75,3 +76,104 @@ def test_no_function_longer_than_100_lines():
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno + 1 > 100:
                 long.append(f"{name}.{node.name}")
     assert not long, f"functions over 100 lines: {sorted(long)}"
+
+
+# ---- the lesson layer ---------------------------------------------------------------------------
+
+LESSON_LIMIT = 350  # lines: a module a learner reads in one sitting
+LESSON_LIBRARIES = {"torch", "__future__"}  # besides the standard library and other lesson modules
+
+
+def third_party_or_package_imports(path: Path) -> set[str]:
+    """Top-level names of what a module imports that is neither the standard library nor torch."""
+    import sys
+
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and not node.level:
+            names = [node.module or ""]
+        else:
+            continue
+        for name in names:
+            top = name.split(".")[0]
+            if top in sys.stdlib_module_names or top in LESSON_LIBRARIES:
+                continue
+            if name.startswith("lora_lab.lessons"):
+                continue
+            found.add(name)
+    return found
+
+
+def test_lesson_modules_are_short_and_import_only_torch_the_standard_library_and_each_other():
+    lessons = {name: path for name, path in modules().items() if name.startswith("lessons.")}
+    assert len(lessons) >= 8
+    for name, path in lessons.items():
+        lines = len(path.read_text().splitlines())
+        assert lines <= LESSON_LIMIT, f"{name} has {lines} lines (the lesson layer's limit is {LESSON_LIMIT})"
+        assert not third_party_or_package_imports(path), f"{name} imports {third_party_or_package_imports(path)}"
+
+
+def test_the_lesson_import_check_catches_machinery(tmp_path):
+    planted = tmp_path / "planted.py"
+    planted.write_text("import torch\nfrom lora_lab.runtime import units\nfrom lora_lab.lessons import nf4\nimport os\n")
+    assert third_party_or_package_imports(planted) == {"lora_lab.runtime"}
+
+
+# ---- boundaries and dead code --------------------------------------------------------------------
+
+
+def private_names_taken_from_other_modules(name: str, path: Path) -> list[str]:
+    """`from lora_lab.x import _y` and `x._y` where x is another package module this one imports."""
+    tree = ast.parse(path.read_text())
+    aliases = {}  # local name -> package module it stands for
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("lora_lab"):
+            for alias in node.names:
+                target = f"{node.module.removeprefix('lora_lab').lstrip('.')}.{alias.name}".lstrip(".")
+                if target in modules():
+                    aliases[alias.asname or alias.name] = target
+                elif alias.name.startswith("_"):
+                    found.append(f"{node.module}.{alias.name}")
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.asname and alias.name.removeprefix("lora_lab.") in modules():
+                    aliases[alias.asname] = alias.name.removeprefix("lora_lab.")
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__")
+                and isinstance(node.value, ast.Name) and aliases.get(node.value.id, name) != name):
+            found.append(f"{aliases[node.value.id]}.{node.attr}")
+    return found
+
+
+def test_no_module_uses_another_modules_private_names():
+    taken = {name: private_names_taken_from_other_modules(name, path) for name, path in modules().items()}
+    assert not {k: v for k, v in taken.items() if v}
+
+
+def test_the_private_name_check_catches_one(tmp_path):
+    planted = tmp_path / "planted.py"
+    planted.write_text("from lora_lab.estimation import vram\nfrom lora_lab.training.evaluate import _as_x\n"
+                       "def f():\n    return vram._quiet(1)\n")
+    assert sorted(private_names_taken_from_other_modules("lessons.sft", planted)) == [
+        "estimation.vram._quiet", "lora_lab.training.evaluate._as_x"]
+
+
+def unused_public_names() -> list[str]:
+    """Public top-level functions and classes of the package that nothing but the tests mentions."""
+    users = [*PACKAGE.rglob("*.py"), *(ROOT / "notebooks").glob("[0-9][0-9]_*.py"), *(ROOT / "benchmarks").glob("*.py"),
+             *(ROOT / "colab").glob("*.py"), ROOT / "Makefile"]
+    words = Counter(word for path in users for word in re.findall(r"\w+", path.read_text()))
+    unused = []
+    for name, path in modules().items():
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, (ast.FunctionDef, ast.ClassDef)) and not node.name.startswith("_"):
+                if words[node.name] <= 1:  # its own definition only
+                    unused.append(f"{name}.{node.name}")
+    return unused
+
+
+def test_every_public_function_is_used_outside_the_tests():
+    assert not unused_public_names()

@@ -5,7 +5,7 @@ import dataclasses
 import pytest
 import torch
 
-from lora_lab import profiles
+from lora_lab.runtime import profiles
 
 
 def test_cpu_without_gpu(monkeypatch):

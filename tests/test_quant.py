@@ -1,4 +1,4 @@
-"""lora_lab.quant against bitsandbytes itself: code books, codes, absmax, dequantized values, storage.
+"""lora_lab.experiments.quant against bitsandbytes itself: code books, codes, absmax, dequantized values, storage.
 
 bitsandbytes 0.50 runs quantize_4bit / dequantize_4bit on CPU tensors, so every comparison here is
 with the library a QLoRA run really uses. Nothing touches the network; the model test uses the
@@ -9,7 +9,8 @@ import bitsandbytes.functional as bnb_functional
 import pytest
 import torch
 
-from lora_lab import quant
+from lora_lab.experiments import quant
+from lora_lab.lessons import code_books, nf4
 
 MILLION = 1024 * 1024  # 2**20 values: "at least a million", and a whole number of 64- and 4096-blocks
 
@@ -35,14 +36,14 @@ def _bnb(x, fmt, blocksize=64, double_quant=False):
 
 
 def test_nf4_code_equals_bitsandbytes_exactly():
-    code = quant.nf4_code()
+    code = code_books.nf4_code()
     assert torch.equal(code, bnb_functional.get_4bit_type("nf4", device="cpu"))
     # and also bitsandbytes' own construction from normal quantiles (not only its hard-coded table)
     assert torch.equal(code, bnb_functional.create_normal_map()[[*range(7), 7, *range(248, 256)]])
 
 
 def test_nf4_code_shape_asymmetric_with_exact_zero():
-    code = quant.nf4_code()
+    code = code_books.nf4_code()
     assert code.numel() == 16 and code.dtype == torch.float32
     assert torch.equal(code, code.sort().values)  # sorted: code i is the i-th smallest level
     assert (code < 0).sum() == 7 and (code == 0).sum() == 1 and (code > 0).sum() == 8
@@ -50,29 +51,29 @@ def test_nf4_code_shape_asymmetric_with_exact_zero():
 
 
 def test_fp4_and_dynamic_map_equal_bitsandbytes():
-    assert torch.equal(quant.fp4_code(), bnb_functional.get_4bit_type("fp4", device="cpu"))
-    assert torch.equal(quant.dynamic_map(), bnb_functional.create_dynamic_map())
+    assert torch.equal(code_books.fp4_code(), bnb_functional.get_4bit_type("fp4", device="cpu"))
+    assert torch.equal(code_books.dynamic_map(), bnb_functional.create_dynamic_map())
 
 
 def test_int4_is_symmetric_and_evenly_spaced():
-    levels = quant.int4_code().unique()
+    levels = code_books.int4_code().unique()
     assert torch.allclose(levels, torch.arange(-7, 8) / 7)
-    assert torch.equal(quant.code_book("int4").abs().max(), torch.tensor(1.0))
+    assert torch.equal(code_books.code_book("int4").abs().max(), torch.tensor(1.0))
     with pytest.raises(ValueError, match="nf4"):
-        quant.code_book("nf3")
+        code_books.code_book("nf3")
 
 
 def test_every_level_quantizes_to_its_own_code():
-    for fmt in quant.FORMATS:
-        code = quant.code_book(fmt)
-        assert torch.equal(code[quant.nearest_code(code, code)], code)
+    for fmt in code_books.FORMATS:
+        code = code_books.code_book(fmt)
+        assert torch.equal(code[code_books.nearest_code(code, code)], code)
 
 
 def test_pack_unpack_high_nibble_first():
     codes = torch.tensor([1, 2, 15, 0, 7])
-    packed = quant.pack_nibbles(codes)
+    packed = nf4.pack_nibbles(codes)
     assert packed.tolist() == [0x12, 0xF0, 0x70]
-    assert torch.equal(quant.unpack_nibbles(packed, 5), codes)
+    assert torch.equal(nf4.unpack_nibbles(packed, 5), codes)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -84,11 +85,11 @@ def test_pack_unpack_high_nibble_first():
 def test_codes_absmax_and_dequantized_equal_bitsandbytes_on_a_million_values(fmt, blocksize):
     x = _weights((1024, 1024), seed=blocksize)
     assert x.numel() >= 1_000_000
-    mine = quant.quantize(x, fmt, blocksize)
+    mine = nf4.quantize(x, fmt, blocksize)
     packed, state = _bnb(x, fmt, blocksize)
     assert torch.equal(mine.packed, packed.view(-1))  # codes, two per byte, first in the high nibble
     assert torch.equal(mine.absmax, state.absmax)  # fp32 absmax per block
-    ours = quant.dequantize(mine)
+    ours = nf4.dequantize(mine)
     assert ours.shape == x.shape and ours.dtype == x.dtype
     assert torch.equal(ours, bnb_functional.dequantize_4bit(packed, state))
 
@@ -96,22 +97,22 @@ def test_codes_absmax_and_dequantized_equal_bitsandbytes_on_a_million_values(fmt
 @pytest.mark.parametrize("fmt", ["nf4", "fp4"])
 def test_partial_blocks_odd_lengths_and_bf16_match_bitsandbytes(fmt):
     x = _weights((999, 1001), seed=1)  # 999,999 values: a partial last block and an odd nibble
-    mine = quant.quantize(x, fmt)
+    mine = nf4.quantize(x, fmt)
     packed, state = _bnb(x, fmt)
     assert torch.equal(mine.packed, packed.view(-1))
     assert torch.equal(mine.absmax, state.absmax)
-    assert torch.equal(quant.dequantize(mine).view(-1), bnb_functional.dequantize_4bit(packed, state).view(-1))
+    assert torch.equal(nf4.dequantize(mine).view(-1), bnb_functional.dequantize_4bit(packed, state).view(-1))
 
     xb = _weights((256, 512), seed=2).to(torch.bfloat16)
-    mine, (packed, state) = quant.quantize(xb, fmt), _bnb(xb, fmt)
+    mine, (packed, state) = nf4.quantize(xb, fmt), _bnb(xb, fmt)
     assert torch.equal(mine.packed, packed.view(-1)) and torch.equal(mine.absmax, state.absmax)
-    assert torch.equal(quant.dequantize(mine), bnb_functional.dequantize_4bit(packed, state))
+    assert torch.equal(nf4.dequantize(mine), bnb_functional.dequantize_4bit(packed, state))
 
 
 def test_all_zero_block_stays_zero():
     x = torch.zeros(128)
     x[64:] = torch.linspace(-1, 1, 64)
-    assert torch.equal(quant.round_trip(x)[:64], torch.zeros(64))
+    assert torch.equal(nf4.round_trip(x)[:64], torch.zeros(64))
 
 
 @pytest.mark.parametrize("fmt", ["nf4", "fp4"])
@@ -124,7 +125,7 @@ def test_double_quantization_matches_bitsandbytes(fmt):
     given bitsandbytes' 8-bit codes, our dequantization reproduces its output bit for bit.
     """
     x = _weights((1024, 1024), seed=3)
-    mine = quant.quantize(x, fmt, double_quant=True)
+    mine = nf4.quantize(x, fmt, double_quant=True)
     packed, state = _bnb(x, fmt, double_quant=True)
     dq = mine.double_quant
     assert torch.equal(mine.packed, packed.view(-1))
@@ -135,17 +136,17 @@ def test_double_quantization_matches_bitsandbytes(fmt):
     theirs = state.absmax
     agree = (dq.codes == theirs).float().mean().item()
     assert agree > 0.99, agree
-    levels = quant.dynamic_map()
-    centred = quant.absmax_per_block(x) - dq.offset
+    levels = code_books.dynamic_map()
+    centred = x.reshape(-1, 64).abs().amax(dim=1) - dq.offset
     normed = (centred.view(-1, 256) / dq.scales.view(-1, 1)).view(-1)
     ours_err = (normed - levels[dq.codes.long()]).abs()
     their_err = (normed - levels[theirs.long()]).abs()
     assert bool((ours_err <= their_err).all())
 
-    with_their_codes = quant.Quantized4bit(
-        packed=mine.packed, absmax=None, fmt=fmt, code=quant.code_book(fmt), blocksize=64, shape=x.shape, dtype=x.dtype,
-        double_quant=quant.DoubleQuant(codes=theirs, scales=dq.scales, offset=dq.offset, levels=levels))
-    assert torch.equal(quant.dequantize(with_their_codes), bnb_functional.dequantize_4bit(packed, state))
+    with_their_codes = nf4.Quantized4bit(
+        packed=mine.packed, absmax=None, fmt=fmt, code=code_books.code_book(fmt), blocksize=64, shape=x.shape, dtype=x.dtype,
+        double_quant=nf4.DoubleQuant(codes=theirs, scales=dq.scales, offset=dq.offset, levels=levels))
+    assert torch.equal(nf4.dequantize(with_their_codes), bnb_functional.dequantize_4bit(packed, state))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -157,22 +158,22 @@ def test_nf4_has_the_lowest_error_on_normal_and_heavy_tailed_data():
     normal = torch.randn(2**16, generator=g)
     heavy = torch.distributions.StudentT(3.0).sample((2**16,))
     for x in (normal, heavy):
-        err = {fmt: quant.relative_rmse(x, quant.round_trip(x, fmt)) for fmt in quant.FORMATS}
+        err = {fmt: quant.relative_rmse(x, nf4.round_trip(x, fmt)) for fmt in code_books.FORMATS}
         assert err["nf4"] < err["fp4"] and err["nf4"] < err["int4"], err
     # bigger blocks share one absmax among more values: the error grows with block size
-    errs = [quant.relative_rmse(heavy, quant.round_trip(heavy, "nf4", bs)) for bs in (32, 256, 4096)]
+    errs = [quant.relative_rmse(heavy, nf4.round_trip(heavy, "nf4", bs)) for bs in (32, 256, 4096)]
     assert errs == sorted(errs)
     # double quantization changes the error by far less than it saves
-    plain = quant.relative_rmse(normal, quant.round_trip(normal, "nf4"))
-    dq = quant.relative_rmse(normal, quant.round_trip(normal, "nf4", double_quant=True))
+    plain = quant.relative_rmse(normal, nf4.round_trip(normal, "nf4"))
+    dq = quant.relative_rmse(normal, nf4.round_trip(normal, "nf4", double_quant=True))
     assert abs(dq - plain) < 0.01 * plain
 
 
 def test_custom_code_book_level_usage_and_small_updates():
     x = _weights((256, 256), seed=8)
-    assert torch.equal(quant.round_trip(x, quant.nf4_code()), quant.round_trip(x, "nf4"))
+    assert torch.equal(nf4.round_trip(x, code_books.nf4_code()), nf4.round_trip(x, "nf4"))
     with pytest.raises(ValueError, match="16 levels"):
-        quant.quantize(x, torch.linspace(-1, 1, 8))
+        nf4.quantize(x, torch.linspace(-1, 1, 8))
     # normal quantiles: on normal weights every NF4 level is used, none by more than a few times its share
     usage = quant.level_usage(x, "nf4")
     assert usage.numel() == 16 and abs(usage.sum().item() - 1) < 1e-9
@@ -190,17 +191,17 @@ def test_custom_code_book_level_usage_and_small_updates():
 
 
 def test_bits_per_parameter_are_4_5_and_4_127():
-    assert quant.bits_per_parameter(64) == 4.5
-    assert quant.bits_per_parameter(64, double_quant=True) == 4 + 8 / 64 + 32 / (64 * 256)
-    assert round(quant.bits_per_parameter(64, double_quant=True), 3) == 4.127
+    assert nf4.bits_per_parameter(64) == 4.5
+    assert nf4.bits_per_parameter(64, double_quant=True) == 4 + 8 / 64 + 32 / (64 * 256)
+    assert round(nf4.bits_per_parameter(64, double_quant=True), 3) == 4.127
 
 
 def test_storage_is_exact_per_parameter_plus_constants():
     n = 64 * 256 * 10  # whole blocks and whole double-quantization groups
-    plain = quant.storage_bits(n)
+    plain = nf4.storage_bits(n)
     assert plain.total == 4.5 * n + 16 * 32  # + the 16-level fp32 code book
     assert plain.per_parameter == 4.5
-    dq = quant.storage_bits(n, double_quant=True)
+    dq = nf4.storage_bits(n, double_quant=True)
     assert dq.total == (4 + 8 / 64 + 32 / (64 * 256)) * n + 16 * 32 + 32 + 256 * 32  # + offset and 8-bit map
     assert round(dq.per_parameter, 3) == 4.127
 
@@ -214,7 +215,7 @@ def test_storage_equals_what_bitsandbytes_keeps(double_quant):
     if double_quant:
         tensors += [state.offset, state.state2.absmax, state.state2.code]
     bnb_bits = sum(8 * t.numel() * t.element_size() for t in tensors)
-    assert quant.quantize(x, "nf4", double_quant=double_quant).storage().total == bnb_bits
+    assert nf4.quantize(x, "nf4", double_quant=double_quant).storage().total == bnb_bits
 
 
 # ---------------------------------------------------------------------------------------------
@@ -234,7 +235,7 @@ def test_tiny_model_4bit_load_equals_our_round_trip(tiny_model_path):
     for name, linear in linears.items():
         w4 = q4_modules[name].weight
         assert torch.equal(bnb_functional.dequantize_4bit(w4.data, w4.quant_state),
-                           quant.round_trip(linear.weight.data, "nf4")), name
+                           nf4.round_trip(linear.weight.data, "nf4")), name
 
     before = {n: m.weight.clone() for n, m in linears.items()}
     with quant.quantized(base, "int4") as errors:
@@ -247,7 +248,7 @@ def test_low_rank_compensation_reduces_error_and_pissa_matches_peft():
     from peft import LoraConfig, get_peft_model
 
     w = _weights((256, 128), seed=5) + torch.outer(_weights((256,), seed=6, scale=1.0), _weights((128,), seed=7))
-    plain = quant.relative_rmse(w, quant.round_trip(w))
+    plain = quant.relative_rmse(w, nf4.round_trip(w))
     errors = {}
     for init, iters in [("pissa", 1), ("loftq", 1), ("loftq", 5)]:
         q, lr = quant.lowrank_compensated(w, 8, init=init, iters=iters)
@@ -293,7 +294,7 @@ def _tiny_model_and_tokenizer(path):
 
 
 def _fact_sentences(n):
-    from lora_lab import data
+    from lora_lab.training import data
 
     world = data.make_world()
     return [data.fact_text(e, a) for e in world.entities[:n] for a in data.ATTRIBUTES]
@@ -338,8 +339,8 @@ def test_text_loss_is_lower_for_the_trained_model_than_for_randomly_perturbed_we
 def test_comparison_preflight_stops_when_the_models_will_not_fit(monkeypatch):
     from types import SimpleNamespace
 
-    from lora_lab import gpu_runs
-    from lora_lab.preflight import WontFitError
+    from lora_lab.estimation import gpu_runs
+    from lora_lab.estimation.preflight import WontFitError
 
     model = "Qwen/Qwen2.5-1.5B"
     need = quant.comparison_bytes(model, quant.TEXT_BATCH, quant.TEXT_MAX_LENGTH)

@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from lora_lab import hardware, quiz
+from lora_lab.classroom import quiz
+from lora_lab.runtime import hardware
 
 ROOT = Path(__file__).resolve().parents[1]
-ALL = quiz.all_questions()
+ALL = [q for name in quiz.LESSON_QUIZZES.values() for q in getattr(quiz, name)]  # every question
 LAST_TRY = quiz.TRIES_BEFORE_ANSWER
 
 
@@ -94,7 +95,7 @@ def test_t4_dtype_comes_from_hardware():
 
 
 def test_24gb_question_states_its_settings_and_never_contradicts_itself():
-    from lora_lab import vram
+    from lora_lab.estimation import vram
 
     q = quiz.VRAM[0]
     billions = quiz.largest_qlora_model_on_24gb()

@@ -1,11 +1,13 @@
-"""Tests of lora_lab.rank: parameter formula vs peft, file size, the knee, scaling rules, merging, the sweep."""
+"""Tests of lora_lab.experiments.rank: parameter formula vs peft, file size, the knee, scaling rules, merging, the sweep."""
 
 import dataclasses
 
 import pytest
 import torch
 
-from lora_lab import rank, vram
+from lora_lab.estimation import vram
+from lora_lab.experiments import rank
+from lora_lab.lessons import sft
 
 # (preset, target sets): Llama (GQA), Qwen2 (q/k/v biases), Phi-3 (fused qkv and gate_up), Gemma-2.
 ARCHITECTURES = [
@@ -18,7 +20,7 @@ ARCHITECTURES = [
 
 @pytest.mark.parametrize("preset,sets", ARCHITECTURES)
 def test_parameter_formula_matches_peft(preset, sets):
-    from lora_lab import memory
+    from lora_lab.estimation import memory
 
     # Real widths, two blocks (the formula is per block times depth; depth is checked below).
     config = memory.shrink_config(vram.preset_config(preset), layers=2)
@@ -128,7 +130,7 @@ def test_merge_equals_unmerged_in_fp32(tiny_model_path):
 
 
 def test_sweep_runs_learn_and_are_seeded(tiny_model_path, tmp_path, monkeypatch):
-    from lora_lab import profiles
+    from lora_lab.runtime import profiles
 
     monkeypatch.setattr(rank, "cache_dir", lambda: tmp_path)
     profile = profiles.get_profile("tiny")
@@ -153,7 +155,7 @@ def test_sweep_runs_learn_and_are_seeded(tiny_model_path, tmp_path, monkeypatch)
 def test_greedy_match_agrees_with_generation(tiny_model_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from lora_lab import data, evaluate, sft_data
+    from lora_lab.training import data, evaluate, sft_data
 
     tok = AutoTokenizer.from_pretrained(tiny_model_path)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_path, dtype=torch.float32)
@@ -162,8 +164,8 @@ def test_greedy_match_agrees_with_generation(tiny_model_path):
     ev, _ = sft_data.prepare_sft_data(tok, splits["eval"], 64, verbose=False)
     model = rank._wrap(model, rank.SweepConfig("r=8", "lora", 8), 32.0, 0)
     with rank.torch_threads(1):
-        rank.train_loop(model, tr, steps=40, lr=1e-2, batch_size=16, tokenizer=tok)
-    _, ours = rank.loss_and_greedy_match(model, ev, tok)
+        sft.train_loop(model, tr, steps=40, lr=1e-2, batch_size=16, pad_id=tok.pad_token_id)
+    _, ours = sft.loss_and_greedy_match(model, ev, tok.pad_token_id)
     theirs, _ = evaluate.exact_match(model, tok, splits["eval"], max_new_tokens=8)
     assert ours == pytest.approx(theirs)
 
@@ -176,8 +178,8 @@ def test_alpha_fixed_keeps_the_best_lr_where_alpha_equal_r_moves_it():
 
 
 def test_trainer_sweep_trains_through_sft_and_reports_the_loop_fields(tiny_model_path):
-    """The GPU profiles' engine (`lora_lab.train.sft`, QLoRA), run here on the tiny model for a few steps."""
-    from lora_lab import profiles
+    """The GPU profiles' engine (`lora_lab.training.train.sft`, QLoRA), run here on the tiny model for a few steps."""
+    from lora_lab.runtime import profiles
 
     profile = profiles.get_profile("tiny").replace(n_eval=20, logging_steps=2, save_steps=100)
     plan = dataclasses.replace(rank.PLANS["tiny"], steps=8, engine="trainer", ranks=(2,), lr_ladder=())
@@ -195,7 +197,7 @@ def test_trainer_sweep_trains_through_sft_and_reports_the_loop_fields(tiny_model
 
 def test_cached_results_are_keyed_by_the_package_code(monkeypatch):
     """The cache root outlives a checkout: a change to the code must not reuse results it did not make."""
-    from lora_lab import units
+    from lora_lab.runtime import units
 
     payload = {"plan": "x", "ranks": [1, 2]}
     before = rank._key(payload)
@@ -238,7 +240,7 @@ def test_the_sweep_rule_sets_peft_scaling():
 def test_gradient_accumulation_takes_the_same_steps(tiny_model_path):
     from transformers import AutoTokenizer
 
-    from lora_lab import data, sft_data
+    from lora_lab.training import data, sft_data
 
     tok = AutoTokenizer.from_pretrained(tiny_model_path)
     splits = data.course_splits(("recall",), n_eval=10)
@@ -249,7 +251,7 @@ def test_gradient_accumulation_takes_the_same_steps(tiny_model_path):
     for accum in (1, 4):
         model = rank._wrap_for(base, cfg, rank.PLANS["tiny"], 0)
         with rank.torch_threads(1):
-            out = rank.train_loop(model, tr, steps=3, lr=3e-3, batch_size=16, tokenizer=tok, grad_accum=accum)
+            out = sft.train_loop(model, tr, steps=3, lr=3e-3, batch_size=16, pad_id=tok.pad_token_id, grad_accum=accum)
         results.append((out["losses"], [p.detach().clone() for p in model.parameters() if p.requires_grad]))
     (loss_a, params_a), (loss_b, params_b) = results
     assert [s for s, _ in loss_a] == [1, 2, 3]
@@ -257,13 +259,14 @@ def test_gradient_accumulation_takes_the_same_steps(tiny_model_path):
     assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(params_a, params_b, strict=True))
     assert any(p.abs().sum() > 0 for p in params_a)  # it trained (B left zero)
     with pytest.raises(ValueError, match="multiple of grad_accum"):
-        rank.train_loop(model, tr, steps=1, lr=1e-3, batch_size=16, tokenizer=tok, grad_accum=3)
+        sft.train_loop(model, tr, steps=1, lr=1e-3, batch_size=16, pad_id=tok.pad_token_id, grad_accum=3)
 
 
 def test_dropout_costs_activation_memory(tiny_model_path):
     from transformers import AutoTokenizer
 
-    from lora_lab import data, memory, sft_data
+    from lora_lab.estimation import memory
+    from lora_lab.training import data, sft_data
 
     tok = AutoTokenizer.from_pretrained(tiny_model_path)
     splits = data.course_splits(("recall",), n_eval=10)
@@ -279,7 +282,7 @@ def test_dropout_costs_activation_memory(tiny_model_path):
 
 
 def test_whole_cpu_sweep_flow_searches_then_follows_up(tiny_model_path, tmp_path, monkeypatch):
-    from lora_lab import profiles
+    from lora_lab.runtime import profiles
 
     monkeypatch.setattr(rank, "cache_dir", lambda: tmp_path)
     profile = profiles.get_profile("tiny").replace(n_eval=20)

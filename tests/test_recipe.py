@@ -9,7 +9,8 @@
 import pytest
 import torch
 
-from lora_lab import data, models, profiles, train
+from lora_lab.runtime import profiles
+from lora_lab.training import data, models, train
 
 
 def small_profile(**changes):

@@ -6,7 +6,8 @@ matplotlib.use("Agg")
 
 import pytest  # noqa: E402
 
-from lora_lab import scale, scale_plots  # noqa: E402
+from lora_lab.experiments import scale
+from lora_lab.figures import scale_plots  # noqa: E402
 
 
 def test_one_bar_per_row_and_hatched_when_it_does_not_fit():

@@ -3,7 +3,8 @@
 import pytest
 from datasets import Dataset, DatasetDict
 
-from lora_lab import data, evaluate
+from lora_lab.lessons import scoring
+from lora_lab.training import data, evaluate
 
 # Free-form solutions as instruct models write them, with the number each should be scored on.
 SOLUTIONS = [
@@ -24,7 +25,7 @@ SOLUTIONS = [
 
 @pytest.mark.parametrize(("solution", "expected"), SOLUTIONS)
 def test_final_answer_reads_free_form_solutions(solution, expected):
-    assert evaluate.final_answer(solution) == expected
+    assert scoring.final_answer(solution) == expected
 
 
 def test_gsm8k_score_compares_numbers_not_wording():
@@ -66,7 +67,7 @@ def test_sql_string_literals_keep_their_case_and_quotes_normalise():
     assert evaluate.score("sql", "SELECT city FROM t WHERE name = 'Ben Smith'", ref, context)["correct"]
     assert not evaluate.score("sql", "SELECT city FROM t WHERE name = 'ben smith'", ref, context)["correct"]
     # A full stop inside a literal is not the end of a sentence.
-    assert evaluate.extract_sql('SELECT a FROM t WHERE b = "St. Louis". Done.') == 'SELECT a FROM t WHERE b = "St. Louis"'
+    assert scoring.extract_sql('SELECT a FROM t WHERE b = "St. Louis". Done.') == 'SELECT a FROM t WHERE b = "St. Louis"'
 
 
 def test_sqlite_check_uses_the_examples_own_tables_and_reports_the_error():

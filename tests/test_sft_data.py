@@ -1,9 +1,9 @@
-"""lora_lab.sft_data: the one collator pads on the right, with -100 under padded labels."""
+"""lora_lab.training.sft_data: the one collator pads on the right, with -100 under padded labels."""
 
 import torch
 from transformers import AutoTokenizer
 
-from lora_lab import data, sft_data
+from lora_lab.training import data, sft_data
 
 
 def test_pad_batch_pads_right_masks_padding_and_keeps_the_tokenizer_setting(tiny_model_path):

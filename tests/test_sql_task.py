@@ -5,7 +5,8 @@ import sqlite3
 
 import pytest
 
-from lora_lab import data, evaluate, sql_task
+from lora_lab.standins import sql_task
+from lora_lab.training import data, evaluate
 
 CONTEXT = "CREATE TABLE player (name VARCHAR, team VARCHAR, points INTEGER)"
 REFERENCE = 'SELECT name FROM player WHERE points > 12 AND team = "Hawks"'

@@ -8,7 +8,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from lora_lab import data, profiles, tiny
+from lora_lab.runtime import profiles, units
+from lora_lab.standins import tiny
+from lora_lab.training import data
 
 SMALL = tiny.TinyRecipe(n_entities=30, pretrain_docs=300, pretrain_steps=25, pretrain_batch=16, vocab_size=512)
 
@@ -18,8 +20,8 @@ def test_same_seed_same_weights_different_seed_different(tmp_path):
     b = tiny.ensure_tiny_model(SMALL, tmp_path / "b", verbose=False)
     c = tiny.ensure_tiny_model(tiny.TinyRecipe(**{**SMALL.__dict__, "seed": 1}), tmp_path / "c", verbose=False)
     load = AutoModelForCausalLM.from_pretrained
-    assert tiny.weights_hash(load(a)) == tiny.weights_hash(load(b))
-    assert tiny.weights_hash(load(a)) != tiny.weights_hash(load(c))
+    assert units.tensors_sha256(load(a).state_dict().items()) == units.tensors_sha256(load(b).state_dict().items())
+    assert units.tensors_sha256(load(a).state_dict().items()) != units.tensors_sha256(load(c).state_dict().items())
     # Built once, then reused: the second call returns the same folder without rebuilding.
     stamp = (a / "model.safetensors").stat().st_mtime_ns
     assert tiny.ensure_tiny_model(SMALL, tmp_path / "a", verbose=False) == a
@@ -98,7 +100,7 @@ def test_the_default_model_is_the_shipped_one_and_nothing_is_pretrained(monkeypa
     assert path == tiny.SHIPPED and tiny.resolve_model_path(profiles.TINY_MODEL_ID) == str(tiny.SHIPPED)
     record = json.loads((path / tiny.SHIPPED_RECORD).read_text())
     assert record["model_sha256"] == hashlib.sha256((path / "model.safetensors").read_bytes()).hexdigest()
-    assert record["command"].startswith("python -m lora_lab.tiny build")
+    assert record["command"].startswith("python -m lora_lab.standins.tiny build")
     assert tiny.pretraining_report(path)["fact_recall"] >= 0.95
 
 

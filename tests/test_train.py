@@ -1,4 +1,4 @@
-"""lora_lab.train: dtype decision, label masking, over-length report, training, resume, OOM, reload, merge.
+"""lora_lab.training.train: dtype decision, label masking, over-length report, training, resume, OOM, reload, merge.
 
 Short runs on the cpu profile's tiny model (a few optimizer steps each); the full-length run and
 its >= 80% exact match are checked by notebook 03 and the command line.
@@ -10,8 +10,11 @@ import transformers
 from datasets import Dataset
 from transformers import AutoTokenizer
 
-from lora_lab import callbacks, data, evaluate, hardware, models, preflight, profiles, sft_data, tiny, train
-from lora_lab.units import GIB
+from lora_lab.estimation import preflight
+from lora_lab.runtime import hardware, profiles
+from lora_lab.runtime.units import GIB
+from lora_lab.standins import tiny
+from lora_lab.training import callbacks, data, evaluate, models, sft_data, train
 
 
 def gpu_reading(name="Tesla T4", capability=(7, 5), total=int(14.74 * GIB)) -> hardware.Hardware:
@@ -178,7 +181,7 @@ def test_resume_skips_a_partial_or_corrupt_newest_checkpoint_and_still_ends_iden
     """A disconnect mid-save leaves checkpoint-N incomplete: resume from the newest complete one, same bits."""
     import shutil
 
-    from lora_lab import checkpoints
+    from lora_lab.training import checkpoints
 
     profile = small_profile()
     model, tok = train.load_model_and_tokenizer(profile, "qlora")
@@ -309,7 +312,7 @@ def test_adapter_reload_gives_the_same_generations_and_merge_the_same_logits(spl
 
 
 def test_preflight_stops_a_run_that_cannot_fit_with_the_estimators_advice():
-    from lora_lab import vram
+    from lora_lab.estimation import vram
 
     profile = profiles.get_profile("t4")
     t4 = gpu_reading()
@@ -356,7 +359,7 @@ def test_merge_tolerance_accepts_a_real_merge_in_its_dtype(tiny_model_path, spli
 def test_out_of_memory_advice_names_the_settings_cells_variables():
     """Each tip is an assignment of notebook 03's settings cell that the estimator says fits; a smaller batch
     keeps the effective batch with more accumulation."""
-    from lora_lab import vram
+    from lora_lab.estimation import vram
 
     t4 = profiles.PROFILES["t4"].replace(batch_size=8, grad_accum=2, max_length=512, gradient_checkpointing=False)
     kwargs = dict(method="qlora", rank=16, target_modules="all-linear", batch_size=8, seq_len=512,

@@ -1,6 +1,6 @@
 """The training command line refuses bad input with one clear line: exit code 2, no traceback, nothing saved.
 
-Each case runs `lora_lab.train.main` in this process, as `python -m lora_lab.train ...` would,
+Each case runs `lora_lab.training.train.main` in this process, as `python -m lora_lab.training.train ...` would,
 and checks the exit code, that the message names the problem, that no traceback reached the
 user, and that no result (metrics.json, adapter, merged model) was written.
 """
@@ -10,7 +10,8 @@ import json
 import pytest
 from transformers import TrainerCallback
 
-from lora_lab import drive, profiles, train
+from lora_lab.runtime import drive, profiles
+from lora_lab.training import train
 
 USER = {"role": "user", "content": "what is the color of mipoka ?"}
 

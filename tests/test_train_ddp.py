@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from lora_lab import data, evaluate, models, profiles, sft_data, train
+from lora_lab.runtime import profiles
+from lora_lab.training import data, evaluate, models, sft_data, train
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = 20
@@ -27,7 +28,7 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, ti
     env = {**os.environ, "OMP_NUM_THREADS": "1", "LORA_LAB_PROFILE": "tiny", "HF_HUB_OFFLINE": "1",
            "TQDM_DISABLE": "1", "MPLBACKEND": "Agg"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
-           "-m", "lora_lab.train", "--profile", "tiny", "--method", "lora", "--max-steps", str(STEPS),
+           "-m", "lora_lab.training.train", "--profile", "tiny", "--method", "lora", "--max-steps", str(STEPS),
            "--output-dir", str(out), "--no-merge"]
     result = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

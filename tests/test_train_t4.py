@@ -12,8 +12,9 @@ import torch
 from datasets import Dataset, DatasetDict
 from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
 
-from lora_lab import data, hardware, profiles, train
-from lora_lab.units import GIB
+from lora_lab.runtime import hardware, profiles
+from lora_lab.runtime.units import GIB
+from lora_lab.training import data, train
 
 #: Qwen2.5's chat template in miniature: a default system turn, turns closed by the eos token and a newline.
 QWEN_LIKE_TEMPLATE = (
@@ -90,10 +91,13 @@ def test_t4_pipeline_on_stand_ins(qwen_standin, tmp_path):
     assert on_disk["data"]["train"]["n_kept"] == 48 and on_disk["data"]["train"]["loss_tokens_min"] > 5
     # The stand-in's architecture is read by the estimator like the real Qwen2.5.
     assert 0 < metrics["predicted_peak_bytes"] and metrics["preflight_total_bytes"] < 14.74 * GIB
+    assert on_disk["adapter_bytes"] > 0 and "measured_tensor_bytes" in on_disk["memory_check"]
 
 
-def test_command_line_on_stand_ins(qwen_standin, tmp_path, monkeypatch):
-    """`python -m lora_lab.train --profile t4 --model ... --dataset ...` with local folders, via main()."""
+def test_command_line_turns_its_flags_into_the_pipeline_call(qwen_standin, tmp_path, monkeypatch):
+    """`python -m lora_lab.training.train --profile t4 --model ... --dataset ...` with local folders, via main():
+    the flags reach the profile and the pipeline, and the local dataset loads (the pipeline itself runs in
+    test_t4_pipeline_on_stand_ins)."""
     folder = tmp_path / "gsm8k-local"
     folder.mkdir()
     raw = gsm8k_like(24, 6)
@@ -101,15 +105,24 @@ def test_command_line_on_stand_ins(qwen_standin, tmp_path, monkeypatch):
     raw["test"].to_json(folder / "test.jsonl")
     monkeypatch.setattr(train.profiles, "get_profile",
                         lambda name=None: t4_profile(qwen_standin) if name == "t4" else profiles.PROFILES[name])
+    calls = []
+
+    def pipeline(profile, **kwargs):
+        calls.append((profile, kwargs))
+        return {"eval_loss_before": 1.0, "adapter_bytes": 1}
+
+    monkeypatch.setattr(train, "run_pipeline", pipeline)
     out = tmp_path / "run"
-    code = train.main(["--profile", "t4", "--allow-cpu", "--model", str(qwen_standin), "--dataset", str(folder), "--method", "lora",
-                       "--rank", "4", "--max-steps", "2", "--output-dir", str(out), "--no-merge"])
+    code = train.main(["--profile", "t4", "--allow-cpu", "--model", str(qwen_standin), "--dataset", str(folder),
+                       "--method", "lora", "--rank", "4", "--max-steps", "2", "--output-dir", str(out), "--no-merge",
+                       "--batch-size", "3"])
     assert code == 0
-    metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["method"] == "lora" and metrics["data"]["train"]["n_examples"] == 24
-    assert metrics["global_step"] == 2 and metrics["adapter_bytes"] > 0
-    adapter_cfg = json.loads((out / "adapter" / "adapter_config.json").read_text())
-    assert adapter_cfg["r"] == 4
+    (profile, kwargs), = calls
+    assert profile.model_id == str(qwen_standin) and profile.dataset_id == str(folder) and profile.batch_size == 3
+    assert kwargs["method"] == "lora" and kwargs["rank"] == 4 and kwargs["max_steps"] == 2
+    assert kwargs["merge"] is False and kwargs["output_dir"] == str(out)
+    splits = data.load_profile_dataset(profile)
+    assert len(splits["train"]) == 24 and splits["eval"][0]["answer"].isdigit()
 
 
 def test_command_line_reports_a_predictable_failure_without_traceback(tmp_path, capsys):
@@ -121,7 +134,7 @@ def test_command_line_reports_a_predictable_failure_without_traceback(tmp_path, 
 def test_fp16_overflow_in_a_rehearsal_stops_the_run_and_saves_no_adapter(qwen_standin, tmp_path):
     """Gradients made infinite from step 3 on, as an fp16 overflow makes them: the GradScaler skips every
     step, the weights stay finite, and the guard stops the run before the adapter is saved."""
-    from lora_lab.callbacks import MAX_SKIPPED_IN_A_ROW, InjectGradientOverflow
+    from lora_lab.training.callbacks import MAX_SKIPPED_IN_A_ROW, InjectGradientOverflow
 
     profile = t4_profile(qwen_standin).replace(max_steps=20, save_steps=2)
     splits = data.load_profile_dataset(profile, loader=lambda *args: gsm8k_like())

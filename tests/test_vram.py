@@ -12,7 +12,8 @@ import warnings
 import pytest
 import torch
 
-from lora_lab import published, vram
+from lora_lab.estimation import published, vram
+from lora_lab.lessons import nf4, step_memory
 
 GB = 1e9
 
@@ -99,13 +100,13 @@ def test_nf4_bytes_equal_bitsandbytes_storage(double_quant):
         if double_quant:
             tensors += [state.offset, state.state2.absmax, state.state2.code]
         stored = sum(t.numel() * t.element_size() for t in tensors)
-        assert vram.nf4_bytes(w.numel(), double_quant) == stored
+        assert nf4.storage_bits(w.numel(), double_quant=double_quant).bytes == stored
 
 
 def test_nf4_is_about_half_a_byte_per_weight():
     n = 4096 * 4096
-    assert vram.nf4_bytes(n, False) / n == pytest.approx(0.5 + 4 / 64, rel=1e-3)  # 0.5 bit/param absmax
-    assert vram.nf4_bytes(n, True) / n == pytest.approx(0.5 + 0.127 / 8, rel=2e-2)  # 0.127 bit/param
+    assert nf4.storage_bits(n, double_quant=False).bytes / n == pytest.approx(0.5 + 4 / 64, rel=1e-3)  # 0.5 bit/param absmax
+    assert nf4.storage_bits(n, double_quant=True).bytes / n == pytest.approx(0.5 + 0.127 / 8, rel=2e-2)  # 0.127 bit/param
 
 
 def test_breakdown_adds_up_and_prints():
@@ -246,7 +247,7 @@ def test_published_points_ship_with_their_sources():
 
 
 def test_allocator_slack_is_what_the_published_line_implies():
-    assert published.implied_allocator_slack() == pytest.approx(vram.ALLOCATOR_SLACK, abs=0.01)
+    assert published.implied_allocator_slack() == pytest.approx(step_memory.ALLOCATOR_SLACK, abs=0.01)
 
 
 def test_freed_16_bit_logits_block_is_reserved_at_the_loss():
@@ -260,7 +261,7 @@ def test_freed_16_bit_logits_block_is_reserved_at_the_loss():
 
 def _cli(*args):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    return subprocess.run([sys.executable, "-m", "lora_lab.vram", *args], capture_output=True, text=True, env=env,
+    return subprocess.run([sys.executable, "-m", "lora_lab.estimation.vram", *args], capture_output=True, text=True, env=env,
                           timeout=60)
 
 
@@ -276,7 +277,7 @@ def test_cli_prints_breakdown_json_and_exits_2_on_bad_input():
 
 
 def test_calculator_widget_redraws_and_shows_errors_in_place():
-    from lora_lab import widgets
+    from lora_lab.figures import widgets
 
     box = widgets.vram_calculator()
     verdict, chart, controls = box.verdict, box.chart, box.controls
@@ -297,7 +298,7 @@ def test_calculator_widget_redraws_and_shows_errors_in_place():
 
 
 def test_calculator_inputs_parse_custom_models():
-    from lora_lab import widgets
+    from lora_lab.figures import widgets
 
     state = {**widgets.DEFAULT_STATE, "model": widgets.CUSTOM, "custom": "7B"}
     model, kwargs = widgets.calculator_inputs(state)
@@ -308,7 +309,7 @@ def test_calculator_inputs_parse_custom_models():
 
 def test_calculator_hides_only_the_custom_box():
     """A Layout shared between controls once hid every control along with the custom box."""
-    from lora_lab.widgets import vram_calculator
+    from lora_lab.figures.widgets import vram_calculator
 
     box = vram_calculator()
     hidden = [name for name, c in box.controls.items() if c.layout.display == "none"]
@@ -488,7 +489,7 @@ def test_cli_takes_a_count_like_the_widget():
     ("seven", "neither a parameter count"), ("", "Type a model"),
 ])
 def test_calculator_shows_an_error_for_every_bad_custom_entry(text, message):
-    from lora_lab import widgets
+    from lora_lab.figures import widgets
 
     box = widgets.vram_calculator()
     box.controls["model"].value = widgets.CUSTOM

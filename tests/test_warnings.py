@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import lora_lab
-from lora_lab import quiet
+from lora_lab.runtime import quiet
 
 
 def deprecated_api():
@@ -36,7 +36,8 @@ def test_a_deprecated_call_from_the_package_fails(source):
 
 def test_the_package_calls_current_checkpointing_apis(tiny_model_path):
     """Loading for QLoRA training enables checkpointing through `activation_checkpointing_enable`."""
-    from lora_lab import models, profiles
+    from lora_lab.runtime import profiles
+    from lora_lab.training import models
 
     profile = profiles.get_profile("tiny").replace(gradient_checkpointing=True)
     with warnings.catch_warnings(record=True) as caught:
@@ -65,7 +66,8 @@ def test_quiet_silences_only_the_listed_library_messages(caplog):
 
 
 def test_sft_runs_do_not_pin_memory_without_a_gpu():
-    from lora_lab import hardware, models, profiles, train
+    from lora_lab.runtime import hardware, profiles
+    from lora_lab.training import models, train
 
     precision = models.decide_precision(hardware.detect(), "qlora")
     kwargs = train.sft_config_kwargs(profiles.get_profile("tiny"), "out", precision)

@@ -1,5 +1,5 @@
 // Evaluate token sequences with llama.cpp (through node-llama-cpp's prebuilt CPU build) and print
-// the raw next-token logits as JSON. Written for lora_lab.export; run with: node llama_eval.mjs request.json
+// the raw next-token logits as JSON. Written for lora_lab.experiments.export; run with: node llama_eval.mjs request.json
 // Request: {n_vocab, threads?, context_size?,
 //           jobs: [{model, lora?, lora_scale?, texts?: [str], runs: [{tokens: [int], n_generate: int}]}]}
 // Reply:   {jobs: [{bos, eos, add_bos, tokenized: [[int]], runs: [{logits: [[float]], generated: [int]}]}]}
