@@ -96,9 +96,11 @@ clean:
 # Point colab/REPO and colab/REF (default main), every badge and every Colab install cell (notebook sources,
 # their .ipynb twins, learner copies, README) at REPO=owner/name and REF=branch-or-tag. Plain python3 and
 # its standard library: works in a fresh clone, before (or without) `make setup`.
+# REPO and REF reach Python through the environment, never through shell text (a quote in them stays text).
+colab-links: export LORA_LAB_SET_REPO = $(REPO)
+colab-links: export LORA_LAB_SET_REF = $(REF)
 colab-links:
-	@test -n "$(REPO)" || (echo "usage: make colab-links REPO=owner/name [REF=branch-or-tag]" >&2 && exit 2)
-	$(PYTHON) src/lora_lab/tooling/colab.py set-repo '$(REPO)' --ref '$(or $(REF),main)'
+	$(PYTHON) src/lora_lab/tooling/colab.py set-repo --from-environment
 
 # Every badge and install cell against colab/REPO and colab/REF (ONLINE=1: also what GitHub serves). No install.
 colab-check:

@@ -342,14 +342,20 @@ if hw.device_type == "cuda":  # at full size, against the memory free right now:
     if decision.apply(profile) != profile:  # shrunk to fit: the recipe follows (the note says what changed)
         profile = decision.apply(profile)
         recipe = train.recipe(profile, hw, method=METHOD, output_dir=checkpoints, eval_each_epoch=True)
-if not RESUME and checkpoints.exists():
-    shutil.rmtree(checkpoints)  # a fresh run: old local checkpoints would be resumed from by mistake
-try:
-    result = train.sft(model, tokenizer, train_set, profile, checkpoints, method=METHOD, lora=recipe.lora,
-                       eval_dataset=eval_set, resume=RESUME, hw=hw)
-except preflight.TrainingOutOfMemory as err:
-    print(err)
-    raise SystemExit("Out of memory: apply one of the suggestions above, then rerun (RESUME = True keeps the steps done).") from None
+if models.is_peft_model(model) and "result" in globals():  # this cell ran already in this runtime
+    print("This model already carries the adapter trained above, and training again would train it a second "
+          "time: the finished run is kept. To train again from the start, rerun from section 4's first cell "
+          "(it loads a fresh base model), then this one.")
+else:
+    if not RESUME and checkpoints.exists():
+        shutil.rmtree(checkpoints)  # a fresh run: old local checkpoints would be resumed from by mistake
+    try:
+        result = train.sft(model, tokenizer, train_set, profile, checkpoints, method=METHOD, lora=recipe.lora,
+                           eval_dataset=eval_set, resume=RESUME, hw=hw)
+    except preflight.TrainingOutOfMemory as err:
+        print(err)
+        raise SystemExit("Out of memory: apply one of the suggestions above, then rerun (RESUME = True keeps the "
+                         "steps done).") from None
 tuned = result.model
 for record in result.records:
     print(f"step {record['step']:>4}  loss {record['loss']:.3f}  {record['tokens_per_s']:>8.0f} tokens/s  "

@@ -177,6 +177,22 @@ def test_cat_combination_is_the_weighted_sum_of_updates(multi):
         model.delete_adapter("mix")
 
 
+def test_combine_refuses_to_replace_a_loaded_adapter_or_take_bad_weights(multi):
+    model, _ = multi
+    loaded = set(model.peft_config)
+    for names, weights, new_name, message in [(NAMES, [1.0, 1.0, 1.0], NAMES[0], "is a loaded adapter"),
+                                              (NAMES, [1.0, 1.0], "mix", "one finite weight per adapter"),
+                                              (NAMES, [1.0, float("nan"), 1.0], "mix", "one finite weight"),
+                                              (["nope"], [1.0], "mix", "adapters that are loaded")]:
+        with pytest.raises(ValueError, match=message):
+            adapters.combine(model, names, weights, new_name)
+        assert set(model.peft_config) == loaded  # nothing deleted, nothing added
+    adapters.combine(model, NAMES, [1.0, 1.0, 1.0], "mix")  # a re-run replaces its own combination
+    adapters.combine(model, NAMES, [1.0, 0.5, 1.0], "mix")
+    model.set_adapter(NAMES[0])
+    model.delete_adapter("mix")
+
+
 def test_adapter_for_another_architecture_fails_clearly(profile, tiny_model_path, adapter_dirs, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
 
@@ -194,6 +210,21 @@ def test_adapter_for_another_architecture_fails_clearly(profile, tiny_model_path
     tokenizer.save_pretrained(tmp_path / "fewer")
     with pytest.raises(adapters.AdapterMismatchError, match="does not have"):
         adapters.load_specialists(profile, {"recall": adapter_dirs["recall"]}, "lora", model_path=tmp_path / "fewer")
+
+
+def test_a_cut_short_adapter_file_is_refused_in_one_line_before_peft_reads_it(multi, adapter_dirs, tmp_path):
+    import shutil
+
+    model, _ = multi
+    cut = tmp_path / "cut"
+    shutil.copytree(adapter_dirs["recall"], cut)
+    weights = cut / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    for call in (lambda: adapters.measure_adapter_file(cut), lambda: adapters.hotswap(model, cut, NAMES[0]),
+                 lambda: adapters.attach_adapters(model, {"cut": cut})):
+        with pytest.raises(ValueError, match="truncated or not a valid safetensors file"):
+            call()
+    assert "cut" not in model.peft_config
 
 
 def test_train_specialist_trains_saves_and_caches(profile, tiny_model_path, tmp_path):

@@ -10,6 +10,7 @@ import urllib.error
 from pathlib import Path
 
 import pytest
+import torch
 
 from lora_lab.tooling import colab, course
 
@@ -66,6 +67,8 @@ def fresh_copy(tmp_path: Path) -> Path:
     root.mkdir()
     for name in ("Makefile", "README.md"):
         shutil.copy(ROOT / name, root / name)
+    (root / "docs").mkdir()
+    shutil.copy(ROOT / colab.LEARNER_PAGE, root / colab.LEARNER_PAGE)
     shutil.copytree(ROOT / "colab", root / "colab")
     (root / "notebooks").mkdir()
     for path in SOURCES + NOTEBOOKS:
@@ -103,7 +106,7 @@ def test_make_colab_links_in_a_fresh_clone_rewrites_everything_with_the_standard
     assert (root / "colab" / "REPO").read_text() == "some-one/my.fork\n"
     assert (root / "colab" / "REF").read_text() == "v1\n"
     files = colab.course_files(root)
-    assert len(files) == 1 + len(SOURCES) + 2 * len(NOTEBOOKS)
+    assert len(files) == 2 + len(SOURCES) + 2 * len(NOTEBOOKS)  # README, learners' page, sources, twins, learners
     for path in files:
         text = path.read_text()
         assert "lora-lab/lora-lab" not in text, path
@@ -146,6 +149,8 @@ def test_make_colab_links_is_idempotent_and_ref_defaults_to_main(tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["REPO=bad repo"], "REPO must be"), (["REPO=a/b/c"], "REPO must be"), (["REPO=me/fork", "REF=feature/x"], "REF must be"),
     (["REPO=me/fork", "REF=..bad"], "REF must be"), (["REPO=me/fork", "REF=v1 v2"], "REF must be"), ([], "usage: make colab-links"),
+    (["REPO=a/b'; touch pwned; echo '"], "REPO must be"), (['REPO=a/b"; touch pwned; echo "'], "REPO must be"),
+    (["REPO=me/fork", "REF=main'; touch pwned; echo '"], "REF must be"), (["REPO=me/fork.git"], "REPO is owner/name without"),
 ])
 def test_make_colab_links_refuses_a_bad_repo_or_ref_in_one_line_and_writes_nothing(tmp_path, args, message):
     root = fresh_copy(tmp_path)
@@ -154,7 +159,7 @@ def test_make_colab_links_refuses_a_bad_repo_or_ref_in_one_line_and_writes_nothi
     assert result.returncode != 0
     errors = [ln for ln in result.stderr.splitlines() if not ln.startswith("make")]
     assert len(errors) == 1 and errors[0].startswith(message), result.stderr
-    assert snapshot(root) == before
+    assert snapshot(root) == before and not (root / "pwned").exists()  # nothing written, nothing run
 
 
 def test_the_makefile_target_needs_no_install():
@@ -164,7 +169,8 @@ def test_the_makefile_target_needs_no_install():
     assert "$(STAMP)" not in first and "$(BIN)" not in recipe and "sync" not in recipe and "pip" not in recipe
     assert "$(PYTHON) src/lora_lab/tooling/colab.py set-repo" in recipe
     imports = re.findall(r"^(?:from|import) (\w+)", (ROOT / "src/lora_lab/tooling/colab.py").read_text(), re.M)
-    assert set(imports) <= {"__future__", "argparse", "json", "re", "sys", "urllib", "pathlib"}
+    assert set(imports) <= {"__future__", "argparse", "json", "os", "re", "sys", "urllib", "pathlib"}
+    assert "'$(REPO)'" not in recipe and '"$(REPO)"' not in recipe  # no user text inside shell text
 
 
 @pytest.mark.parametrize("repo", ["", "just-a-name", "a/b/c", "owner/na me"])
@@ -231,15 +237,36 @@ def served_by(files: dict[str, bytes]):
 def test_online_check_says_private_or_unpushed_and_catches_a_stale_push():
     repo, ref = "me/fork", "v1"
     paths = NOTEBOOKS[:2]
-    private = colab.online_problems(paths, repo, ref, served_by({}))
+    tagged = lambda *_: "0123abcd\trefs/tags/v1\n"  # noqa: E731  the fork as git ls-remote lists it
+    private = colab.online_problems(paths, repo, ref, served_by({}), tagged)
     assert len(private) == 1 and "public" in private[0] and "pushed" in private[0]
     fresh = NOTEBOOKS[0].read_bytes().replace(b"lora-lab/lora-lab", repo.encode()).replace(
         b'LORA_LAB_REF = \\"main\\"', b'LORA_LAB_REF = \\"v1\\"')
     files = {colab.raw_url(repo, "colab/requirements.txt", ref): b"peft==0.21.2\n",
              colab.raw_url(repo, f"notebooks/{paths[0].name}", ref): fresh,
              colab.raw_url(repo, f"notebooks/{paths[1].name}", ref): paths[1].read_bytes()}  # pushed before the rewrite
-    problems = colab.online_problems(paths, repo, ref, served_by(files))
+    problems = colab.online_problems(paths, repo, ref, served_by(files), tagged)
     assert len(problems) == 1 and paths[1].name in problems[0] and "push" in problems[0]
+
+
+def test_the_learners_page_has_one_badge_per_learner_notebook_and_is_checked(tmp_path):
+    page = (ROOT / colab.LEARNER_PAGE).read_text()
+    opened = re.findall(r"colab\.research\.google\.com/github/[^/]+/[^/]+/blob/[^/]+/notebooks/(\S+?\.ipynb)", page)
+    assert opened == [f"learners/{p.name}" for p in NOTEBOOKS]
+    assert "docs/learners.md" in (ROOT / "README.md").read_text() and "docs/pre-workshop.md" in (ROOT / "README.md").read_text()
+    stale = tmp_path / "learners.md"
+    stale.write_text(page.replace("/blob/main/", "/blob/v9/"))
+    problems = colab.readme_problems(stale, "lora-lab/lora-lab", "main", ROOT)
+    assert len(problems) == len(NOTEBOOKS) and "not lora-lab/lora-lab@main" in problems[0]
+
+
+def test_the_online_check_fails_when_ref_is_not_on_the_fork():
+    untagged = lambda *_: "0123abcd\trefs/heads/main\n"  # noqa: E731
+    problems = colab.online_problems(NOTEBOOKS[:1], "me/fork", "v2", served_by({}), untagged)
+    assert len(problems) == 1 and "REF v2 is neither a branch nor a tag" in problems[0]
+    assert "git tag v2 && git push origin v2" in problems[0]
+    assert colab.ref_problem("me/fork", "main", untagged) is None
+    assert colab.ref_problem("me/fork", "0123abcd", untagged) is None  # a commit: the file check decides
 
 
 def test_checkout_hints_point_a_colab_learner_at_github_not_at_a_clone(monkeypatch):
@@ -285,7 +312,7 @@ def test_a_colab_runtime_without_a_gpu_says_the_cpu_profile_runs_and_how_to_get_
     assert not [w for w in hardware.warnings_for(dataclasses.replace(hw, in_colab=False)) if "no GPU" in w]
     monkeypatch.delenv(profiles.PROFILE_ENV, raising=False)
     monkeypatch.setattr(hardware, "in_colab", lambda: True)
-    monkeypatch.setattr(profiles.torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     profile = profiles.get_profile()
     assert profile.name == "cpu"
     assert "Colab runtime has no GPU" in profiles.why(profile) and "quota" in profiles.why(profile)

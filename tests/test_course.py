@@ -163,6 +163,16 @@ def test_run_refuses_a_missing_path_and_a_source_file(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("content", ["", "{not json", '{"cells": 3}', "[]"])
+def test_a_malformed_notebook_is_named_in_one_line(tmp_path, capsys, content):
+    path = tmp_path / "00_broken.ipynb"
+    path.write_text(content)
+    assert course.main(["run", str(path), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "00_broken.ipynb is not a readable notebook" in err and len(err.strip().splitlines()) == 1
+    assert "Traceback" not in err and not (tmp_path / "out" / "00_broken.ipynb").exists()
+
+
 @pytest.mark.parametrize("command", [["run"], ["check"], ["strip"], ["exercises"], ["check-learners"], ["figures"]])
 def test_commands_fail_when_they_find_no_notebooks(tmp_path, monkeypatch, capsys, command):
     """As when the package is installed without -e: notebooks/ beside the package does not exist."""

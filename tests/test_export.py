@@ -295,3 +295,44 @@ def test_notebook_06_t4_rehearsal_runs_without_03s_adapter(monkeypatch, tmp_path
     assert "merge dtype for the t4 profile: float16" in text
     config = json.loads((tmp_path / "build" / "export" / "t4" / "merged" / "config.json").read_text())
     assert config["dtype"] == "float16"
+
+
+def export_folder(tmp_path, *, config=None, weights=True, tokenizer=True):
+    folder = tmp_path / "model"
+    folder.mkdir()
+    if config is not None:
+        (folder / "config.json").write_text(json.dumps(config))
+    if weights:
+        (folder / "model.safetensors").write_bytes(b"")
+    if tokenizer:
+        (folder / "tokenizer.json").write_text("{}")
+    return folder
+
+
+@pytest.mark.parametrize("case, message", [
+    ("missing", "is not a folder"), ("empty", "no readable config.json"),
+    ("no architecture", "names no architecture"), ("no weights", "no *.safetensors weights"),
+    ("no tokenizer", "no tokenizer files"), ("bad adapter", "is not a peft LoRA folder"),
+    ("out-dir is a file", "is a file, not a folder"),
+])
+def test_the_export_command_refuses_bad_folders_in_one_line(tmp_path, capsys, case, message):
+    config = {"architectures": ["LlamaForCausalLM"]}
+    args = []
+    if case == "missing":
+        model = tmp_path / "nowhere"
+    elif case == "empty":
+        model = tmp_path / "empty"
+        model.mkdir()
+    else:
+        model = export_folder(tmp_path, config={} if case == "no architecture" else config,
+                              weights=case != "no weights", tokenizer=case != "no tokenizer")
+    if case == "bad adapter":
+        args = ["--adapter", str(tmp_path)]
+    if case == "out-dir is a file":
+        (tmp_path / "file").write_text("x")
+        args = ["--out-dir", str(tmp_path / "file")]
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    assert export.main(["gguf", str(model), *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before

@@ -87,3 +87,35 @@ def test_rules_of_thumb_point_at_sections_that_exist():
         assert numbers and names, row
         for name in names:
             assert any(name in headings[n] for n in numbers), f"no section {name!r} in notebooks {numbers}"
+
+
+def test_the_lesson_notes_name_sections_that_exist_and_cover_every_lesson():
+    notes = GUIDE.split("\n## Lesson notes\n", 1)[1].split("\n## ", 1)[0]
+    blocks = re.split(r"^### `(\d\d_\w+)`$", notes, flags=re.M)[1:]
+    lessons = dict(zip(blocks[::2], blocks[1::2], strict=True))
+    sources = {p.stem: p for p in (ROOT / "notebooks").glob("[0-9][0-9]_*.py")}
+    assert set(lessons) == set(sources)
+    for lesson, text in lessons.items():
+        headings = set(re.findall(r"^# #{2,3} (.+)$", sources[lesson].read_text(), flags=re.M))
+        named = re.findall(r"\*([^*]+)\*", text)
+        assert named, lesson
+        for name in named:
+            assert name in headings, f"{lesson}: no section {name!r}"
+        for field in ("- Teach", "- Say:", "- Misconceptions:", "- Behind:"):
+            assert field in text, f"{lesson} has no {field!r}"
+
+
+@pytest.mark.parametrize("title", ["### 3 hours", "### 90 minutes"])
+def test_practice_minutes_hold_the_exercises_assigned_in_class_and_a_buffer_of_a_tenth(title):
+    from lora_lab.classroom import exercises
+
+    text = GUIDE.split(f"\n{title}\n", 1)[1].split("\n### ", 1)[0].split("\n## ", 1)[0]
+    rows = [ln for ln in text.splitlines() if re.match(r"\| \d+:\d\d \|", ln)]
+    total = sum(int(ln.strip("|").split("|")[-1]) for ln in rows)
+    buffer = sum(int(ln.strip("|").split("|")[-1]) for ln in rows if "buffer" in ln.split("|")[2])
+    assert buffer >= 0.1 * total
+    in_class = re.search(r"in class ([^;]+);", text).group(1)
+    for exercise_id in re.findall(r"\d\d\.\d", in_class):
+        row = next(ln for ln in rows if f"`{exercise_id[:2]}_" in ln and ln.split("|")[3].strip() != "-")
+        practice = int(row.strip("|").split("|")[5])
+        assert practice >= exercises.EXERCISES[exercise_id].minutes, (exercise_id, row)

@@ -77,3 +77,34 @@ def test_other_errors_and_local_paths_pass_through_unchanged(tmp_path):
         data.load_hub_dataset("org/x", "nope", loader=bad_config)
     with pytest.raises(FileNotFoundError, match="local"), hub.hub_errors(str(tmp_path), "model"):
         raise FileNotFoundError("local folder has no config.json; could not connect")
+
+
+class FakeResponse:
+    def __init__(self, status_code):
+        self.status_code = status_code
+
+
+@pytest.mark.parametrize("status, words", [
+    (429, ["HTTP 429", "wait a few minutes", "HF_TOKEN"]), (503, ["HTTP 503", "status.huggingface.co", "LORA_LAB_PROFILE=cpu"]),
+    (401, ["gated", "HF_TOKEN"]), (403, ["gated"]), (404, ["has no model", "or it is private"]),
+])
+def test_each_http_failure_is_one_line_with_what_to_do(status, words):
+    class HfHubHTTPError(OSError):  # huggingface_hub's error carries the response
+        def __init__(self, message, response):
+            super().__init__(message)
+            self.response = response
+
+    def fail():
+        try:
+            raise HfHubHTTPError(f"{status} Client Error", FakeResponse(status))
+        except HfHubHTTPError as err:
+            raise OSError("Can't load the configuration") from err
+
+    with pytest.raises(hub.HubUnavailable) as info, hub.hub_errors("org/model", "model"):
+        fail()
+    message = one_line(info.value)
+    assert all(word in message for word in words), message
+
+
+def test_the_cpu_profile_advice_says_where_the_cell_goes():
+    assert "new first cell `%env LORA_LAB_PROFILE=cpu`" in hub.CPU_PROFILE_HOWTO and "Restart session" in hub.CPU_PROFILE_HOWTO

@@ -216,6 +216,7 @@ def test_resume_skips_a_partial_or_corrupt_newest_checkpoint_and_still_ends_iden
     resumed = train.sft(model, tok, splits, profile, run, method="qlora", resume=True, verbose=False)
     said = capsys.readouterr().out
     assert "resume: skipping checkpoint-6" in said and "adapter_model.safetensors is truncated" in said
+    assert (run / "incomplete-checkpoint-7" / "optimizer.pt").exists()  # kept aside, out of the rotation
     assert resumed.metrics["resumed_from"] == str(good)
     assert resumed.losses == whole.losses
     w, r = adapter_state(whole.model), adapter_state(resumed.model)

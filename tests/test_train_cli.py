@@ -39,7 +39,8 @@ def write_jsonl(path, rows):
 
 @pytest.mark.parametrize("flag, value", [("--max-steps", "0"), ("--max-steps", "-1"), ("--rank", "0"),
                                          ("--learning-rate", "0"), ("--learning-rate", "-0.0001"),
-                                         ("--eval-size", "0"), ("--max-length", "-5"), ("--rank", "eight")])
+                                         ("--eval-size", "0"), ("--max-length", "-5"), ("--rank", "eight"),
+                                         ("--learning-rate", "inf"), ("--learning-rate", "nan")])
 def test_non_positive_numbers_are_refused_by_name(capsys, tmp_path, flag, value):
     code, text = run_cli(capsys, "--profile", "tiny", flag, value, "--output-dir", str(tmp_path / "run"))
     assert code == 2 and f"argument {flag}: must be a positive" in text and repr(value) in text
@@ -47,9 +48,9 @@ def test_non_positive_numbers_are_refused_by_name(capsys, tmp_path, flag, value)
 
 
 def test_the_same_settings_are_refused_through_the_api():
-    with pytest.raises(ValueError, match=r"max_steps must be a positive number, got 0 \(command line: --max-steps\)"):
+    with pytest.raises(ValueError, match=r"max_steps must be a positive finite number, got 0 \(command line: --max-steps\)"):
         train.check_settings(max_steps=0)
-    with pytest.raises(ValueError, match="rank must be a positive number, got -2"):
+    with pytest.raises(ValueError, match="rank must be a positive finite number, got -2"):
         train.run_pipeline(profiles.get_profile("tiny"), rank=-2, verbose=False)
     train.check_settings(max_steps=1, rank=None, learning_rate=1e-4)  # None means "the profile's"
 
@@ -153,3 +154,47 @@ def test_ctrl_c_ends_with_one_line_saying_how_to_resume(capsys, tmp_path, monkey
                          ": rerun the same command with --resume to continue from it.")]
     assert "KeyboardInterrupt" not in text
     assert not (tmp_path / "run" / "metrics.json").exists() and not (tmp_path / "run" / "adapter").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--output-dir", ""], "--output-dir is empty"),
+    (["--eval-size", "100000"], "eval_size 100000 is more than the 2000"),
+    (["--resume", "--overwrite"], "pass one of them"),
+])
+def test_bad_run_settings_are_refused_in_one_line_before_anything_runs(capsys, tmp_path, monkeypatch, args, message):
+    monkeypatch.chdir(tmp_path)
+    code, text = run_cli(capsys, "--profile", "tiny", *args)
+    assert code == 2 and message in text
+    assert not any(tmp_path.iterdir())  # nothing written, not even into the current folder
+
+
+def test_a_folder_holding_another_run_is_refused_without_resume_or_overwrite(capsys, tmp_path):
+    out = tmp_path / "run"
+    (out / "checkpoints" / "checkpoint-50").mkdir(parents=True)
+    (out / "metrics.json").write_text("{}")
+    code, text = run_cli(capsys, "--profile", "tiny", "--output-dir", str(out))
+    assert code == 2 and "already holds a run (checkpoint-50, metrics.json)" in text and "--resume" in text
+    assert (out / "checkpoints" / "checkpoint-50").is_dir() and (out / "metrics.json").read_text() == "{}"
+
+
+def test_help_and_bad_flags_answer_before_torch_is_imported():
+    import subprocess
+    import sys
+
+    for args in (["--help"], ["--max-steps", "0"]):
+        done = subprocess.run([sys.executable, "-X", "importtime", "-m", "lora_lab.training.train", *args],
+                              capture_output=True, text=True, timeout=60)
+        imported = {line.split("|")[-1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")}
+        assert "torch" not in imported and "transformers" not in imported, args
+        assert done.returncode == (0 if args == ["--help"] else 2)
+
+
+def test_ctrl_c_while_the_libraries_load_ends_in_one_line():
+    import subprocess
+    import sys
+
+    code = ("from lora_lab.training.train_cli import stop_quietly_while_starting; stop_quietly_while_starting(); "
+            "import os, signal, time; os.kill(os.getpid(), signal.SIGINT); time.sleep(30)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 130
+    assert done.stderr.strip() == "Interrupted while starting: nothing was trained or written."

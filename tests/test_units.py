@@ -19,7 +19,7 @@ from lora_lab.training import checkpoints
 # ---- checkpoints: which one a resume uses -------------------------------------------------------
 
 
-def make_checkpoint(folder, *, rng=True, scheduler=True, state="{}"):
+def make_checkpoint(folder, *, rng=True, scheduler=True, state='{"global_step": 1}'):
     folder.mkdir(parents=True)
     (folder / "trainer_state.json").write_text(state)
     save_file({"lora_A": torch.zeros(2, 2)}, str(folder / "adapter_model.safetensors"))
@@ -45,6 +45,17 @@ def test_a_checkpoint_without_its_rng_state_or_scheduler_is_skipped_with_the_rea
     newest, skipped = checkpoints.newest_complete(tmp_path)
     assert newest.endswith("checkpoint-5")
     assert skipped == [("checkpoint-8", "no rng_state.pth"), ("checkpoint-7", "no scheduler.pt")]
+
+
+def test_corrupt_checkpoint_metadata_is_skipped_with_the_file_named(tmp_path):
+    make_checkpoint(tmp_path / "checkpoint-1")
+    make_checkpoint(tmp_path / "checkpoint-2", state="{}")
+    bad_info = make_checkpoint(tmp_path / "checkpoint-3")
+    (bad_info / checkpoints.RUN_INFO).write_text("[]")
+    newest, skipped = checkpoints.newest_complete(tmp_path)
+    assert newest.endswith("checkpoint-1")
+    assert skipped == [("checkpoint-3", "lora_lab_run.json is corrupt"),
+                       ("checkpoint-2", "trainer_state.json has no global_step (corrupt)")]
 
 
 def test_folders_that_only_start_like_a_checkpoint_are_not_checkpoints(tmp_path):
@@ -245,3 +256,97 @@ def test_the_quiz_answer_is_shown_only_after_the_third_wrong_try():
     number = quiz.Numeric("n?", 10.0, 0.0, "units", "it is {answer}", "count again")
     assert not number.check(11, attempt=1).correct and not number.check(11, attempt=2).revealed
     assert number.check(11, attempt=3).revealed
+
+
+# ---- command lines and APIs refuse bad numbers ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["fsdp-check", "--methods", "dora", "--out", "x.json"], "choose from lora, qlora"),
+    (["fsdp-check", "--steps", "0", "--out", "x.json"], "must be a positive whole number"),
+    (["fsdp-check", "--out", "no/such/folder/x.json"], "does not exist"),
+    (["accelerate-config", "--num-processes", "-3"], "must be a positive whole number"),
+])
+def test_the_scale_command_refuses_bad_arguments_before_running(tmp_path, monkeypatch, capsys, argv, message):
+    from lora_lab.experiments import scale
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as stop:
+        scale.main(argv)
+    assert stop.value.code == 2 and message in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+    with pytest.raises(ValueError, match="num_processes must be a positive"):
+        scale.accelerate_fsdp_config(-3)
+
+
+def test_a_quiz_option_must_be_a_whole_option_number_and_an_answer_true_is_not_one():
+    question = quiz.MultipleChoice("q?", ("a", "b", "c"), 1, "because", ("not a", "", "not c"))
+    assert question.check(1.7).counted is False and question.check(True).counted is False
+    assert question.check(1.0).correct and question.check("b").correct
+    assert exercises._compare(True, 1, 0.0, "") == ["the answer should be a number, not True"]
+
+
+# ---- data files: checked where they enter ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("rows, message", [
+    ([{"messages": []}], "Example 0 of"), ([{"messages": None}], "Example 0 of"), ([{"messages": "hi"}], "Example 0 of"),
+    ([{"instruction": "do", "output": "ok"}, {"instruction": None, "output": "x"}], "Example 1 of .*'instruction'"),
+    ([{"instruction": "do", "input": 3, "output": "ok"}], "Example 0 of .*'input' must be text"),
+    ([{"question": "q", "answer": None}], "Example 0 of .*'answer' must be non-empty text"),
+])
+def test_rows_are_checked_in_file_order_before_they_are_reshaped(tmp_path, rows, message):
+    from lora_lab.training import data
+
+    path = tmp_path / "rows.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    with pytest.raises(ValueError, match=message):
+        data.load_hub_dataset(str(path), n_eval=1)
+
+
+def test_text_that_is_not_utf8_is_refused_with_its_line(tmp_path):
+    from lora_lab.training import data
+
+    path = tmp_path / "latin1.jsonl"
+    path.write_bytes('{"question": "ok", "answer": "1"}\n{"question": "café", "answer": "2"}\n'.encode("latin-1"))
+    with pytest.raises(ValueError, match=r"line 2: not UTF-8 text \(byte 0xe9\)"):
+        data.read_data_file(path)
+
+
+def test_a_mistyped_local_path_is_not_looked_up_on_the_hub(tmp_path):
+    import time
+
+    from lora_lab.training import data
+
+    start = time.perf_counter()
+    for name in (str(tmp_path / "typo.jsonl"), "./data/train", "data/sql/train.json"):
+        with pytest.raises(ValueError, match="No data file or folder"):
+            data.load_hub_dataset(name, n_eval=1)
+    assert time.perf_counter() - start < 1
+    assert not data.looks_like_a_path("b-mc2/sql-create-context")
+
+
+def test_the_calculators_advice_considers_the_rank_and_stays_within_the_context():
+    step = dict(method="lora", target_modules=("q_proj",), batch_size=1, seq_len=512)
+    big, small = (vram.estimate("Qwen/Qwen2.5-0.5B", rank=r, **step).total for r in (896, 64))
+    room = (big + small) // 2  # a GPU on which rank 896 does not fit and rank 64 does
+    advice = vram.suggestions("Qwen/Qwen2.5-0.5B", room, rank=896, **step)
+    ranks = [int(a.split()[1]) for a in advice if a.startswith("rank ")]
+    assert ranks and 64 <= ranks[0] < 896 and vram.estimate("Qwen/Qwen2.5-0.5B", rank=ranks[0], **step).fits(room)
+    context = vram.load_arch("Qwen/Qwen2.5-0.5B").max_positions
+    long = vram.suggestions("Qwen/Qwen2.5-0.5B", "Colab T4", method="full", batch_size=64, seq_len=4 * context)
+    proposed = [int(a.split()[1]) for a in long if a.startswith("seq ")]
+    assert all(s <= context for s in proposed), long
+
+
+def test_number_feedback_is_calibrated_to_the_answer():
+    from lora_lab.classroom import feedback
+
+    assert feedback.tolerance_words(0.002) == "within 0.2%" and feedback.tolerance_words(0) == "exactly"
+    assert feedback.number_verdict(3, 2, 0) == "Too high."  # alpha / r = 2: one off is wrong, not close
+    assert feedback.number_verdict(4097, 4096, 0).startswith("Close")  # a large count one off is close
+    assert "percentage" in feedback.number_verdict(25, 0.25, 0.01)  # percent for a fraction
+    assert "fraction" in feedback.number_verdict(0.4, 40, 0.01)
+    assert "1,024" in feedback.number_verdict(14.74 * 1024, 14.74, 0.01)  # MiB for GiB
+    assert feedback.number_verdict(0.9677, 0.9677083, 0.001) is None
+    assert feedback.number_verdict(0.99, 0.9677083, 0.001) == "Too high."  # 2% off with a 0.1% tolerance

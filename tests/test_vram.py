@@ -428,6 +428,7 @@ def hub(monkeypatch):
         return PretrainedConfig.from_dict(result) if not hasattr(result, "to_dict") else result
 
     monkeypatch.setattr(AutoConfig, "from_pretrained", fake)
+    monkeypatch.setattr(vram.hub, "reachable", lambda: True)  # the stub plays the Hub
     vram._hub_arch.cache_clear()
     yield table, calls
     vram._hub_arch.cache_clear()
@@ -450,6 +451,39 @@ def test_hub_ids_resolve_before_any_preset_suggestion(hub):
     # a name close to a preset is asked too (the Hub knows models the package does not ship)
     table["Qwen/Qwen2.5-7b"] = _config_object(vram.preset_config("Qwen/Qwen2.5-7B"))
     assert vram.load_arch("Qwen/Qwen2.5-7b").total_params == TABLE["Qwen/Qwen2.5-7B"][0]
+
+
+def test_an_unreachable_hub_fails_at_once_with_the_reason(hub, monkeypatch):
+    import time
+
+    table, calls = hub
+    monkeypatch.setattr(vram.hub, "reachable", lambda: False)
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match=r"not in the local Hub cache and the Hub cannot be reached"):
+        vram.estimate("someone/unknown-model", method="lora")
+    assert time.perf_counter() - start < 2
+    assert [kwargs.get("local_files_only") for _, kwargs in calls] == [True]  # no download tried
+
+
+def test_hub_reachability_is_false_at_once_when_offline_is_set(monkeypatch):
+    from lora_lab.runtime import hub as hub_module
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    hub_module.reachable.cache_clear()
+    try:
+        assert hub_module.reachable() is False
+    finally:
+        hub_module.reachable.cache_clear()
+
+
+def test_parameter_counts_beyond_any_model_are_refused_at_once():
+    import time
+
+    start = time.perf_counter()
+    for count in (1e14, 1e30):
+        with pytest.raises(ValueError, match="no model is that large"):
+            vram.load_arch(count)
+    assert time.perf_counter() - start < 1
 
 
 def test_hub_failures_say_why_and_suggest_presets(hub):
@@ -486,7 +520,7 @@ def test_cli_takes_a_count_like_the_widget():
 
 @pytest.mark.parametrize("text,message", [
     ("inf", "finite"), ("1e400", "finite"), ("nan", "finite"), ("-7B", "positive"), ("0", "positive"),
-    ("seven", "neither a parameter count"), ("", "Type a model"),
+    ("seven", "neither a parameter count"), ("", "Type a model"), ("1e30", "no model is that large"),
 ])
 def test_calculator_shows_an_error_for_every_bad_custom_entry(text, message):
     from lora_lab.figures import widgets
@@ -499,3 +533,9 @@ def test_calculator_shows_an_error_for_every_bad_custom_entry(text, message):
     assert "vram-error" in box.verdict._dom_classes
     assert message in box.verdict.value and "fits on" not in box.verdict.value and "needs" not in box.verdict.value
     assert "Traceback" not in json.dumps(box.chart.outputs)
+
+
+def test_the_calculator_reads_a_custom_model_when_it_is_entered_not_per_keystroke():
+    from lora_lab.figures import widgets
+
+    assert widgets.vram_calculator().controls["custom"].continuous_update is False

@@ -30,8 +30,10 @@ Training and evaluation (`lora_lab.training`):
     training.sft_data     SFT tokenization with the chat template, checked per example (labels by `lessons.sft`)
     training.models       loading in NF4/16-bit, the quantization config, saving, reloading, merging adapters
     training.checkpoints  which checkpoint a resume can use: complete, newest, same method and rank
+    training.run_folder   a run's output folder: one live run (a lock), no run replacing another without --overwrite
     training.callbacks    loss / tokens per second / peak memory logging, divergence guard, simulated disconnect and OOM
     training.train        SFT with trl (`sft`) and the notebook-03 pipeline (`python -m lora_lab.training.train`)
+    training.train_cli    that command's arguments, parsed before the heavy imports (instant --help, quiet Ctrl-C)
     training.evaluate     greedy generation, exact and execution match, answer-only eval loss, probe batches;
                           `python -m lora_lab.training.evaluate --adapter DIR --dataset FILE`: base and adapter side by side
 
@@ -72,6 +74,7 @@ Figures and widgets (`lora_lab.figures`):
 The classroom (`lora_lab.classroom`):
     classroom.quiz       one quiz per lesson: hints on retries, the answer after three tries; answers computed
     classroom.exercises  every exercise's check (exercises.check("02.3", answer_02_3)); answers computed
+    classroom.feedback   what a wrong number is told: close for its scale, unit and percent slips, the tolerance
 
 Build tooling (`lora_lab.tooling`, not imported by the lessons):
     tooling.course          runs, checks, strips and exports the notebooks; learner notebooks, answer key

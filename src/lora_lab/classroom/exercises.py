@@ -26,8 +26,7 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
-#: A number within this relative distance of the answer (but outside the tolerance) is called close.
-NEAR = 0.25
+from lora_lab.classroom.feedback import number_verdict
 
 
 @dataclass(frozen=True)
@@ -100,20 +99,19 @@ def _compare(given, right, rel_tol: float, path: str) -> list[str]:
             return []
         return [f"{_name(path)} is not {given!r}"]
     if isinstance(right, (int, float)):
-        if isinstance(given, bool) or not isinstance(given, (int, float)) or isinstance(given, complex):
+        if isinstance(given, bool):
+            return [f"{_name(path)} should be a number, not {given}"]
+        if not isinstance(given, (int, float)) or isinstance(given, complex):
             try:
                 given = float(given)
             except (TypeError, ValueError):
                 return [f"{_name(path)} should be a number, not {type(given).__name__}"]
         if not math.isfinite(given):
             return [f"{_name(path)} should be a finite number"]
-        if math.isclose(given, right, rel_tol=rel_tol, abs_tol=1e-12):
+        verdict = number_verdict(given, right, rel_tol)
+        if verdict is None:
             return []
-        direction = "high" if given > right else "low"
-        if math.isclose(given, right, rel_tol=NEAR) or (not rel_tol and abs(given - right) <= 1):
-            accepted = f"within {rel_tol:.0%}" if rel_tol else "exact"
-            return [f"{_name(path)} is close but a little too {direction} (it must be {accepted})"]
-        return [f"{_name(path)} is too {direction}"]
+        return [f"{_name(path)}: {verdict[0].lower()}{verdict[1:].rstrip('.')}"]
     if isinstance(right, Mapping):
         if not isinstance(given, Mapping):
             return [f"{_name(path)} should be a dict with keys {sorted(right)}"]

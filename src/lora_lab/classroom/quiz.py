@@ -25,11 +25,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
+from lora_lab.classroom.feedback import number_verdict
+
 #: Wrong tries a learner gets before the right answer is shown with the explanation.
 TRIES_BEFORE_ANSWER = 3
-#: A numeric answer within this relative distance (but outside the tolerance) is called close; so is
-#: an exact count off by one.
-NEAR = 0.25
 
 
 @dataclass(frozen=True)
@@ -79,7 +78,9 @@ class MultipleChoice:
         """Judge an option given by index or by its text, on the learner's `attempt`-th try (1-based)."""
         if isinstance(choice, str):
             choice = self.options.index(choice) if choice in self.options else None
-        if choice is None or isinstance(choice, bool) or not 0 <= int(choice) < len(self.options):
+        if isinstance(choice, float) and choice.is_integer():
+            choice = int(choice)
+        if choice is None or isinstance(choice, bool) or not isinstance(choice, int) or not 0 <= choice < len(self.options):
             return Feedback(False, "Pick one of the options.", counted=False)
         if int(choice) == self.right():
             return Feedback(True, f"Right. {_text(self.explanation)}", revealed=True)
@@ -119,14 +120,9 @@ class Numeric:
         if not math.isfinite(number):
             return Feedback(False, "Enter a finite number.", counted=False)
         right = self.value()
-        if math.isclose(number, right, rel_tol=self.rel_tol, abs_tol=1e-12):
+        verdict = number_verdict(number, right, self.rel_tol)
+        if verdict is None:
             return Feedback(True, f"Right. {self.explanation.format(answer=_fmt(right))}", revealed=True)
-        direction = "high" if number > right else "low"
-        accepted = f"within {self.rel_tol:.0%}" if self.rel_tol else "exactly"
-        if math.isclose(number, right, rel_tol=NEAR) or (not self.rel_tol and abs(number - right) <= 1):
-            verdict = f"Close, but a little too {direction} (the answer must be right {accepted})."
-        else:
-            verdict = f"Too {direction}."
         if attempt >= TRIES_BEFORE_ANSWER:
             return Feedback(False, f"{verdict} {self.reveal().message}", revealed=True)
         return Feedback(False, f"{verdict} {self.hint}" + _retry(attempt))

@@ -56,6 +56,7 @@ from lora_lab.lessons.step_memory import (
     trainable_sizes,
     weight_bytes,
 )
+from lora_lab.runtime import hub
 from lora_lab.runtime.units import GIB
 
 GB = 10**9
@@ -212,6 +213,10 @@ def _config_bool(cfg: dict, key: str, name: str, default: bool) -> bool:
     return value
 
 
+#: The largest bare parameter count `generic_arch` accepts: 10 trillion, several times the largest published model.
+MAX_GENERIC_PARAMS = 10**13
+
+
 def generic_arch(n_params: int) -> Arch:
     """A Llama-2-style dense decoder of about `n_params` parameters.
 
@@ -222,6 +227,9 @@ def generic_arch(n_params: int) -> Arch:
     if n_params < 10_000_000:
         raise ValueError(f"A bare parameter count must be at least 10,000,000 (got {n_params:,}); "
                          "pass a config for smaller models.")
+    if n_params > MAX_GENERIC_PARAMS:
+        raise ValueError(f"A bare parameter count must be at most {MAX_GENERIC_PARAMS:.0e} (got {n_params:.3g}): "
+                         "no model is that large; pass the count in parameters, e.g. 7e9 for 7B.")
     V = 32000
 
     def total(h):  # with I = 8/3 h
@@ -404,8 +412,17 @@ def _hub_arch(model_id: str) -> Arch:
     from transformers import AutoConfig
 
     try:
-        cfg = AutoConfig.from_pretrained(model_id, trust_remote_code=False)
-    except Exception as err:  # offline, gated, misspelled or remote code: say why, then suggest presets
+        try:  # the local cache first: no network needed
+            cfg = AutoConfig.from_pretrained(model_id, trust_remote_code=False, local_files_only=True)
+        except OSError:
+            if not hub.reachable():  # fail in seconds, not after half a minute of download retries
+                raise ValueError(f"Cannot resolve model {model_id!r}: it is not in the local Hub cache and the Hub "
+                                 "cannot be reached (offline, or HF_HUB_OFFLINE set); pass a config.json path or a "
+                                 f"parameter count. {_unknown_preset_message(model_id)}") from None
+            cfg = AutoConfig.from_pretrained(model_id, trust_remote_code=False)
+    except ValueError:
+        raise
+    except Exception as err:  # gated, misspelled or remote code: say why, then suggest presets
         raise ValueError(f"Cannot resolve model {model_id!r}: {_hub_failure_reason(err, model_id)}. "
                          f"{_unknown_preset_message(model_id)}") from None
     return load_arch(cfg)
@@ -804,8 +821,9 @@ def largest_model_that_fits(gpu, *, lo: float = 1e8, hi: float = 1e12, **kwargs)
 def suggestions(model, gpu, **kwargs) -> list[str]:
     """Changes that would make a step that does not fit on `gpu` fit, each checked by `estimate`.
 
-    Tries, in this order: gradient checkpointing, a shorter sequence, a smaller batch, an 8-bit
-    optimizer (full fine-tuning), LoRA or QLoRA instead of the current method, a bigger GPU.
+    Tries, in this order: gradient checkpointing, a shorter sequence (never past the model's context), a
+    smaller batch, a smaller LoRA rank, an 8-bit optimizer (full fine-tuning), LoRA or QLoRA instead of the
+    current method, a bigger GPU.
     """
     arch = load_arch(model)
     base = dict(kwargs)
@@ -818,6 +836,8 @@ def suggestions(model, gpu, **kwargs) -> list[str]:
         out.append("gradient checkpointing")
     seq = base.get("seq_len", 512)
     best_seq = max_seq_len_that_fits(arch, gpu, upper=seq, **base)
+    if arch.max_positions:  # never advise a length the model was not trained for
+        best_seq = min(best_seq, arch.max_positions)
     if min(seq, 64) <= best_seq < seq:  # a sequence too short to train on is no advice
         out.append(f"seq {_round_down(best_seq)}")
     batch = base.get("batch_size", 1)
@@ -826,6 +846,12 @@ def suggestions(model, gpu, **kwargs) -> list[str]:
         if 0 < best_batch < batch:
             out.append(f"batch {best_batch} (with gradient accumulation for the same effective batch)")
     method = base.get("method")
+    rank = base.get("rank", 16)
+    if method in ("lora", "qlora") and rank > 1:  # the largest power-of-two rank below this one that fits
+        smaller = [r for r in (2**k for k in range(rank.bit_length(), -1, -1)) if r < rank]
+        fitting = next((r for r in smaller if fits(rank=r)), None)
+        if fitting is not None:
+            out.append(f"rank {fitting}")
     if method == "full" and base.get("optimizer", "adamw") in ("adamw", "paged_adamw_32bit") and fits(
             optimizer="paged_adamw_8bit"):
         out.append("an 8-bit optimizer (paged_adamw_8bit)")

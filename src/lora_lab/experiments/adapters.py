@@ -296,7 +296,12 @@ class AdapterFile:
 
 
 def measure_adapter_file(adapter_dir: str | os.PathLike) -> AdapterFile:
-    """Read an adapter file's size, header and tensor shapes (without loading the tensors)."""
+    """Read an adapter file's size, header and tensor shapes (without loading the tensors).
+
+    Raises:
+        ValueError: the file is missing, cut short or corrupt (one line: what to do).
+    """
+    models.require_whole_safetensors(Path(adapter_dir) / "adapter_model.safetensors")
     info = models.read_safetensors(Path(adapter_dir) / "adapter_model.safetensors")
     return AdapterFile(file_bytes=info.file_bytes, header_bytes=info.header_bytes, tensor_bytes=info.tensor_bytes,
                        params=info.params, n_tensors=len(info.shapes), dtypes=tuple(sorted(set(info.dtypes.values()))))
@@ -307,7 +312,8 @@ def measure_adapter_file(adapter_dir: str | os.PathLike) -> AdapterFile:
 
 
 def _adapter_shapes(adapter_dir) -> dict[str, tuple[int, ...]]:
-    """Tensor name -> shape, read from the safetensors header only."""
+    """Tensor name -> shape, read from the safetensors header only (a missing or cut-short file: ValueError)."""
+    models.require_whole_safetensors(Path(adapter_dir) / "adapter_model.safetensors")
     return models.read_safetensors(Path(adapter_dir) / "adapter_model.safetensors").shapes
 
 
@@ -917,10 +923,31 @@ def combine(model, names: Sequence[str], weights: Sequence[float], new_name: str
 
     Returns:
         `new_name`.
+
+    Raises:
+        ValueError: an unknown adapter, weights that are not one finite number per adapter, an unknown
+            combination type, or a `new_name` that is a loaded adapter this function did not make (it
+            would be replaced). A combination made earlier under `new_name` is replaced.
     """
-    if new_name in model.peft_config:
+    import math
+
+    names, weights = list(names), list(weights)
+    loaded = set(model.peft_config)
+    made_here = getattr(model, "lora_lab_combined", set())
+    if not names or any(name not in loaded for name in names):
+        raise ValueError(f"combine needs adapters that are loaded ({', '.join(sorted(loaded))}), got {names}.")
+    if len(weights) != len(names) or not all(isinstance(w, (int, float)) and math.isfinite(w) for w in weights):
+        raise ValueError(f"combine needs one finite weight per adapter ({len(names)}), got {weights}.")
+    if combination_type not in ("cat", "linear", "svd"):
+        raise ValueError(f"combination_type must be 'cat', 'linear' or 'svd', got {combination_type!r}.")
+    if new_name in names or (new_name in loaded and new_name not in made_here):
+        raise ValueError(f"new_name {new_name!r} is a loaded adapter: combining into it would replace it; choose "
+                         "a new name.")
+    if new_name in loaded:  # an earlier combination under this name (a re-run cell): replaced
+        model.set_adapter(names[0])  # not the active one while it goes (peft would warn)
         model.delete_adapter(new_name)
-    model.add_weighted_adapter(list(names), list(weights), new_name, combination_type=combination_type)
+    model.add_weighted_adapter(names, weights, new_name, combination_type=combination_type)
+    model.lora_lab_combined = made_here | {new_name}
     model.set_adapter(new_name)
     model.eval()
     return new_name

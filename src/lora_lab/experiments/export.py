@@ -230,6 +230,37 @@ def _check_outtype(outtype: str) -> None:
         raise ValueError(f"outtype {outtype!r}: choose one of {OUTTYPES} (q4_K_M needs llama.cpp's llama-quantize)")
 
 
+def check_export_inputs(model_dir, adapter_dir=None, out_dir=None) -> None:
+    """Refuse, in one line, a folder llama.cpp's converter would fail on with a long traceback or a wrong hint.
+
+    Raises:
+        ValueError: a missing folder, no config.json or no `architectures` in it, no safetensors weights, no
+            tokenizer files, an adapter folder without its config or weights, or an output path that is a file.
+    """
+    model = Path(model_dir)
+    if not model.is_dir():
+        raise ValueError(f"{model} is not a folder: pass a save_pretrained folder (config.json, *.safetensors, tokenizer).")
+    try:
+        config = json.loads((model / "config.json").read_text())
+    except (OSError, ValueError):
+        raise ValueError(f"{model} has no readable config.json: pass a folder written by save_pretrained.") from None
+    if not isinstance(config, dict) or not config.get("architectures"):
+        raise ValueError(f"{model}/config.json names no architecture (\"architectures\"): the converter cannot tell "
+                         "which model it is; save the model with save_pretrained.")
+    if not any(model.glob("*.safetensors")):
+        raise ValueError(f"{model} has no *.safetensors weights: save the model with save_pretrained.")
+    if not any((model / name).is_file() for name in ("tokenizer.json", "tokenizer.model")):
+        raise ValueError(f"{model} has no tokenizer files (tokenizer.json): save the tokenizer beside the model "
+                         "(tokenizer.save_pretrained(folder)); folders written by lora_lab.training.train include it.")
+    if adapter_dir is not None:
+        adapter = Path(adapter_dir)
+        if not (adapter / "adapter_config.json").is_file() or not (adapter / "adapter_model.safetensors").is_file():
+            raise ValueError(f"--adapter {adapter} is not a peft LoRA folder (adapter_config.json and "
+                             "adapter_model.safetensors).")
+    if out_dir is not None and Path(out_dir).exists() and not Path(out_dir).is_dir():
+        raise ValueError(f"--out-dir {out_dir} is a file, not a folder: choose another path.")
+
+
 def export(model_dir: str | os.PathLike, outtypes=("f16",), adapter_dir: str | os.PathLike | None = None,
            adapter_outtype: str = "f32", out_dir: str | os.PathLike | None = None) -> dict[str, Path]:
     """A Hugging Face model folder to GGUF files (one per outtype) and, optionally, its peft adapter to a
@@ -245,6 +276,9 @@ def export(model_dir: str | os.PathLike, outtypes=("f16",), adapter_dir: str | o
     Returns:
         {outtype: path} for the model files, plus {"lora": path} for the adapter.
     """
+    for outtype in outtypes:
+        _check_outtype(outtype)
+    check_export_inputs(model_dir, adapter_dir, out_dir)
     folder = Path(out_dir or export_cache() / "gguf")
     key = _hash_folder(model_dir)
     jobs, paths = [], {}
@@ -704,7 +738,7 @@ def modelfile(tokenizer, model_gguf: str, adapter_gguf: str | None = None, *, te
     return "\n".join(lines) + "\n"
 
 
-def main(argv=None) -> None:
+def main(argv=None) -> int:
     """`python -m lora_lab.experiments.export tools` installs the tools; `... gguf MODEL_DIR [--adapter DIR]` converts."""
     import argparse
 
@@ -721,11 +755,21 @@ def main(argv=None) -> None:
         for name, version in setup_tools().items():
             print(f"{name}: {version}")
         print(f"cached in {export_cache()}")
-        return
-    fetch_converters()
-    for name, path in export(args.model_dir, args.outtype, args.adapter, out_dir=args.out_dir).items():
-        print(f"{name}: {path}")
+        return 0
+    try:
+        check_export_inputs(args.model_dir, args.adapter, args.out_dir)  # before any download
+        fetch_converters()
+        for name, path in export(args.model_dir, args.outtype, args.adapter, out_dir=args.out_dir).items():
+            print(f"{name}: {path}")
+    except (ValueError, ExportToolsMissing) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except RuntimeError as err:  # the converter itself failed: its own last line says why
+        lines = [line for line in str(err).splitlines() if line.strip()]
+        print(f"error: {lines[0]}{' ' + lines[-1] if len(lines) > 1 else ''}", file=sys.stderr)
+        return 2
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -121,6 +122,8 @@ FSDP_QLORA_MODEL_SETTINGS = {
 
 def accelerate_fsdp_config(num_processes: int = 2, mixed_precision: str = "fp16") -> dict:
     """The accelerate config (as a dict) for FSDP-QLoRA on `num_processes` GPUs of one machine."""
+    if isinstance(num_processes, bool) or not isinstance(num_processes, int) or num_processes < 1:
+        raise ValueError(f"num_processes must be a positive whole number (one per GPU), got {num_processes!r}.")
     config = {"compute_environment": "LOCAL_MACHINE", "machine_rank": 0, "num_machines": 1,
               "main_training_function": "main", "rdzv_backend": "static", "same_network": True, "use_cpu": False,
               "fsdp_config": {}}
@@ -234,28 +237,59 @@ def fsdp_check(method: str = "lora", steps: int = 4, global_batch: int = 4, seq_
     return {"method": method, "world_size": world, "losses": losses, "repeat": repeat}
 
 
-def main(argv=None) -> None:
+FSDP_CHECK_METHODS = ("lora", "qlora")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive whole number, got {text!r}")
+    return value
+
+
+def _writable_file(text: str) -> Path:
+    path = Path(text)
+    if not text.strip() or path.is_dir():
+        raise argparse.ArgumentTypeError(f"must be a file path to write, got {text!r}")
+    if not path.parent.is_dir():
+        raise argparse.ArgumentTypeError(f"the folder {str(path.parent)!r} does not exist")
+    return path
+
+
+def _methods(text: str) -> list[str]:
+    methods = [m.strip() for m in text.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in FSDP_CHECK_METHODS]
+    if not methods or unknown:
+        raise argparse.ArgumentTypeError(f"choose from {', '.join(FSDP_CHECK_METHODS)} (comma-separated), got {text!r}")
+    return methods
+
+
+def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lora_lab.experiments.scale", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     check = sub.add_parser("fsdp-check", help="train a few LoRA steps (FSDP2 when launched by torchrun)")
-    check.add_argument("--methods", default="lora,qlora", help="comma-separated: lora, qlora")
-    check.add_argument("--steps", type=int, default=4)
-    check.add_argument("--out", required=True, help="JSON file written by rank 0")
+    check.add_argument("--methods", type=_methods, default="lora,qlora", help="comma-separated: lora, qlora")
+    check.add_argument("--steps", type=_positive_int, default=4)
+    check.add_argument("--out", type=_writable_file, required=True, help="JSON file written by rank 0")
     config = sub.add_parser("accelerate-config", help="write the FSDP-QLoRA accelerate config")
-    config.add_argument("--out", default="fsdp_qlora_2xT4.yaml")
-    config.add_argument("--num-processes", type=int, default=2)
+    config.add_argument("--out", type=_writable_file, default="fsdp_qlora_2xT4.yaml")
+    config.add_argument("--num-processes", type=_positive_int, default=2)
     args = parser.parse_args(argv)
     if args.command == "accelerate-config":
         print(write_accelerate_fsdp_config(args.out, args.num_processes))
-        return
-    results = [fsdp_check(method, steps=args.steps) for method in args.methods.split(",")]
+        return 0
+    results = [fsdp_check(method, steps=args.steps) for method in args.methods]
     if int(os.environ.get("RANK", "0")) == 0:
         Path(args.out).write_text(json.dumps(results, indent=1))
     import torch.distributed as dist
 
     if dist.is_initialized():
         dist.destroy_process_group()
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

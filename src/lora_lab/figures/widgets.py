@@ -100,8 +100,9 @@ def vram_calculator(**initial):
 
     controls = {
         "model": w.Dropdown(options=[*vram.preset_names(), CUSTOM], description="model", style=style, layout=layout()),
-        "custom": w.Text(description="custom", placeholder="7B, 13e9 or path/to/config.json", style=style,
-                         layout=layout()),
+        # Read on Enter or when the box loses focus, not at every keystroke: a Hub id is looked up when it is complete.
+        "custom": w.Text(description="custom", placeholder="7B, 13e9 or path/to/config.json (Enter)", style=style,
+                         layout=layout(), continuous_update=False),
         "method": w.ToggleButtons(options=list(vram.METHODS), description="method", style=style),
         "rank": w.BoundedIntText(min=1, max=4096, description="LoRA rank", style=style, layout=layout()),
         "targets": w.Dropdown(options=list(TARGET_CHOICES), description="LoRA targets", style=style, layout=layout()),

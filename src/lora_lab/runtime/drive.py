@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lora_lab.runtime import hardware
-
 __all__ = ["DRIVE_ROOT", "MOUNT_POINT", "drive_checkpoint_dir", "drive_dir_from_cli"]
 
 MOUNT_POINT = "/content/drive"  # where Colab mounts Google Drive
@@ -19,6 +17,8 @@ def drive_checkpoint_dir(run_name: str, mount: bool = True) -> Path | None:
     `--resume` to `python -m lora_lab.training.train`) and training continues from the newest one.
     """
     root = DRIVE_ROOT
+    from lora_lab.runtime import hardware
+
     if not root.exists() and mount and hardware.in_colab():
         from google.colab import drive  # type: ignore[import-not-found]
 

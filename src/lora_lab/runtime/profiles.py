@@ -20,8 +20,6 @@ import dataclasses
 import os
 from dataclasses import dataclass
 
-import torch
-
 from lora_lab.standins.smollm2 import MODEL_ID as SMOLLM2_ID
 
 #: Environment variable that overrides the automatic choice.
@@ -282,6 +280,8 @@ def get_profile(name: str | None = None) -> RunProfile:
     Raises:
         ValueError: for a name that is not a profile, listing the choices.
     """
+    import torch
+
     from_env = not name and bool(os.environ.get(PROFILE_ENV, "").strip())
     chosen = name or os.environ.get(PROFILE_ENV, "").strip() or ("t4" if torch.cuda.is_available() else "cpu")
     chosen = chosen.strip().lower()
@@ -306,6 +306,8 @@ def why(profile: RunProfile) -> str:
                 "are set: the t4 path runs on this CPU with local stand-ins.")
     if os.environ.get(PROFILE_ENV):
         return f"{PROFILE_ENV}={os.environ[PROFILE_ENV]} is set."
+    import torch
+
     if torch.cuda.is_available():
         return "a CUDA GPU is present."
     from lora_lab.runtime.hardware import in_colab

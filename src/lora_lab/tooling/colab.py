@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 import urllib.error
@@ -27,6 +28,8 @@ REPO_FILE = ROOT / "colab" / "REPO"
 REF_FILE = ROOT / "colab" / "REF"
 NOTEBOOKS = ROOT / "notebooks"
 README = ROOT / "README.md"
+#: The learners' page (docs/learners.md): one badge per learner notebook, rewritten and checked like the README.
+LEARNER_PAGE = Path("docs") / "learners.md"
 #: The folder, inside notebooks/, of the learner copies (solutions removed); each has its own badge.
 LEARNERS = "learners"
 DEFAULT_REF = "main"
@@ -68,6 +71,9 @@ def raw_url(repo: str, path: str, ref: str = DEFAULT_REF) -> str:
 
 def check_repo(repo: str) -> str:
     """`repo` if it looks like owner/name, else a ValueError saying what to pass."""
+    if isinstance(repo, str) and repo.endswith(".git"):
+        raise ValueError(f"REPO is owner/name without the .git ending (badges address the repository, not its git "
+                         f"remote): use {repo.removesuffix('.git')!r}.")
     if not isinstance(repo, str) or not _REPO_RE.fullmatch(repo) or repo.split("/")[1] in (".", ".."):
         raise ValueError(f"REPO must be a GitHub repository as owner/name (letters, digits, '-' in the owner; also "
                          f"'.' and '_' in the name; no spaces or newlines), got {repo!r}.")
@@ -116,9 +122,10 @@ def rewrite_ipynb(text: str, repo: str, ref: str = DEFAULT_REF) -> str:
 
 
 def course_files(root: Path = ROOT) -> list[Path]:
-    """Every file that carries a badge or an install cell: the README, notebook sources, twins, learner copies."""
+    """Every file that carries a badge or an install cell: the README, the learners' page, notebook sources, twins,
+    learner copies."""
     notebooks = root / "notebooks"
-    files = [root / "README.md"] if (root / "README.md").exists() else []
+    files = [page for page in (root / "README.md", root / LEARNER_PAGE) if page.exists()]
     files += sorted(notebooks.glob("[0-9][0-9]_*.py")) + sorted(notebooks.glob("[0-9][0-9]_*.ipynb"))
     return files + sorted((notebooks / LEARNERS).glob("[0-9][0-9]_*.ipynb"))
 
@@ -141,6 +148,8 @@ def set_repo(repo: str, folder: Path = NOTEBOOKS, readme: Path | None = README, 
     REF_FILE.write_text(ref + "\n")
     files = sorted(folder.glob("[0-9][0-9]_*.py")) + sorted(folder.glob("[0-9][0-9]_*.ipynb"))
     files += sorted((folder / LEARNERS).glob("[0-9][0-9]_*.ipynb"))
+    if readme is not None and (readme.parent / LEARNER_PAGE).exists():
+        files.insert(0, readme.parent / LEARNER_PAGE)
     if readme is not None and readme.exists():
         files.insert(0, readme)
     changed = []
@@ -203,8 +212,10 @@ def notebook_problems(path: Path, repo: str | None = None, ref: str | None = Non
     return problems
 
 
-def readme_problems(readme: Path, repo: str, ref: str) -> list[str]:
-    """README badges that point at another repository or ref, or at a notebook that does not exist."""
+def readme_problems(readme: Path, repo: str, ref: str, root: Path | None = None) -> list[str]:
+    """Badges of a page (the README, the learners' page) that point at another repository or ref, or at a
+    notebook that does not exist under `root` (default: the page's folder)."""
+    root = root or readme.parent
     problems = []
     for m in _BADGE_RE.finditer(readme.read_text(encoding="utf-8")):
         if (m.group("repo"), m.group("ref")) != (repo, ref):
@@ -212,8 +223,8 @@ def readme_problems(readme: Path, repo: str, ref: str) -> list[str]:
                             "(run `make colab-links`).")
         # Learner badges are written before the learner copies exist only in a checkout where `make exercises`
         # has not yet created notebooks/learners/; everywhere else a badge must open a file.
-        learners_pending = m.group("path").startswith(f"{LEARNERS}/") and not (readme.parent / "notebooks" / LEARNERS).is_dir()
-        if not learners_pending and not (readme.parent / "notebooks" / m.group("path")).exists():
+        learners_pending = m.group("path").startswith(f"{LEARNERS}/") and not (root / "notebooks" / LEARNERS).is_dir()
+        if not learners_pending and not (root / "notebooks" / m.group("path")).exists():
             problems.append(f"{readme.name}: a badge opens notebooks/{m.group('path')}, which does not exist.")
     return problems
 
@@ -224,7 +235,34 @@ def _fetch(url: str, timeout: float = 20.0) -> bytes:
         return response.read()
 
 
-def online_problems(notebooks: list[Path], repo: str, ref: str, fetch=None) -> list[str]:
+def _ls_remote(repo: str, ref: str) -> str:
+    """`git ls-remote` of the fork for `ref` (its branches and tags of that name), as git prints it."""
+    import subprocess
+
+    done = subprocess.run(["git", "ls-remote", f"https://github.com/{repo}", ref], capture_output=True, text=True,
+                          timeout=30, env={**os.environ, "GIT_TERMINAL_PROMPT": "0"})
+    if done.returncode:
+        raise OSError(done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}")
+    return done.stdout
+
+
+def ref_problem(repo: str, ref: str, ls_remote=None) -> str | None:
+    """Why `ref` cannot be opened on github.com/`repo` (not a branch or tag there), or None. A commit hash is
+    left to the file check (git ls-remote lists only branch and tag names)."""
+    if re.fullmatch(r"[0-9a-f]{7,40}", ref):
+        return None
+    try:
+        listed = (ls_remote or _ls_remote)(repo, ref)
+    except (OSError, ValueError) as err:
+        return f"git ls-remote https://github.com/{repo} failed ({err}): is {repo} public and spelled right?"
+    names = {line.split("\t", 1)[1].strip() for line in listed.splitlines() if "\t" in line}
+    if {f"refs/heads/{ref}", f"refs/tags/{ref}"} & names:
+        return None
+    return (f"REF {ref} is neither a branch nor a tag of github.com/{repo}, so every badge would 404: create and "
+            f"push it (git tag {ref} && git push origin {ref}), or pass REF=main.")
+
+
+def online_problems(notebooks: list[Path], repo: str, ref: str, fetch=None, ls_remote=None) -> list[str]:
     """What GitHub serves for `repo`@`ref`, compared with this checkout: public, pushed, same install cells.
 
     Reads, over the network, `colab/requirements.txt` and every notebook as Colab will (anonymously,
@@ -232,6 +270,9 @@ def online_problems(notebooks: list[Path], repo: str, ref: str, fetch=None) -> l
     not pushed, or the rewrite was not committed and pushed.
     """
     fetch = fetch or _fetch
+    problem = ref_problem(repo, ref, ls_remote)
+    if problem:
+        return [problem]
     problems = []
     try:
         fetch(raw_url(repo, "colab/requirements.txt", ref))
@@ -253,7 +294,7 @@ def online_problems(notebooks: list[Path], repo: str, ref: str, fetch=None) -> l
     return problems
 
 
-def check(root: Path = ROOT, online: bool = False, fetch=None) -> tuple[list[str], int]:
+def check(root: Path = ROOT, online: bool = False, fetch=None, ls_remote=None) -> tuple[list[str], int]:
     """(problems, notebooks checked) for the checkout at `root` against colab/REPO and colab/REF."""
     repo, ref = course_repo(), course_ref()
     problems = []
@@ -267,10 +308,11 @@ def check(root: Path = ROOT, online: bool = False, fetch=None) -> tuple[list[str
     notebooks = [p for p in course_files(root) if p.suffix == ".ipynb"]
     for path in notebooks:
         problems += notebook_problems(path, repo, ref)
-    if (root / "README.md").exists():
-        problems += readme_problems(root / "README.md", repo, ref)
+    for page in (root / "README.md", root / LEARNER_PAGE):
+        if page.exists():
+            problems += readme_problems(page, repo, ref, root)
     if online and not problems:
-        problems += online_problems(notebooks, repo, ref, fetch)
+        problems += online_problems(notebooks, repo, ref, fetch, ls_remote)
     return problems, len(notebooks)
 
 
@@ -280,21 +322,30 @@ def main(argv=None) -> int:
                                      "repository, or check them. Standard library only.")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("set-repo", help="point colab/REPO, colab/REF, badges and install cells at owner/name@ref")
-    p.add_argument("repo", help="the GitHub repository, owner/name")
+    p.add_argument("repo", nargs="?", help="the GitHub repository, owner/name")
     p.add_argument("--ref", default=DEFAULT_REF, help="branch, tag or commit to open and install (default: main)")
+    p.add_argument("--from-environment", action="store_true",
+                   help="read the repository and ref from LORA_LAB_SET_REPO and LORA_LAB_SET_REF (make colab-links)")
     c = sub.add_parser("check", help="every notebook's badge and install cell, and the README's badges, against "
                                      "colab/REPO and colab/REF")
     c.add_argument("--online", action="store_true",
                    help="also read the files from GitHub as Colab will: the fork is public and the rewrite pushed")
     args = parser.parse_args(argv)
     if args.command == "set-repo":
+        if args.from_environment:
+            args.repo = os.environ.get("LORA_LAB_SET_REPO") or None
+            args.ref = os.environ.get("LORA_LAB_SET_REF") or DEFAULT_REF
+        if not args.repo:
+            print("usage: make colab-links REPO=owner/name [REF=branch-or-tag]", file=sys.stderr)
+            return 2
         try:
             changed = set_repo(args.repo, ref=args.ref)
         except ValueError as err:
             print(err, file=sys.stderr)
             return 2
-        print(f"colab/REPO = {args.repo}, colab/REF = {args.ref}; rewrote {len(changed)} files. "
-              "Now commit and push, then run the check.")
+        tag = "" if args.ref == DEFAULT_REF else f" Create and push the ref too: git tag {args.ref} && git push origin {args.ref}."
+        print(f"colab/REPO = {args.repo}, colab/REF = {args.ref}; rewrote {len(changed)} files. Now commit and push."
+              f"{tag} Then run `make colab-check ONLINE=1`.")
         return 0
     if not sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb")):
         print(f"No notebooks (NN_topic.ipynb) in {NOTEBOOKS}: run this from a clone of the course.", file=sys.stderr)

@@ -56,6 +56,23 @@ class NotebookError(ValueError):
     """No notebooks to work on, or a path that is missing or not a notebook: the message says what to pass."""
 
 
+def read_notebook(path, jupytext_source: bool = False):
+    """A notebook (or, with `jupytext_source`, a .py percent script) read as nbformat v4, or a `NotebookError`
+    naming the file when it is not one (cut short, not JSON, not a notebook)."""
+    import nbformat
+
+    try:
+        if jupytext_source:
+            import jupytext
+
+            return jupytext.read(path)
+        return nbformat.read(path, as_version=4)
+    except (OSError, ValueError, KeyError, AttributeError, TypeError, nbformat.reader.NotJSONError) as err:
+        reason = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+        raise NotebookError(f"{path} is not a readable notebook ({reason}): restore it from git, or regenerate it "
+                            "from its .py source with `make sync`.") from None
+
+
 def notebooks_to_run(paths: list[Path] | None = None, folder: Path | None = None) -> list[Path]:
     """The notebooks a command works on: `paths` (each checked), else every lesson in `folder`.
 
@@ -111,7 +128,7 @@ def run(notebooks: list[Path], out_dir: Path = BUILD, timeout: int = 1800, prepe
     out_dir.mkdir(parents=True, exist_ok=True)
     failed = 0
     for path in notebooks:
-        nb = nbformat.read(path, as_version=4)
+        nb = read_notebook(path)
         if prepend:
             nb.cells.insert(0, nbformat.v4.new_code_cell(prepend))
             os.environ["LORA_LAB_FIGURES_PREFIX"] = path.stem
@@ -154,15 +171,13 @@ def unexplained_stderr(nb) -> list[tuple[int, str]]:
 
 
 def _cells(path: Path) -> list[tuple[str, str, tuple[str, ...]]]:
-    import jupytext
 
-    nb = jupytext.read(path)
+    nb = read_notebook(path, jupytext_source=True)
     return [(c.cell_type, c.source.strip(), tuple(c.metadata.get("tags", ()))) for c in nb.cells]
 
 
 def check(folder: Path = NOTEBOOKS) -> list[str]:
     """Problems with the notebook pairs: a missing twin, different cells, committed outputs."""
-    import nbformat
 
     problems = []
     scripts = sorted(folder.glob("[0-9][0-9]_*.py"))
@@ -175,7 +190,7 @@ def check(folder: Path = NOTEBOOKS) -> list[str]:
             continue
         if _cells(py) != _cells(ipynb):
             problems.append(f"{py.name} and {ipynb.name} differ: edit the .py, then run `make sync`.")
-        nb = nbformat.read(ipynb, as_version=4)
+        nb = read_notebook(ipynb)
         if any(c.get("outputs") or c.get("execution_count") for c in nb.cells if c.cell_type == "code"):
             problems.append(f"{ipynb.name} has outputs: run `make sync` (it strips them).")
     for ipynb in sorted(folder.glob("[0-9][0-9]_*.ipynb")):
@@ -189,7 +204,7 @@ def strip(folder: Path = NOTEBOOKS) -> None:
     import nbformat
 
     for path in course_notebooks(folder):
-        nb = nbformat.read(path, as_version=4)
+        nb = read_notebook(path)
         for cell in nb.cells:
             if cell.cell_type == "code":
                 cell.outputs = []
@@ -222,9 +237,8 @@ def placeholder(exercise_id: str) -> str:
 
 def _full_notebook(path: Path):
     """The lesson as committed (.ipynb, with its stable cell ids), from a .py or .ipynb path."""
-    import nbformat
 
-    return nbformat.read(path.with_suffix(".ipynb"), as_version=4)
+    return read_notebook(path.with_suffix(".ipynb"))
 
 
 def learner_copy(path: Path):

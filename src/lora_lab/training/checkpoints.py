@@ -35,9 +35,18 @@ def checkpoint_problem(folder) -> str | None:
     if not state.is_file():
         return "no trainer_state.json (the save was cut short)"
     try:
-        json.loads(state.read_text())
+        recorded = json.loads(state.read_text())
     except (ValueError, OSError):
         return "trainer_state.json is cut short or corrupt"
+    if not isinstance(recorded, dict) or not isinstance(recorded.get("global_step"), int):
+        return "trainer_state.json has no global_step (corrupt)"
+    if (folder / RUN_INFO).is_file():
+        try:
+            info = json.loads((folder / RUN_INFO).read_text())
+        except (ValueError, OSError):
+            info = None
+        if not isinstance(info, dict):
+            return f"{RUN_INFO} is corrupt"
     weights = [folder / name for name in WEIGHT_FILES if (folder / name).is_file()]
     if not weights:
         return f"no weights ({' or '.join(WEIGHT_FILES)})"

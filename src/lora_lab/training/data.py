@@ -332,6 +332,31 @@ def sql_prompt(question: str, context: str) -> str:
             "Answer with one SQLite query and nothing else.")
 
 
+#: The text fields each known layout needs in every row (the optional ones may be empty or missing).
+_LAYOUT_FIELDS = ((("question", "context", "answer"), ()), (("question", "answer"), ()),
+                  (("instruction", "output"), ("input",)), (("instruction", "response"), ("context",)))
+
+
+def _check_source_rows(dataset, source: str, cols: set) -> None:
+    """Rows checked in their original order, before any mapping: `messages` rows by `validate`, the other
+    layouts' fields as text (not null, not a number), each problem named by its example number in the file
+    (counted from 0, as `validate` does)."""
+    if "messages" in cols:
+        validate(dataset, source)
+        return
+    layout = next(((need, may) for need, may in _LAYOUT_FIELDS if set(need) <= cols), None)
+    if layout is None:
+        return  # an unknown layout: `normalise` names the columns it found
+    required, optional = layout
+    for i, row in enumerate(dataset):
+        for name in required:
+            if not isinstance(row.get(name), str) or not row[name].strip():
+                raise ValueError(f"Example {i} of {source}: '{name}' must be non-empty text, got {row.get(name)!r}.")
+        for name in optional:
+            if row.get(name) is not None and not isinstance(row[name], str):
+                raise ValueError(f"Example {i} of {source}: '{name}' must be text or empty, got {row[name]!r}.")
+
+
 def normalise(dataset: Dataset, source: str) -> Dataset:
     """Map a Hub dataset's own columns to the course schema (messages, answer, task).
 
@@ -343,6 +368,7 @@ def normalise(dataset: Dataset, source: str) -> Dataset:
         ValueError: for a layout we do not know, naming the columns found.
     """
     cols = set(dataset.column_names)
+    _check_source_rows(dataset, source, cols)
     if "messages" in cols:
         out = dataset
         if "answer" not in cols:
@@ -430,7 +456,13 @@ def read_data_file(path) -> Dataset:
         except (pa.ArrowException, OSError) as err:
             raise ValueError(f"{path}: not a readable Parquet file ({err}).") from None
     else:
-        text = path.read_text(encoding="utf-8", errors="replace")
+        raw_bytes = path.read_bytes()
+        try:
+            text = raw_bytes.decode("utf-8")
+        except UnicodeDecodeError as err:
+            line = raw_bytes.count(b"\n", 0, err.start) + 1
+            raise ValueError(f"{path}, line {line}: not UTF-8 text (byte 0x{raw_bytes[err.start]:02x}): save the file "
+                             "as UTF-8 (it looks like another encoding, e.g. Latin-1).") from None
         if not text.strip():
             raise ValueError(f"{path} is empty: it holds no examples.")
         if suffix == ".json":
@@ -457,6 +489,14 @@ def read_data_file(path) -> Dataset:
     except Exception as err:  # pyarrow cannot type the column (e.g. a number where others have text)
         raise ValueError(f"{path}: the examples do not share one layout ({type(err).__name__}: "
                          f"{str(err)[:200]}). Give every row the same fields with the same types.") from None
+
+
+def looks_like_a_path(name: str) -> bool:
+    """A local path rather than a Hub id (owner/name): starts with '.', '/' or '~', has a data file's suffix, or
+    more than one '/'."""
+    name = str(name)
+    return (name.startswith((".", "/", "~")) or name.lower().endswith(DATA_FILE_SUFFIXES) or name.count("/") > 1
+            or "\\" in name)
 
 
 def _check_eval_size(n_rows: int, n_eval: int, source: str) -> None:
@@ -486,6 +526,8 @@ def load_hub_dataset(dataset_id: str, config: str | None = None, n_eval: int = 1
     """
     if loader is None and Path(dataset_id).is_file():
         raw = read_data_file(dataset_id)
+    elif loader is None and looks_like_a_path(dataset_id) and not Path(dataset_id).exists():
+        raise ValueError(f"No data file or folder {dataset_id}: check the path (a Hub dataset id is owner/name).")
     else:
         if loader is None:
             from datasets import load_dataset as loader

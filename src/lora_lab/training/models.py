@@ -28,9 +28,10 @@ from lora_lab.runtime import hardware, units
 from lora_lab.runtime.compat import keep_cpu_4bit_layout
 from lora_lab.runtime.hub import hub_errors
 from lora_lab.standins import tiny
+from lora_lab.training import train_cli
 
 #: Fine-tuning methods: 4-bit base + LoRA, 16-bit base + LoRA, every weight trains.
-METHODS = ("qlora", "lora", "full")
+METHODS = train_cli.METHODS  # one home: the command line's choices, importable without torch
 #: Largest |merged - unmerged| logit difference accepted, by compute dtype, relative to the logits'
 #: scale (the largest |logit|, at least 1): fp16 has ~3 significant digits, bf16 ~2; fp32 differs by
 #: summation order only, which grows with depth (SmolLM2-135M, 30 layers, logits up to ~30: 1.1e-4 measured).
@@ -508,7 +509,8 @@ def _logits(model, batch: dict) -> torch.Tensor:
 
 
 def merge_adapter(profile, adapter_dir, probe_batch: dict, *, method: str = "qlora", hw=None, model_path=None,
-                  out_dir: str | os.PathLike | None = None, trained_model=None) -> tuple[torch.nn.Module, MergeReport]:
+                  out_dir: str | os.PathLike | None = None, trained_model=None,
+                  tokenizer=None) -> tuple[torch.nn.Module, MergeReport]:
     """Merge a saved adapter into a 16-bit copy of the base (never the 4-bit one) and check it.
 
     The check: logits of the merged model against the same base with the adapter left unmerged,
@@ -526,6 +528,7 @@ def merge_adapter(profile, adapter_dir, probe_batch: dict, *, method: str = "qlo
         out_dir: where to save the merged model (safetensors); None skips saving.
         trained_model: the adapter model as trained; if given, its logit gap to the merged model
             is reported too (for QLoRA it is the NF4 rounding of the base, not a merge error).
+        tokenizer: saved beside the merged weights, so the folder loads (and exports to GGUF) on its own.
 
     Returns:
         (merged model, `MergeReport`).
@@ -552,6 +555,8 @@ def merge_adapter(profile, adapter_dir, probe_batch: dict, *, method: str = "qlo
     if out_dir is not None:
         out = Path(out_dir)
         merged.save_pretrained(out, safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(out)
         merged_dir, merged_bytes = str(out), folder_bytes(out, "*.safetensors")
     report = MergeReport(merged_dir=merged_dir, merged_bytes=merged_bytes, dtype=str(dtype).replace("torch.", ""),
                          max_abs_diff=diff, tolerance=tolerance, ok=diff <= tolerance,

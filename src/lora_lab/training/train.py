@@ -34,11 +34,20 @@ losses, scores and adapter weights."""
 
 from __future__ import annotations
 
-import argparse
+if __name__ == "__main__":  # the command: answer --help and bad flags before the heavy imports below
+    from lora_lab.training.train_cli import build_parser, stop_quietly_while_starting
+
+    stop_quietly_while_starting()
+    build_parser().parse_args()
+
+import contextlib
 import gc
 import json
+import math
 import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -57,9 +66,9 @@ from lora_lab.estimation.preflight import (
 from lora_lab.figures.train_plots import plot_loss
 from lora_lab.runtime import hardware, hub, profiles
 from lora_lab.runtime.compat import keep_trainable_fp32
-from lora_lab.runtime.drive import DRIVE_ROOT, drive_dir_from_cli
+from lora_lab.runtime.drive import drive_dir_from_cli
 from lora_lab.runtime.units import MIB
-from lora_lab.training import checkpoints, data, evaluate, models
+from lora_lab.training import checkpoints, data, evaluate, models, run_folder
 from lora_lab.training.callbacks import (
     DivergenceGuard,
     TrainingDiverged,
@@ -73,6 +82,7 @@ from lora_lab.training.callbacks import (
 )
 from lora_lab.training.models import Precision, decide_precision, load_model_and_tokenizer, lora_config
 from lora_lab.training.sft_data import DataReport, prepare_sft_data
+from lora_lab.training.train_cli import build_parser
 
 __all__ = [
     "Precision", "Recipe", "RunSetup", "SFTResult", "TrainingDiverged", "configure_run", "decide_precision",
@@ -347,19 +357,28 @@ def _last_checkpoint(folder) -> str | None:
     return checkpoints.newest_complete(folder)[0]
 
 
+#: The most held-out examples a run evaluates: each is generated token by token, so 2,000 already take
+#: minutes on a GPU; more would also repeat the cpu profile's held-out schemas.
+MAX_EVAL_SIZE = 2000
+
+
 def check_settings(**values) -> None:
-    """Refuse a non-positive step count, rank, learning rate, eval size or max_length, naming the setting.
+    """Refuse a non-positive or non-finite step count, rank, learning rate, eval size or max_length, and an
+    eval size above `MAX_EVAL_SIZE`, naming the setting.
 
     `max_steps=0` would save an untrained adapter as if it were a result, and -1 silently means
     "train for the whole number of epochs" to the Trainer.
 
     Raises:
-        ValueError: e.g. "max_steps must be a positive number, got 0".
+        ValueError: e.g. "max_steps must be a positive finite number, got 0".
     """
     for name, value in values.items():
-        if value is not None and not value > 0:
-            flag = "--" + name.replace("_", "-")
-            raise ValueError(f"{name} must be a positive number, got {value} (command line: {flag}).")
+        flag = "--" + name.replace("_", "-")
+        if value is not None and (not value > 0 or not math.isfinite(value)):
+            raise ValueError(f"{name} must be a positive finite number, got {value} (command line: {flag}).")
+        if name == "eval_size" and value is not None and value > MAX_EVAL_SIZE:
+            raise ValueError(f"eval_size {value} is more than the {MAX_EVAL_SIZE} held-out examples a run scores one "
+                             f"by one (each is generated): ask for at most {MAX_EVAL_SIZE} ({flag}).")
 
 
 def _as_train_dataset(splits_or_train):
@@ -476,7 +495,14 @@ def _resume_point(output_dir: Path, method: str, rank: int | None, verbose: bool
     """
     checkpoint, skipped = checkpoints.newest_complete(output_dir)
     for name, why in skipped:
-        print(f"resume: skipping {name} in {output_dir}: {why}")
+        # Moved out of the Trainer's checkpoint rotation, which would otherwise count it as the newest and
+        # delete a real checkpoint of this run to make room; kept, not deleted, for a look.
+        aside = output_dir / f"incomplete-{name}"
+        n = 1
+        while aside.exists():
+            aside, n = output_dir / f"incomplete-{name}-{n}", n + 1
+        (output_dir / name).rename(aside)
+        print(f"resume: skipping {name} in {output_dir}: {why}; moved to {aside.name}")
     if checkpoint:
         checkpoints.check_compatible(checkpoint, method, rank)
     if verbose:
@@ -876,7 +902,8 @@ def merge_and_check(run: RunSetup, model, tokenizer, adapter_dir, eval_rows, met
     """Section 7: merge into a 16-bit base, compare logits with the unmerged adapter, score the merged model."""
     probe = evaluate.probe_batch(tokenizer, eval_rows["messages"], n=2)
     merged, report = models.merge_adapter(run.profile, adapter_dir, probe, method=run.method, hw=run.hw,
-                                          model_path=run.model_path, out_dir=run.out / "merged", trained_model=model)
+                                          model_path=run.model_path, out_dir=run.out / "merged", trained_model=model,
+                                          tokenizer=tokenizer)
     metrics["merge"] = report.to_dict()
     metrics["exact_match_merged"], _ = evaluate.exact_match(merged, tokenizer, eval_rows, **run.generation_kwargs)
     run.say(f"merged into a {report.dtype} base: max |logit diff| vs unmerged {report.max_abs_diff:.2e} "
@@ -900,9 +927,9 @@ def write_outputs(run: RunSetup, result: SFTResult, metrics: dict) -> None:
 
 def run_pipeline(profile, *, method: str | None = None, output_dir="runs/sft", model_path=None, splits=None,
                  loader=None, hw=None, rank: int | None = None, max_steps: int | None = None,
-                 learning_rate: float | None = None, resume: bool = False, seed: int | None = None,
-                 checkpoint_dir=None, merge: bool = True, n_show: int = 5, callbacks: Sequence = (),
-                 verbose: bool = True) -> dict:
+                 learning_rate: float | None = None, resume: bool = False, overwrite: bool = False,
+                 seed: int | None = None, checkpoint_dir=None, merge: bool = True, n_show: int = 5,
+                 callbacks: Sequence = (), verbose: bool = True) -> dict:
     """Preflight, data, evaluation before, SFT, evaluation after, adapter save/reload, merge, metrics.json.
 
     Each step is one call, in the order of notebook 03's sections.
@@ -920,6 +947,8 @@ def run_pipeline(profile, *, method: str | None = None, output_dir="runs/sft", m
         max_steps: optimizer steps override.
         learning_rate: peak learning rate override.
         resume: continue from the newest checkpoint.
+        overwrite: replace the run already in `output_dir` (without it, or `resume`, a folder holding
+            another run's checkpoints or results is refused: `run_folder.claim`).
         seed: overrides profile.seed.
         checkpoint_dir: where checkpoints go (default: output_dir/checkpoints; a Drive folder on Colab).
         merge: merge the adapter into a 16-bit base and check the logits.
@@ -938,6 +967,20 @@ def run_pipeline(profile, *, method: str | None = None, output_dir="runs/sft", m
     """
     check_settings(rank=rank, max_steps=max_steps, learning_rate=learning_rate, eval_size=profile.n_eval,
                    max_length=profile.max_length)
+    ckpt_dir = Path(checkpoint_dir) if checkpoint_dir else Path(output_dir) / "checkpoints"
+    with contextlib.ExitStack() as held:
+        if _is_main_process():  # the other processes of a multi-GPU run write into the same folder
+            held.enter_context(run_folder.claim(output_dir, ckpt_dir, resume=resume, overwrite=overwrite,
+                                                max_steps=max_steps or profile.max_steps))
+        return _pipeline(profile, method=method, output_dir=output_dir, model_path=model_path, splits=splits,
+                         loader=loader, hw=hw, rank=rank, max_steps=max_steps, learning_rate=learning_rate,
+                         resume=resume, seed=seed, ckpt_dir=ckpt_dir, merge=merge, n_show=n_show,
+                         callbacks=callbacks, verbose=verbose)
+
+
+def _pipeline(profile, *, method, output_dir, model_path, splits, loader, hw, rank, max_steps, learning_rate, resume,
+              seed, ckpt_dir, merge, n_show, callbacks, verbose) -> dict:
+    """`run_pipeline`'s sections, once the output folder is held."""
     run = configure_run(profile, method=method, output_dir=output_dir, model_path=model_path, hw=hw, rank=rank,
                         seed=seed, verbose=verbose)  # 1. number format
     preflight = run_preflight(run, verbose)  # 2. will it fit?
@@ -949,7 +992,6 @@ def run_pipeline(profile, *, method: str | None = None, output_dir="runs/sft", m
                      "dtype_executed": run.precision.executed, "world_size": world_size()}
     if _is_main_process():
         rows_before = evaluate_before(run, model, tokenizer, eval_set, splits["eval"], metrics)  # 4. before
-    ckpt_dir = Path(checkpoint_dir) if checkpoint_dir else run.out / "checkpoints"
     result = sft(model, tokenizer, train_set, run.profile, ckpt_dir, method=run.method, max_steps=max_steps,
                  learning_rate=learning_rate, resume=resume, seed=run.profile.seed, callbacks=callbacks, hw=run.hw,
                  verbose=verbose)  # 5. training
@@ -976,60 +1018,6 @@ def run_pipeline(profile, *, method: str | None = None, output_dir="runs/sft", m
 # Command line
 
 
-def _positive(kind):
-    """An argparse type: a number of `kind` (int or float) above zero, else a message naming the value."""
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            value = None
-        if value is None or not value > 0:
-            noun = "whole number" if kind is int else "number"
-            raise argparse.ArgumentTypeError(f"must be a positive {noun}, got {text!r}")
-        return value
-
-    parse.__name__ = f"positive {kind.__name__}"
-    return parse
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m lora_lab.training.train",
-        description="QLoRA/LoRA/full SFT, end to end: preflight, train, evaluate, save, reload, merge, metrics.json.")
-    parser.add_argument("--profile", choices=profiles.available(), default=None,
-                        help="run profile (default: $LORA_LAB_PROFILE, else t4 with a GPU, else cpu)")
-    parser.add_argument("--allow-cpu", action="store_true",
-                        help="run a GPU profile (t4) without a CUDA GPU anyway (slow: hours for a 1.5B model)")
-    parser.add_argument("--model", default=None, help="model folder or Hub id (default: the profile's)")
-    parser.add_argument("--dataset", default=None,
-                        help="dataset Hub id, local folder, or one .jsonl/.json/.parquet file (default: the profile's)")
-    parser.add_argument("--dataset-config", default=None, help="the dataset's configuration name")
-    parser.add_argument("--eval-size", type=_positive(int), default=None,
-                        help="held-out examples for evaluation (default: the profile's)")
-    parser.add_argument("--max-length", type=_positive(int), default=None,
-                        help="longest example in tokens; longer ones are dropped whole (default: the profile's)")
-    parser.add_argument("--batch-size", type=_positive(int), default=None,
-                        help="examples per micro-step (default: the profile's)")
-    parser.add_argument("--grad-accum", type=_positive(int), default=None,
-                        help="micro-steps per optimizer step (default: the profile's)")
-    parser.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=None,
-                        help="recompute activations in backward: less memory, more time (default: the profile's)")
-    parser.add_argument("--method", choices=models.METHODS, default=None, help="default: the profile's (qlora)")
-    parser.add_argument("--rank", type=_positive(int), default=None, help="LoRA rank (default: the profile's)")
-    parser.add_argument("--max-steps", type=_positive(int), default=None,
-                        help="optimizer steps (default: the profile's)")
-    parser.add_argument("--learning-rate", type=_positive(float), default=None, help="peak learning rate")
-    parser.add_argument("--seed", type=int, default=None, help="seed (default: the profile's)")
-    parser.add_argument("--output-dir", default="runs/sft", help="where metrics.json, adapter and merged model go")
-    parser.add_argument("--checkpoint-dir", default=None, help="where checkpoints go (default: OUTPUT_DIR/checkpoints)")
-    parser.add_argument("--drive", nargs="?", const="", default=None, metavar="MOUNTED_PATH",
-                        help="checkpoints to Google Drive, which a notebook cell must have mounted first "
-                             f"(default path: {DRIVE_ROOT}/lora-lab/RUN/checkpoints)")
-    parser.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
-    parser.add_argument("--no-merge", action="store_true", help="skip merging into a 16-bit base")
-    return parser
-
-
 def _needs_gpu_message(profile) -> str | None:
     """Why a GPU profile should not start here (None when it may): no CUDA GPU for a Hub-sized model."""
     if profile.model_is_installed or torch.cuda.is_available():
@@ -1054,6 +1042,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from datasets.exceptions import DatasetsError
 
     args = build_parser().parse_args(argv)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # from here Ctrl-C says how to resume
     checkpoint_dir = Path(args.checkpoint_dir or Path(args.output_dir) / "checkpoints")
     try:
         profile = profiles.get_profile(args.profile)
@@ -1070,7 +1060,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"checkpoints go to {checkpoint_dir}")
         metrics = run_pipeline(profile, method=args.method, output_dir=args.output_dir, rank=args.rank,
                                max_steps=args.max_steps, learning_rate=args.learning_rate, resume=args.resume,
-                               seed=args.seed, checkpoint_dir=checkpoint_dir, merge=not args.no_merge)
+                               overwrite=args.overwrite, seed=args.seed, checkpoint_dir=checkpoint_dir,
+                               merge=not args.no_merge)
     except (WontFitError, TrainingOutOfMemory, ValueError, OSError, DatasetsError) as err:
         # Predictable failures (won't fit, out of memory, bad data or settings, missing files): a message,
         # no traceback.
