@@ -1,13 +1,13 @@
 """Course tooling: notebook pairs, learner copies without solutions, figure export."""
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import nbformat
 import pytest
-from nbclient import NotebookClient
 
 from lora_lab.tooling import course
 
@@ -110,16 +110,27 @@ def test_learner_notebooks_are_not_lessons():
     assert course.LEARNERS.parent == ROOT / "notebooks"
 
 
-def test_learner_copy_runs_up_to_the_exercises(tmp_path):
-    nb = course.learner_copy(SOURCES[0])
-    client = NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}})
-    client.execute()
-    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
-    assert errors == []
-    assert course.unexplained_stderr(nb) == []  # library noise silenced by the preflight (lora_lab.runtime.quiet)
-    checks = [c for c in nb.cells if c.cell_type == "code" and c.source.startswith("exercises.check(")]
-    assert checks and all("not answered yet" in str(c.outputs) for c in checks)  # runs to the end, unanswered
-
+@pytest.mark.parametrize("source", SOURCES, ids=lambda p: p.stem)
+def test_learner_placeholders_run_and_their_checks_say_not_answered_yet(source):
+    """Each placeholder runs, its check reads it and says "not answered yet", and no other cell reads an answer
+    (so a learner copy runs to the end unanswered; nbtest runs the full lessons, which the filled copies equal)."""
+    nb = course.learner_copy(source)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    first_check = next(i for i, c in enumerate(code) if c.source.startswith("exercises.check("))
+    assert any("from lora_lab.classroom import exercises" in c.source for c in code[:first_check])
+    namespace: dict = {}
+    exec("from lora_lab.classroom import exercises", namespace)
+    checked = []
+    for cell in code:
+        if course.EXERCISE_TAG in cell.metadata.get("tags", ()):
+            exec(cell.source, namespace)
+        elif cell.source.startswith("exercises.check("):
+            result = eval(cell.source, namespace)
+            assert not result.answered and "not answered yet" in result.message, cell.source
+            checked.append(cell.source)
+        else:
+            assert not re.search(r"\banswer_\d\d_\d\b", cell.source), f"a lesson cell reads an answer: {cell.source[:80]}"
+    assert checked
 
 def test_unexplained_stderr_finds_stderr_unless_the_cell_explains_it():
     quiet = nbformat.v4.new_code_cell("1", outputs=[nbformat.v4.new_output("stream", name="stdout", text="ok\n")])
