@@ -129,6 +129,18 @@ MUTANTS = [
            "    if False:", "a checkpoint with an empty trainer_state.json accepted"),
     Mutant("data", "training/data.py", "            if not isinstance(row.get(name), str) or not row[name].strip():",
            "            if False:", "rows with null fields passed on to be reshaped"),
+    Mutant("exercises", "classroom/exercises.py", "        if self.mistake is not None and _is_the_mistake(",
+           "        if False and _is_the_mistake(", "an exercise's most common mistake told only 'too high'",
+           ("tests/test_exercises.py::test_the_most_common_mistake_gets_its_own_hint",)),
+    Mutant("quizzes", "classroom/quiz.py", "        if self.mistake is not None and math.isclose(",
+           "        if False and math.isclose(", "a quiz's most common wrong number told only 'too low'",
+           ("tests/test_quiz.py::test_the_most_common_wrong_number_gets_its_own_hint",)),
+    Mutant("summaries", "experiments/adapters.py", "    short = [v.bar.task for v in verdicts.values() if not v.passed]",
+           "    short = []", "05's Takeaways say every specialist passed when one fell short",
+           ("tests/test_adapters.py::test_bars_pass_fail_and_are_not_judged_in_a_rehearsal",)),
+    Mutant("run order", "classroom/run_order.py", "        if name in names:", "        if name:",
+           "a mistyped name told to run an earlier cell instead of Python's own message",
+           ("tests/test_run_order.py::test_the_handler_answers_a_known_name_in_one_line_and_keeps_pythons_message_for_a_typo",)),
 ]
 
 

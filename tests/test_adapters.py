@@ -350,6 +350,11 @@ def test_bars_pass_fail_and_are_not_judged_in_a_rehearsal(profile):
     assert not any(v.passed for v in t4_verdicts.values())
     adapters.assert_specialists_pass(t4_verdicts, adapters.default_recipes(t4))  # nothing raised
     assert all("SHORT of a bar no T4 run has measured" in v.line() for v in t4_verdicts.values())
+    # The summary says what happened: never "all passed" when one fell short (05's Takeaways print it).
+    assert adapters.verdicts_in_words(adapters.judge_specialists(good, bars)) == "all 3 passed their bars."
+    assert adapters.verdicts_in_words(verdicts) == "'recall', 'format' fell short of their bars (1 of 3 passed)."
+    assert "passed their bars" not in adapters.verdicts_in_words(t4_verdicts)
+    assert adapters.verdicts_in_words(rehearsal).startswith("not judged in a rehearsal")
     with pytest.raises(ValueError, match="No row for the 'format' specialist"):
         adapters.judge_specialists({k: v for k, v in good.items() if k != "format"}, bars)
 

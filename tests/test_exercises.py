@@ -26,7 +26,7 @@ NEAR_AND_WRONG = {
     "01.1": (lambda r: _bump(r, "without_checkpointing", 1.03), lambda r: {k: v * 3 for k, v in r.items()}),
     "01.2": (lambda r: {**r, "qlora": "L4"}, lambda r: {"full": "Colab T4", "qlora": None}),
     "02.1": (lambda r: _bump(r, "share", 1.02), lambda r: {"params": r["params"] // 2, "share": r["share"] * 100}),
-    "02.2": (lambda r: r // 2, lambda r: 64),
+    "02.2": (lambda r: r * 2, lambda r: 64),  # r // 2 is the lesson's knee: the most common mistake
     "02.3": (lambda r: (r[0], r[1] + 1), lambda r: (32, 32)),
     "03.1": (lambda r: _bump(r, "epochs", 1.02), lambda r: {"effective_batch": 4, "epochs": 150}),
     "03.2": (lambda r: r + 1, lambda r: r * 8),
@@ -137,3 +137,20 @@ def test_every_registered_exercise_is_in_a_notebook_once():
     assert sorted(in_notebooks) == sorted(exercises.EXERCISES)
     titles = [e.title for e in exercises.EXERCISES.values()]
     assert len(titles) == len(set(titles))
+
+
+@pytest.mark.parametrize("exercise_id", list(exercises.EXERCISES))
+def test_the_most_common_mistake_gets_its_own_hint(exercise_id):
+    ex = exercises.EXERCISES[exercise_id]
+    assert ex.mistake is not None, "every exercise names its most common mistake"
+    wrong = ex.mistake.answer()
+    verdict = exercises.check(exercise_id, wrong)
+    assert not verdict.correct and ex.mistake.what in verdict.message and ex.mistake.hint in verdict.message
+    assert ex.hint in verdict.message
+    right = ex.expected()
+    for value in right.values() if isinstance(right, dict) else right if isinstance(right, tuple) else [right]:
+        if not isinstance(value, bool):  # the message never gives a right value away
+            assert not re.search(rf"(?<![\w.=]){re.escape(str(value))}(?![\w.])", verdict.message), value
+    for other in (f(right) for f in NEAR_AND_WRONG[exercise_id]):
+        if exercises._compare(other, wrong, ex.rel_tol, ""):
+            assert ex.mistake.hint not in exercises.check(exercise_id, other).message  # only that mistake

@@ -86,7 +86,8 @@ def test_numeric_answer_is_computed_and_checked():
     q = quiz.LORA_BASICS[0]
     assert q.value() == 65_536
     assert q.check("65,536").correct
-    assert "Too high" in q.check(131072).message and "Too low" in q.check(32768).message
+    assert "Too high" in q.check(131072).message and "Too low" in q.check(20000).message
+    assert q.mistake.hint in q.check(32768).message  # one matrix of the two: the mistake's own hint
     assert "65,536" in q.reveal().message
 
 
@@ -148,7 +149,7 @@ def test_widgets_give_feedback_without_tracebacks_and_reveal_after_the_tries():
     entry.value = "not a number"
     check.click()
     assert "Enter a number" in feedback.value
-    entry.value = "32768"
+    entry.value = "20000"
     for _ in range(LAST_TRY - 1):
         check.click()
         assert "Too low" in feedback.value and "65,536" not in feedback.value
@@ -182,3 +183,13 @@ def test_each_lesson_shows_its_own_quiz_and_each_question_is_asked_once():
         if isinstance(q, quiz.Numeric):
             assert math.isfinite(q.value()) and q.value() != 0
             assert "(exact" in q.question or "within" in q.question, "a number question states its tolerance"
+
+
+@pytest.mark.parametrize("q", [q for q in ALL if isinstance(q, quiz.Numeric)], ids=lambda q: q.question[:40])
+def test_the_most_common_wrong_number_gets_its_own_hint(q):
+    assert q.mistake is not None, "every numeric question names its most common mistake"
+    verdict = q.check(q.mistake.answer())
+    assert not verdict.correct and q.mistake.hint in verdict.message and "Try again" in verdict.message
+    near, wrong = _near_and_wrong(q)
+    others = [x for x in (near, wrong) if x != q.mistake.answer()]  # NF4's 8 negative levels: off by one, and the mistake
+    assert others and all(q.mistake.hint not in q.check(x).message for x in others)

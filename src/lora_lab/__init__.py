@@ -70,11 +70,13 @@ Figures and widgets (`lora_lab.figures`):
     figures.quant_plots    notebook 04's figures
     figures.adapter_plots  notebook 05's adapter-by-task score heatmap
     figures.scale_plots    notebook 06's chart: per-GPU memory of one GPU, DDP and FSDP against each GPU's room
+    figures.show           show_figure(fig, alt): every figure with its alt text (and beside make figures' files)
 
 The classroom (`lora_lab.classroom`):
     classroom.quiz       one quiz per lesson: hints on retries, the answer after three tries; answers computed
     classroom.exercises  every exercise's check (exercises.check("02.3", answer_02_3)); answers computed
     classroom.feedback   what a wrong number is told: close for its scale, unit and percent slips, the tolerance
+    classroom.run_order  a cell run before the cell it needs names that cell (one line, no NameError traceback)
 
 Build tooling (`lora_lab.tooling`, not imported by the lessons):
     tooling.course          runs, checks, strips and exports the notebooks; learner notebooks, answer key

@@ -6,11 +6,16 @@
 - **Units**: a percentage given where a fraction is asked (25 for 0.25), or the reverse, is named as
   such, and so is an answer off by a factor of 1,024 (GiB against MiB, MiB against bytes) or 1,000.
 - The tolerance is written as it is: "within 0.2%", never a rounded "within 0%".
+- **The most common mistake** of each exercise and numeric question is computed like the right answer
+  (`Mistake`): an answer that equals it gets the hint written for that mistake.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 #: The widest band called close, relative to the answer.
 NEAR = 0.25
@@ -59,3 +64,12 @@ def number_verdict(given: float, right: float, rel_tol: float) -> str | None:
     if close:
         return f"Close, but a little too {direction} (the answer must be right {tolerance_words(rel_tol)})."
     return f"Too {direction}."
+
+
+@dataclass(frozen=True)
+class Mistake:
+    """The wrong answer learners most often give, computed the way they compute it, and the hint for it."""
+
+    what: str  # the slip in a few words, e.g. "forgot gradient accumulation"
+    answer: Callable[[], Any]  # the answer that slip produces, computed by the package
+    hint: str  # what to reconsider, without the right answer

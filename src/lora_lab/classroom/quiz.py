@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
-from lora_lab.classroom.feedback import number_verdict
+from lora_lab.classroom.feedback import Mistake, number_verdict
 
 #: Wrong tries a learner gets before the right answer is shown with the explanation.
 TRIES_BEFORE_ANSWER = 3
@@ -100,6 +100,7 @@ class Numeric:
     unit: str  # shown after the input box, e.g. "parameters" or "bits"
     explanation: str  # shown with the right answer; may use {answer} for the computed value
     hint: str  # shown after a wrong answer: what to reconsider, without the value
+    mistake: Mistake | None = None  # the most common wrong number, and the hint written for it
 
     def value(self) -> float:
         """The right answer (computed now if it is a function)."""
@@ -123,6 +124,8 @@ class Numeric:
         verdict = number_verdict(number, right, self.rel_tol)
         if verdict is None:
             return Feedback(True, f"Right. {self.explanation.format(answer=_fmt(right))}", revealed=True)
+        if self.mistake is not None and math.isclose(number, self.mistake.answer(), rel_tol=max(self.rel_tol, 1e-9)):
+            verdict = f"Not yet: this is the answer you get if you {self.mistake.what}. {self.mistake.hint}"
         if attempt >= TRIES_BEFORE_ANSWER:
             return Feedback(False, f"{verdict} {self.reveal().message}", revealed=True)
         return Feedback(False, f"{verdict} {self.hint}" + _retry(attempt))
@@ -286,6 +289,8 @@ LORA_BASICS = [
         "parameters",
         "r x (d_in + d_out) = {answer}, about 0.4% of the 16.8 million weights of the matrix.",
         "Count both matrices: A has r x d_in entries and B has d_out x r.",
+        Mistake("count one of the two matrices", lambda: _lora_params_4096_r8() / 2,
+                "The adapter is two matrices, A and B, and both are trained."),
     ),
     Numeric(
         "peft scales a LoRA update BA by lora_alpha / r (its default, not rsLoRA). With lora_alpha = 16 and "
@@ -296,6 +301,7 @@ LORA_BASICS = [
         "alpha / r = 16 / 8 = {answer}. Doubling r at fixed alpha halves the factor, which is why a rank "
         "sweep at fixed alpha also changes the effective learning rate.",
         "Divide lora_alpha by r (rsLoRA would divide by the square root of r instead).",
+        Mistake("divide r by lora_alpha", lambda: 8 / 16, "The factor is lora_alpha over r, not r over lora_alpha."),
     ),
     MultipleChoice(
         "LoRA initialises A at random and B at zero. What does the adapted layer compute before the first "
@@ -448,6 +454,9 @@ NF4 = [
         "4 + 8/64 + 32/(64 x 256) = {answer} bits (4.5 without double quantization, where each absmax is "
         "a 32-bit float).",
         "Add the code's 4 bits to each constant's bits divided by the number of weights it covers.",
+        Mistake("store each absmax as a 32-bit float", lambda: 4 + 32 / 64,
+                "That is NF4 without double quantization: here each absmax takes 8 bits, and one 32-bit scale "
+                "is shared by 256 of them."),
     ),
     Numeric(
         "How many of NF4's 16 levels are negative? (exact)",
@@ -456,6 +465,8 @@ NF4 = [
         "levels",
         "NF4 has {answer} negative levels, an exact zero and 8 positive ones: asymmetric, so that zero is exact.",
         "NF4 keeps an exact zero, so the 15 non-zero levels cannot split evenly between the two sides.",
+        Mistake("split the 16 levels evenly, 8 and 8", lambda: 8.0,
+                "One of the 16 levels is an exact zero, so the sides cannot both have 8."),
     ),
     MultipleChoice(
         "In a QLoRA model, which weights are stored in 4 bits?",
@@ -496,6 +507,9 @@ ADAPTERS = [
         "32 layers x 2 matrices x 8 x (4096 + 4096) = 4.2M parameters x 2 bytes = {answer} MB. peft saves "
         "fp32 by default, which doubles it.",
         "Parameters per adapted matrix: r x (d_in + d_out); then x matrices, x layers, x 2 bytes.",
+        Mistake("count 4 bytes per value (fp32, peft's default when saving)",
+                lambda: 2 * _llama2_7b_qv_r8_megabytes(),
+                "The question says the adapter is saved in 16 bits: 2 bytes per value."),
     ),
     MultipleChoice(
         "You merge a trained QLoRA adapter into a 16-bit copy of its base model to serve it. Compared with "

@@ -24,6 +24,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from lora_lab.estimation import vram
+from lora_lab.runtime import hardware
 from lora_lab.runtime.units import GIB
 from lora_lab.training.callbacks import free_gpu_memory
 
@@ -96,13 +97,6 @@ def estimator_model(model_id: str) -> str:
     return model_id
 
 
-def _precision(method: str, capability: tuple[int, int]) -> str:
-    """The estimator's precision for a run on a GPU of this compute capability (fp16 on a T4)."""
-    if method == "full":
-        return "mixed"
-    return "bf16" if capability >= (8, 0) else "fp16"
-
-
 def sft_run(notebook: str, run: str, profile, method: str | None = None, *, model_id: str | None = None,
             rank: int | None = None, alpha: float | None = None, targets=None, capability: tuple[int, int] = (7, 5),
             optimizer: str | None = None, gradient_checkpointing: bool | None = None) -> PlannedRun:
@@ -118,7 +112,7 @@ def sft_run(notebook: str, run: str, profile, method: str | None = None, *, mode
         gradient_checkpointing=profile.gradient_checkpointing if gradient_checkpointing is None
         else gradient_checkpointing,
         optimizer=optimizer or profile.optimizer,
-        precision=_precision(method, capability),
+        precision=vram.training_precision(method, hardware.compute_dtype_for("cuda", capability)),
         lora_dropout=profile.lora_dropout,
         device="cuda",
     )

@@ -53,14 +53,6 @@ class TrainingOutOfMemory(RuntimeError):
 # Memory: the estimator before anything heavy, and its prediction beside the measurement
 
 
-def _estimator_precision(precision: Precision, method: str) -> str:
-    if precision.executed == "float32":
-        return "fp32"
-    if method == "full":
-        return "mixed"
-    return "fp16" if precision.executed == "float16" else "bf16"
-
-
 def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", 1))
 
@@ -98,7 +90,7 @@ def estimate_memory(model_config, profile, method: str, precision: Precision, *,
         seq_len=profile.max_length if seq_len is None else seq_len,
         gradient_checkpointing=profile.gradient_checkpointing,
         optimizer=profile.optimizer,
-        precision=_estimator_precision(precision, method),
+        precision=vram.training_precision(method, precision.executed),
         num_gpus=n if fsdp else 1,
         sharding="fsdp" if fsdp and n > 1 else None,
         device="cuda" if on_cuda else "cpu",

@@ -48,6 +48,7 @@ from lora_lab.lessons.model_shape import Arch, Linear
 from lora_lab.lessons.step_memory import (
     CUDA_CONTEXT_BYTES,
     StepShape,
+    ddp_bucket_bytes,
     gradient_bytes,
     lora_total_params,
     optimizer_state_bytes,
@@ -693,8 +694,9 @@ def estimate(
         lora_dropout: peft's LoRA dropout; above 0 each adapted layer keeps a dropped-out copy of
             its input and the dropout mask.
         num_gpus: GPUs the step runs on.
-        sharding: None (each GPU holds everything) or "fsdp" (weights, gradients and optimizer
-            states split over `num_gpus`); the figures are per GPU.
+        sharding: None (each GPU holds everything; with num_gpus > 1 that is DDP, which adds its
+            gradient buckets) or "fsdp" (weights, gradients and optimizer states split over
+            `num_gpus`); the figures are per GPU.
         device: "cuda" (the default: what the estimate is for) or "cpu" (dropout masks are stored
             in the input's dtype there instead of one byte; used to check against CPU measurement).
         autocast: with "bf16"/"fp16", run forward and loss under `torch.autocast` as the Trainer
@@ -719,7 +721,7 @@ def estimate(
                      lora_dropout=lora_dropout, num_gpus=num_gpus, sharding=sharding, device=device,
                      fused_cross_entropy=fused_cross_entropy)
     weights = shard(weight_bytes(st), st)
-    gradients = shard(gradient_bytes(st), st)
+    gradients = shard(gradient_bytes(st), st) + ddp_bucket_bytes(st)
     optimizer_states = shard(optimizer_state_bytes(st), st)
     terms = activation_terms(st)
     activations = sum(terms.values())
@@ -791,6 +793,19 @@ def max_batch_size_that_fits(model, gpu, *, upper: int = 4096, **kwargs) -> int:
     kwargs.pop("batch_size", None)
     arch = load_arch(model)
     return _largest(lambda n: quiet_estimate(arch, batch_size=n, **kwargs).fits(gpu), 1, upper)
+
+
+def training_precision(method: str, compute_dtype: str) -> str:
+    """The estimator's precision for the course's training recipe in `compute_dtype` ("float16" on a T4,
+    "bfloat16" from compute capability 8.0, "float32" on a CPU). Full fine-tuning keeps fp32 weights under
+    autocast ("mixed"): fp16 weights trained under fp16 autocast cannot train at all, since the gradient
+    scaler refuses to unscale fp16 gradients. LoRA and QLoRA keep the frozen base in the compute dtype
+    (their trainable matrices stay fp32)."""
+    if compute_dtype == "float32":
+        return "fp32"
+    if method == "full":
+        return "mixed"
+    return {"float16": "fp16", "bfloat16": "bf16"}[compute_dtype]
 
 
 def smallest_gpu(model, **kwargs) -> str | None:

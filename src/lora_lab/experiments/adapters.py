@@ -783,6 +783,17 @@ class BarVerdict:
         return head + (": passes" if self.passed else ": FAILS")
 
 
+def verdicts_in_words(verdicts: Mapping[str, BarVerdict]) -> str:
+    """What the verdicts say, for a summary: never "all passed" when one did not."""
+    if not all(v.judged for v in verdicts.values()):
+        return "not judged in a rehearsal (the stand-in model cannot learn)."
+    short = [v.bar.task for v in verdicts.values() if not v.passed]
+    if not short:
+        return f"all {len(verdicts)} passed their bars."
+    return (f"{', '.join(repr(t) for t in short)} fell short of {'its bar' if len(short) == 1 else 'their bars'} "
+            f"({len(verdicts) - len(short)} of {len(verdicts)} passed).")
+
+
 class SpecialistBelowBarError(AssertionError):
     """A specialist did not reach its bar: the notebook stops rather than call it a specialist."""
 

@@ -20,8 +20,10 @@ from pathlib import Path
 
 from lora_lab.estimation import vram
 
-#: The multi-GPU settings compared in notebook 06: (label, GPU name in vram.GPUS, number of GPUs).
-SETUPS = (("1 x T4", "Colab T4", 1), ("2 x T4", "Colab T4", 2), ("8 x A100 80GB", "A100 80GB", 8))
+#: The multi-GPU settings compared in notebook 06: (label, GPU name in vram.GPUS, number of GPUs, the GPU's
+#: compute capability, which sets the recipe's precision: fp16 on a T4, bf16 on an A100).
+SETUPS = (("1 x T4", "Colab T4", 1, (7, 5)), ("2 x T4", "Colab T4", 2, (7, 5)),
+          ("8 x A100 80GB", "A100 80GB", 8, (8, 0)))
 
 #: Upstream report of 4-bit weights changing under FSDP (the class of bug the QLoRA check probes).
 BNB_FSDP_ISSUE = "https://github.com/bitsandbytes-foundation/bitsandbytes/issues/1945"
@@ -39,6 +41,7 @@ class Fit:
     method: str
     setup: str  # e.g. "2 x T4"
     parallel: str  # "single", "DDP" or "FSDP"
+    precision: str  # the estimator's precision of the recipe the course trains with ("mixed", "fp16", "bf16")
     per_gpu_gib: float  # estimated total per GPU
     usable_gib: float  # what one GPU of the setup offers
     fits: bool
@@ -48,21 +51,28 @@ def fit_table(models=("Qwen/Qwen2.5-1.5B", "Qwen/Qwen2.5-7B", "meta-llama/Llama-
               methods=("full", "lora", "qlora"), setups=SETUPS, **estimate_kwargs) -> list[Fit]:
     """The estimator's per-GPU total for each model x method x setup, single GPU, DDP and FSDP.
 
-    DDP replicates everything on each GPU (per-GPU memory as on one GPU; only the throughput grows);
-    FSDP divides weights, gradients and optimizer states by the number of GPUs, while activations
-    stay per GPU. Extra keyword arguments go to `vram.estimate` (batch_size, seq_len, ...).
+    Each row uses the precision the course trains with on that GPU (`vram.training_precision`): full
+    fine-tuning keeps fp32 weights under autocast, LoRA and QLoRA a 16-bit base. DDP replicates
+    everything on each GPU and adds its gradient buckets (only the throughput grows); FSDP divides
+    weights, gradients and optimizer states by the number of GPUs, while activations stay per GPU.
+    Extra keyword arguments go to `vram.estimate` (batch_size, seq_len, ...).
     """
-    kwargs = {"batch_size": 1, "seq_len": 1024, "precision": "fp16", **estimate_kwargs}
+    from lora_lab.runtime.hardware import compute_dtype_for
+
+    kwargs = {"batch_size": 1, "seq_len": 1024, **estimate_kwargs}
     rows = []
     for model in models:
         for method in methods:
-            for label, gpu_name, n in setups:
+            for label, gpu_name, n, capability in setups:
                 gpu = vram.GPUS[gpu_name]
                 usable = gpu.usable_bytes / vram.GIB
+                precision = vram.training_precision(method, compute_dtype_for("cuda", capability))
                 choices = [("single", None)] if n == 1 else [("DDP", None), ("FSDP", "fsdp")]
                 for parallel, sharding in choices:
-                    est = vram.estimate(model, method=method, num_gpus=n, sharding=sharding, **kwargs)
-                    rows.append(Fit(model, method, label, parallel, est.total / vram.GIB, usable, est.fits(gpu)))
+                    est = vram.estimate(model, method=method, num_gpus=n, sharding=sharding,
+                                        **{"precision": precision, **kwargs})
+                    rows.append(Fit(model, method, label, parallel, est.settings["precision"],
+                                    est.total / vram.GIB, usable, est.fits(gpu)))
     return rows
 
 

@@ -201,3 +201,10 @@ def overhead_terms(st: StepShape, activations: int, transient: int) -> dict[str,
 def shard(value: int, st: StepShape) -> int:
     """Per-GPU share of weights, gradients or optimizer states under FSDP."""
     return -(-value // st.num_gpus) if st.sharding == "fsdp" else value
+
+
+def ddp_bucket_bytes(st: StepShape) -> int:
+    """DDP on several GPUs without sharding: its reducer copies the gradients into flat buckets for the
+    all-reduce, one more gradient's worth per GPU (PyTorch's DistributedDataParallel documents that
+    `gradient_as_bucket_view=True`, off by default, saves exactly the total gradients size)."""
+    return gradient_bytes(st) if st.num_gpus > 1 and st.sharding is None else 0

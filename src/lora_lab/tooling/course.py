@@ -3,9 +3,10 @@
     python -m lora_lab.tooling.course run     # execute notebooks/NN_*.ipynb in order into build/notebooks/
     python -m lora_lab.tooling.course check   # every .py has its .ipynb twin, same cells, no outputs
     python -m lora_lab.tooling.course strip   # remove outputs and execution counts from notebooks/*.ipynb
-    python -m lora_lab.tooling.course exercises  # learner notebooks (notebooks/learners/) and docs/answer-key.md
+    python -m lora_lab.tooling.course exercises  # learner notebooks, docs/answer-key.md, classroom/run_order.json
     python -m lora_lab.tooling.course check-learners  # both up to date with the lessons (CI)
     python -m lora_lab.tooling.course figures    # every figure of the course as PNG + SVG into build/figures/
+    python -m lora_lab.tooling.course out-of-order  # each cell that needs an earlier one, run alone after setup
 
 `run` prints one line per notebook (name, seconds, ok/failed) and exits non-zero if any failed;
 a failed notebook's executed copy is still written, with the error in it, so nothing is lost.
@@ -22,6 +23,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from lora_lab.classroom import run_order
 
 ROOT = Path(__file__).resolve().parents[3]
 NOTEBOOKS = ROOT / "notebooks"
@@ -45,6 +48,11 @@ FIGURE_HOOK = """import matplotlib
 matplotlib.use("module://lora_lab.tooling.figure_backend")
 from lora_lab.tooling import figure_backend
 get_ipython().events.register("post_execute", figure_backend.show)"""
+
+
+def notebook_sources(folder: Path = NOTEBOOKS) -> list[Path]:
+    """The lessons' jupytext sources in order: notebooks/NN_topic.py."""
+    return sorted(folder.glob("[0-9][0-9]_*.py"))
 
 
 def course_notebooks(folder: Path = NOTEBOOKS) -> list[Path]:
@@ -153,6 +161,82 @@ def run(notebooks: list[Path], out_dir: Path = BUILD, timeout: int = 1800, prepe
     return failed
 
 
+#: Run in the kernel: keep its names as they are now (`_KEEP` % "_fresh"), or put them back (`_BACK` % "_fresh").
+_KEEP_NAMES = "%s = {k: v for k, v in globals().items() if not k.startswith('_')}"
+_BACK_TO_NAMES = """for _name in [n for n in globals() if n not in %s and not n.startswith('_')]:
+    del globals()[_name]
+globals().update(%s)"""
+
+
+@dataclasses.dataclass
+class OutOfOrderCell:
+    """One later cell run alone after the setup cells: what it printed, and the errors Python showed."""
+
+    notebook: str
+    index: int
+    first_line: str
+    needs: list[str]
+    output: str
+    errors: list[str]
+
+
+def run_out_of_order(paths: list[Path], timeout: int = 600) -> list[OutOfOrderCell]:
+    """Run each later code cell of each notebook in `paths` that needs a name an earlier non-setup cell makes,
+    alone: after the notebook's setup cells (tag `setup`, and the Colab install cell), with the kernel's names
+    put back as setup left them before each cell. One kernel serves every notebook: its names are emptied
+    before each notebook's setup, as a fresh kernel's are (only the imported modules stay loaded, which
+    saves the imports' seconds). Cells that need no earlier cell's name are not run here (the in-order run
+    executes them)."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    km, socket_dir = _kernel_manager()
+    scratch = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("")])  # each cell runs in its one slot
+    client = NotebookClient(scratch, km=km, timeout=timeout, kernel_name="python3", allow_errors=True,
+                            resources={"metadata": {"path": str(paths[0].parent)}})
+
+    def execute(source: str) -> tuple[str, list[str]]:
+        """What the cell printed, and the names of the errors Python showed (with their tracebacks)."""
+        cell = nbformat.v4.new_code_cell(source)
+        client.execute_cell(cell, 0)
+        streams = "".join(out.text for out in cell.outputs if out.output_type == "stream")
+        return streams, [out.ename for out in cell.outputs if out.output_type == "error"]
+
+    results = []
+    try:
+        with client.setup_kernel():
+            execute(_KEEP_NAMES % "_fresh_names")
+            for path in paths:
+                execute(_BACK_TO_NAMES % ("_fresh_names", "_fresh_names"))
+                code = [(i, c) for i, c in enumerate(read_notebook(path).cells) if c.cell_type == "code"]
+                setup = [(i, c) for i, c in code
+                         if {run_order.SETUP_TAG, "colab-install"} & set(c.metadata.get("tags", ()))]
+                setup_names = set().union(*(run_order.defined_names(c.source) for _, c in setup))
+                for index, cell in setup:
+                    output, errors = execute(cell.source)
+                    if errors:
+                        raise RuntimeError(f"{path.name}: setup cell {index} failed ({errors}): {output[-400:]}")
+                execute(_KEEP_NAMES % "_setup_names")
+                made_earlier = set()
+                for index, cell in code:
+                    if (index, cell) in setup:
+                        continue
+                    needs = sorted((run_order.used_names(cell.source) & made_earlier) - setup_names)
+                    made_earlier |= run_order.defined_names(cell.source)
+                    if not needs:
+                        continue
+                    execute(_BACK_TO_NAMES % ("_setup_names", "_setup_names"))
+                    output, errors = execute(cell.source)
+                    results.append(OutOfOrderCell(path.name, index, run_order.first_line(cell.source), needs,
+                                                  output, errors))
+    finally:
+        if km.has_kernel:
+            km.shutdown_kernel(now=True)
+        if socket_dir:
+            shutil.rmtree(socket_dir, ignore_errors=True)
+    return results
+
+
 def unexplained_stderr(nb) -> list[tuple[int, str]]:
     """(cell index, first line) of every stderr output of an executed notebook whose cell does not explain it.
 
@@ -180,7 +264,7 @@ def check(folder: Path = NOTEBOOKS) -> list[str]:
     """Problems with the notebook pairs: a missing twin, different cells, committed outputs."""
 
     problems = []
-    scripts = sorted(folder.glob("[0-9][0-9]_*.py"))
+    scripts = notebook_sources(folder)
     if not scripts:
         problems.append(f"No notebook sources (NN_topic.py) in {folder}: nothing to check.")
     for py in scripts:
@@ -196,6 +280,8 @@ def check(folder: Path = NOTEBOOKS) -> list[str]:
     for ipynb in sorted(folder.glob("[0-9][0-9]_*.ipynb")):
         if not ipynb.with_suffix(".py").exists():
             problems.append(f"{ipynb.name} has no .py twin: the .py percent script is the source.")
+    if folder == NOTEBOOKS and run_order.stale_map(scripts):
+        problems.append(f"{run_order.MAP_FILE.name} (which cell makes each name) is out of date: run `make sync`.")
     return problems
 
 
@@ -426,6 +512,9 @@ def main(argv=None) -> int:
     p_reh = sub.add_parser("t4-rehearsal", help="execute the notebooks' t4 path on this CPU into build/rehearsal/")
     p_reh.add_argument("notebooks", nargs="*", type=Path, help="default: every notebooks/NN_*.ipynb")
     p_reh.add_argument("--out", type=Path, default=REHEARSAL)
+    p_order = sub.add_parser("out-of-order", help="run each cell that needs an earlier cell alone after the setup "
+                                                  "cells; fail where Python's own error shows")
+    p_order.add_argument("notebooks", nargs="*", type=Path, help="default: every notebooks/NN_*.ipynb")
     p_fresh = sub.add_parser("fresh-cache", help="an empty cache root that shares only installed inputs (the GGUF "
                                                    "tools, SmolLM2's safetensors) with $LORA_LAB_CACHE")
     p_fresh.add_argument("folder", type=Path)
@@ -461,6 +550,15 @@ def _command(args) -> int:
         return 0
     if args.command == "t4-plan":
         return print_t4_plan(args.json)
+    if args.command == "out-of-order":
+        notebooks = notebooks_to_run(args.notebooks)
+        cells = run_out_of_order(notebooks)
+        raw = [c for c in cells if c.errors]
+        for c in raw:
+            print(f"{c.notebook} cell {c.index} `{c.first_line}` run alone: Python's {', '.join(c.errors)}")
+        print(f"{len(cells) - len(raw)}/{len(cells)} cells of {len(notebooks)} notebooks, run alone after the setup "
+              "cells, name the cell to run first")
+        return 1 if raw else 0
     if args.command == "t4-rehearsal":
         # The profile is the one switch: the kernels inherit these and get_profile() returns the rehearsal.
         from lora_lab.runtime.profiles import PROFILE_ENV, REHEARSAL_ENV
@@ -477,7 +575,7 @@ def _command(args) -> int:
         return 1 if failed else 0
     if args.command == "exercises":
         notebooks_to_run()
-        for path in [*write_learner_copies(), write_answer_key()]:
+        for path in [*write_learner_copies(), write_answer_key(), run_order.write_map(notebook_sources())]:
             print(f"wrote {path.relative_to(ROOT)}")
         return 0
     if args.command == "check-learners":

@@ -22,10 +22,12 @@ FigureCanvas = FigureCanvasAgg
 FigureManager = FigureManagerBase
 _counter = itertools.count(1)
 saved: list[Path] = []  # every file written in this process, in order
+next_alt_text: str | None = None  # set by lora_lab.figures.show.show_figure: written beside the next figure
 
 
 def show(*args, **kwargs) -> None:
-    """Save each open figure as PNG and SVG, then close it."""
+    """Save each open figure as PNG and SVG (and its alt text as .txt, when given), then close it."""
+    global next_alt_text
     out = Path(os.environ.get("LORA_LAB_FIGURES_DIR", "build/figures"))
     prefix = os.environ.get("LORA_LAB_FIGURES_PREFIX", "figure")
     out.mkdir(parents=True, exist_ok=True)
@@ -35,4 +37,8 @@ def show(*args, **kwargs) -> None:
             path = out / f"{prefix}-{n:02d}.{ext}"
             manager.canvas.figure.savefig(path, dpi=150, bbox_inches="tight")
             saved.append(path)
+        if next_alt_text:
+            path.with_suffix(".txt").write_text(next_alt_text + "\n")
+            saved.append(path.with_suffix(".txt"))
     Gcf.destroy_all()
+    next_alt_text = None

@@ -348,6 +348,12 @@ def is_peft_model(model) -> bool:
     return isinstance(model, PeftModel)
 
 
+def carries_lora(model) -> bool:
+    """True when LoRA layers sit inside `model`: peft adds them in place, so the base model a run started
+    from carries them too once it has been trained (notebook 03 uses this to keep a finished run)."""
+    return any(hasattr(module, "lora_A") for module in model.modules())
+
+
 # ---------------------------------------------------------------------------------------------
 # Saving, reloading and merging adapters
 
