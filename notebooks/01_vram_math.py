@@ -298,7 +298,7 @@ for label, model in SHEET_MODELS.items():
                     for m in vram.METHODS}
 print(f"{'size':<5}{'parameters':>16}   " + "".join(f"{m:>12}" for m in vram.METHODS))
 for label, ests in sheet.items():
-    cells = "".join(f"{ests[m].total / 1e9:>9.1f} GB" for m in vram.METHODS)
+    cells = "".join(f"{ests[m].total / GIB:>8.1f} GiB" for m in vram.METHODS)
     print(f"{label:<5}{ests['full'].total_params:>16,}   {cells}")
 
 # %%
@@ -309,12 +309,12 @@ display(Markdown(f"""What dominates each column, computed for the 7B row:
 
 * **Full fine-tuning**: weights, gradients and AdamW states in mixed precision are
   {(full7.weights + full7.gradients + full7.optimizer_states) / full7.total_params:.1f} bytes per parameter,
-  {states_share:.0%} of the {full7.total / 1e9:.1f} GB, so the column grows in proportion to the model; an 8-bit
+  {states_share:.0%} of the {full7.total / GIB:.1f} GiB, so the column grows in proportion to the model; an 8-bit
   optimizer or pure bf16 states would cut it.
-* **LoRA**: the frozen 16-bit base is {base_share:.0%} of the {lora7.total / 1e9:.1f} GB; the adapters, their
-  gradients and AdamW states are {(lora7.gradients + lora7.optimizer_states) / 1e9:.2f} GB at r = 16.
-* **QLoRA**: the base is stored at about half a byte per parameter ({qlora7.weights / 1e9:.2f} GB of weights
-  against LoRA's {lora7.weights / 1e9:.2f} GB), but embeddings, norms and the output head stay unquantized and
+* **LoRA**: the frozen 16-bit base is {base_share:.0%} of the {lora7.total / GIB:.1f} GiB; the adapters, their
+  gradients and AdamW states are {(lora7.gradients + lora7.optimizer_states) / GIB:.2f} GiB at r = 16.
+* **QLoRA**: the base is stored at about half a byte per parameter ({qlora7.weights / GIB:.2f} GiB of weights
+  against LoRA's {lora7.weights / GIB:.2f} GiB), but embeddings, norms and the output head stay unquantized and
   `prepare_model_for_kbit_training` upcasts them to fp32; the next cell prints that share for 3B and 7B.
 * QLoRA 3B needs {sheet['3B']['qlora'].total / qlora7.total:.0%} of QLoRA 7B's memory, although it has
   {sheet['3B']['qlora'].total_params / qlora7.total_params:.0%} of its parameters."""))
@@ -324,7 +324,7 @@ for label in ("3B", "7B"):
     a = vram.load_arch(SHEET_MODELS[label])
     q = sheet[label]["qlora"]
     fp32_embeddings = 4 * (a.embedding_params + a.head_params)
-    print(f"{label} QLoRA: weights {q.weights / 1e9:.2f} GB, of which fp32 embedding and head {fp32_embeddings / 1e9:.2f} GB "
+    print(f"{label} QLoRA: weights {q.weights / GIB:.2f} GiB, of which fp32 embedding and head {fp32_embeddings / GIB:.2f} GiB "
           f"(vocabulary {a.vocab_size:,}, tied: {a.tied})")
 
 # %% [markdown]

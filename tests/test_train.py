@@ -4,6 +4,8 @@ Short runs on the cpu profile's tiny model (a few optimizer steps each); the ful
 its >= 80% exact match are checked by notebook 03 and the command line.
 """
 
+import dataclasses
+
 import pytest
 import torch
 import transformers
@@ -378,3 +380,17 @@ def test_out_of_memory_advice_names_the_settings_cells_variables():
     length = int(length_tip.split("MAX_LENGTH = ")[1].split(" ")[0])
     assert 64 <= length < 512 and length % 64 == 0
     assert vram.estimate("Qwen/Qwen2.5-1.5B", **{**kwargs, "seq_len": length}).fits(budget)
+
+
+def test_an_out_of_memory_message_on_a_cpu_quotes_the_preflights_ram_figure(capsys):
+    from transformers import AutoConfig
+
+    profile = small_profile()
+    cpu = dataclasses.replace(models.simulated_gpu(), device_type="cpu", gpu_name=None, gpu_total_bytes=None,
+                              gpu_free_bytes=None, compute_capability=None, native_bf16=False, compute_dtype="float32")
+    precision = models.decide_precision(cpu, "lora", on_device=False)
+    config = AutoConfig.from_pretrained(tiny.ensure_tiny_model())
+    est = preflight.preflight_memory(config, profile, "lora", cpu, precision)
+    assert f"{est.peak_allocated / GIB:.3f} GiB of RAM" in capsys.readouterr().out
+    message, _ = preflight.oom_message(0, 8, None, config, profile, "lora", precision, cpu, profile.max_length)
+    assert f"predicted {est.peak_allocated / GIB:.3f} GiB of RAM" in message and "no GPU here" in message

@@ -190,11 +190,13 @@ def oom_message(step: int, max_steps: int, last_checkpoint: str | None, model_co
     tips: list[str] = []
     est = None
     try:
-        est = estimate_memory(model_config, profile, method, precision, seq_len=seq_len, device="cuda")
+        on_gpu = hw.device_type == "cuda"  # the same device as the preflight's estimate, so the two agree
+        est = estimate_memory(model_config, profile, method, precision, seq_len=seq_len,
+                              device="cuda" if on_gpu else "cpu")
         usable = usable_gpu_bytes(hw) or est.total
         # The run did not fit in practice, whatever the estimate said: ask what cuts the step's own
         # memory (everything but the CUDA context) by 15%.
-        fixed = step_memory.CUDA_CONTEXT_BYTES
+        fixed = step_memory.CUDA_CONTEXT_BYTES if on_gpu else 0
         budget = fixed + int(0.85 * (min(usable, est.total) - fixed))
         kwargs = {k: v for k, v in est.settings.items() if k in _ESTIMATE_ARGS and v is not None}
         kwargs.pop("sharding", None)
@@ -206,8 +208,11 @@ def oom_message(step: int, max_steps: int, last_checkpoint: str | None, model_co
                     _setting(max_length=max(64, seq_len // 2))]
     lines = [f"Out of memory at step {step + 1} of {max_steps}."]
     if est is not None:
-        lines.append(f"The estimator predicted {est.total / GIB:.2f} GiB for batch {profile.batch_size} x {seq_len} tokens "
-                     f"({method}, {est.settings.get('precision')}).")
+        run = f"batch {profile.batch_size} x {seq_len} tokens ({method}, {est.settings.get('precision')})"
+        if hw.device_type == "cuda":
+            lines.append(f"The estimator predicted {est.total / GIB:.2f} GiB for {run}.")
+        else:  # the preflight's own figure: the tensors of one step, in RAM
+            lines.append(f"The estimator predicted {est.peak_allocated / GIB:.3f} GiB of RAM for {run} (no GPU here).")
     lines.append("Checkpoint kept: " + (f"{last_checkpoint} (set RESUME = True in notebook 03 and run it again from the top, or add --resume to the command)."
                                         if last_checkpoint else "none yet (no step was saved before the failure)."))
     lines.append("Try, in notebook 03's settings cell (or the same flags of `python -m lora_lab.training.train`, e.g. "
