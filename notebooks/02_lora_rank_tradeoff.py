@@ -352,8 +352,8 @@ for r in plan.ranks:
     estimates.append(dict(rank=r, trainable=est.trainable_params, total=est.total))
 fig = rank_plots.tradeoff(runs, estimates, est_label=f"{REAL} QLoRA on a T4, estimate (MiB)")
 show_figure(fig, "Held-out loss of the course model's LoRA runs against their trainable parameters, and memory "
-            f"per training step against trainable parameters, beside the estimated T4 memory of {REAL} with QLoRA "
-            "at the same ranks, from "
+            f"per training step against rank, measured on the course model beside the estimated T4 memory of {REAL} "
+            "with QLoRA at the same ranks, from "
             f"{estimates[0]['total'] / 2**30:.2f} GiB at r={plan.ranks[0]} to {estimates[-1]['total'] / 2**30:.2f} "
             f"GiB at r={plan.ranks[-1]}.")
 # A GPU run the preflight skipped (full fine-tuning of the 1.5B model needs more than a T4) has no row.

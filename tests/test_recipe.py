@@ -101,3 +101,23 @@ def test_lora_vs_qlora_verdict_picks_the_reason_the_numbers_support():
     assert "Only one method" in train.lora_vs_qlora_verdict({"qlora": gap["qlora"]}, kept)
     text = {"unquantized": {"loss": 3.0, "perplexity": 20.1}, "NF4": {"loss": 3.2, "perplexity": 24.5}}
     assert "held-out prose goes from 3.000 to 3.200" in train.lora_vs_qlora_verdict(tie, text, rehearsal=True)
+
+
+def test_the_printed_recipe_gives_a_tokenizer_whose_pad_is_eos_its_own_pad_token():
+    from transformers import AutoTokenizer
+
+    from lora_lab.standins import tiny
+
+    rec = train.recipe(profiles.PROFILES["cpu"], fsdp=False)
+    _, run = train.recipe_code(rec, "any/model")
+    tokenizer_lines = run[run.index("tokenizer = "):run.index("model = ")]
+    tokenizer = AutoTokenizer.from_pretrained(tiny.ensure_tiny_model())
+    tokenizer.pad_token = tokenizer.eos_token  # the trap: padding would mask every eos
+
+    class Loader:
+        from_pretrained = staticmethod(lambda _: tokenizer)
+
+    namespace = {"AutoTokenizer": Loader}
+    exec(tokenizer_lines, namespace)
+    assert namespace["new_pad"] and tokenizer.pad_token_id != tokenizer.eos_token_id
+    assert "model.resize_token_embeddings(len(tokenizer))" in run

@@ -89,33 +89,30 @@ def tradeoff(runs: Sequence[dict], estimates: Sequence[dict] | None = None, est_
     ax = axes[0, 0]
     colours = {"rank": "C0", "lr": "C0", "full": "C3", "targets": "C2"}
     mem_max = max(r["memory"] for r in shown)
-    for r in shown:
+    for k, r in enumerate(sorted(shown, key=lambda r: r["trainable"])):
         ax.scatter(r["trainable"], r["eval_loss"], s=30 + 300 * r["memory"] / mem_max, color=colours[r["group"]],
                    alpha=0.7, edgecolor="k", lw=0.5)
-        ax.annotate(r["name"], (r["trainable"], r["eval_loss"]), fontsize=7, xytext=(4, 4),
-                    textcoords="offset points")
+        ax.annotate(r["name"], (r["trainable"], r["eval_loss"]), fontsize=7, xytext=(4, 5 if k % 2 else -11),
+                    textcoords="offset points")  # neighbours' labels alternate above and below
     ax.plot([r["trainable"] for r in ranked], [r["eval_loss"] for r in ranked], color="C0", lw=1)
     ax.set(xscale="log", xlabel="trainable parameters", ylabel="held-out loss (answer tokens)",
            title="each rank at its best LR (marker area ~ memory per step)")
     ax.grid(True, alpha=0.3)
     if estimates:
-        ax = axes[0, 1]
-        ax.plot([r["trainable"] for r in ranked], [r["memory"] / MIB for r in ranked], marker="o",
+        ax = axes[0, 1]  # one x-axis: the rank, which both models share
+        ax.plot([r["rank"] for r in ranked], [r["memory"] / MIB for r in ranked], marker="o",
                 label="tiny model, measured (MiB)")
         full = [r for r in runs if r["group"] == "full"]
         if full:
             ax.axhline(full[0]["memory"] / MIB, color="C3", ls="--", lw=1, label="tiny model, full FT (MiB)")
-        ax.set(xscale="log", xlabel="trainable parameters (tiny model)", ylabel="MiB per training step",
+        ax.plot([e["rank"] for e in estimates], [e["total"] / MIB for e in estimates], marker="s", color="C1",
+                label=est_label)
+        ax.set(xscale="log", yscale="log", xlabel="LoRA rank r", ylabel="MiB per training step",
                title="memory per step")
-        ax2 = ax.twiny()
-        ax2.plot([e["trainable"] for e in estimates], [e["total"] / MIB for e in estimates], marker="s", color="C1",
-                 label=est_label)
-        ax2.set(xscale="log", xlabel="trainable parameters (real model)")
-        lines = ax.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
-        labels = ax.get_legend_handles_labels()[1] + ax2.get_legend_handles_labels()[1]
-        ax.set_yscale("log")
-        ax2.set_yscale("log")
-        ax.legend(lines, labels, fontsize=7, loc="center left")
+        ranks = sorted({r["rank"] for r in ranked} | {e["rank"] for e in estimates})
+        ax.set_xticks(ranks, [str(r) for r in ranks])
+        ax.xaxis.set_minor_locator(plt.NullLocator())
+        ax.legend(fontsize=7, loc="center left")
         ax.grid(True, alpha=0.3)
     fig.tight_layout()
     return fig

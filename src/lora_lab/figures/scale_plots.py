@@ -44,7 +44,8 @@ def fit_chart(rows: Sequence[Fit], title: str = "per-GPU memory of one training 
                     label=f"{setup} {parallel}" if i == 0 else None)
     for usable in sorted({round(r.usable_gib, 2) for r in rows}):
         ax.axvline(usable, color="grey", linestyle="--", linewidth=1)
-        ax.text(usable, -0.6, f" {usable:g} GiB", color="grey", fontsize=8, va="bottom")
+        ax.text(usable, 0.995, f" {usable:g} GiB usable", color="grey", fontsize=8, va="top", ha="left",
+                transform=ax.get_xaxis_transform())  # inside the axes, under the title
     ax.set_yticks([i + height * (len(columns) - 1) / 2 for i in range(len(groups))])
     ax.set_yticklabels([f"{model} {method}" for model, method in groups])
     ax.invert_yaxis()
