@@ -416,7 +416,10 @@ display(Markdown("\n\n".join(lines)))
 
 # %%
 n_train = sweep["baseline"]["n_train"] if sweep["baseline"] else None
-limits = [f"one model of {runs[0]['total_params']:,} parameters" if "total_params" in runs[0] else f"one model ({profile.model_id})",
+first = runs[0]  # its parameter count includes its own adapter: the base model is the rest
+base_params = (first["total_params"] - (first["trainable"] if first["group"] != "full" else 0)
+               if "total_params" in first else None)
+limits = [f"one model of {base_params:,} parameters" if base_params else f"one model ({profile.model_id})",
           f"one task ({', '.join(profile.tasks) or profile.dataset_id})",
           f"{plan.steps} steps of batch {profile.batch_size}"
           + (f" ({plan.steps * profile.batch_size / n_train:.1f} passes over {n_train} training examples)" if n_train else ""),
