@@ -47,6 +47,9 @@ WIDGET_TESTS = ("tests/test_vram.py::test_calculator_widget_redraws_and_shows_er
                 "tests/test_vram.py::test_calculator_hides_only_the_custom_box",
                 "tests/test_vram.py::test_calculator_shows_an_error_for_every_bad_custom_entry",
                 "tests/test_quiz.py", "tests/test_exercises.py")
+#: Disk the twin needs while it installs, in GB: Colab's torch 2.11 is a CUDA build whose wheels (2.6 GB) lie
+#: in pip's temporary folder while the venv grows to 5.8 GB (measured here: `du -sh build/colab-twin/venv`).
+NEEDS_GB = 9.0
 NEEDS_PYTHON = ("colab-twin needs Python 3.13, Colab's: set COLAB_PYTHON=/path/to/python3.13, or install it "
                 "(`pyenv install 3.13`, or your system's python3.13 package).")
 
@@ -108,6 +111,34 @@ def main(argv=None) -> int:
         return 2
     workdir = Path(args.workdir)
     shutil.rmtree(workdir / "venv", ignore_errors=True)
+    short = disk_shortfall(workdir)
+    if short:
+        print(short, file=sys.stderr)
+        return 2
+    try:
+        return build_and_rehearse(base_python, workdir)
+    finally:
+        # Each run builds the venv afresh, so keeping its 5.8 GB would serve nothing; the log and the
+        # executed notebooks stay.
+        shutil.rmtree(workdir / "venv", ignore_errors=True)
+
+
+def disk_shortfall(workdir: Path) -> str | None:
+    """One line saying how much disk the twin lacks where its venv and pip's temporary files go, or None."""
+    import tempfile
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    places = {workdir.resolve(), Path(tempfile.gettempdir()).resolve()}
+    free = min(shutil.disk_usage(place).free for place in places) / 1e9
+    if free >= NEEDS_GB:
+        return None
+    return (f"colab twin needs about {NEEDS_GB:.0f} GB free for Colab's CUDA build of torch and has {free:.1f} GB "
+            f"(in {' and '.join(sorted(map(str, places)))}): free some disk, or point --workdir and TMPDIR at a "
+            "larger one.")
+
+
+def build_and_rehearse(base_python: str, workdir: Path) -> int:
+    """Steps 1-5 of the module's docstring; 0 when the twin kept Colab's packages and every notebook ran."""
     log = Log(workdir / "log.txt")
     colab = colab_versions()
     missing = [n for n in PREINSTALLED if n not in colab]
@@ -116,7 +147,7 @@ def main(argv=None) -> int:
     log(f"base interpreter: {base_python} (Colab: Python 3.13.15, colab/pip-freeze.gpu.txt)")
     subprocess.run([base_python, "-m", "venv", str(workdir / "venv")], check=True)
     python = workdir / "venv" / "bin" / "python"
-    pip = [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
+    pip = [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-cache-dir"]
     log.run([*pip, *(f"{n}=={colab[n]}" for n in PREINSTALLED if n in colab)])
     # The install cell, as the notebooks run it on Colab (the package from this checkout, not GitHub).
     log.run([*pip, "-r", str(ROOT / "colab" / "requirements.txt"), str(ROOT)])

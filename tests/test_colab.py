@@ -353,3 +353,21 @@ def test_the_twin_preinstalls_what_colab_has_and_checks_what_it_must_keep():
     for test in twin.WIDGET_TESTS:
         path = test.split("::")[0]
         assert (Path(__file__).resolve().parents[1] / path).exists(), path
+
+
+def test_the_twin_refuses_in_one_line_when_the_disk_cannot_hold_colabs_torch(tmp_path, monkeypatch, capsys):
+    twin = load_colab_script("twin")
+    monkeypatch.setattr(twin, "NEEDS_GB", 1e9)  # more than any disk: the check must refuse
+    monkeypatch.setattr(twin, "find_python", lambda: "/usr/bin/python3")
+    built = []
+    monkeypatch.setattr(twin, "build_and_rehearse", lambda *args: built.append(args) or 0)
+    assert twin.main(["--workdir", str(tmp_path / "twin")]) == 2
+    message = capsys.readouterr().err.strip()
+    assert "\n" not in message and "needs about 1000000000 GB free" in message and "--workdir" in message
+    assert built == []
+    monkeypatch.setattr(twin, "NEEDS_GB", 0.0)  # room enough: it builds, then removes the venv it built
+    (tmp_path / "twin" / "venv").mkdir(parents=True)
+    monkeypatch.setattr(twin, "build_and_rehearse",
+                        lambda python, workdir: built.append((workdir / "venv").mkdir() or python) or 0)
+    assert twin.main(["--workdir", str(tmp_path / "twin")]) == 0
+    assert built == ["/usr/bin/python3"] and not (tmp_path / "twin" / "venv").exists()
