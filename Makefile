@@ -4,9 +4,10 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEV_STAMP := $(VENV)/.installed-dev
+SITE_STAMP := $(VENV)/.installed-site
 NOTEBOOK_SOURCES := $(wildcard notebooks/[0-9][0-9]_*.py)
 
-.PHONY: setup run test lint sync check-sync pytest notebook-tests outcomes-other-isa nbtest t4-rehearsal gpu-check t4-plan clean colab-links colab-check colab-check-install colab-twin exercises figures bench gguf-tools mutants
+.PHONY: site site-test setup run test lint sync check-sync pytest notebook-tests outcomes-other-isa nbtest t4-rehearsal gpu-check t4-plan clean colab-links colab-check colab-check-install colab-twin exercises figures bench gguf-tools mutants
 
 # Create the virtual environment and install the pinned stack (torch pinned: a bare
 # `torch` would pull a multi-GB CUDA build) plus this package in editable mode.
@@ -18,10 +19,15 @@ $(STAMP): requirements.txt requirements-model.txt pyproject.toml
 	$(BIN)/python -m pip install -q --no-deps -e .
 	touch $(STAMP)
 
-# What tests and tooling add (requirements-dev.txt: pytest, nbmake, ruff, jupytext, JupyterLab, Playwright).
+# What tests and tooling add (requirements-dev.txt: pytest, ruff, jupytext, JupyterLab, Playwright).
 $(DEV_STAMP): $(STAMP) requirements-dev.txt
 	$(BIN)/python -m pip install -q -r requirements-dev.txt
 	touch $(DEV_STAMP)
+
+# What `make site` adds (requirements-site.txt: Sphinx, myst-nb, the furo theme).
+$(SITE_STAMP): $(DEV_STAMP) requirements-site.txt
+	$(BIN)/python -m pip install -q -r requirements-site.txt
+	touch $(SITE_STAMP)
 
 setup: $(STAMP)
 
@@ -29,7 +35,7 @@ setup: $(STAMP)
 run: $(STAMP)
 	$(BIN)/python -m lora_lab.tooling.course run
 
-test: $(DEV_STAMP) lint check-sync gguf-tools pytest notebook-tests outcomes-other-isa
+test: $(DEV_STAMP) lint check-sync gguf-tools pytest notebook-tests site-test outcomes-other-isa
 
 lint: $(DEV_STAMP)
 	$(BIN)/ruff check $(wildcard src tests notebooks benchmarks colab)
@@ -48,7 +54,7 @@ check-sync: $(DEV_STAMP)
 PYTEST_WORKERS ?= 2
 pytest: $(DEV_STAMP) gguf-tools
 	OMP_NUM_THREADS=1 MPLBACKEND=Agg $(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile --durations=15 \
-	  -m "not flagship" tests
+	  -m "not flagship and not site" tests
 
 # The outcomes the lessons state (pytest -m outcome: specialists' bars, the cpu flagship's gain, GGUF agreement)
 # again under another CPU instruction set, with fresh result caches: AVX2 on a CPU with AVX-512, else the
@@ -68,8 +74,20 @@ notebook-tests: $(DEV_STAMP) gguf-tools
 	$(MAKE) --no-print-directory nbtest
 	$(MAKE) --no-print-directory colab-twin
 
+# Every lesson executed top to bottom on this machine's profile into build/notebooks/ (outputs kept: the site
+# renders them); one line per notebook with its time, the failing cell's traceback, non-zero exit if any failed.
 nbtest: $(DEV_STAMP) gguf-tools
-	$(BIN)/python -m pytest --nbmake --nbmake-timeout=900 --durations=0 notebooks/[0-9][0-9]_*.ipynb
+	$(BIN)/python -m lora_lab.tooling.course run
+
+# The course as a website in build/site/ (lora_lab/tooling/site.py): the lessons as nbtest executed them, the
+# docs, and the VRAM calculator running the course's estimator in the browser (Pyodide from npm, pinned).
+site: $(SITE_STAMP)
+	$(BIN)/python -m lora_lab.tooling.site build
+
+# The site's checks (tests/test_site.py): every lesson page with outputs and a figure, the answer key off the
+# learner pages, and the calculator in headless Chromium, offline, equal to Python's estimate to the byte.
+site-test: site
+	MPLBACKEND=Agg $(BIN)/python -m pytest -m site -rP -p no:cacheprovider tests/test_site.py
 
 # Every notebook's t4 path on this CPU (LORA_LAB_PROFILE=t4 LORA_LAB_REHEARSAL=1): the t4 settings and
 # decisions with a scaled-down random Qwen2 and local SQL/GSM8K rows; executed copies in build/rehearsal/.

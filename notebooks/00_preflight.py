@@ -225,7 +225,7 @@ from IPython.display import Markdown, display
 
 from lora_lab.estimation import vram
 from lora_lab.figures import diagrams
-from lora_lab.lessons import lora_by_hand
+from lora_lab.lessons import counting
 
 t4 = profiles.PROFILES["t4"]
 arch_name = t4.model_id.removesuffix("-Instruct")  # the base model's config: same shapes
@@ -237,7 +237,7 @@ fig = diagrams.lora_shapes(v_proj.d_out, v_proj.d_in, t4.lora_r, alpha=t4.lora_a
 show_figure(fig, f"Diagram of {arch_name}'s v_proj: the frozen {v_proj.d_out:,} x {v_proj.d_in:,} weight W beside "
             f"the trained LoRA matrices B ({v_proj.d_out:,} x {t4.lora_r}) and A ({t4.lora_r} x {v_proj.d_in:,}), "
             f"whose product, scaled by alpha / r = {t4.lora_alpha} / {t4.lora_r}, is added to W.")
-lora_share = lora_by_hand.lora_layer_params(v_proj.d_in, v_proj.d_out, t4.lora_r) / (v_proj.d_in * v_proj.d_out)
+lora_share = counting.lora_layer_params(v_proj.d_in, v_proj.d_out, t4.lora_r) / (v_proj.d_in * v_proj.d_out)
 
 # %% [markdown]
 # ### QLoRA, NF4 and double quantization

@@ -263,10 +263,10 @@ display(Markdown(
 # so one adapted matrix adds r x (d_in + d_out) trainable parameters.
 
 # %%
-from lora_lab.lessons import lora_by_hand
+from lora_lab.lessons import counting
 
 d, r = 4096, 8
-lora = lora_by_hand.lora_layer_params(d, d, r)
+lora = counting.lora_layer_params(d, d, r)
 print(f"full update: {d * d:,} parameters; LoRA r={r}: {lora:,} parameters = {100 * lora / (d * d):.2f}% "
       f"({100 - 100 * lora / (d * d):.1f}% fewer)")
 for name in ("meta-llama/Llama-3.1-8B", "Qwen/Qwen2.5-7B"):

@@ -104,7 +104,7 @@ def test_answer_key_has_every_exercise_with_statement_minutes_and_solution():
 
 
 def test_learner_notebooks_are_not_lessons():
-    """nbmake's glob, `course run`, `check`, `strip` and `t4-rehearsal` see the lessons only."""
+    """`course run` (make nbtest), `check`, `strip` and `t4-rehearsal` see the lessons only."""
     assert all(p.parent == ROOT / "notebooks" for p in course.course_notebooks())
     assert sorted(ROOT.glob("notebooks/[0-9][0-9]_*.ipynb")) == course.course_notebooks()
     assert course.LEARNERS.parent == ROOT / "notebooks"

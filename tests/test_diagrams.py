@@ -12,7 +12,7 @@ from matplotlib.patches import Rectangle  # noqa: E402
 
 from lora_lab.estimation import vram  # noqa: E402
 from lora_lab.figures import diagrams
-from lora_lab.lessons import lora_by_hand, nf4
+from lora_lab.lessons import counting, nf4
 
 
 def _texts(fig) -> str:
@@ -30,7 +30,7 @@ def test_lora_shapes_labels_each_matrix_with_a_real_layers_shape():
     assert isinstance(fig, Figure)
     text = _texts(fig)
     assert "256 x 1,536" in text and "256 x 16" in text and "16 x 1,536" in text
-    assert f"{lora_by_hand.lora_layer_params(v.d_in, v.d_out, 16):,}" in text  # 28,672 = 16 x (1536 + 256)
+    assert f"{counting.lora_layer_params(v.d_in, v.d_out, 16):,}" in text  # 28,672 = 16 x (1536 + 256)
     assert "32 / 16 = 2" in text
     rects = _rects(fig.axes[0])
     assert len(rects) == 3

@@ -164,7 +164,7 @@ def test_the_private_name_check_catches_one(tmp_path):
 def unused_public_names() -> list[str]:
     """Public top-level functions and classes of the package that nothing but the tests mentions."""
     users = [*PACKAGE.rglob("*.py"), *(ROOT / "notebooks").glob("[0-9][0-9]_*.py"), *(ROOT / "benchmarks").glob("*.py"),
-             *(ROOT / "colab").glob("*.py"), ROOT / "Makefile"]
+             *(ROOT / "colab").glob("*.py"), *(ROOT / "site").rglob("*.js"), ROOT / "Makefile"]
     words = Counter(word for path in users for word in re.findall(r"\w+", path.read_text()))
     unused = []
     for name, path in modules().items():
@@ -177,3 +177,13 @@ def unused_public_names() -> list[str]:
 
 def test_every_public_function_is_used_outside_the_tests():
     assert not unused_public_names()
+
+
+def test_the_estimator_and_the_calculators_answer_import_without_torch():
+    """The browser calculator runs these files under Pyodide, which has no torch, numpy or transformers."""
+    from lora_lab.tooling import site
+
+    files = site.estimator_files()
+    assert {"lora_lab/estimation/vram.py", "lora_lab/figures/widgets.py", "lora_lab/lessons/counting.py"} <= set(files)
+    assert not {"lora_lab/lessons/nf4.py", "lora_lab/lessons/lora_by_hand.py"} & set(files)
+    assert sum(f.startswith("lora_lab/configs/") for f in files) == len(list((PACKAGE / "configs").glob("*.json")))

@@ -7,7 +7,8 @@ caches and draws, in folders named for what they do. A name tells its home: the 
 kind of work it is, the module what it is about.
 
 Lesson layer (`lora_lab.lessons`):
-    lessons.lora_by_hand       a LoRA linear layer written out (B = 0, A random, alpha / r); r * (d_in + d_out); adapter bytes
+    lessons.lora_by_hand       a LoRA linear layer written out (B = 0, A random, alpha / r) and its merge
+    lessons.counting           r * (d_in + d_out), adapter bytes, the bits NF4 stores: counting without torch
     lessons.code_books         the 16 levels of NF4, FP4 and INT4, the 8-bit dynamic map, the nearest level
     lessons.nf4                block-wise 4-bit quantize and dequantize, double quantization, bits stored
     lessons.model_shape        a decoder's shape as memory sees it: `Arch` and its `Linear` layers
@@ -82,6 +83,7 @@ Build tooling (`lora_lab.tooling`, not imported by the lessons):
     tooling.course          runs, checks, strips and exports the notebooks; learner notebooks, answer key
     tooling.colab           Open-in-Colab badges, the Colab install cell, set-repo REPO and REF, check (stdlib only)
     tooling.figure_backend  saves every figure as PNG and SVG for `course figures`
+    tooling.site            the course as a website (make site): executed lessons, docs, the browser calculator
 """
 
 __version__ = "0.1.0"

@@ -275,7 +275,7 @@ VRAM = [
 
 
 def _lora_params_4096_r8() -> float:
-    from lora_lab.lessons.lora_by_hand import lora_layer_params
+    from lora_lab.lessons.counting import lora_layer_params
 
     return lora_layer_params(4096, 4096, 8)
 
@@ -490,7 +490,7 @@ NF4 = [
 
 def _llama2_7b_qv_r8_megabytes() -> float:
     from lora_lab.experiments.rank import lora_params
-    from lora_lab.lessons.lora_by_hand import adapter_bytes
+    from lora_lab.lessons.counting import adapter_bytes
 
     n = lora_params("meta-llama/Llama-2-7b-hf", 8, ("q_proj", "v_proj"))
     return adapter_bytes(n, 2) / 1e6

@@ -43,7 +43,7 @@ from dataclasses import asdict, dataclass, field
 from importlib import resources
 
 from lora_lab.lessons.activation_memory import activation_terms, transient_bytes
-from lora_lab.lessons.lora_by_hand import lora_layer_params
+from lora_lab.lessons.counting import lora_layer_params
 from lora_lab.lessons.model_shape import Arch, Linear
 from lora_lab.lessons.step_memory import (
     CUDA_CONTEXT_BYTES,

@@ -37,7 +37,7 @@ from pathlib import Path
 import torch
 
 from lora_lab.estimation import gpu_runs, preflight
-from lora_lab.lessons.lora_by_hand import adapter_bytes, lora_layer_params
+from lora_lab.lessons.counting import adapter_bytes, lora_layer_params
 from lora_lab.runtime import hardware, units
 from lora_lab.standins import tiny
 from lora_lab.training import data, evaluate, models

@@ -10,7 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lora_lab.lessons.lora_by_hand import LoRALinear, lora_layer_params
+from lora_lab.lessons.counting import lora_layer_params
+from lora_lab.lessons.lora_by_hand import LoRALinear
 
 __all__ = ["compare_with_peft", "peft_linear"]
 

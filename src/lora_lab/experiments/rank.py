@@ -44,7 +44,7 @@ import torch
 
 from lora_lab.estimation import gpu_runs, vram
 from lora_lab.lessons import sft
-from lora_lab.lessons.lora_by_hand import adapter_bytes
+from lora_lab.lessons.counting import adapter_bytes
 from lora_lab.runtime import profiles, units
 from lora_lab.training import models, sft_data
 

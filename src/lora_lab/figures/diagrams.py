@@ -18,7 +18,7 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 from matplotlib.patches import Rectangle
 
-from lora_lab.lessons.lora_by_hand import lora_layer_params
+from lora_lab.lessons.counting import lora_layer_params
 
 #: Okabe-Ito colours (colour-blind safe), as in `lora_lab.figures.plots`.
 FROZEN = "#999999"  # frozen weights

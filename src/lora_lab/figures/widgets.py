@@ -13,6 +13,7 @@ verdict while an input is bad), and each control carries a `vram-<name>` class.
 from __future__ import annotations
 
 import html
+import json
 import math
 import os
 
@@ -26,6 +27,8 @@ TARGET_CHOICES = {
     "MLP (gate, up, down)": ("gate_proj", "up_proj", "down_proj"),
 }
 CUSTOM = "custom (parameter count or config.json path)"
+#: The browser calculator's extra choice: a config.json pasted into its text box (state["config"]).
+PASTED = "pasted config.json"
 
 
 def _parse_custom(text: str):
@@ -40,9 +43,27 @@ def _parse_custom(text: str):
     return model
 
 
+def _pasted_config(text: str) -> dict:
+    """A pasted config.json as a dict. Raises ValueError saying what to paste instead."""
+    try:
+        cfg = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"the pasted config is not JSON ({err.msg}, line {err.lineno}); paste a model's whole "
+                         "config.json.") from None
+    if not isinstance(cfg, dict):
+        raise ValueError(f"the pasted config is a JSON {type(cfg).__name__}, not an object; paste a model's whole "
+                         "config.json ({ ... }).")
+    return cfg
+
+
 def calculator_inputs(state: dict) -> tuple[object, dict]:
     """Turn the calculator's control values into (model, estimate kwargs). Pure; raises ValueError."""
-    model = _parse_custom(state["custom"]) if state["model"] == CUSTOM else state["model"]
+    if state["model"] == CUSTOM:
+        model = _parse_custom(state["custom"])
+    elif state["model"] == PASTED:
+        model = _pasted_config(state.get("config", ""))
+    else:
+        model = state["model"]
     for key in ("rank", "batch_size", "seq_len"):
         value = state[key]
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
@@ -70,6 +91,23 @@ def render(state: dict):
         return None, None, str(err)
     except (ArithmeticError, TypeError, KeyError) as err:  # never a traceback (or a stale verdict) in the widget
         return None, None, f"cannot use this input ({type(err).__name__}: {err}); change the highlighted value."
+
+
+def calculator_answer(state: dict) -> dict:
+    """What the browser calculator shows for `state`, JSON-ready: the widget's verdict and the breakdown in
+    bytes, or its one-line error (the page at build/site/calculator/ calls this under Pyodide)."""
+    text, est, error = render(state)
+    if error is not None:
+        return {"error": error}
+    return {"verdict": text, "fits": est.fits(state["gpu"]), "total": est.total, "breakdown": est.breakdown(),
+            "gpu_bytes": vram.GPUS[state["gpu"]].usable_bytes, "trainable_params": est.trainable_params}
+
+
+def calculator_choices() -> dict:
+    """The browser calculator's controls: the widget's choices, the pasted config added, and its defaults."""
+    return {"model": [*vram.preset_names(), CUSTOM, PASTED], "method": list(vram.METHODS),
+            "targets": list(TARGET_CHOICES), "optimizer": list(vram.OPTIMIZERS), "precision": list(vram.PRECISIONS),
+            "gpu": list(vram.GPUS), "defaults": {**DEFAULT_STATE, "config": ""}}
 
 
 DEFAULT_STATE = {

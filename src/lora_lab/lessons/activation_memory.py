@@ -14,7 +14,7 @@ hooks by `lora_lab.estimation.memory`:
 
 from __future__ import annotations
 
-from lora_lab.lessons.lora_by_hand import lora_layer_params
+from lora_lab.lessons.counting import lora_layer_params
 from lora_lab.lessons.step_memory import StepShape
 
 

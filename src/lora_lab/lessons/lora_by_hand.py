@@ -1,11 +1,12 @@
-"""LoRA written by hand: one linear layer, its parameter count and its adapter's size.
+"""LoRA written by hand: one linear layer, and its merge back into a plain one.
 
 Notebook 02 opens with this class (it prints its source with `inspect.getsource`, so the code a
 learner reads is the code that runs and is tested). `LoRALinear` follows peft's vanilla LoRA
 (`peft.tuners.lora.layer.Linear`, peft 0.21): A initialised like `nn.Linear` (Kaiming-uniform,
 a = sqrt(5)), B at zero so the update starts at exactly zero, the update scaled by alpha / r, and
-dropout applied only to the input of the LoRA path. `lora_layer_params` is the one home of
-r * (d_in + d_out); the estimator, the rank sweep, the adapters and the diagrams all call it.
+dropout applied only to the input of the LoRA path. The layer's parameter count, r * (d_in + d_out),
+is `lora_lab.lessons.counting.lora_layer_params`, which the estimator, the rank sweep, the adapters and
+the diagrams all call.
 `lora_lab.experiments.peft_checks.compare_with_peft` checks the layer against peft's.
 """
 
@@ -16,7 +17,7 @@ import math
 import torch
 from torch import nn
 
-__all__ = ["LoRALinear", "adapter_bytes", "lora_layer_params"]
+__all__ = ["LoRALinear"]
 
 
 class LoRALinear(nn.Module):
@@ -46,13 +47,3 @@ class LoRALinear(nn.Module):
             if self.base.bias is not None:
                 out.bias.copy_(self.base.bias)
         return out
-
-
-def lora_layer_params(d_in: int, d_out: int, rank: int) -> int:
-    """LoRA's trainable parameters on one d_in -> d_out layer: A is r x d_in, B is d_out x r."""
-    return rank * (d_in + d_out)
-
-
-def adapter_bytes(params: int, bytes_per_value: int) -> int:
-    """The bytes an adapter's tensors take in its file: one value per parameter (4 for fp32, 2 for 16-bit)."""
-    return params * bytes_per_value

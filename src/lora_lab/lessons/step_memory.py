@@ -4,7 +4,7 @@ This is the story notebook 01 tells, one function per category (`lora_lab.estima
 validates its arguments, builds a `StepShape` and adds these up):
 
 - **weights** (`weight_bytes`): every parameter at its storage width. QLoRA stores each decoder
-  linear weight in NF4 as bitsandbytes does (`lora_lab.lessons.nf4.storage_bits`); the rest
+  linear weight in NF4 as bitsandbytes does (`lora_lab.lessons.counting.storage_bits`); the rest
   (embeddings, norms, output head, biases) is upcast to fp32; LoRA matrices are fp32 (peft's default).
 - **gradients** (`gradient_bytes`): one per trainable value, in the trainable parameter's dtype.
 - **optimizer states** (`optimizer_state_bytes`): AdamW's two moments per trainable value, or
@@ -21,8 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from lora_lab.lessons import nf4
-from lora_lab.lessons.lora_by_hand import lora_layer_params
+from lora_lab.lessons.counting import lora_layer_params, storage_bits
 from lora_lab.lessons.model_shape import Arch, Linear, full_param_sizes
 
 #: bitsandbytes 8-bit optimizers: one fp32 absmax per 256 values of each state.
@@ -141,7 +140,7 @@ def weight_bytes(st: StepShape) -> int:
     if st.method == "lora":
         return arch.total_params * st.weight_width + lora
     linear_weights = arch.num_layers * sum(li.d_in * li.d_out for li in arch.linears)
-    quant = arch.num_layers * sum(nf4.storage_bits(li.d_in * li.d_out, double_quant=st.double_quant).bytes for li in arch.linears)
+    quant = arch.num_layers * sum(storage_bits(li.d_in * li.d_out, double_quant=st.double_quant).bytes for li in arch.linears)
     rest = arch.total_params - linear_weights  # embeddings, norms, head, biases
     return quant + 4 * rest + lora  # prepare_model_for_kbit_training upcasts the rest to fp32
 

@@ -152,6 +152,7 @@ def run(notebooks: list[Path], out_dir: Path = BUILD, timeout: int = 1800, prepe
             failed += 1
             reason = str(err).strip().splitlines()
             status += f" ({reason[-1][:120]})" if reason else ""
+            print("\n".join(reason[-25:]), flush=True)  # the failing cell's traceback, for a CI log
         if km.has_kernel:  # nbclient shuts down only the kernels it created itself
             km.shutdown_kernel(now=True)
         if socket_dir:
