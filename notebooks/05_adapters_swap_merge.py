@@ -330,21 +330,24 @@ print(f"Here the mixed batch was {faster} ({one_batch_s / per_adapter_s:.2f}x th
 # ## 5 · Merging
 #
 # Merging adds `scale * B @ A` into the base weight: the model loses the adapter's small extra cost
-# per layer, and the ability to switch. On the CPU the "16-bit copy" is fp32: the CPU computes in
-# fp32 anyway (`lora_lab.runtime.hardware` picks it), so the merge is exact up to float rounding; on a GPU it
-# is the run's fp16 or bf16. `adapters.merge_to_standalone` merges, checks the merged logits against
-# the unmerged adapter, and saves a folder that loads without peft.
+# per layer, and the ability to switch. The course has one merge, `models.merge_adapter` (notebook 03,
+# section 8, says why): into the base the adapter was trained on, a 16-bit base for LoRA (here on the
+# CPU, fp32) and the NF4 base dequantized for QLoRA (the t4 profile's specialists), checked against the
+# trained model's logits. `adapters.merge_to_standalone` calls it for one specialist and saves a folder
+# that loads without peft.
 
 # %%
 merge_name = max(names, key=lambda n: scores[n][n])  # the specialist with the best score on its own task
 print(f"merging '{merge_name}' ({scores[merge_name][merge_name]:.0%} on its task)")
 merged_dir = units.cache_dir("merged") / runs[merge_name].key
 merged, report = adapters.merge_to_standalone(profile, runs[merge_name].adapter_dir, merged_dir, tokenizer, prompts,
-                                              hw=hw)
+                                              method=recipes[merge_name].method, trained_model=model,
+                                              adapter_name=merge_name, hw=hw)
 standalone = AutoModelForCausalLM.from_pretrained(merged_dir)
 model.set_adapter(merge_name)
 reload_diff = (adapters.logits(standalone, tokenizer, prompts) - adapters.logits(model, tokenizer, prompts)).abs().max()
-print(f"merged '{merge_name}' into a {report.dtype} copy: largest logit difference to the unmerged adapter "
+print(f"merged '{merge_name}' into the {report.base} base ({report.dtype}): largest logit difference to the trained "
+      "model "
       f"{report.max_abs_diff:.2e} (tolerance {report.tolerance:.0e}, ok: {report.ok}); saved "
       f"{report.merged_bytes:,} bytes to {merged_dir}; reloaded without peft, difference {reload_diff:.2e}.")
 
@@ -383,8 +386,8 @@ print(f"exact match on {merge_name}: {em_before:.0%} unmerged on NF4, {em_after:
 print(f"16-bit merge error {report.max_abs_diff:.1e} vs 4-bit merge error {four_bit.max_abs_logit_diff:.1e}")
 
 # %% [markdown]
-# So: merge into a 16-bit (here fp32) copy of the base and save that, or keep the adapter unmerged
-# on the 4-bit base.
+# So: merge into the base the adapter was trained on, held in 16 bits (`models.merge_adapter`), and save
+# that; or keep the adapter unmerged on the 4-bit base.
 
 # %% [markdown]
 # ## 6 · Combining adapters
@@ -527,7 +530,8 @@ display(Markdown("\n".join([
     f"{reload_s / switch_s:,.0f}x longer.",
     f"- A mixed batch gave every row its own adapter's answer: **{mixed == alone}**; here it took "
     f"{one_batch_s / per_adapter_s:.2f}x the time of one batch per adapter.",
-    f"- Merging '{merge_name}' into a {report.dtype} copy changed the logits by {report.max_abs_diff:.1e}; merging "
+    f"- Merging '{merge_name}' into its {report.base} base ({report.dtype}) changed the logits by "
+    f"{report.max_abs_diff:.1e}; merging "
     f"into the NF4 base by {four_bit.max_abs_logit_diff:.1e} (exact match {em_before:.0%} -> {em_after:.0%}).",
     f"- {memory.n_adapters} merged models take {memory.merged_total / memory.shared_total:.1f}x the memory of one "
     "base carrying all the adapters.",

@@ -63,6 +63,7 @@ from transformers import AutoTokenizer, set_seed
 from lora_lab.estimation import preflight
 from lora_lab.experiments import adapters, export, scale
 from lora_lab.standins import tiny
+from lora_lab.training import evaluate
 
 set_seed(profile.seed)
 T0 = time.perf_counter()
@@ -77,7 +78,8 @@ except export.ExportToolsMissing as err:
 # Two ways to ship a LoRA fine-tune to llama.cpp: **merged** (one standalone model file) or
 # **base + adapter** (the base file once, a small adapter file per task, applied at load time).
 # We build both. A QLoRA adapter is merged into the weights it was trained on: the NF4 base,
-# dequantized, plus `B @ A`; section 4 measures the two other choices. The merged model is built and saved
+# dequantized, plus `B @ A` (`models.merge_adapter`, notebook 03 section 8); section 4 measures the two other
+# choices. The merged model is built and saved
 # in fp16 on the `t4` profile (the T4's compute dtype; its CPU rehearsal keeps that decision), fp32 on the
 # `cpu` profile: `export.merge_dtype` decides, and `export.check_merge_fits` checks its size first.
 # The GGUF LoRA, applied by llama.cpp to the 16-bit base, reproduces the adapter on the 16-bit base.
@@ -110,12 +112,12 @@ except preflight.WontFitError as err:
     raise SystemExit(str(err)) from None
 print(f"merge dtype for the {profile.name} profile: {str(dtype).removeprefix('torch.')}, "
       f"about {merged_bytes / 2**20:,.1f} MiB (checked against free disk, and GPU memory when CUDA is here)")
-if profile.method == "qlora":
-    merged = export.merge_into_dequantized_base(trained, base_dir, dtype=dtype)
-else:
-    merged = trained.merge_and_unload().to(dtype)
-merged.save_pretrained(merged_dir)
-tokenizer.save_pretrained(merged_dir)
+merge_probe = evaluate.probe_batch(tokenizer, prompts, generation_prompt=True)
+merged, merge_report = models.merge_adapter(profile, adapter_dir, merge_probe, method=profile.method, hw=hw,
+                                            model_path=base_dir, out_dir=merged_dir, trained_model=trained,
+                                            tokenizer=tokenizer, dtype=dtype)  # the course's one merge (03, 8)
+print(f"merged into the {merge_report.base} base: largest logit difference to the trained model "
+      f"{merge_report.max_abs_diff:.1e} (tolerance {merge_report.tolerance:.0e})")
 on_16bit_base, _ = models.load_adapter(profile, adapter_dir, "lora", hw=hw, model_path=base_dir)
 print(f"adapter: {adapter_dir}\nmerged model: {merged_dir} ({models.folder_bytes(merged_dir, '*.safetensors') / 2**20:.1f} MiB)")
 
@@ -234,8 +236,8 @@ print(f"  e.g. {texts_right[0]!r} vs {texts_wrong[0]!r}")
 #   rounded away;
 # - into the original **16-bit** base: the update is kept, but the base is no longer the NF4-rounded
 #   one the adapter learned on;
-# - into the **dequantized NF4** base (`export.merge_into_dequantized_base`, what section 1 exported):
-#   the trained model itself.
+# - into the **dequantized NF4** base (`models.merge_adapter`, the course's one merge, taught in
+#   notebook 03 section 8, and what section 1 exported): the trained model itself.
 
 # %%
 probe = [prompts[0], prompts[1]]

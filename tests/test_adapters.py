@@ -146,8 +146,9 @@ def test_merged_16bit_model_equals_the_unmerged_adapter(profile, tiny_model_path
     model.set_adapter("format")
     unmerged = adapters.logits(model, tokenizer, PROMPTS)
     merged, report = adapters.merge_to_standalone(profile, adapter_dirs["format"], tmp_path / "merged", tokenizer,
-                                                  PROMPTS, model_path=tiny_model_path)
-    assert report.ok and report.dtype == "float32"
+                                                  PROMPTS, method="lora", trained_model=model, adapter_name="format",
+                                                  model_path=tiny_model_path)
+    assert report.ok and report.dtype == "float32" and report.base == "16-bit"
     standalone = AutoModelForCausalLM.from_pretrained(tmp_path / "merged")  # no peft involved
     assert not hasattr(standalone, "peft_config")
     torch.testing.assert_close(adapters.logits(standalone, tokenizer, PROMPTS), unmerged, rtol=0, atol=1e-4)
@@ -245,7 +246,8 @@ def test_memory_report_measures_shared_base_and_merged_copies(profile, tiny_mode
 
     model, tokenizer = multi
     merged, _ = adapters.merge_to_standalone(profile, adapter_dirs["recall"], tmp_path / "merged", tokenizer,
-                                             PROMPTS, model_path=tiny_model_path)
+                                             PROMPTS, method="lora", trained_model=model, adapter_name="recall",
+                                             model_path=tiny_model_path)
     size = adapters.predict_adapter_bytes(AutoConfig.from_pretrained(tiny_model_path), R, profile.lora_targets)
     report = adapters.memory_report(model, merged, size)
     assert report.n_adapters == len(NAMES)

@@ -150,7 +150,7 @@ def test_a_qlora_adapter_merged_into_the_dequantized_nf4_base_is_the_trained_mod
     trained = get_peft_model(nf4, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False))
     probe = PROMPTS[:2]
     before = adapters.logits(trained, tok, probe).float()
-    merged = export.merge_into_dequantized_base(trained, tiny_model_path)
+    merged = models.merge_into_dequantized_base(trained, tiny_model_path)
     assert (adapters.logits(merged, tok, probe).float() - before).abs().max() < 1e-3
     # the original (not NF4-rounded) base with the same adapter is a different model
     original = AutoModelForCausalLM.from_pretrained(tiny_model_path, dtype=torch.float32)

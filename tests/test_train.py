@@ -302,12 +302,23 @@ def test_adapter_reload_gives_the_same_generations_and_merge_the_same_logits(spl
     probe = evaluate.probe_batch(tok, splits["eval"]["messages"], n=4)
     merged, report = models.merge_adapter(profile, adapter_dir, probe, out_dir=tmp_path / "merged",
                                           trained_model=result.model)
+    # Merged into the dequantized NF4 base the adapter trained on: the trained model itself.
     assert report.ok and report.max_abs_diff <= 1e-4 and report.dtype == "float32"
+    assert report.base == "dequantized NF4"
     assert not any("lora_" in name for name, _ in merged.named_parameters())  # really merged
     assert report.merged_bytes > 0 and (tmp_path / "merged" / "model.safetensors").exists()
-    # The trained model ran on the NF4 base: its gap to the merged model is the 4-bit rounding of the
-    # base, reported apart from the merge error and far larger than it.
-    assert report.max_abs_diff_vs_trained > 100 * max(report.max_abs_diff, 1e-7)
+    assert evaluate.generate(merged, tok, prompts, max_new_tokens=6) == ours
+    # Without the trained model at hand it reloads the adapter on the 4-bit base: the same merge.
+    _, again = models.merge_adapter(profile, adapter_dir, probe)
+    assert again.ok and again.base == "dequantized NF4"
+    # The same adapter merged into the original 16-bit base (the LoRA path) is another model: its gap to the
+    # trained model is the NF4 rounding of the base, far above the faithful merge's.
+    on_16bit, _ = models.merge_adapter(profile, adapter_dir, probe, method="lora")
+    from lora_lab.experiments import adapters
+
+    texts = [m[0]["content"] for m in prompts[:4]]
+    gap = (adapters.logits(on_16bit, tok, texts) - adapters.logits(result.model, tok, texts)).abs().max().item()
+    assert gap > 100 * max(report.max_abs_diff, 1e-7)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -394,3 +405,22 @@ def test_an_out_of_memory_message_on_a_cpu_quotes_the_preflights_ram_figure(caps
     assert f"{est.peak_allocated / GIB:.3f} GiB of RAM" in capsys.readouterr().out
     message, _ = preflight.oom_message(0, 8, None, config, profile, "lora", precision, cpu, profile.max_length)
     assert f"predicted {est.peak_allocated / GIB:.3f} GiB of RAM" in message and "no GPU here" in message
+
+
+def test_notebooks_03_05_and_06_merge_with_the_one_helper():
+    """One merge story: 03 and 06 call models.merge_adapter, 05 through adapters.merge_to_standalone; no lesson
+    merges any other way (peft's merge_and_unload, or a 16-bit merge of a QLoRA adapter of its own)."""
+    import inspect
+    from pathlib import Path
+
+    from lora_lab.experiments import adapters
+
+    root = Path(__file__).resolve().parents[1]
+    sources = {n: (root / "notebooks" / f"{n}.py").read_text() for n in
+               ("03_qlora_sft_t4", "05_adapters_swap_merge", "06_export_and_scale")}
+    assert "models.merge_adapter(" in sources["03_qlora_sft_t4"] and "models.merge_adapter(" in sources["06_export_and_scale"]
+    assert "adapters.merge_to_standalone(" in sources["05_adapters_swap_merge"]
+    assert "models.merge_adapter(" in inspect.getsource(adapters.merge_to_standalone)
+    for name, source in sources.items():
+        assert "merge_and_unload" not in source and "merge_into_dequantized_base(" not in source, name
+    assert "merge_into_dequantized_base(" in inspect.getsource(models.merge_adapter)

@@ -29,7 +29,7 @@ Where the course runs (`lora_lab.runtime`):
 Training and evaluation (`lora_lab.training`):
     training.data         the course's synthetic instruction tasks, the t4 dataset loader, validation
     training.sft_data     SFT tokenization with the chat template, checked per example (labels by `lessons.sft`)
-    training.models       loading in NF4/16-bit, the quantization config, saving, reloading, merging adapters
+    training.models       loading in NF4/16-bit, the quantization config, saving, reloading; the one merge (into the base the adapter trained on)
     training.checkpoints  which checkpoint a resume can use: complete, newest, same method and rank
     training.run_folder   a run's output folder: one live run (a lock), no run replacing another without --overwrite
     training.callbacks    loss / tokens per second / peak memory logging, divergence guard, simulated disconnect and OOM

@@ -534,16 +534,20 @@ ADAPTERS = [
     MultipleChoice(
         "You want one standalone model from a QLoRA run. Into what should you merge the adapter?",
         (
-            "Into the 4-bit base it was trained on, so nothing changes",
-            "Into a 16-bit copy of the base: merging into the 4-bit base rounds the update away",
+            "Into the 4-bit weights it was trained on, so nothing changes",
+            "Into the NF4 base dequantized to 16 bits: the weights it was trained on, with the update kept whole",
+            "Into the original 16-bit base, which is more precise than the NF4 one",
             "It cannot be merged; always serve it unmerged",
         ),
         1,
-        "Notebook 05 measures how much of the update the 4-bit merge loses; peft warns about it too.",
+        "Notebook 03 (section 8) merges this way; notebook 06 (section 4) measures the logits of all three merges "
+        "against the trained model.",
         (
             "the small update BA is rounded to the 4-bit grid when it is added to a 4-bit weight, and most "
             "of it is lost.",
             "",
+            "the adapter learned its update on the NF4-rounded weights, not on the original ones: added to the "
+            "original base it moves the logits by the base's quantization error.",
             "peft's merge_and_unload merges any LoRA adapter into a base of the same architecture.",
         ),
     ),

@@ -16,8 +16,9 @@ notebook `05_adapters_swap_merge` shows:
 - `hotswap`: peft's `hotswap_adapter`, which replaces an adapter's weights in place (so a model
   compiled with `torch.compile` on a GPU is not recompiled).
 - `generate_mixed`: one batch, a different adapter per row (peft's ``adapter_names`` argument).
-- `merge_into_4bit`: merging into the 4-bit base, measured against the unmerged adapter (the
-  16-bit merge is `lora_lab.training.models.merge_adapter`).
+- `merge_to_standalone`: one specialist merged into the base it trained on (the course's one merge,
+  `lora_lab.training.models.merge_adapter`); `merge_into_4bit`: merging into the 4-bit weights instead,
+  measured against the unmerged adapter.
 - `combine`: peft's `add_weighted_adapter`.
 """
 
@@ -848,26 +849,25 @@ def assert_specialists_pass(verdicts: Mapping[str, BarVerdict], recipes: Mapping
 
 
 # ---------------------------------------------------------------------------------------------
-# Merging into a 16-bit copy (standalone model), into the 4-bit base, and combining
+# Merging into the base it was trained on (standalone model), into the 4-bit base, and combining
 
 
-def merge_to_standalone(profile, adapter_dir, out_dir, tokenizer, prompts: Sequence, *, hw=None, model_path=None):
-    """Merge an adapter into a 16-bit copy of the base (fp32 on the CPU) and save a standalone model.
+def merge_to_standalone(profile, adapter_dir, out_dir, tokenizer, prompts: Sequence, *, method: str, trained_model,
+                        adapter_name: str, hw=None, model_path=None):
+    """Merge one specialist into the base it was trained on and save a standalone model with its tokenizer.
 
-    Wraps `lora_lab.training.models.merge_adapter` (which checks merged against unmerged logits) and saves
-    the tokenizer next to the weights, so the folder loads with `AutoModelForCausalLM` and
-    `AutoTokenizer` alone, without peft.
+    `lora_lab.training.models.merge_adapter`, the course's one merge (notebook 03 section 8 teaches it): a
+    LoRA specialist into its 16-bit base, a QLoRA one into the dequantized NF4 base, each checked against
+    `trained_model` (the base with the specialists, `adapter_name` active) on `prompts`. The folder loads
+    with `AutoModelForCausalLM` and `AutoTokenizer` alone, without peft.
 
     Returns:
         (merged model, `models.MergeReport`).
     """
     probe = evaluate.probe_batch(tokenizer, prompts, generation_prompt=True)
-    merged, report = models.merge_adapter(profile, adapter_dir, probe, method="lora",
-                                          hw=hw, model_path=model_path, out_dir=out_dir)
-    tokenizer.save_pretrained(out_dir)
-    return merged, report
-
-
+    return models.merge_adapter(profile, adapter_dir, probe, method=method, hw=hw, model_path=model_path,
+                                out_dir=out_dir, trained_model=trained_model, tokenizer=tokenizer,
+                                adapter_name=adapter_name)
 
 
 @dataclass(frozen=True)

@@ -624,36 +624,6 @@ def check_merge_fits(model_dir, dtype, out_dir) -> int:
 MERGE_MARGIN = 1.15
 
 
-def merge_into_dequantized_base(qlora_model, base_dir, adapter_name: str = "default", dtype=None):
-    """The faithful merge of a QLoRA adapter: the NF4 weights it was trained on, dequantized, plus B @ A.
-
-    A QLoRA adapter learned its update on top of the NF4-rounded base, not the original 16-bit one.
-    This builds a plain model in `dtype` (default: the dtype of the base's non-quantized weights, fp32
-    after `prepare_model_for_kbit_training`; pass `merge_dtype(profile)`) whose adapted linear weights
-    are dequantize(W_nf4) + scale * B @ A (summed in fp32, then stored), ready for `save_pretrained`
-    and GGUF export.
-    """
-    import bitsandbytes.functional as bnbf
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    dense = AutoModelForCausalLM.from_pretrained(base_dir, dtype=dtype or qlora_model.get_input_embeddings().weight.dtype)
-    dense.to(qlora_model.get_input_embeddings().weight.device)
-    targets = dict(dense.named_modules())
-    prefix = "base_model.model."
-    with torch.no_grad():
-        for name, module in qlora_model.named_modules():
-            if not (hasattr(module, "lora_A") and adapter_name in module.lora_A):
-                continue
-            weight = module.get_base_layer().weight
-            w = bnbf.dequantize_4bit(weight.data, weight.quant_state) if getattr(weight, "quant_state", None) \
-                is not None else weight.data
-            merged = w.float() + module.get_delta_weight(adapter_name).float()
-            target = targets[name.removeprefix(prefix)]
-            target.weight.data.copy_(merged.to(target.weight.dtype))
-    return dense
-
-
 # --------------------------------------------------------------------------- Ollama
 
 

@@ -488,15 +488,15 @@ def load_adapter(profile, adapter_dir, method: str = "qlora", hw=None, model_pat
 
 @dataclass(frozen=True)
 class MergeReport:
-    """What merging an adapter into a 16-bit copy of the base gave."""
+    """What merging an adapter into the base it was trained on gave, checked against the trained model."""
 
     merged_dir: str  # where the merged model was saved ("" when not saved)
     merged_bytes: int  # bytes of its weight files
-    dtype: str  # dtype of the base copy that was merged into
-    max_abs_diff: float  # largest |logit(merged) - logit(base + unmerged adapter)| on the probe batch
+    dtype: str  # dtype the merged model holds its weights in
+    base: str  # what the update was added to: "dequantized NF4" (QLoRA) or "16-bit" (LoRA)
+    max_abs_diff: float  # largest |logit(merged) - logit(trained model: base + unmerged adapter)| on the probe batch
     tolerance: float  # accepted difference for this dtype
     ok: bool  # max_abs_diff <= tolerance
-    max_abs_diff_vs_trained: float | None  # vs the trained (possibly 4-bit) adapter model: the quantization gap
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -514,27 +514,66 @@ def _logits(model, batch: dict) -> torch.Tensor:
     return model(**{k: v.to(device) for k, v in batch.items()}).logits.float().cpu()
 
 
-def merge_adapter(profile, adapter_dir, probe_batch: dict, *, method: str = "qlora", hw=None, model_path=None,
-                  out_dir: str | os.PathLike | None = None, trained_model=None,
-                  tokenizer=None) -> tuple[torch.nn.Module, MergeReport]:
-    """Merge a saved adapter into a 16-bit copy of the base (never the 4-bit one) and check it.
+@torch.no_grad()
+def merge_into_dequantized_base(qlora_model, base_dir, adapter_name: str = "default", dtype=None):
+    """The faithful merge of a QLoRA adapter: the NF4 weights it was trained on, dequantized, plus B @ A.
 
-    The check: logits of the merged model against the same base with the adapter left unmerged,
-    on `probe_batch` (input_ids and attention_mask). Merging into a 4-bit base would round the
-    merged weights back to NF4 and change the answers; merging into 16 bits only re-associates
-    a sum, so the logits must agree within the dtype's tolerance.
+    A QLoRA adapter learned its update on top of the NF4-rounded base, not the original 16-bit one.
+    This builds a plain model in `dtype` (default: the dtype of the base's non-quantized weights, fp32
+    after `prepare_model_for_kbit_training`) whose adapted linear weights are
+    dequantize(W_nf4) + scale * B @ A (summed in fp32, then stored), ready for `save_pretrained`
+    and GGUF export. The other weights (embeddings, norms) come from `base_dir`, as in the trained model.
+    """
+    import bitsandbytes.functional as bnbf
+    from transformers import AutoModelForCausalLM
+
+    dense = AutoModelForCausalLM.from_pretrained(base_dir, dtype=dtype or qlora_model.get_input_embeddings().weight.dtype)
+    dense.to(qlora_model.get_input_embeddings().weight.device)
+    targets = dict(dense.named_modules())
+    prefix = "base_model.model."
+    for name, module in qlora_model.named_modules():
+        if not (hasattr(module, "lora_A") and adapter_name in module.lora_A):
+            continue
+        weight = module.get_base_layer().weight
+        w = bnbf.dequantize_4bit(weight.data, weight.quant_state) if getattr(weight, "quant_state", None) \
+            is not None else weight.data
+        merged = w.float() + module.get_delta_weight(adapter_name).float()
+        target = targets[name.removeprefix(prefix)]
+        target.weight.data.copy_(merged.to(target.weight.dtype))
+    return dense
+
+
+def merge_adapter(profile, adapter_dir, probe_batch: dict, *, method: str = "qlora", hw=None, model_path=None,
+                  out_dir: str | os.PathLike | None = None, trained_model=None, tokenizer=None,
+                  adapter_name: str = "default", dtype=None) -> tuple[torch.nn.Module, MergeReport]:
+    """Merge an adapter into the base it was trained on, and check the merged model against the trained one.
+
+    The course's one merge (notebooks 03, 05 and 06, and the command line). The merged weights are
+    W + (alpha / r) B A, with W the weights the adapter was trained on:
+
+    - QLoRA: the NF4 base, dequantized (`merge_into_dequantized_base`). The result is the trained model
+      itself, without peft and without 4-bit layers. Merging into the original 16-bit base instead adds the
+      update to weights the adapter never saw and moves the logits by the base's quantization error;
+      merging into the 4-bit weights re-rounds W + BA to NF4 and loses most of the update (notebook 06
+      measures both).
+    - LoRA: the 16-bit base it trained on, so the merge only re-associates a sum (peft's merge_and_unload).
+
+    The check compares logits on `probe_batch` (input_ids and attention_mask) with the trained model:
+    the same up to the merged dtype's rounding (`MERGE_TOLERANCE`).
 
     Args:
         profile: the run profile (for the model id).
         adapter_dir: folder written by `save_adapter`.
         probe_batch: a tokenized batch to compare logits on.
-        method: the method the adapter was trained with (recorded; the merge base is 16-bit anyway).
+        method: "qlora" (4-bit base) or "lora" (16-bit base), the method the adapter was trained with.
         hw: hardware reading (decides the 16-bit dtype).
         model_path: overrides `profile.model_id`.
         out_dir: where to save the merged model (safetensors); None skips saving.
-        trained_model: the adapter model as trained; if given, its logit gap to the merged model
-            is reported too (for QLoRA it is the NF4 rounding of the base, not a merge error).
+        trained_model: the model as trained (base + unmerged adapter, left unchanged); default: the adapter
+            reloaded from `adapter_dir` on the base `method` trains on.
         tokenizer: saved beside the merged weights, so the folder loads (and exports to GGUF) on its own.
+        adapter_name: the adapter of `trained_model` to merge, when it holds several.
+        dtype: the merged weights' dtype (default: `merge_dtype`, the run's compute dtype).
 
     Returns:
         (merged model, `MergeReport`).
@@ -544,19 +583,21 @@ def merge_adapter(profile, adapter_dir, probe_batch: dict, *, method: str = "qlo
 
     hw = hw or hardware.detect()
     precision = decide_precision(hw, "lora")
-    dtype = merge_dtype(precision)
+    dtype = dtype or merge_dtype(precision)
     path = str(model_path) if model_path is not None else tiny.resolve_model_path(profile.model_id)
-    base = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, device_map=_device_map(precision))
-    unmerged = PeftModel.from_pretrained(base, str(adapter_dir))
-    reference = _logits(unmerged, probe_batch)
-    merged = unmerged.merge_and_unload()
-    merged_logits = _logits(merged, probe_batch)
-    diff = (merged_logits - reference).abs().max().item()
-    scale = max(1.0, reference.abs().max().item())
-    tolerance = MERGE_TOLERANCE[precision.executed] * scale
-    gap = None
-    if trained_model is not None:
-        gap = (merged_logits - _logits(trained_model, probe_batch)).abs().max().item()
+    if trained_model is None:
+        trained_model, _ = load_adapter(profile, adapter_dir, method, hw=hw, model_path=model_path)
+    if adapter_name in getattr(trained_model, "peft_config", {}):
+        trained_model.set_adapter(adapter_name)
+    reference = _logits(trained_model, probe_batch)
+    if method == "qlora":
+        merged, base = merge_into_dequantized_base(trained_model, path, adapter_name, dtype), "dequantized NF4"
+    else:  # a fresh 16-bit copy, so the trained model stays as it is
+        copy = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, device_map=_device_map(precision))
+        merged, base = PeftModel.from_pretrained(copy, str(adapter_dir)).merge_and_unload(), "16-bit"
+    diff = (_logits(merged, probe_batch) - reference).abs().max().item()
+    dtype_name = str(dtype).replace("torch.", "")
+    tolerance = MERGE_TOLERANCE[dtype_name] * max(1.0, reference.abs().max().item())
     merged_dir, merged_bytes = "", 0
     if out_dir is not None:
         out = Path(out_dir)
@@ -564,9 +605,8 @@ def merge_adapter(profile, adapter_dir, probe_batch: dict, *, method: str = "qlo
         if tokenizer is not None:
             tokenizer.save_pretrained(out)
         merged_dir, merged_bytes = str(out), folder_bytes(out, "*.safetensors")
-    report = MergeReport(merged_dir=merged_dir, merged_bytes=merged_bytes, dtype=str(dtype).replace("torch.", ""),
-                         max_abs_diff=diff, tolerance=tolerance, ok=diff <= tolerance,
-                         max_abs_diff_vs_trained=gap)
+    report = MergeReport(merged_dir=merged_dir, merged_bytes=merged_bytes, dtype=dtype_name, base=base,
+                         max_abs_diff=diff, tolerance=tolerance, ok=diff <= tolerance)
     return merged, report
 
 

@@ -904,14 +904,15 @@ def save_and_reload_adapter(run: RunSetup, model, tokenizer, eval_rows, rows_aft
 
 
 def merge_and_check(run: RunSetup, model, tokenizer, adapter_dir, eval_rows, metrics: dict) -> None:
-    """Section 7: merge into a 16-bit base, compare logits with the unmerged adapter, score the merged model."""
+    """Section 7: merge into the base the adapter trained on (`models.merge_adapter`), compare logits with the
+    trained model, score the merged model."""
     probe = evaluate.probe_batch(tokenizer, eval_rows["messages"], n=2)
     merged, report = models.merge_adapter(run.profile, adapter_dir, probe, method=run.method, hw=run.hw,
                                           model_path=run.model_path, out_dir=run.out / "merged", trained_model=model,
                                           tokenizer=tokenizer)
     metrics["merge"] = report.to_dict()
     metrics["exact_match_merged"], _ = evaluate.exact_match(merged, tokenizer, eval_rows, **run.generation_kwargs)
-    run.say(f"merged into a {report.dtype} base: max |logit diff| vs unmerged {report.max_abs_diff:.2e} "
+    run.say(f"merged into the {report.base} base ({report.dtype}): max |logit diff| vs the trained model {report.max_abs_diff:.2e} "
             f"(tolerance {report.tolerance:.0e}: {'ok' if report.ok else 'TOO LARGE'}); exact match "
             f"{metrics['exact_match_merged']:.1%}")
     del merged
@@ -956,7 +957,7 @@ def run_pipeline(profile, *, method: str | None = None, output_dir="runs/sft", m
             another run's checkpoints or results is refused: `run_folder.claim`).
         seed: overrides profile.seed.
         checkpoint_dir: where checkpoints go (default: output_dir/checkpoints; a Drive folder on Colab).
-        merge: merge the adapter into a 16-bit base and check the logits.
+        merge: merge the adapter into the base it trained on and check the logits against the trained model.
         n_show: examples in the base-vs-tuned table.
         callbacks: extra trainer callbacks.
         verbose: print progress and reports.

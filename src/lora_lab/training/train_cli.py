@@ -81,5 +81,5 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace the run already in --output-dir (its checkpoints and results are deleted)")
-    parser.add_argument("--no-merge", action="store_true", help="skip merging into a 16-bit base")
+    parser.add_argument("--no-merge", action="store_true", help="skip merging into the base the adapter trained on (16-bit copy)")
     return parser
