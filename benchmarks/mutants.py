@@ -87,7 +87,7 @@ MUTANTS = [
            ("tests/test_quant.py",)),
     Mutant("NF4", "lessons/nf4.py", "return (codes[0::2] << 4) | codes[1::2]", "return (codes[1::2] << 4) | codes[0::2]",
            "the first code in the low nibble", ("tests/test_quant.py",)),
-    Mutant("NF4", "lessons/nf4.py", "return Storage(n, codes, 32 * blocks, 0, constants)",
+    Mutant("NF4", "lessons/counting.py", "return Storage(n, codes, 32 * blocks, 0, constants)",
            "return Storage(n, codes, 16 * blocks, 0, constants)", "absmax counted as 16-bit", ("tests/test_quant.py",)),
     Mutant("NF4", "lessons/nf4.py", "    centred = absmax - offset", "    centred = absmax",
            "double quantization without centring on the mean", ("tests/test_quant.py",)),
