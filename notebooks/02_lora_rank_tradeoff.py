@@ -64,14 +64,10 @@ print(profile.summary())
 #   matter more than attention at equal parameter count; the best LoRA learning rate is about
 #   10x the full fine-tuning one.
 #
-# This notebook builds the layer by hand, then measures: first the arithmetic, then a controlled
-# experiment where we *know* the answer, then real fine-tuning runs (rank, learning rate, dropout,
-# warmup, effective batch), then merging. The takeaways at the end are printed from this run's results.
-#
-# On the `cpu` profile the runs use the course's tiny model with a 32-bit base and LoRA on top
-# (method "lora"): QLoRA's 4-bit base is notebook 03's subject, and it would only slow these small
-# runs down on a CPU. Results are cached under `~/.cache/lora_lab/rank/` (`LORA_LAB_CACHE` moves
-# it); a second run only reads them.
+# This notebook builds the layer by hand and measures: the arithmetic, then real fine-tuning runs rank
+# by rank (sections 3, 4 and 6-9, on a known-rank update, scaling rules and the other settings, are
+# optional). On the `cpu` profile the runs use the course's tiny model with LoRA on a 32-bit base (QLoRA
+# is notebook 03's subject); results are cached under `~/.cache/lora_lab/rank/` (`LORA_LAB_CACHE`).
 
 # %% [markdown]
 # ## 1. LoRA by hand
@@ -209,6 +205,8 @@ display(Markdown(
 # %% [markdown]
 # ## 3. A controlled experiment: recovering an update of known rank
 #
+# *Optional: a deep dive that no later section needs; read it after class.*
+#
 # Real fine-tuning never tells us the "true" rank of the update it needs. So we make a task where we
 # know it: one frozen linear layer `W0` (128 x 128), a target update `dW` of rank 8, and data
 # `y = (W0 + dW) x + noise` with `x` drawn from a standard normal. We fit a peft LoRA adapter of
@@ -247,6 +245,8 @@ display(Markdown(
 
 # %% [markdown]
 # ## 4. Scaling rules: alpha fixed, alpha = r, or rsLoRA?
+#
+# *Optional: a deep dive that no later section needs; read it after class.*
 #
 # peft multiplies `B @ A` by a scale before adding it to the layer's output. Three rules are in use:
 #
@@ -433,6 +433,8 @@ display(Markdown(
 # %% [markdown]
 # ### Which layers: attention or MLP?
 #
+# *Optional: a deep dive that no later section needs; read it after class.*
+#
 # At exactly equal parameter counts, is it better to adapt the attention projections or the MLP?
 # ("LoRA Without Regret" found the MLP.)
 
@@ -453,6 +455,8 @@ else:
 
 # %% [markdown]
 # ## 6. Learning rate
+#
+# *Optional: a deep dive that no later section needs; read it after class.*
 #
 # A common rule of thumb puts the LoRA learning rate at 2e-5 to 2e-4. The figure shows the held-out
 # loss against the peak learning rate for every rank (the search above), with the extra points at
@@ -483,6 +487,8 @@ display(Markdown(
 # %% [markdown]
 # ## 7. Dropout
 #
+# *Optional: a deep dive that no later section needs; read it after class.*
+#
 # `lora_dropout` zeroes a random share of each adapted layer's input on the LoRA path during
 # training, a regulariser against overfitting. It is not free: peft keeps the dropped-out copy of
 # that input for the backward pass, so the saved activations grow, and drawing the masks takes time.
@@ -511,6 +517,8 @@ display(Markdown(
 
 # %% [markdown]
 # ## 8. Warmup and effective batch, briefly
+#
+# *Optional: a deep dive that no later section needs; read it after class.*
 #
 # **Warmup** raises the learning rate linearly from near zero over the first steps, so that the
 # first, noisiest updates are small. We repeat `lr_rank` at its best learning rate with no warmup.
@@ -558,6 +566,8 @@ if plan.engine == "loop":
 
 # %% [markdown]
 # ## 9. Merging
+#
+# *Optional: a deep dive that no later section needs; read it after class.*
 #
 # `merge_and_unload()` folds `scale * B @ A` into W, leaving a plain model of the base's shape. We
 # give the tiny model an adapter with non-zero B on every linear layer, compare the logits of the

@@ -47,24 +47,12 @@ print(profile.summary())
 #
 # ## The plan
 #
-# This notebook fine-tunes a model with QLoRA (LoRA adapters trained on top of a base model frozen
-# in 4 bits; notebook 00's concepts section draws both) from start to finish and checks each step
-# for the failures that hit people who run fine-tuning notebooks on a free Colab T4:
-#
-# 1. **Number format.** Pick fp16, bf16 or fp32 from the GPU's compute capability (a T4 has no bf16).
-# 2. **Memory preflight.** Estimate the peak memory *before* loading anything, and stop with advice if
-#    it will not fit.
-# 3. **The recipe.** The three configuration objects of the run, printed, every value explained.
-# 4. **Data.** Apply the chat template, put the loss on the answer only, count per example how many
-#    tokens carry loss, and report examples that are too long instead of cutting them mid-answer.
-# 5. **Evaluate** the base model on held-out prompts: eval loss and exact match.
-# 6. **Train** with trl's `SFTTrainer`: 4-bit base, LoRA on every linear layer, gradient
-#    checkpointing, paged 8-bit AdamW (section 10 explains it), checkpoints that survive a disconnect.
-# 7. **Evaluate** after training, and read the held-out loss per epoch.
-# 8. **Save, reload, merge**: the adapter alone, the same answers after a reload, and a merge into
-#    the base it was trained on (for QLoRA, the NF4 base dequantized) whose logits match the trained model's.
-# 9. **Memory**, predicted against measured; 10. **optimizer states**, 32-bit, 8-bit and paged;
-#    11. **LoRA against QLoRA**, trained on the same data with the same steps and seed.
+# QLoRA (LoRA adapters trained on a base frozen in 4 bits; notebook 00 draws both) from start to finish,
+# each step checked for a failure that hits people who fine-tune on a free Colab T4: the number format
+# (section 1), a memory preflight before anything loads (2), the recipe printed with a reason per value
+# (3), the data with the loss on the answer only (4), the model before training (5), training with
+# checkpoints that survive a disconnect (6), after training (7), save, reload and merge (8), and memory
+# predicted against measured (9). Sections 10 and 11 are optional.
 #
 # On a GPU this runs the `t4` profile (Qwen2.5-1.5B-Instruct learning text-to-SQL on
 # `b-mc2/sql-create-context`, CC-BY-4.0: a behaviour the base model lacks, with answers `sqlite3` can
@@ -382,6 +370,8 @@ print("in the newest:", sorted(f.name for f in saved[-1].iterdir()) if saved els
 #
 # ### When memory runs out anyway
 #
+# *Optional: a deep dive that no later section needs; read it after class.*
+#
 # An out-of-memory error half-way through is the other way to lose a session. `sft` catches it,
 # keeps the checkpoints, saves the last completed step if it can, and asks the estimator what would
 # fit. To see the message without exhausting a GPU, a callback raises the same error a GPU raises:
@@ -423,6 +413,8 @@ display(Markdown(f"```python\n{inspect.getsource(scoring.normalise_sql)}```"))
 
 # %% [markdown]
 # ### How many epochs? The held-out loss per epoch
+#
+# *Optional: a deep dive that no later section needs; read it after class.*
 #
 # An **epoch** is one pass over the training set. A common rule of thumb says to train 1-3 epochs
 # and that more overfits: the training loss keeps falling while the loss on held-out examples turns
@@ -498,6 +490,8 @@ print(callbacks.compare_memory(estimate, readings, cpu_step)["summary"])
 # %% [markdown]
 # ## 10. Optimizer states: 32-bit, 8-bit and paged AdamW
 #
+# *Optional: a deep dive that no later section needs; read it after class.*
+#
 # AdamW keeps two running averages per trainable parameter (of the gradient and of its square). In
 # fp32 that is 8 bytes per parameter, on top of the weight and its gradient. **8-bit AdamW** stores
 # both in 8 bits, with one fp32 scale per block of values (Dettmers et al. 2021, "8-bit Optimizers via
@@ -544,6 +538,8 @@ display(Markdown(
 
 # %% [markdown]
 # ## 11. LoRA against QLoRA, measured
+#
+# *Optional: a deep dive that no later section needs; read it after class.*
 #
 # QLoRA trains the same adapters as LoRA; only the frozen base differs (NF4 instead of 16 bits, or
 # fp32 on a CPU). Does the 4-bit base cost anything on this task? A second run trains LoRA on the
@@ -624,6 +620,8 @@ display(Markdown(train.lora_vs_qlora_verdict(comparison, knowledge, rehearsal=pr
 #
 # ## The same pipeline as a command
 #
+# *Optional: a deep dive that no later section needs; read it after class.*
+#
 # ```bash
 # python -m lora_lab.training.train --profile cpu                                 # this notebook's run
 # python -m lora_lab.training.train --profile t4 --max-steps 60 --output-dir runs/t4
@@ -644,6 +642,8 @@ train.build_parser().print_help()
 
 # %% [markdown]
 # ## Beyond one GPU
+#
+# *Optional: a deep dive that no later section needs; read it after class.*
 #
 # The command runs unchanged under a launcher. With **DDP** every process holds the whole model and
 # trains on its share of each batch:
@@ -675,6 +675,8 @@ for n_gpus, sharding in ((1, None), (2, None), (2, "fsdp"), (4, "fsdp")):
 
 # %% [markdown]
 # ## Does 7B fit on a T4?
+#
+# *Optional: a deep dive that no later section needs; read it after class.*
 #
 # A common claim is that a 7B model can be fine-tuned with QLoRA on a 16 GB card. The estimate first, for
 # batch 1 at the t4 profile's 512 tokens:

@@ -104,6 +104,8 @@ print("FP4 equals bitsandbytes' get_4bit_type('fp4') exactly:",
 #
 # ## Why normal quantiles? Look at the weights
 #
+# *Optional: a deep dive that no later section needs; read it after class.*
+#
 # Trained weights are roughly bell-shaped, and within a block divided by its absmax they fill
 # [-1, 1] with most values near zero. Quantiles put the levels where the values are: for values drawn
 # from a normal distribution each level would take an equal share. Real blocks are not exactly normal,
@@ -419,6 +421,8 @@ if SCORE_ON_FACTS:
 #
 # ## Why the adapters stay in 16 or 32 bits
 #
+# *Optional: a deep dive that no later section needs; read it after class.*
+#
 # QLoRA freezes the 4-bit base and trains small LoRA matrices in 16/32 bits. Training the 4-bit
 # weights directly would not work: one optimizer step changes a weight by roughly the learning
 # rate, far less than the gap between two 4-bit levels, so the step is rounded away. We add one
@@ -452,6 +456,8 @@ print(f"the same on {arch.name}: {lora_7b:,} parameters ({lora_7b / arch.total_p
 # fly, multiplies in the compute dtype, and adds the adapter's output.
 #
 # ## LoftQ and PiSSA: let the adapter start where rounding left off
+#
+# *Optional: a deep dive that no later section needs; read it after class.*
 #
 # With QLoRA's default initialisation the adapter starts at zero, so training starts from the
 # rounded model Q(W), not from W. Two initialisations, both in peft's `init_lora_weights`, use the

@@ -48,10 +48,9 @@ print(profile.summary())
 #
 # ## The promise
 #
-# A LoRA adapter is a handful of small matrices that sit on top of a frozen base model. Nothing in
-# the base changes, so one base can carry many adapters: load it once, keep a specialist per task,
-# and pick the one a request needs. This lesson checks that promise piece by piece, with every size,
-# time and difference measured in this run.
+# An adapter is a few small matrices on a frozen base, so one base can carry many: load it once, keep a
+# specialist per task, pick the one a request needs. This lesson checks that promise, measuring each
+# size, time and difference.
 #
 # On the `cpu` profile the tasks are the course's three families (`lora_lab.training.data`): **recall** a
 # fact the base learned in pretraining, **extract** a fact stated in the prompt, and **format** two
@@ -228,6 +227,8 @@ print("Timed on a machine that may be shared; the ratio, not the digits, is the 
 # %% [markdown]
 # ### An adapter needs its own base
 #
+# *Optional: a deep dive that no later section needs; read it after class.*
+#
 # An adapter's matrices have the shapes of the layers it was trained on. Put it on a base with
 # other sizes and peft fails deep in `load_state_dict`, or (when module names differ) loads only
 # part of it with a warning. `adapters.check_compatible` runs first and says what is wrong. Here a
@@ -258,6 +259,8 @@ except adapters.AdapterMismatchError as err:
 # %% [markdown]
 # ## 3 · Hot-swapping into a loaded model
 #
+# *Optional: a deep dive that no later section needs; read it after class.*
+#
 # Loading adapters by name keeps all of them in memory. When only one is needed at a time, peft's
 # `hotswap_adapter` replaces the weights of the loaded adapter with another's, in place: the model
 # object and its modules stay, so a model compiled with `torch.compile` keeps its compiled graph
@@ -282,6 +285,8 @@ for name in names[1:]:
 
 # %% [markdown]
 # ## 4 · Several specialists in one batch
+#
+# *Optional: a deep dive that no later section needs; read it after class.*
 #
 # With adapters loaded by name, peft can use a different one for each row of a batch: pass
 # `adapter_names` (one per row, `"__base__"` for the bare base) to `generate` or `forward`. Each LoRA
@@ -365,6 +370,8 @@ print(memory.summary())
 # %% [markdown]
 # ### Merging into the 4-bit base rounds the update away
 #
+# *Optional: a deep dive that no later section needs; read it after class.*
+#
 # A QLoRA base stores its weights in NF4: 16 levels per block of 64 weights. Merging there means
 # dequantizing, adding the update, and quantizing the sum back to NF4. Most updates are smaller than
 # the gap between two NF4 levels, so they are partly rounded off (peft warns about it). Measured on
@@ -391,6 +398,8 @@ print(f"16-bit merge error {report.max_abs_diff:.1e} vs 4-bit merge error {four_
 
 # %% [markdown]
 # ## 6 · Combining adapters
+#
+# *Optional: a deep dive that no later section needs; read it after class.*
 #
 # `add_weighted_adapter` builds a new adapter from several. With `combination_type="cat"` the new
 # update is exactly the weighted sum of the old ones (the ranks add up: 3 x r); `"linear"` averages
@@ -426,6 +435,8 @@ else:
 
 # %% [markdown]
 # ## On the `t4` profile
+#
+# *Optional: a deep dive that no later section needs; read it after class.*
 #
 # The same cells run on a T4 with the real model: `adapters.default_recipes` then trains QLoRA
 # specialists for text-to-SQL and the extract and format families (short runs of 30 steps each, each

@@ -38,15 +38,11 @@ print(profile.summary())
 #
 # You will be able to:
 #
-# - turn a trained adapter and its merged model into GGUF files with llama.cpp's own converters:
-#   the model in 32/16 bits and in `q8_0`, the adapter as a GGUF LoRA;
-# - load them in a real llama.cpp and check them against PyTorch: next-token logits on held-out
-#   prompts and greedy generations token by token, with a stated tolerance per file type;
-# - recognise four pitfalls by their measurement: the leading space, BOS/EOS, a chat template that
-#   does not match, and an adapter merged into a 4-bit base;
-# - write an Ollama `Modelfile` whose template and stop tokens come from the tokenizer;
-# - read what fits on 2 x T4 (Kaggle) and 8 x A100 with DDP and with FSDP, and write the accelerate
-#   config for an FSDP-QLoRA run.
+# - turn an adapter and its merged model into GGUF files with llama.cpp's own converters (32/16 bits,
+#   `q8_0`, and a GGUF LoRA), and check them in a real llama.cpp against PyTorch's logits and generations;
+# - recognise four export pitfalls by their measurement (leading space, BOS/EOS, chat template, a 4-bit merge);
+# - write an Ollama `Modelfile` from the tokenizer's own template and stop tokens;
+# - read what fits on 2 x T4 and 8 x A100 with DDP and with FSDP, and configure an FSDP-QLoRA run.
 #
 # On the `t4` profile this notebook exports the adapter notebook 03 trained when 03 ran in the same
 # runtime, and otherwise trains a short adapter of the same task first; on the `cpu` profile it exports
@@ -254,6 +250,8 @@ del trained, on_16bit_base
 
 # %% [markdown]
 # ## 5 · Ollama
+#
+# *Optional: a deep dive that no later section needs; read it after class.*
 #
 # Ollama imports a GGUF model with `FROM` and a GGUF LoRA with `ADAPTER`. Its documentation
 # (https://docs.ollama.com/import) lists the architectures it imports adapters for (Llama, Mistral,

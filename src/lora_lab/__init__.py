@@ -78,6 +78,7 @@ The classroom (`lora_lab.classroom`):
     classroom.exercises  every exercise's check (exercises.check("02.3", answer_02_3)); answers computed
     classroom.feedback   what a wrong number is told: close for its scale, unit and percent slips, the tolerance
     classroom.run_order  a cell run before the cell it needs names that cell (one line, no NameError traceback)
+    classroom.reading    each lesson's core and optional words, the guide's reading table, the core's limit
 
 Build tooling (`lora_lab.tooling`, not imported by the lessons):
     tooling.course          runs, checks, strips and exports the notebooks; learner notebooks, answer key

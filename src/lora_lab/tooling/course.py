@@ -3,7 +3,8 @@
     python -m lora_lab.tooling.course run     # execute notebooks/NN_*.ipynb in order into build/notebooks/
     python -m lora_lab.tooling.course check   # every .py has its .ipynb twin, same cells, no outputs
     python -m lora_lab.tooling.course strip   # remove outputs and execution counts from notebooks/*.ipynb
-    python -m lora_lab.tooling.course exercises  # learner notebooks, docs/answer-key.md, classroom/run_order.json
+    python -m lora_lab.tooling.course exercises  # learner notebooks, docs/answer-key.md, run_order.json, the
+                                                 # instructor guide's reading table
     python -m lora_lab.tooling.course check-learners  # both up to date with the lessons (CI)
     python -m lora_lab.tooling.course figures    # every figure of the course as PNG + SVG into build/figures/
     python -m lora_lab.tooling.course out-of-order  # each cell that needs an earlier one, run alone after setup
@@ -24,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from lora_lab.classroom import run_order
+from lora_lab.classroom import reading, run_order
 
 ROOT = Path(__file__).resolve().parents[3]
 NOTEBOOKS = ROOT / "notebooks"
@@ -33,6 +34,8 @@ BUILD = ROOT / "build" / "notebooks"
 LEARNERS = NOTEBOOKS / "learners"
 #: The answer key, committed: every exercise's statement and solution, generated from the lessons.
 ANSWER_KEY = ROOT / "docs" / "answer-key.md"
+#: The instructor guide: its reading table is generated from the lessons (`lora_lab.classroom.reading`).
+GUIDE = ROOT / "docs" / "instructor-guide.md"
 FIGURES = ROOT / "build" / "figures"
 REHEARSAL = ROOT / "build" / "rehearsal"
 #: Cells tagged so hold an exercise's solution; learner copies replace their code.
@@ -412,6 +415,16 @@ def answer_key(folder: Path = NOTEBOOKS) -> str:
     return "\n".join(lines)
 
 
+def guide_with_reading_table(folder: Path = NOTEBOOKS, guide: Path = GUIDE) -> str:
+    """The instructor guide with its reading table computed from the lessons (`lora_lab.classroom.reading`)."""
+    return reading.with_table(guide.read_text(), reading.reading_table(course_notebooks(folder)))
+
+
+def write_guide_reading_table(folder: Path = NOTEBOOKS, guide: Path = GUIDE) -> Path:
+    guide.write_text(guide_with_reading_table(folder, guide))
+    return guide
+
+
 def write_answer_key(folder: Path = NOTEBOOKS, path: Path = ANSWER_KEY) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(answer_key(folder))
@@ -433,6 +446,8 @@ def check_learners(folder: Path = NOTEBOOKS, learners: Path = LEARNERS, key: Pat
         problems.append(f"{learners / extra} has no lesson {extra} in {folder}: remove it, or {fix}")
     if not key.exists() or key.read_text() != answer_key(folder):
         problems.append(f"{key} is {'out of date' if key.exists() else 'missing'}: {fix}")
+    if GUIDE.read_text() != guide_with_reading_table(folder):
+        problems.append(f"{GUIDE}'s reading table is out of date with the lessons: {fix}")
     return problems
 
 
@@ -576,7 +591,8 @@ def _command(args) -> int:
         return 1 if failed else 0
     if args.command == "exercises":
         notebooks_to_run()
-        for path in [*write_learner_copies(), write_answer_key(), run_order.write_map(notebook_sources())]:
+        for path in [*write_learner_copies(), write_answer_key(), run_order.write_map(notebook_sources()),
+                     write_guide_reading_table()]:
             print(f"wrote {path.relative_to(ROOT)}")
         return 0
     if args.command == "check-learners":
