@@ -13,10 +13,11 @@ One line per run is appended to benchmarks/results/cpu_flagship.csv with the ins
 from __future__ import annotations
 
 import argparse
-import csv
 import tempfile
 import time
 from pathlib import Path
+
+from results_csv import append_row
 
 RESULTS = Path(__file__).resolve().parent / "results" / "cpu_flagship.csv"
 FIELDS = ["date", "cpu_capability", "seed", "max_steps", "learning_rate", "exact_match_before", "exact_match_after",
@@ -35,24 +36,17 @@ def main() -> int:
     parser.add_argument("--learning-rate", type=float, default=None)
     args = parser.parse_args()
     profile = profiles.get_profile("cpu")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    new_file = not RESULTS.exists()
-    with RESULTS.open("a", newline="") as handle:
-        writer = csv.DictWriter(handle, FIELDS)
-        if new_file:
-            writer.writeheader()
-        for seed in args.seeds:
-            started = time.perf_counter()
-            with tempfile.TemporaryDirectory() as out:
-                metrics = train.run_pipeline(profile, output_dir=out, seed=seed, max_steps=args.max_steps,
-                                             learning_rate=args.learning_rate, merge=False, verbose=False)
-            row = {"date": time.strftime("%Y-%m-%d"), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-                   "seed": seed, "max_steps": args.max_steps or profile.max_steps,
-                   "learning_rate": args.learning_rate or profile.learning_rate,
-                   **{k: round(metrics[k], 4) for k in FIELDS[5:10]}, "total_s": round(time.perf_counter() - started)}
-            writer.writerow(row)
-            handle.flush()
-            print(row)
+    for seed in args.seeds:
+        started = time.perf_counter()
+        with tempfile.TemporaryDirectory() as out:
+            metrics = train.run_pipeline(profile, output_dir=out, seed=seed, max_steps=args.max_steps,
+                                         learning_rate=args.learning_rate, merge=False, verbose=False)
+        row = {"date": time.strftime("%Y-%m-%d"), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+               "seed": seed, "max_steps": args.max_steps or profile.max_steps,
+               "learning_rate": args.learning_rate or profile.learning_rate,
+               **{k: round(metrics[k], 4) for k in FIELDS[5:10]}, "total_s": round(time.perf_counter() - started)}
+        append_row(RESULTS, FIELDS, row)
+        print(row)
     return 0
 
 

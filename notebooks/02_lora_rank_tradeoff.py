@@ -316,8 +316,9 @@ display(Markdown(
 # * LoRA on all linear layers at each rank of the plan, with its learning rate searched;
 # * full fine-tuning as the baseline;
 # * at one rank (`lr_rank`) and its best learning rate: attention-only and MLP-only LoRA at ranks
-#   chosen so both have *exactly* the same number of parameters, dropout, no warmup, and a second
-#   seed (which measures how much a run moves by chance alone).
+#   chosen so both have *exactly* the same number of parameters, dropout, and no warmup;
+# * every run we compare again with two more seeds: another random start and another order of
+#   examples, which measures how much a run moves by chance alone.
 #
 # For each run: held-out loss on the answer tokens, greedy exact match (an answer counts when the
 # model's greedy choice is right at every answer token and at the closing end-of-turn token, exactly
@@ -326,7 +327,7 @@ display(Markdown(
 # activations saved for backward), and the median seconds per step. On `cpu` a plain PyTorch loop
 # trains, in two processes of one thread each (trl's trainer costs more than these short runs
 # themselves); on `t4` the same configurations run through `lora_lab.training.train.sft` with QLoRA, fewer
-# ranks and steps, and one learning rate per rank. Seconds per step are measurements: they vary
+# ranks and steps, one learning rate per rank and one seed (so no verdicts). Seconds per step vary
 # with whatever else runs on the machine.
 
 # %%
@@ -359,56 +360,48 @@ show_figure(fig, "Held-out loss of the course model's LoRA runs against their tr
 # A GPU run the preflight skipped (full fine-tuning of the 1.5B model needs more than a T4) has no row.
 full = next((r for r in runs if r["group"] == "full"), None)
 ranked = rank.best_runs(runs)
-print(f"{'rank':>5}{'LR':>9}{'held-out loss':>15}{'exact match':>13}{'MiB/step':>10}")
-for r in ranked:
-    print(f"{r['rank']:>5}{r['lr']:>9g}{r['eval_loss']:>15.3f}{r['exact_match']:>13.1%}{r['memory'] / 2**20:>10.2f}")
-if full:
-    print(f" full{full['lr']:>9g}{full['eval_loss']:>15.3f}{full['exact_match']:>13.1%}{full['memory'] / 2**20:>10.2f}")
+print(f"{'rank':>5}{'LR':>9}{'held-out loss, each seed':>28}{'exact match, mean':>19}{'MiB/step':>10}")
+for r in ranked + ([full] if full else []):
+    losses = rank.seed_values(runs, r)
+    print(f"{r['rank'] or 'full':>5}{r['lr']:>9g}{' '.join(f'{v:.3f}' for v in losses):>28}"
+          f"{rank.seed_mean(runs, r, 'exact_match'):>19.1%}{r['memory'] / 2**20:>10.2f}")
 print(f"\nestimated T4 memory (QLoRA, batch 4 x 512): r={plan.ranks[0]} {estimates[0]['total'] / 2**30:.2f} GiB, "
       f"r={plan.ranks[-1]} {estimates[-1]['total'] / 2**30:.2f} GiB")
 
 # %% [markdown]
 # Reading the figure: moving right along the blue line buys held-out loss with parameters (each
-# point is a rank at its own best learning rate); the marker area is the measured memory of a step.
+# marker is a rank at its own best learning rate, at the mean of its seeds; the black dots are the
+# seeds themselves); the marker area is the measured memory of a step.
 # The right panel sets the tiny model's measured memory next to the estimate for the real model
 # with QLoRA; the last printed line says how much that estimate changes from the smallest rank to
 # the largest.
 #
 # Is the sweep long enough for a verdict? The test is in its own numbers: a difference between ranks
-# means something only when it is larger than what a second seed of the same run moves.
+# means something only when it is larger than what another seed of the same run moves. Every
+# comparison in the course uses the same rule, `lessons.verdicts` (three seeds a side at least):
 
 # %%
-seed_rows, seed_ref = rank.follow_up_pair(runs, "seed")
-noise = abs(seed_rows[0]["eval_loss"] - seed_ref["eval_loss"]) if seed_rows and seed_ref else None
-best_loss = min(r["eval_loss"] for r in ranked)
-# The smallest rank this sweep cannot tell from the best: within one seed-to-seed spread (5% without a second seed).
-within = noise if noise is not None else 0.05 * best_loss
-good_rank = next(r["rank"] for r in ranked if r["eval_loss"] <= best_loss + within)
-gap_small = ranked[0]["eval_loss"] - best_loss
-lines = [f"Each rank at its best learning rate: held-out loss from {ranked[0]['eval_loss']:.3f} at r={ranked[0]['rank']} "
-         f"to {best_loss:.3f} at the best rank (r={min(ranked, key=lambda r: r['eval_loss'])['rank']}); the smallest rank "
-         f"within {'one seed-to-seed spread' if noise is not None else '5%'} ({within:.3f}) of the best is **r={good_rank}**."]
-if noise is not None:
-    lines.append(f"A second seed of r={seed_ref['rank']} at lr {seed_ref['lr']:g} moved the held-out loss by {noise:.3f}, "
-                 f"so the gap of {gap_small:.3f} between r={ranked[0]['rank']} and the best rank is "
-                 f"{gap_small / max(noise, 1e-9):.1f}x the seed-to-seed spread: "
-                 + ("the ranking of the extreme ranks follows from these runs." if gap_small > 3 * noise else
-                    "too small against the spread to rank them."))
-    close = [(a, b) for a, b in zip(ranked, ranked[1:], strict=False) if abs(a["eval_loss"] - b["eval_loss"]) < 3 * noise]
-    if close:
-        lines.append("Neighbours closer than 3x the spread (not ranked by this sweep): "
-                     + ", ".join(f"r={a['rank']} and r={b['rank']}" for a, b in close) + ".")
+from lora_lab.lessons import verdicts
+
+print(inspect.getsource(verdicts.Verdict.spread.fget))
+print(inspect.getsource(verdicts.Verdict.measurable.fget))
+
+# %%
+best_run = rank.best_rank_run(runs)
+good_rank = rank.smallest_good_rank(runs)
+by_rank = rank.rank_verdicts(runs)
+lines = [f"Each rank at its best learning rate, {plan.seeds} seed(s) each: the lowest mean held-out loss is "
+         f"r={best_run['rank']}'s. The smallest rank this sweep cannot tell from it is **r={good_rank}**."]
+lines += [f"- {v.line()}" for v in by_rank.values()]
 edge = [r for r in ranked if plan.lr_ladder and r["lr"] in (plan.lr_ladder[0], plan.lr_ladder[-1])]
 if edge:
     lines.append("At the end of the learning-rate ladder (the search could not bracket it): "
                  + ", ".join(f"r={r['rank']}" for r in edge) + ".")
 if full:
-    lines.append(f"Full fine-tuning ({full['trainable']:,} parameters, one learning rate, {full['lr']:g}, not searched) "
-                 f"reached {full['eval_loss']:.3f}: "
-                 + ("no LoRA rank closes the gap (full fine-tuning also trains the embeddings and norms that "
-                    "all-linear LoRA leaves frozen)." if full["eval_loss"] < best_loss else
-                    f"{sum(r['eval_loss'] <= full['eval_loss'] for r in ranked)} of the {len(ranked)} ranks, each at its "
-                    "searched learning rate, did as well or better."))
+    full_v = rank.verdict(runs, full, best_run, "full fine-tuning", f"r={best_run['rank']}")
+    lines.append(f"Full fine-tuning ({full['trainable']:,} parameters, one learning rate, {full['lr']:g}, not "
+                 f"searched; it also trains the embeddings and norms that all-linear LoRA leaves frozen): "
+                 + full_v.line())
 display(Markdown("\n\n".join(lines)))
 
 # %% [markdown]
@@ -424,7 +417,7 @@ limits = [f"one model of {base_params:,} parameters" if base_params else f"one m
           f"{plan.steps} steps of batch {profile.batch_size}"
           + (f" ({plan.steps * profile.batch_size / n_train:.1f} passes over {n_train} training examples)" if n_train else ""),
           f"{profile.n_eval} held-out questions (one question is {1 / profile.n_eval:.0%} of exact match)",
-          "one seed per run (one second seed measures the spread)" if noise is not None else "one seed per run"]
+          f"{plan.seeds} seed(s) per compared run"]
 display(Markdown(
     "This sweep has " + "; ".join(limits) + ". It cannot show how the ranks compare on a 1.5B model or on a task "
     "whose update needs far higher rank (Biderman et al. 2024 on code and maths), whether a longer run would let "
@@ -446,12 +439,45 @@ if att and mlp:
           f"{att['exact_match']:.1%}")
     print(f"MLP only       ({mlp['name']}, {mlp['trainable']:,} parameters): loss {mlp['eval_loss']:.3f}, exact match "
           f"{mlp['exact_match']:.1%}")
-    gap = abs(mlp["eval_loss"] - att["eval_loss"])
-    display(Markdown(
-        f"At lr {att['lr']:g}, {'MLP' if mlp['eval_loss'] < att['eval_loss'] else 'attention'}-only is better by "
-        f"{gap:.3f}" + (f", {gap / noise:.1f}x the seed-to-seed spread" if noise else "") + "."))
+    display(Markdown(f"At lr {att['lr']:g}: " + rank.verdict(runs, mlp, att, "MLP-only", "attention-only").line()))
 else:
     print("attention vs MLP runs only on the cpu profile (this plan leaves them out)")
+
+# %% [markdown]
+# ### Full fine-tuning, LoRA and QLoRA: what each learned and forgot
+#
+# *Optional: a deep dive that no later section needs; read it after class.*
+#
+# Biderman et al. (2024, arXiv 2405.09673) called their study "LoRA Learns Less and Forgets Less": on
+# code and maths, full fine-tuning reached higher scores on the new task, and LoRA kept more of what
+# the base model could do outside it. QLoRA adds a question: does training on a base rounded to NF4
+# cost quality? On the tiny model all three run in seconds, so each gets three seeds: full
+# fine-tuning, LoRA at the rank of the follow-up runs and QLoRA, the same adapter on the base rounded to NF4 by
+# bitsandbytes (which runs on the CPU), at the same learning rate. The tiny model learned the course
+# world's facts as plain sentences in pretraining ("the color of mipoka is orange"), a format
+# fine-tuning never shows it; after every run we score a fixed quarter of those sentences
+# (`rank.pretraining_facts`): the loss on the answer word rises as the model forgets.
+
+# %%
+qlora_rows, lora_ref = rank.follow_up_pair(runs, "qlora")
+if sweep["baseline"] and full and qlora_rows and "facts_loss" in full:
+    qlora = qlora_rows[0]
+    print(f"{'':>12}{'held-out loss (task)':>22}{'loss on pretraining facts':>27}{'facts completed':>17}")
+    print(f"{'base':>12}{sweep['baseline']['eval_loss']:>22.3f}{sweep['baseline']['facts_loss']:>27.4f}"
+          f"{sweep['baseline']['facts_accuracy']:>17.1%}")
+    for label, r in [*((f"LoRA r={r['rank']}", r) for r in ranked), (f"QLoRA r={qlora['rank']}", qlora),
+                     ("full", full)]:
+        print(f"{label:>12}{rank.seed_mean(runs, r):>22.3f}{rank.seed_mean(runs, r, 'facts_loss'):>27.4f}"
+              f"{rank.seed_mean(runs, r, 'facts_accuracy'):>17.1%}")
+    lora_label, qlora_label = f"LoRA r={lora_ref['rank']}", f"QLoRA r={qlora['rank']}"
+    pairs = [(full, lora_ref, "full fine-tuning", lora_label), (qlora, lora_ref, qlora_label, lora_label),
+             (qlora, full, qlora_label, "full fine-tuning")]
+    display(Markdown("Means over the seeds, each pair at the same learning rate except full fine-tuning "
+                     f"(lr {full['lr']:g}, not searched).\n\n" + "\n\n".join(
+                         f"- Learned: {rank.verdict(runs, a, b, la, lb).line()} Forgot: "
+                         f"{rank.verdict(runs, a, b, la, lb, key='facts_loss').line()}" for a, b, la, lb in pairs)))
+else:
+    print("measured on the cpu profile only: the tiny model knows the course world's facts, a real model does not")
 
 # %% [markdown]
 # ## 6. Learning rate
@@ -478,8 +504,7 @@ display(Markdown(
     + (f" (the untrained model: {base_loss:.3f}; it covered {(base_loss - low['eval_loss']) / (base_loss - top['eval_loss']):.0%}"
        f" of the way the best learning rate went)" if base_loss else "")
     + f", against {top['eval_loss']:.3f} at the best, lr {top['lr']:g} ({top['lr'] / low['lr']:.0f}x higher). "
-    + ("In a run of this length the low end of the rule of thumb is too low." if low["eval_loss"] > 1.5 * top["eval_loss"]
-       else "Here the low end was not far behind.")
+    + rank.verdict(runs, low, top, f"lr {low['lr']:g}", f"lr {top['lr']:g}").line()
     + (" Best learning rate per rank under rsLoRA, searched: " + ", ".join(f"r={k}: {v:g}" for k, v in best_lrs.items())
        + (f" (spread {max(best_lrs.values()) / min(best_lrs.values()):.0f}x)." if len(best_lrs) > 1 else ".")
        if plan.lr_ladder else f" This plan trains every rank at one learning rate ({plan.lora_lr:g}); it does not search.")))
@@ -498,22 +523,21 @@ display(Markdown(
 # %%
 drop_rows, drop_ref = rank.follow_up_pair(runs, "dropout")
 drop_all = sorted(drop_rows + ([drop_ref] if drop_ref else []), key=lambda r: r["dropout"])
-fig = rank_plots.dropout(drop_all)
-show_figure(fig, "Held-out loss against LoRA dropout ("
-            + ", ".join(f"{r['dropout']:g}: {r['eval_loss']:.3f}" for r in drop_all) + ").")
+fig = rank_plots.dropout(drop_all, runs)
+show_figure(fig, "Held-out loss against LoRA dropout, a dot per seed ("
+            + "; ".join(f"{r['dropout']:g}: " + ", ".join(f"{v:.3f}" for v in rank.seed_values(runs, r))
+                        for r in drop_all) + "), time and memory per step.")
 for r in drop_all:
     print(f"dropout {r['dropout']:<5g} held-out loss {r['eval_loss']:.3f}  exact match {r['exact_match']:.1%}  "
           f"{r['seconds_per_step'] * 1000:6.1f} ms/step  {r['memory'] / 2**20:6.2f} MiB/step"
           + (f" (activations {r['memory_activations'] / 2**20:.2f} MiB)" if "memory_activations" in r else ""))
 d0, dmax = drop_all[0], drop_all[-1]
-best_d = min(drop_all, key=lambda r: r["eval_loss"])
 display(Markdown(
-    f"Dropout {dmax['dropout']:g} against {d0['dropout']:g}: held-out loss {dmax['eval_loss']:.3f} vs {d0['eval_loss']:.3f}"
-    + (f" ({abs(dmax['eval_loss'] - d0['eval_loss']) / noise:.1f}x the seed-to-seed spread)" if noise else "")
-    + f", memory per step {dmax['memory'] / d0['memory'] - 1:+.0%}, time per step "
-    f"{dmax['seconds_per_step'] / d0['seconds_per_step'] - 1:+.0%} (timings move with the machine's load). "
-    f"The lowest held-out loss came with dropout {best_d['dropout']:g}. QLoRA found 0.05 useful for 7B and 13B "
-    "models, not for 33B and 65B (arXiv 2305.14314, Appendix A); peft's default is 0."))
+    " ".join(rank.verdict(runs, r, d0, f"dropout {r['dropout']:g}", f"dropout {d0['dropout']:g}").line()
+             for r in drop_all[1:])
+    + f" Dropout {dmax['dropout']:g} costs memory per step {dmax['memory'] / d0['memory'] - 1:+.0%} and time per step "
+    f"{dmax['seconds_per_step'] / d0['seconds_per_step'] - 1:+.0%} (timings move with the machine's load). QLoRA "
+    "found 0.05 useful for 7B and 13B models, not for 33B and 65B (arXiv 2305.14314, Appendix A); peft's default is 0."))
 
 # %% [markdown]
 # ## 8. Warmup and effective batch, briefly
@@ -530,12 +554,8 @@ if warm_rows and warm_ref:
     print(f"with {plan.warmup_steps} warmup steps: held-out loss {warm_ref['eval_loss']:.3f}; without: {w0['eval_loss']:.3f}")
     print("training loss over the first 10 steps, with warmup:   ", [round(v, 2) for _, v in warm_ref["losses"][:10]])
     print("training loss over the first 10 steps, without warmup:", [round(v, 2) for _, v in w0["losses"][:10]])
-    display(Markdown(
-        f"Without warmup the held-out loss was {w0['eval_loss'] - warm_ref['eval_loss']:+.3f} against the run with it"
-        + (f", {abs(w0['eval_loss'] - warm_ref['eval_loss']) / noise:.1f}x the seed-to-seed spread" if noise else "")
-        + ": at this learning rate and length, warmup "
-        + ("helped." if noise and warm_ref["eval_loss"] < w0["eval_loss"] - noise else
-           "made no difference larger than chance." if noise else "made this difference.")))
+    display(Markdown("At this learning rate and length: "
+                     + rank.verdict(runs, warm_ref, w0, f"{plan.warmup_steps} warmup steps", "no warmup").line()))
 else:
     print("the warmup comparison runs only on the cpu profile (this plan leaves it out)")
 
@@ -692,18 +712,19 @@ summary.add(f"Rank is a capacity: in the controlled task the error stops falling
 summary.add("Scaling rules, toy task: the best learning rate moved " + ", ".join(f"{v:.1f}x under {k}" for k, v in spreads.items())
             + f" across ranks {SCALING['ranks'][0]}-{SCALING['ranks'][-1]}.")
 summary.add(f"Course task, {plan.rule}, " + ("learning rate searched per rank" if plan.lr_ladder else
-                                              f"one learning rate ({plan.lora_lr:g})") + f": held-out loss {ranked[0]['eval_loss']:.3f} at "
-            f"r={ranked[0]['rank']} down to {best_loss:.3f}; the smallest rank within {within:.3f} of the best is r={good_rank}"
-            + (f"; a second seed moved the loss by {noise:.3f}" if noise is not None else "")
-            + (f"; full fine-tuning {full['eval_loss']:.3f}." if full else "."))
+                                              f"one learning rate ({plan.lora_lr:g})") + f", {plan.seeds} seed(s): "
+            f"the lowest mean held-out loss at r={best_run['rank']}; the smallest rank the sweep cannot tell from it "
+            f"is r={good_rank}" + (f"; full fine-tuning against it: {full_v.line()}" if full else "."))
+if qlora_rows and lora_ref:
+    summary.add("QLoRA against LoRA, same rank and learning rate: "
+                + rank.verdict(runs, qlora_rows[0], lora_ref, f"QLoRA r={lora_ref['rank']}", f"LoRA r={lora_ref['rank']}").line())
 if att and mlp:
-    summary.add(f"Targets at equal parameters: MLP-only {mlp['eval_loss']:.3f}, attention-only {att['eval_loss']:.3f}.")
-summary.add(f"Learning rate at r={plan.lr_rank}: {low['lr']:g} gave {low['eval_loss']:.3f}, the best ({top['lr']:g}) "
-            f"{top['eval_loss']:.3f}.")
-summary.add(f"Dropout {d0['dropout']:g} / {dmax['dropout']:g}: held-out loss {d0['eval_loss']:.3f} / {dmax['eval_loss']:.3f}, "
-            f"memory per step {dmax['memory'] / d0['memory'] - 1:+.0%}.")
+    summary.add("Targets at equal parameters: " + rank.verdict(runs, mlp, att, "MLP-only", "attention-only").line())
+summary.add(f"Learning rate at r={plan.lr_rank}: " + rank.verdict(runs, low, top, f"lr {low['lr']:g}", f"lr {top['lr']:g}").line())
+summary.add("Dropout: " + rank.verdict(runs, dmax, d0, f"dropout {dmax['dropout']:g}", f"dropout {d0['dropout']:g}").line()
+            + f" Memory per step {dmax['memory'] / d0['memory'] - 1:+.0%}.")
 if warm_rows and warm_ref:
-    summary.add(f"Warmup: held-out loss {warm_ref['eval_loss']:.3f} with, {warm_rows[0]['eval_loss']:.3f} without.")
+    summary.add("Warmup: " + rank.verdict(runs, warm_ref, w0, f"{plan.warmup_steps} warmup steps", "no warmup").line())
 if plan.engine == "loop":
     summary.add(f"Gradient accumulation: same training losses (largest difference {acc['max_loss_diff']:.0e}), "
                 f"step memory {acc['memory_full'] / 2**20:.2f} -> {acc['memory_accum'] / 2**20:.2f} MiB.")

@@ -436,6 +436,32 @@ show_figure(fig, "Training loss and held-out loss against epochs: held-out loss 
 display(Markdown(train.epoch_verdict(epochs)))
 
 # %% [markdown]
+# ### What did it forget?
+#
+# *Optional: a deep dive that no later section needs; read it after class.*
+#
+# Fine-tuning on one task can wear away what the model knew before. We ask the same model with its
+# adapter switched off (the base) and on (the tuned model) two things the SQL task never showed it:
+# its loss per token on the course's held-out English prose, and 50 general facts written as
+# sentence completions ("The capital of France is" -> " Paris", `lora_lab/texts/general_facts.tsv`),
+# a fact counting as known when every answer token is the model's top choice.
+
+# %%
+forgot = evaluate.forgetting(tuned, tokenizer)
+print(f"held-out prose, loss per token: base {forgot['prose_before']['loss']:.3f} -> tuned {forgot['prose_after']['loss']:.3f}")
+print(f"general facts: the base completes {forgot['known_before']} of {forgot['facts']}; the tuned model still "
+      f"completes {forgot['kept']} of those (and {forgot['gained']} the base did not); loss on the answers "
+      f"{forgot['facts_loss_before']:.3f} -> {forgot['facts_loss_after']:.3f}")
+display(Markdown(
+    ("Rehearsal: the stand-in model has random weights and knows nothing, so these numbers only show that the path "
+     "runs. " if profile.rehearsal else "")
+    + f"After {result.metrics['global_step']} steps of {METHOD} on SQL, the tuned model kept {forgot['kept']} of the "
+    f"{forgot['known_before']} general facts its base completed, and its loss on ordinary prose moved by "
+    f"{forgot['prose_after']['loss'] - forgot['prose_before']['loss']:+.3f}. One run, one seed: this says what "
+    "this adapter did, not how LoRA compares with full fine-tuning; notebook 02 measures that comparison with "
+    "seeds on the tiny model, where full fine-tuning takes seconds."))
+
+# %% [markdown]
 # ## 8. Save, reload, merge
 #
 # The adapter is all that training produced: LoRA matrices, saved as safetensors. We reload it onto a
@@ -616,7 +642,8 @@ display(Markdown(train.lora_vs_qlora_verdict(comparison, knowledge, rehearsal=pr
 # ChatGPT on a chatbot benchmark judged by GPT-4, a judge the paper itself warns is not reliable. The
 # relative rounding error per weight is about the same at any size (notebook 04 measures it); what the
 # error does to answers depends on how close the model's right answers are to wrong ones, and this run
-# cannot measure that for a 7B model.
+# cannot measure that for a 7B model. Notebook 02 measures QLoRA against LoRA and full fine-tuning on
+# the tiny model, three seeds each, in its optional section on what each learned and forgot.
 #
 # ## The same pipeline as a command
 #

@@ -139,7 +139,7 @@ if base_file_bytes:
 # %%
 model, tokenizer = adapters.load_specialists(profile, {t: r.adapter_dir for t, r in runs.items()},
                                              method=next(iter(recipes.values())).method, hw=hw)
-evals = adapters.held_out_sets(profile, list(runs))  # adapters.N_EVAL held-out examples per task
+evals = adapters.held_out_sets(profile, list(runs))  # adapters.held_out_size(profile) examples per task
 prompts = [evals[t][0]["messages"][0]["content"] for t in runs]
 answers = [evals[t][0]["answer"] for t in runs]
 for name in runs:
@@ -162,7 +162,7 @@ from lora_lab.figures import adapter_plots
 scores = adapters.score_table(model, tokenizer, evals, ["__base__", *runs], profile)
 print(adapters.format_scores(scores))
 fig = adapter_plots.score_heatmap(scores, bars={t: b.min_score for t, b in bars.items()},
-                                  title=f"exact match on {adapters.N_EVAL} held-out examples per task")
+                                  title=f"exact match on {adapters.held_out_size(profile)} held-out examples per task")
 show_figure(fig, "Heat map of exact match, adapters in rows and tasks in columns, each cell's score written in it "
             "and cells below their task's bar marked: " + "; ".join(
                 f"{name}: " + ", ".join(f"{task} {value:.0%}" for task, value in row.items())

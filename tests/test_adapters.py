@@ -370,7 +370,7 @@ def test_each_cpu_specialist_passes_its_bar(profile):
     runs = {task: adapters.train_specialist(profile, recipe) for task, recipe in recipes.items()}
     model, tokenizer = adapters.load_specialists(profile, {t: r.adapter_dir for t, r in runs.items()}, "lora")
     evals = adapters.held_out_sets(profile, list(runs))
-    assert all(len(ds) == adapters.N_EVAL for ds in evals.values())
+    assert all(len(ds) == adapters.held_out_size(profile) == 100 for ds in evals.values())
     scores = adapters.score_table(model, tokenizer, evals, ["__base__", *runs], profile)
     print({adapter: {task: round(score, 3) for task, score in row.items()} for adapter, row in scores.items()})
     verdicts = adapters.judge_specialists(scores, adapters.specialist_bars(profile))

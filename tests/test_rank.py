@@ -291,13 +291,59 @@ def test_whole_cpu_sweep_flow_searches_then_follows_up(tiny_model_path, tmp_path
     out = rank.sft_sweep(profile, plan, model_path=str(tiny_model_path), verbose=False)
     groups = [r["group"] for r in out["runs"]]
     assert groups.count("rank") in (3, 4) and groups.count("lr") == 1 and groups.count("full") == 1
-    assert groups.count("dropout") == 2 and groups.count("warmup") == 1 and groups.count("seed") == 1
-    assert groups.count("targets") == 2
+    assert groups.count("dropout") == 2 and groups.count("warmup") == 1 and groups.count("targets") == 2
+    # every compared run (the rank at its best LR, full, 2 targets, 2 dropouts, warmup, QLoRA, the lowest LR)
+    # twice more with other seeds
+    compared = rank.compared_runs(out["runs"])
+    assert len(compared) == 9 and groups.count("repeat") == 2 * len(compared)
+    qlora_rows, lora_ref = rank.follow_up_pair(out["runs"], "qlora")
+    assert [r["method"] for r in qlora_rows] == ["qlora"] and lora_ref["method"] == "lora"
+    assert qlora_rows[0]["trainable"] == lora_ref["trainable"]  # the same adapter, on the NF4 base
+    assert qlora_rows[0]["memory_weights"] < lora_ref["memory_weights"]
+    assert qlora_rows[0]["eval_loss"] != lora_ref["eval_loss"]
+    assert compared[-1]["lr"] == 2e-5 and compared[-1]["group"] == "lr"
+    assert all("facts_loss" in r and 0 <= r["facts_accuracy"] <= 1 for r in out["runs"])  # the forgetting probe
+    for row in compared:
+        values = rank.seed_values(out["runs"], row)
+        assert len(values) == plan.seeds == 3 and len(set(values)) == 3  # another seed, another result
     best = out["best_lr"][2]
-    follow = [r for r in out["runs"] if r["group"] in ("dropout", "warmup", "seed", "targets")]
+    follow = [r for r in out["runs"] if r["group"] in ("dropout", "warmup", "targets", "qlora")]
     assert all(r["lr"] == best for r in follow)
     assert {r["dropout"] for r in out["runs"] if r["group"] == "dropout"} == {0.05, 0.1}
     assert [r["rank"] for r in rank.best_runs(out["runs"])] == [2]
     # every run is cached: a second call trains nothing and returns the same rows
     again = rank.sft_sweep(profile, plan, model_path=str(tiny_model_path), verbose=False)
     assert [r["eval_loss"] for r in again["runs"]] == [r["eval_loss"] for r in out["runs"]]
+
+
+def _run_row(name, rank_, lr, loss, seed=0, group="rank", method="lora", dropout=0.0):
+    return dict(name=name, method=method, rank=rank_, targets="all-linear", lr=lr, group=group, dropout=dropout,
+                warmup=True, seed=seed, eval_loss=loss)
+
+
+def _with_repeats(runs, row, *losses):
+    runs.append(row)
+    runs += [dict(row, name=f"{row['name']} seed {s}", group="repeat", seed=s, eval_loss=v)
+             for s, v in enumerate(losses, start=1)]
+
+
+def test_the_sweeps_verdicts_rank_by_the_mean_and_call_a_rank_good_inside_the_spread():
+    runs = []
+    _with_repeats(runs, _run_row("r=1", 1, 3e-3, 1.30), 1.25, 1.28)  # far behind: measurable
+    _with_repeats(runs, _run_row("r=4", 4, 3e-3, 0.60), 0.45, 0.55)  # within the spread of the best
+    _with_repeats(runs, _run_row("r=16", 16, 3e-3, 0.58), 0.40, 0.47)
+    runs.append(_run_row("r=16 lr=1e-3", 16, 1e-3, 0.90))  # a worse learning rate of r=16: not a compared run
+    # The best rank by its mean over the seeds (0.483 against r=4's 0.533).
+    assert rank.best_rank_run(runs)["rank"] == 16
+    by_rank = rank.rank_verdicts(runs)
+    assert by_rank[1].better == "r=16" and not by_rank[4].measurable
+    assert rank.smallest_good_rank(runs) == 4
+    assert rank.seed_values(runs, runs[0]) == [1.30, 1.25, 1.28]
+    assert rank.seed_mean(runs, runs[0]) == pytest.approx(1.2766, abs=1e-4)
+    # Make r=4's seeds agree and sit far above: now it is measurably worse and the good rank is r=16.
+    tight = [dict(r, eval_loss=r["eval_loss"] + (0.8 if r["rank"] == 4 else 0.0)) for r in runs]
+    assert rank.rank_verdicts(tight)[4].better == "r=16" and rank.smallest_good_rank(tight) == 16
+    # With one seed there is no spread, so no rank is measurably worse: the good rank is the smallest.
+    single = [r for r in runs if r["group"] != "repeat"]
+    assert rank.smallest_good_rank(single) == 1
+    assert all(not v.measurable for v in rank.rank_verdicts(single).values())

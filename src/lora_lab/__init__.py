@@ -16,6 +16,7 @@ Lesson layer (`lora_lab.lessons`):
     lessons.activation_memory  one step's activations (saved for backward) and transient peaks
     lessons.sft                labels on the answer only, right padding, the plain PyTorch SFT loop
     lessons.scoring            what "the same answer" means: short answers, final numbers, SQL
+    lessons.verdicts           when a difference counts: bigger than the seed-to-seed spread, three seeds a side
 
 Where the course runs (`lora_lab.runtime`):
     runtime.units        one GIB/MIB, one cache root ($LORA_LAB_CACHE), cache keys and content hashes, build-then-rename

@@ -176,9 +176,9 @@ def notebook_times(runs) -> dict[str, NotebookTime]:
             seconds = run_seconds(run.steps, accum, sql, n_eval=run.n_eval, eval_batch=t4.eval_batch_size,
                                   new_tokens=t4.max_new_tokens, evaluations=run.evaluations)
         parts[run.notebook][f"{run.run} run"] = seconds
-    # 05 scores the base and each specialist on every task's held-out examples (adapters.N_EVAL each).
+    # 05 scores the base and each specialist on every task's held-out examples (adapters.held_out_size each).
     tasks = list(recipes)
     parts["05"]["score table"] = (1 + len(tasks)) * sum(
-        eval_seconds(adapters.N_EVAL, t4.eval_batch_size, adapters.max_new_tokens_for(t4, t),
+        eval_seconds(adapters.held_out_size(t4), t4.eval_batch_size, adapters.max_new_tokens_for(t4, t),
                      sql if t == "sql" else tokens_per_example(t)) for t in tasks)
     return {nb: NotebookTime(nb, p, BUDGET_MINUTES[nb]) for nb, p in parts.items()}

@@ -273,6 +273,25 @@ def heldout_text() -> list[str]:
     return [" ".join(p.split()) for p in text.split("\n\n") if p.strip()]
 
 
+GENERAL_FACTS = "texts/general_facts.tsv"
+
+
+def general_facts() -> tuple[list[str], list[str]]:
+    """General knowledge as sentence completions ("The capital of France is" -> " Paris"), written for the course.
+
+    A real model learned facts like these in pretraining; notebook 03 asks which of them it still completes
+    after fine-tuning on SQL (`lora_lab.training.evaluate.forgetting`). Read like `heldout_text`.
+
+    Returns:
+        (prompts, answers), each answer with its leading space, for `completion_loss`.
+    """
+    from importlib import resources
+
+    text = resources.files("lora_lab").joinpath(GENERAL_FACTS).read_text(encoding="utf-8")
+    rows = [line.split("\t") for line in text.splitlines() if line.strip() and not line.startswith("#")]
+    return [prompt for prompt, _ in rows], [" " + answer for _, answer in rows]
+
+
 @torch.no_grad()
 def text_loss(model, tokenizer, texts: list[str], max_length: int = TEXT_MAX_LENGTH,
               batch_size: int = TEXT_BATCH) -> dict:

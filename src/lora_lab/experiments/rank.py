@@ -15,10 +15,13 @@ Notebook `02_lora_rank_tradeoff` calls these functions; every number it shows co
 4. SFT sweep (`sft_sweep`): the cpu profile's tiny model on the course's `recall` task. Scale rule
    rsLoRA (alpha / sqrt(r)); each rank's learning rate searched on a ladder (`lr_extensions`);
    full fine-tuning; extra low learning rates at one rank; then, at that rank's best learning
-   rate, attention-only vs MLP-only at equal parameter count, dropout, no warmup and a second
-   seed (`followup_configs`); `accumulation_check` compares a batch with its gradient-accumulated
-   split. On the cpu profile a plain PyTorch loop trains (fp32 base, LoRA in fp32: the
-   SFTTrainer's fixed costs would dominate runs this short), in `workers` processes of one thread;
+   rate, attention-only vs MLP-only at equal parameter count, dropout, no warmup and QLoRA
+   (`followup_configs`); then every compared run with two more seeds (`seed_repeats`), so that each
+   verdict can be held against its seed-to-seed spread (`lessons.verdicts`). Every run is also scored
+   on the tiny model's pretraining facts (`pretraining_facts`: what it forgot). `accumulation_check`
+   compares a batch with its gradient-accumulated split. On the cpu profile a plain PyTorch loop
+   trains (fp32 base, LoRA in fp32: the SFTTrainer's fixed costs would dominate runs this short), in
+   `workers` processes of one thread;
    on a GPU profile the same configs go through `lora_lab.training.train.sft` (QLoRA, the course's real
    pipeline), each checked by `lora_lab.estimation.gpu_runs.preflight` first.
 5. Merging (`merge_report`): logits of the merged and the unmerged model, and forward-pass timings.
@@ -43,7 +46,7 @@ from pathlib import Path
 import torch
 
 from lora_lab.estimation import gpu_runs, vram
-from lora_lab.lessons import sft
+from lora_lab.lessons import sft, verdicts
 from lora_lab.lessons.counting import adapter_bytes
 from lora_lab.runtime import profiles, units
 from lora_lab.training import models, sft_data
@@ -435,14 +438,14 @@ class SweepConfig:
     """One training run of the sweep."""
 
     name: str  # label in tables and plots
-    method: str  # "lora" or "full"
+    method: str  # "lora", "qlora" (LoRA on the base rounded to NF4 by bitsandbytes) or "full"
     rank: int | None = None  # LoRA rank (None for full fine-tuning)
     targets: str | tuple[str, ...] = "all-linear"  # peft target_modules
     lr: float | None = None  # peak learning rate (None: the plan's)
-    group: str = "rank"  # "rank" (rank x LR grid), "full", "targets", "lr", "dropout", "warmup" or "seed"
+    group: str = "rank"  # "rank" (rank x LR grid), "full", "targets", "lr", "dropout", "warmup", "qlora" or "repeat"
     dropout: float | None = None  # lora_dropout (None: the plan's)
     warmup: bool = True  # False: no warmup, the run starts at its peak learning rate
-    seed: int = 0  # added to the profile's seed (a second seed measures the run-to-run spread)
+    seed: int = 0  # added to the profile's seed ("repeat" runs: the compared runs again with seeds 1, 2, ...)
 
 
 @dataclass(frozen=True)
@@ -468,7 +471,9 @@ class SweepPlan:
     dropout: float = 0.0  # lora_dropout of every run but the dropout runs
     dropouts: tuple[float, ...] = ()  # the dropout runs at lr_rank (the one equal to `dropout` is shared)
     warmup_check: bool = False  # one run at lr_rank and its best LR without warmup
-    seed_check: bool = False  # one run at lr_rank and its best LR with another seed
+    qlora_check: bool = False  # one QLoRA run (NF4 base) at lr_rank and its best LR (loop engine)
+    seeds: int = 1  # seeds of every run `compared_runs` lists; lessons.verdicts needs 3 before it calls
+    # any difference measured
     targets_check: bool = True  # attention-only vs MLP-only at equal parameters, near lr_rank
     workers: int = 1  # processes that train at once (cpu: one per core, each on one thread)
     n_eval: int | None = None  # held-out examples each run is scored on (None: the profile's n_eval)
@@ -481,7 +486,7 @@ PLANS = {
     "tiny": SweepPlan(ranks=(1, 4, 16, 64), steps=100, lora_lr=3e-3, full_lr=1e-3, alpha=8.0, lr_rank=16,
                      lora_lrs=(2e-5, 2e-4), full_lrs=(), equal_budget_unit=1,
                      lr_ladder=(1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2), dropouts=(0.0, 0.05, 0.1),
-                     warmup_check=True, seed_check=True, workers=2),
+                     warmup_check=True, qlora_check=True, seeds=3, workers=2),
     # Qwen2.5-1.5B in 4 bits on a T4, within notebook 02's 20 minutes (lora_lab.estimation.t4_budget: 7 runs of about 2
     # minutes each, with loading and scoring): 40 steps of batch 4 without accumulation (cut from 4 x 4 to fit),
     # each scored on 32 held-out examples. Full fine-tuning is skipped by the preflight. rsLoRA with alpha 8
@@ -582,9 +587,71 @@ def followup_configs(plan: SweepPlan, model, lr: float) -> list[SweepConfig]:
     if plan.warmup_check:
         runs.append(SweepConfig(f"r={plan.lr_rank} no warmup", "lora", plan.lr_rank, "all-linear", lr, "warmup",
                                 warmup=False))
-    if plan.seed_check:
-        runs.append(SweepConfig(f"r={plan.lr_rank} seed 1", "lora", plan.lr_rank, "all-linear", lr, "seed", seed=1))
+    if plan.qlora_check:
+        runs.append(SweepConfig(f"qlora r={plan.lr_rank}", "qlora", plan.lr_rank, "all-linear", lr, "qlora"))
     return runs
+
+
+#: The fields that make two runs the same configuration (a "repeat" differs from its run by the seed only).
+_CONFIG_FIELDS = ("method", "rank", "targets", "lr", "dropout", "warmup")
+
+
+def compared_runs(runs: Sequence[dict]) -> list[dict]:
+    """The runs a lesson compares: each rank at its best LR, full fine-tuning, attention vs MLP, dropout, warmup,
+    QLoRA, and the lowest learning rate tried at lr_rank (against that rank's best)."""
+    lows = [r for r in runs if r["group"] == "lr" and r["method"] == "lora"]
+    return (best_runs(runs) + [r for r in runs if r["group"] in ("full", "targets", "dropout", "warmup", "qlora")]
+            + ([min(lows, key=lambda r: r["lr"])] if lows else []))
+
+
+def seed_repeats(plan: SweepPlan, runs: Sequence[dict]) -> list[SweepConfig]:
+    """Every compared run again with seeds 1 .. plan.seeds - 1 (group "repeat"): the seed-to-seed spread."""
+    return [SweepConfig(f"{row['name']} seed {s}", row["method"], row["rank"],
+                        row["targets"] if isinstance(row["targets"], str) else tuple(row["targets"]), row["lr"],
+                        "repeat", dropout=row["dropout"], warmup=row["warmup"], seed=s)
+            for row in compared_runs(runs) for s in range(1, plan.seeds)]
+
+
+def seed_values(runs: Sequence[dict], row: dict, key: str = "eval_loss") -> list[float]:
+    """`row[key]` and the same value of each of its repeats with other seeds (lessons.verdicts compares these)."""
+    return [row[key]] + [r[key] for r in runs if r["group"] == "repeat" and r["seed"] != row["seed"]
+                         and all(r[f] == row[f] for f in _CONFIG_FIELDS)]
+
+
+def seed_mean(runs: Sequence[dict], row: dict, key: str = "eval_loss") -> float:
+    """The mean of `seed_values`: what a table or a figure shows for a run measured with several seeds."""
+    return statistics.fmean(seed_values(runs, row, key))
+
+
+#: The measures a verdict can compare: what each is called in a sentence, and whether lower is better.
+METRICS = {"eval_loss": ("held-out loss", True), "exact_match": ("exact match", False),
+           "facts_loss": ("loss on pretraining facts", True)}
+
+
+def verdict(runs: Sequence[dict], a: dict, b: dict, label_a: str | None = None, label_b: str | None = None,
+            key: str = "eval_loss") -> verdicts.Verdict:
+    """Run `a` against run `b` on `key` (one of METRICS), each with its repeats (`seed_values`), by
+    `lessons.verdicts.compare`."""
+    metric, lower_is_better = METRICS[key]
+    return verdicts.compare(label_a or a["name"], seed_values(runs, a, key), label_b or b["name"],
+                            seed_values(runs, b, key), metric=metric, lower_is_better=lower_is_better)
+
+
+def best_rank_run(runs: Sequence[dict]) -> dict:
+    """Among the ranks at their best LR, the run with the lowest held-out loss averaged over its seeds."""
+    return min(best_runs(runs), key=lambda r: seed_mean(runs, r))
+
+
+def rank_verdicts(runs: Sequence[dict]) -> dict[int, verdicts.Verdict]:
+    """{rank: that rank against the best rank}, each at its best LR: which ranks this sweep can tell apart."""
+    best = best_rank_run(runs)
+    return {r["rank"]: verdict(runs, r, best, f"r={r['rank']}", f"r={best['rank']}")
+            for r in best_runs(runs) if r is not best}
+
+
+def smallest_good_rank(runs: Sequence[dict]) -> int:
+    """The smallest rank that the sweep cannot tell from the best one (or the best one itself)."""
+    return min([best_rank_run(runs)["rank"]] + [r for r, v in rank_verdicts(runs).items() if not v.measurable])
 
 
 def _first_batch(train_set, batch_size: int, tokenizer, seed: int) -> dict:
@@ -592,10 +659,12 @@ def _first_batch(train_set, batch_size: int, tokenizer, seed: int) -> dict:
                                      pad_id=tokenizer.pad_token_id, seed=seed))
 
 
-def _load_base(path: str):
+def _load_base(path: str, nf4: bool = False):
+    """The base model in fp32, or with its linear weights rounded to NF4 (`nf4`: bitsandbytes, fp32 compute)."""
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    quantized = dict(quantization_config=models.bnb_config(compute_dtype=torch.float32)) if nf4 else {}
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, **quantized)
     model.config.use_cache = False
     return model
 
@@ -615,7 +684,7 @@ def _wrap_for(base, cfg: SweepConfig, plan: SweepPlan, seed: int):
     """A fresh copy of `base` with the run's adapter (scale by the plan's rule, the run's dropout)."""
     import copy
 
-    alpha, rslora = lora_alpha_for(plan, cfg.rank) if cfg.method == "lora" else (plan.alpha, False)
+    alpha, rslora = lora_alpha_for(plan, cfg.rank) if cfg.method != "full" else (plan.alpha, False)
     dropout = plan.dropout if cfg.dropout is None else cfg.dropout
     return _wrap(copy.deepcopy(base), cfg, alpha, seed, use_rslora=rslora, dropout=dropout)
 
@@ -630,11 +699,12 @@ def run_one(cfg: SweepConfig, plan: SweepPlan, model_path: str, train_set, eval_
     Returns:
         The config's fields plus trainable (parameters), memory (bytes of one training step by
         `lora_lab.estimation.memory.measure_step`: weights + gradients + optimizer states + saved activations,
-        and each category), seconds_per_step, eval_loss, exact_match, final_train_loss, losses.
+        and each category), seconds_per_step, eval_loss, exact_match, final_train_loss, losses, and
+        facts_loss, facts_accuracy (`pretraining_facts`).
     """
     from lora_lab.estimation import memory
 
-    base = base if base is not None else _load_base(model_path)
+    base = base if base is not None else _load_base(model_path, nf4=cfg.method == "qlora")
     seed = seed + cfg.seed
     lr = cfg.lr or (plan.full_lr if cfg.method == "full" else plan.lora_lr)
     # Memory of one step, measured on a fresh copy (the step changes the weights).
@@ -647,13 +717,28 @@ def run_one(cfg: SweepConfig, plan: SweepPlan, model_path: str, train_set, eval_
     trained = sft.train_loop(model, train_set, steps=plan.steps, lr=lr, batch_size=batch_size,
                          pad_id=tokenizer.pad_token_id, warmup_steps=plan.warmup_steps if cfg.warmup else 0, seed=seed)
     eval_loss, em = sft.loss_and_greedy_match(model, eval_set, tokenizer.pad_token_id)
+    facts = pretraining_facts(model, tokenizer)
     return dict(asdict(cfg), lr=lr, targets=cfg.targets if isinstance(cfg.targets, str) else list(cfg.targets),
                 dropout=plan.dropout if cfg.dropout is None else cfg.dropout,
                 trainable=measured.trainable_params, total_params=measured.total_params,
                 memory=measured.total, memory_weights=measured.weights, memory_gradients=measured.gradients,
                 memory_optimizer=measured.optimizer_states, memory_activations=measured.activations,
                 seconds_per_step=trained["seconds_per_step"], eval_loss=eval_loss, exact_match=em,
-                final_train_loss=trained["losses"][-1][1], losses=trained["losses"])
+                final_train_loss=trained["losses"][-1][1], losses=trained["losses"],
+                facts_loss=facts["loss"], facts_accuracy=facts["accuracy"])
+
+
+#: Every FACT_STRIDE-th fact of the course world is the forgetting probe (300 of 1,200: a fifth of a second a run).
+FACT_STRIDE = 4
+
+
+def pretraining_facts(model, tokenizer) -> dict:
+    """What the tiny model still knows from pretraining: `quant.completion_loss` on a fixed quarter of the
+    course world's fact sentences ("the color of mipoka is" -> " orange"), a format fine-tuning never shows."""
+    from lora_lab.experiments import quant
+
+    prompts, answers = quant.fact_prompts()
+    return quant.completion_loss(model, tokenizer, prompts[::FACT_STRIDE], answers[::FACT_STRIDE])
 
 
 def prepared_data(profile, tokenizer) -> tuple:
@@ -692,9 +777,12 @@ def _worker_state(profile, path: str) -> dict:
 def _run_task(cfg: SweepConfig, plan: SweepPlan, profile, path: str) -> dict:
     """One run of the cpu sweep, in this process or a worker (which keeps its data between runs)."""
     state = _worker_state(profile, path)
+    if cfg.method == "qlora" and "base_nf4" not in state:
+        state["base_nf4"] = _load_base(path, nf4=True)
     with torch_threads(plan.threads):
         return run_one(cfg, plan, path, state["train"], state["eval"], batch_size=profile.batch_size,
-                       tokenizer=state["tokenizer"], seed=profile.seed, base=state["base"])
+                       tokenizer=state["tokenizer"], seed=profile.seed,
+                       base=state["base_nf4" if cfg.method == "qlora" else "base"])
 
 
 class _Runner:
@@ -766,10 +854,10 @@ def sft_sweep(profile, plan: SweepPlan | None = None, *, model_path: str | None 
               only: Sequence[str] | None = None, verbose: bool = True) -> dict:
     """Run (or load from the cache) every config of the profile's sweep plan.
 
-    On the loop engine (cpu) the runs come in three waves: each rank at its starting LRs (plus the
+    On the loop engine (cpu) the runs come in four waves: each rank at its starting LRs (plus the
     extra LRs and full fine-tuning); outward steps of the per-rank LR search while a rank's best LR
-    sits at an edge of what it tried; then the runs at `lr_rank`'s best LR (attention vs MLP,
-    dropout, no warmup, a second seed).
+    sits at an edge of what it tried; the runs at `lr_rank`'s best LR (attention vs MLP, dropout, no
+    warmup); then every compared run with the plan's other seeds (`seed_repeats`).
 
     Args:
         profile: the run profile (its model, data, batch size, max_length and seed).
@@ -780,8 +868,8 @@ def sft_sweep(profile, plan: SweepPlan | None = None, *, model_path: str | None 
         verbose: one line per run.
 
     Returns:
-        runs: one result dict per config (see `run_one`), plan, baseline (eval loss and exact match
-        of the untouched base model), best_lr ({rank: best LR}, from the search).
+        runs: one result dict per config (see `run_one`), plan, baseline (eval loss, exact match and
+        `pretraining_facts` of the untouched base model), best_lr ({rank: best LR}, from the search).
     """
     from lora_lab.standins import tiny
 
@@ -790,13 +878,15 @@ def sft_sweep(profile, plan: SweepPlan | None = None, *, model_path: str | None 
     if plan.engine != "loop":
         return _trainer_sweep(profile, plan, path, only=only, verbose=verbose)
     base_key = dict(model=Path(path).name, tasks=profile.tasks, seed=profile.seed, n_eval=profile.n_eval,
-                    max_length=profile.max_length, batch=profile.batch_size)
+                    max_length=profile.max_length, batch=profile.batch_size, facts_stride=FACT_STRIDE)
 
     def baseline():
         state = _worker_state(profile, path)
         with torch_threads(plan.threads):
             loss, em = sft.loss_and_greedy_match(state["base"], state["eval"], state["tokenizer"].pad_token_id)
-        return dict(eval_loss=loss, exact_match=em, n_train=len(state["train"]))
+            facts = pretraining_facts(state["base"], state["tokenizer"])
+        return dict(eval_loss=loss, exact_match=em, n_train=len(state["train"]), facts_loss=facts["loss"],
+                    facts_accuracy=facts["accuracy"])
 
     base = cached("sft-base", base_key, baseline, use_cache)
     runner = _Runner(profile, plan, path, base_key, use_cache, verbose)
@@ -810,6 +900,7 @@ def sft_sweep(profile, plan: SweepPlan | None = None, *, model_path: str | None 
                     break
                 runs += runner.run(extra)
             runs += runner.run(followup_configs(plan, path, best_rank_lrs(runs)[plan.lr_rank]))
+            runs += runner.run(seed_repeats(plan, runs))
     finally:
         runner.close()
     return dict(runs=runs, plan=asdict(plan), baseline=base, best_lr=best_rank_lrs(runs))
@@ -932,7 +1023,7 @@ def _trainer_sweep(profile, plan: SweepPlan, path: str, only=None, verbose=True)
 
 
 def follow_up_pair(runs: Sequence[dict], group: str) -> tuple[list[dict], dict | None]:
-    """The runs of a follow-up `group` ("dropout", "warmup", "seed") and the rank run they vary:
+    """The runs of a follow-up `group` ("dropout", "warmup") and the rank run they vary:
     same rank, learning rate and targets, the plan's dropout, with warmup and the first seed (None if absent)."""
     rows = [r for r in runs if r["group"] == group]
     if not rows:

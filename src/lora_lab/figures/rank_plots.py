@@ -73,30 +73,41 @@ def scaling(result: dict):
     return fig
 
 
+def _seeds(ax, x: float, values: Sequence[float], color: str) -> None:
+    """Every seed's value as a small dot and their range as a bar, at `x`."""
+    if len(values) > 1:
+        ax.vlines(x, min(values), max(values), color=color, lw=1.5, alpha=0.8)
+        ax.scatter([x] * len(values), values, s=9, color="k", zorder=3)
+
+
 def tradeoff(runs: Sequence[dict], estimates: Sequence[dict] | None = None, est_label: str = ""):
     """Left: held-out loss vs trainable parameters (each rank at its best LR, full fine-tuning, attention vs
-    MLP), marker area ~ measured memory of a step. Right: measured memory per step vs trainable parameters,
-    and (optionally) an estimate for a real model.
+    MLP, QLoRA): the marker at the mean over seeds, its area ~ measured memory of a step, a bar over the range of
+    the seeds and a dot per seed. Right: measured memory per step vs rank, and (optionally) an estimate for
+    a real model.
     """
     import matplotlib.pyplot as plt
 
-    from lora_lab.experiments.rank import best_runs
+    from lora_lab.experiments.rank import best_runs, seed_mean, seed_values
 
     ranked = sorted(best_runs(runs), key=lambda r: r["trainable"])
-    shown = ranked + [r for r in runs if r["group"] in ("full", "targets")]
+    shown = ranked + [r for r in runs if r["group"] in ("full", "targets", "qlora")]
     ncols = 2 if estimates else 1
     fig, axes = plt.subplots(1, ncols, figsize=(6.2 * ncols, 3.8), squeeze=False)
     ax = axes[0, 0]
-    colours = {"rank": "C0", "lr": "C0", "full": "C3", "targets": "C2"}
+    colours = {"rank": "C0", "lr": "C0", "full": "C3", "targets": "C2", "qlora": "C1"}
     mem_max = max(r["memory"] for r in shown)
+    mean = {r["name"]: seed_mean(runs, r) for r in shown}
     for k, r in enumerate(sorted(shown, key=lambda r: r["trainable"])):
-        ax.scatter(r["trainable"], r["eval_loss"], s=30 + 300 * r["memory"] / mem_max, color=colours[r["group"]],
+        _seeds(ax, r["trainable"], seed_values(runs, r), colours[r["group"]])
+        ax.scatter(r["trainable"], mean[r["name"]], s=30 + 300 * r["memory"] / mem_max, color=colours[r["group"]],
                    alpha=0.7, edgecolor="k", lw=0.5)
-        ax.annotate(r["name"], (r["trainable"], r["eval_loss"]), fontsize=7, xytext=(4, 5 if k % 2 else -11),
+        ax.annotate(r["name"], (r["trainable"], mean[r["name"]]), fontsize=7, xytext=(6, 5 if k % 2 else -11),
                     textcoords="offset points")  # neighbours' labels alternate above and below
-    ax.plot([r["trainable"] for r in ranked], [r["eval_loss"] for r in ranked], color="C0", lw=1)
+    ax.plot([r["trainable"] for r in ranked], [mean[r["name"]] for r in ranked], color="C0", lw=1)
+    n_seeds = max(len(seed_values(runs, r)) for r in shown)
     ax.set(xscale="log", xlabel="trainable parameters", ylabel="held-out loss (answer tokens)",
-           title="each rank at its best LR (marker area ~ memory per step)")
+           title=f"each rank at its best LR, mean of {n_seeds} seed(s)" + (" (dots)" if n_seeds > 1 else ""))
     ax.grid(True, alpha=0.3)
     if estimates:
         ax = axes[0, 1]  # one x-axis: the rank, which both models share
@@ -142,15 +153,21 @@ def lr_sweep(runs: Sequence[dict], baseline_loss: float | None = None):
     return fig
 
 
-def dropout(rows: Sequence[dict]):
-    """Held-out loss, milliseconds per step and memory per step (with its activations) vs LoRA dropout."""
+def dropout(rows: Sequence[dict], runs: Sequence[dict] | None = None):
+    """Held-out loss (mean over seeds, a dot per seed when `runs` holds the repeats), milliseconds per step and
+    memory per step (with its activations) vs LoRA dropout."""
     import matplotlib.pyplot as plt
 
-    rows = sorted(rows, key=lambda r: r["dropout"])
+    from lora_lab.experiments.rank import seed_values
+
+    rows = sorted(rows, key=lambda r: r["dropout"])  # one seed each when `runs` (with the repeats) is not given
     p = [r["dropout"] for r in rows]
+    values = [seed_values(runs, r) if runs is not None else [r["eval_loss"]] for r in rows]
     fig, axes = plt.subplots(1, 3, figsize=(11, 3.2))
-    axes[0].plot(p, [r["eval_loss"] for r in rows], marker="o")
-    axes[0].set(ylabel="held-out loss", title="quality")
+    axes[0].plot(p, [sum(v) / len(v) for v in values], marker="o")
+    for x, v in zip(p, values, strict=True):
+        _seeds(axes[0], x, v, "C0")
+    axes[0].set(ylabel="held-out loss", title=f"quality (mean of {len(values[0])} seed(s))")
     axes[1].plot(p, [r["seconds_per_step"] * 1000 for r in rows], marker="o", color="C1")
     axes[1].set(ylabel="ms per step (median)", title="time")
     axes[2].plot(p, [r["memory"] / MIB for r in rows], marker="o", color="C2", label="whole step")

@@ -304,6 +304,36 @@ def eval_loss(model, tokenizer, dataset, max_length: int = 512, batch_size: int 
     return total / count
 
 
+@torch.no_grad()
+def forgetting(model, tokenizer) -> dict:
+    """What fine-tuning changed outside its task: a peft model scored with its adapter off (the base) and on.
+
+    Two probes a real model learned in pretraining and the SQL task never shows: the loss per token on
+    the course's held-out prose (`quant.heldout_text`), and the general facts of `quant.general_facts`
+    (a fact is known when every answer token is the model's top choice).
+
+    Returns:
+        prose_before, prose_after: `quant.text_loss`; facts: how many facts there are; known_before: how many
+        the base completes; kept: how many of those the tuned model still completes; gained: facts it
+        completes that the base did not; facts_loss_before, facts_loss_after: `quant.completion_loss` losses.
+    """
+    from lora_lab.experiments import quant
+
+    texts = quant.heldout_text()
+    prompts, answers = quant.general_facts()
+    with model.disable_adapter():
+        prose_before = quant.text_loss(model, tokenizer, texts)
+        facts_before = quant.completion_loss(model, tokenizer, prompts, answers)
+    prose_after = quant.text_loss(model, tokenizer, texts)
+    facts_after = quant.completion_loss(model, tokenizer, prompts, answers)
+    known = (facts_before["margins"] > 0).tolist()
+    still = (facts_after["margins"] > 0).tolist()
+    return dict(prose_before=prose_before, prose_after=prose_after, facts=len(prompts), known_before=sum(known),
+                kept=sum(k and s for k, s in zip(known, still, strict=True)),
+                gained=sum(s and not k for k, s in zip(known, still, strict=True)),
+                facts_loss_before=facts_before["loss"], facts_loss_after=facts_after["loss"])
+
+
 def side_by_side(rows_a: list[dict], rows_b: list[dict], n: int = 5, names=("base", "tuned")) -> list[dict]:
     """The first `n` examples with the reference and both models' answers (from `exact_match` rows)."""
     table = []

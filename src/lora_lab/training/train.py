@@ -64,6 +64,7 @@ from lora_lab.estimation.preflight import (
     world_size,
 )
 from lora_lab.figures.train_plots import plot_loss
+from lora_lab.lessons import verdicts
 from lora_lab.runtime import hardware, hub, profiles
 from lora_lab.runtime.compat import keep_trainable_fp32
 from lora_lab.runtime.drive import drive_dir_from_cli
@@ -657,10 +658,6 @@ def epoch_verdict(summary: dict) -> str:
     return text
 
 
-#: A difference in held-out exact match smaller than this (5 points) counts as "the same" for one seed.
-EXACT_MATCH_TIE = 0.05
-
-
 #: The cpu profile's promise (notebook 03, `python -m lora_lab.training.train --profile cpu`): on held-out schemas,
 #: exact match and execution match each rise by at least this much. Measured margins on two instruction
 #: sets: benchmarks/results/cpu_flagship.md.
@@ -701,8 +698,12 @@ def require_gain(before: dict, after: dict, min_gain: float = CPU_MIN_GAIN) -> s
 def lora_vs_qlora_verdict(comparison: dict, knowledge: dict, rehearsal: bool = False) -> str:
     """Why QLoRA and LoRA differ (or do not) on this run, chosen from what the run measured.
 
+    The difference counts only by `lessons.verdicts` (bigger than the seed-to-seed spread, three seeds a side):
+    a run with one seed per method states the scores and no winner.
+
     Args:
-        comparison: method ("qlora", "lora") -> {"exact match", "held-out loss"} after the same training.
+        comparison: method ("qlora", "lora") -> {"exact match": one value, or one per seed, "held-out loss"}
+            after the same training.
         knowledge: "unquantized" and "NF4" -> the base model's score before fine-tuning
             (`quant.completion_loss`, with `accuracy`, or `quant.text_loss`).
         rehearsal: the numbers come from a stand-in with random weights (they mean nothing).
@@ -720,27 +721,32 @@ def lora_vs_qlora_verdict(comparison: dict, knowledge: dict, rehearsal: bool = F
               if rehearsal else "")
     if "qlora" not in comparison or "lora" not in comparison:
         return prefix + base + " Only one method was trained in this run (COMPARE_LORA off, or it did not fit)."
-    q, lo = comparison["qlora"], comparison["lora"]
-    gap = lo["exact match"] - q["exact match"]
-    text = (f"{prefix}Same data, steps and seed: QLoRA reached {q['exact match']:.0%} held-out exact match "
-            f"(held-out loss {q['held-out loss']:.3f}), LoRA {lo['exact match']:.0%} ({lo['held-out loss']:.3f}). "
-            f"{base} ")
-    if gap >= EXACT_MATCH_TIE and damaged and "accuracy" not in fp:
-        text += ("The rounded base lost some of what it knew, and the adapter trained on top of it reached a lower "
-                 "score: on this run, a plausible cause of QLoRA's gap (one seed; a gap of this size can be noise).")
-    elif gap >= EXACT_MATCH_TIE and damaged:
+
+    def per_seed(value) -> list[float]:
+        return list(value) if isinstance(value, (list, tuple)) else [value]
+
+    v = verdicts.compare("QLoRA", per_seed(comparison["qlora"]["exact match"]), "LoRA",
+                         per_seed(comparison["lora"]["exact match"]), metric="held-out exact match",
+                         lower_is_better=False)
+    text = (f"{prefix}Same data, steps and seeds: QLoRA reached {v.mean_a:.0%} held-out exact match, LoRA "
+            f"{v.mean_b:.0%}. {base} {v.line(digits=2)} ")
+    if v.better == "LoRA" and damaged and "accuracy" in fp:
         text += ("The held-out questions ask about exactly such facts, and an adapter trained to answer questions "
                  "cannot put back what the 4-bit base no longer knows: QLoRA's gap here comes from the knowledge the "
                  "rounded base lost, not from training the adapters.")
-    elif gap >= EXACT_MATCH_TIE:
+    elif v.better == "LoRA" and damaged:
+        text += ("The rounded base lost some of what it knew, and the adapter trained on top of it reached a lower "
+                 "score: a plausible cause of QLoRA's gap.")
+    elif v.better == "LoRA":
         text += ("That loss is small, so lost knowledge does not explain the gap; what differs is training on top "
                  "of the rounded base.")
-    elif gap <= -EXACT_MATCH_TIE:
-        text += ("QLoRA scored higher in this run: the 4-bit base is not what limits it here (one seed; a "
-                 "difference of this size can be noise).")
+    elif v.better == "QLoRA":
+        text += "QLoRA scored higher: the 4-bit base is not what limits it here."
+    elif v.spread is None:
+        text += "One seed per method cannot measure what the 4-bit base costs this task: that takes three each."
     else:
-        text += (f"The two methods are within {EXACT_MATCH_TIE:.0%} of each other: on this task the 4-bit base cost "
-                 "no measurable exact match" + (", although it changed what the base knows." if damaged else "."))
+        text += ("The 4-bit base cost this task nothing these seeds can measure"
+                 + (", although rounding changed what the base knows." if damaged else "."))
     return text
 
 
