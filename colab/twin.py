@@ -147,7 +147,10 @@ def build_and_rehearse(base_python: str, workdir: Path) -> int:
     log(f"base interpreter: {base_python} (Colab: Python 3.13.15, colab/pip-freeze.gpu.txt)")
     subprocess.run([base_python, "-m", "venv", str(workdir / "venv")], check=True)
     python = workdir / "venv" / "bin" / "python"
-    pip = [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-cache-dir"]
+    # No pip cache (the disk) and no bytecode compiled up front: each module is compiled when first imported and
+    # cached, which needs the bytecode cache on (some machines, CI's among them, set PYTHONDONTWRITEBYTECODE).
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+    pip = [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-cache-dir", "--no-compile"]
     log.run([*pip, *(f"{n}=={colab[n]}" for n in PREINSTALLED if n in colab)])
     # The install cell, as the notebooks run it on Colab (the package from this checkout, not GitHub).
     log.run([*pip, "-r", str(ROOT / "colab" / "requirements.txt"), str(ROOT)])
