@@ -57,14 +57,10 @@ check-sync: $(DEV_STAMP)
 
 # Two workers (pytest-xdist), each taking whole test files, with one torch thread each: most tests are
 # small models, imports and kernels, so two at once finish in about 4 minutes instead of 6 on 2 cores.
-# The slowest files are named first so that they start first and the two workers finish together (each file is
-# collected once; `tests` adds the rest).
 PYTEST_WORKERS ?= 2
-SLOW_TEST_FILES := $(addprefix tests/,test_adapters.py test_run_order.py test_smollm2.py test_export.py test_browser.py \
-  test_fsdp.py test_train_ddp.py test_gpu_runs.py test_train.py test_rank.py)
 pytest: $(DEV_STAMP) gguf-tools
 	OMP_NUM_THREADS=1 MPLBACKEND=Agg $(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile --durations=15 \
-	  -m "not flagship and not site" $(SLOW_TEST_FILES) tests
+	  -m "not flagship and not site" tests
 
 # The outcomes the lessons state (pytest -m outcome: specialists' bars, the cpu flagship's gain, GGUF agreement)
 # again under another CPU instruction set, with fresh result caches: AVX2 on a CPU with AVX-512, else the
@@ -80,9 +76,15 @@ outcomes-other-isa: $(DEV_STAMP) gguf-tools
 # The notebook runs one after the other: the cpu profile's SmolLM2 run in notebook 03 uses both cores,
 # and a second process beside it would oversubscribe them (torch's threads then wait on each other).
 # The t4 rehearsal runs in the Colab twin (Colab's Python and libraries), where learners run the t4 path.
+# The twin installs Colab's stack (about 3 GB of wheels: downloads and disk, little CPU) while the notebooks run,
+# then rehearses every notebook once they are done; its install output is printed after theirs.
 notebook-tests: $(DEV_STAMP) gguf-tools
-	$(MAKE) --no-print-directory nbtest
-	$(MAKE) --no-print-directory colab-twin
+	mkdir -p build
+	$(PYTHON) colab/twin.py --phase install > build/colab-twin-install.out 2>&1 & twin=$$!; \
+	  $(MAKE) --no-print-directory nbtest; notebooks=$$?; \
+	  wait $$twin; installed=$$?; cat build/colab-twin-install.out; \
+	  test $$notebooks -eq 0 && test $$installed -eq 0
+	$(PYTHON) colab/twin.py --phase rehearse
 
 # Every lesson executed top to bottom on this machine's profile into build/notebooks/ (outputs kept: the site
 # renders them); one line per notebook with its time, the failing cell's traceback, non-zero exit if any failed.

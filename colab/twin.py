@@ -17,7 +17,11 @@ Colab gets Google's: today Python 3.13 with torch 2.11, numpy 2.1, ipywidgets 7.
    (calculator, quizzes, exercises) against the installed package.
 
 Writes `build/colab-twin/log.txt` and the executed notebooks under `build/colab-twin/rehearsal/`.
-Needs the package registry and Python 3.13. Usage: python3 colab/twin.py [--workdir DIR]
+Needs the package registry and Python 3.13. Usage: python3 colab/twin.py [--workdir DIR] [--phase PHASE]
+
+`--phase install` does steps 1-4 and keeps the venv; `--phase rehearse` does step 5 in that venv and then
+removes it; `all` (the default) does both. `make notebook-tests` installs while the notebooks run on this
+stack: the install mostly waits on downloads and the disk, the notebooks on the CPU.
 """
 
 from __future__ import annotations
@@ -72,9 +76,9 @@ def find_python() -> str | None:
 class Log:
     """Print and keep every line (the log file is written as the run goes)."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, append: bool = False):
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.file = path.open("w")
+        self.file = path.open("a" if append else "w")  # the rehearsal phase adds to the install phase's log
 
     def __call__(self, line: str) -> None:
         print(line, flush=True)
@@ -104,23 +108,42 @@ def installed(python: Path, names) -> dict[str, str]:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", default=str(ROOT / "build" / "colab-twin"), help="venv, log and notebooks")
+    parser.add_argument("--phase", choices=("all", "install", "rehearse"), default="all",
+                        help="install (steps 1-4, the venv kept), rehearse (step 5 in that venv), or both")
     args = parser.parse_args(argv)
+    workdir = Path(args.workdir)
+    python = workdir / "venv" / "bin" / "python"
+    if args.phase == "rehearse":
+        if not python.exists():
+            print(f"no twin to rehearse in {workdir / 'venv'}: run `python3 colab/twin.py --phase install` first",
+                  file=sys.stderr)
+            return 2
+        try:
+            return rehearse(python, workdir, Log(workdir / "log.txt", append=True))
+        finally:
+            shutil.rmtree(workdir / "venv", ignore_errors=True)  # 5.8 GB that the next run builds afresh anyway
     base_python = find_python()
     if base_python is None:
         print(NEEDS_PYTHON, file=sys.stderr)
         return 2
-    workdir = Path(args.workdir)
     shutil.rmtree(workdir / "venv", ignore_errors=True)
     short = disk_shortfall(workdir)
     if short:
         print(short, file=sys.stderr)
         return 2
+    installed_ok = False
+    log = Log(workdir / "log.txt")
     try:
-        return build_and_rehearse(base_python, workdir)
+        code = build(base_python, workdir, log)
+        installed_ok = code == 0
+        if code or args.phase == "install":
+            return code
+        return rehearse(python, workdir, log)
     finally:
         # Each run builds the venv afresh, so keeping its 5.8 GB would serve nothing; the log and the
-        # executed notebooks stay.
-        shutil.rmtree(workdir / "venv", ignore_errors=True)
+        # executed notebooks stay. An install phase that succeeded leaves it for the rehearsal.
+        if not (installed_ok and args.phase == "install"):
+            shutil.rmtree(workdir / "venv", ignore_errors=True)
 
 
 def disk_shortfall(workdir: Path) -> str | None:
@@ -137,9 +160,8 @@ def disk_shortfall(workdir: Path) -> str | None:
             "larger one.")
 
 
-def build_and_rehearse(base_python: str, workdir: Path) -> int:
-    """Steps 1-5 of the module's docstring; 0 when the twin kept Colab's packages and every notebook ran."""
-    log = Log(workdir / "log.txt")
+def build(base_python: str, workdir: Path, log: Log) -> int:
+    """Steps 1-4 of the module's docstring; 0 when the install cell kept Colab's own packages."""
     colab = colab_versions()
     missing = [n for n in PREINSTALLED if n not in colab]
     if missing:
@@ -166,6 +188,14 @@ def build_and_rehearse(base_python: str, workdir: Path) -> int:
             f"{n} {was} with {now}" for n, (was, now) in replaced.items()) + ": remove the pin or dependency asking for it.")
         return 1
     log(f"Colab's own {', '.join(f'{n} {colab[n]}' for n in KEPT)} kept by the install cell")
+    return 0
+
+
+def rehearse(python: Path, workdir: Path, log: Log) -> int:
+    """Step 5: every notebook's t4 rehearsal with the twin's Python as the kernel, then the widget tests."""
+    py = subprocess.run([python, "-c", "import platform; print(platform.python_version())"], capture_output=True,
+                        text=True, check=True).stdout.strip()
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
     notebooks = sorted(str(p) for p in (ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
     # Colab's ipykernel 6.17 starts debugpy, which warns on every kernel start that Python 3.13 runs frozen
     # modules (a note for people setting breakpoints); silenced so the log shows what matters.

@@ -69,7 +69,8 @@ def fresh_copy(tmp_path: Path) -> Path:
         shutil.copy(ROOT / name, root / name)
     (root / "docs").mkdir()
     shutil.copy(ROOT / colab.LEARNER_PAGE, root / colab.LEARNER_PAGE)
-    shutil.copytree(ROOT / "colab", root / "colab")
+    # as a clone has it: no bytecode cache (a test that imported colab/twin.py may have left one here)
+    shutil.copytree(ROOT / "colab", root / "colab", ignore=shutil.ignore_patterns("__pycache__"))
     (root / "notebooks").mkdir()
     for path in SOURCES + NOTEBOOKS:
         shutil.copy(path, root / "notebooks" / path.name)
@@ -360,14 +361,37 @@ def test_the_twin_refuses_in_one_line_when_the_disk_cannot_hold_colabs_torch(tmp
     monkeypatch.setattr(twin, "NEEDS_GB", 1e9)  # more than any disk: the check must refuse
     monkeypatch.setattr(twin, "find_python", lambda: "/usr/bin/python3")
     built = []
-    monkeypatch.setattr(twin, "build_and_rehearse", lambda *args: built.append(args) or 0)
+    monkeypatch.setattr(twin, "build", lambda *args: built.append(args) or 0)
     assert twin.main(["--workdir", str(tmp_path / "twin")]) == 2
     message = capsys.readouterr().err.strip()
     assert "\n" not in message and "needs about 1000000000 GB free" in message and "--workdir" in message
     assert built == []
     monkeypatch.setattr(twin, "NEEDS_GB", 0.0)  # room enough: it builds, then removes the venv it built
     (tmp_path / "twin" / "venv").mkdir(parents=True)
-    monkeypatch.setattr(twin, "build_and_rehearse",
-                        lambda python, workdir: built.append((workdir / "venv").mkdir() or python) or 0)
+    monkeypatch.setattr(twin, "build", lambda python, workdir, log: built.append((workdir / "venv").mkdir() or python) or 0)
+    monkeypatch.setattr(twin, "rehearse", lambda python, workdir, log: built.append("rehearsed") or 0)
     assert twin.main(["--workdir", str(tmp_path / "twin")]) == 0
-    assert built == ["/usr/bin/python3"] and not (tmp_path / "twin" / "venv").exists()
+    assert built == ["/usr/bin/python3", "rehearsed"] and not (tmp_path / "twin" / "venv").exists()
+
+
+def test_the_twin_installs_in_one_phase_and_rehearses_in_the_next(tmp_path, monkeypatch, capsys):
+    twin = load_colab_script("twin")
+    monkeypatch.setattr(twin, "NEEDS_GB", 0.0)
+    monkeypatch.setattr(twin, "find_python", lambda: "/usr/bin/python3")
+    done = []
+
+    def build(python, workdir, log):
+        (workdir / "venv" / "bin").mkdir(parents=True)
+        (workdir / "venv" / "bin" / "python").touch()
+        done.append("built")
+        return 0
+
+    monkeypatch.setattr(twin, "build", build)
+    monkeypatch.setattr(twin, "rehearse", lambda python, workdir, log: done.append("rehearsed") or 0)
+    workdir = tmp_path / "twin"
+    assert twin.main(["--workdir", str(workdir), "--phase", "rehearse"]) == 2  # nothing installed yet
+    assert "--phase install" in capsys.readouterr().err
+    assert twin.main(["--workdir", str(workdir), "--phase", "install"]) == 0
+    assert done == ["built"] and (workdir / "venv").exists()  # kept for the rehearsal
+    assert twin.main(["--workdir", str(workdir), "--phase", "rehearse"]) == 0
+    assert done == ["built", "rehearsed"] and not (workdir / "venv").exists()

@@ -34,6 +34,8 @@ NEAR_AND_WRONG = {
     "04.2": (lambda r: _bump(r, "saved_gb", 1.02), lambda r: {"bits": 4.5, "saved_gb": 5.0}),
     "05.1": (lambda r: _bump(r, "bf16_mib", 1.02), lambda r: {"fp32_mib": r["bf16_mib"], "bf16_mib": r["fp32_mib"]}),
     "05.2": (lambda r: r * 1.03, lambda r: 16 / 4.127),
+    "07.1": (lambda r: {"dora": r["dora"] + 1, "vera": r["vera"]}, lambda r: {"dora": r["dora"], "vera": 2 * r["vera"]}),
+    "07.2": (lambda r: _bump(r, "rslora", 1.001), lambda r: {"lora": r["rslora"], "rslora": r["lora"]}),
     "06.1": (lambda r: _bump(r, "per_gpu_gib", 1.02), lambda r: {**r, "method": "full", "fits": not r["fits"]}),
 }
 

@@ -14,6 +14,7 @@ import json
 
 import pytest
 
+from lora_lab.runtime import profiles
 from lora_lab.standins import sql_task
 from lora_lab.training import evaluate, train
 
@@ -33,7 +34,9 @@ def test_the_cpu_flagship_gains_30_points_on_held_out_schemas(tmp_path, capsys):
     rows_file = tmp_path / "unseen.jsonl"
     rows_file.write_text("".join(json.dumps(r) + "\n" for r in unseen))
     capsys.readouterr()
-    assert evaluate.main(["--adapter", str(out / "adapter"), "--dataset", str(rows_file), "--json"]) == 0
+    budget = str(profiles.PROFILES["cpu"].max_new_tokens)  # as the training run scored its held-out rows
+    assert evaluate.main(["--adapter", str(out / "adapter"), "--dataset", str(rows_file), "--json",
+                          "--max-new-tokens", budget]) == 0
     scored = json.loads(capsys.readouterr().out)
     print({side: scored[side] for side in ("base", "adapter")})
     assert scored["method"] == "qlora" and scored["n"] == 24

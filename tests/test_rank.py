@@ -245,7 +245,7 @@ def test_gradient_accumulation_takes_the_same_steps(tiny_model_path):
     tok = AutoTokenizer.from_pretrained(tiny_model_path)
     splits = data.course_splits(("recall",), n_eval=10)
     tr, _ = sft_data.prepare_sft_data(tok, splits["train"].select(range(64)), 64, verbose=False)
-    base = rank._load_base(str(tiny_model_path))
+    base = rank.load_base(str(tiny_model_path))
     cfg = rank.SweepConfig("r=4", "lora", 4)
     results = []
     for accum in (1, 4):
@@ -272,7 +272,7 @@ def test_dropout_costs_activation_memory(tiny_model_path):
     splits = data.course_splits(("recall",), n_eval=10)
     tr, _ = sft_data.prepare_sft_data(tok, splits["train"].select(range(32)), 64, verbose=False)
     batch = rank._first_batch(tr, 16, tok, 0)
-    base = rank._load_base(str(tiny_model_path))
+    base = rank.load_base(str(tiny_model_path))
     acts = {}
     for p in (0.0, 0.1):
         model = rank._wrap_for(base, rank.SweepConfig("d", "lora", 8, dropout=p), rank.PLANS["tiny"], 0)

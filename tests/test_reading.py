@@ -33,14 +33,16 @@ def test_a_heading_with_text_before_the_mark_stays_core():
     assert r.optional_sections == ["Next"]
 
 
-def test_the_core_of_the_seven_lessons_stays_under_the_limit():
-    rows = [reading.lesson_reading(p) for p in course.course_notebooks()]
+def test_the_core_of_the_class_days_seven_lessons_stays_under_the_limit():
+    rows = [reading.lesson_reading(p) for p in course.course_notebooks() if p.name[:2] in reading.CLASS_DAY]
     assert len(rows) == 7
     core = sum(r.core_words for r in rows)
     assert core < reading.CORE_WORD_LIMIT, (
         f"the lessons' core is {core:,} words, over {reading.CORE_WORD_LIMIT:,}: shorten it, or mark a deep dive "
         f"optional with a line starting {reading.OPTIONAL_MARK!r} under its heading")
     assert all(r.optional_sections for r in rows)  # every lesson keeps its deep dives apart
+    later = [reading.lesson_reading(p) for p in course.course_notebooks() if p.name[:2] not in reading.CLASS_DAY]
+    assert all(r.core_minutes < 15 for r in later)  # an after-class lesson reads in one sitting
 
 
 def test_the_guides_reading_table_is_the_lessons():

@@ -17,6 +17,7 @@ Lesson layer (`lora_lab.lessons`):
     lessons.sft                labels on the answer only, right padding, the plain PyTorch SFT loop
     lessons.scoring            what "the same answer" means: short answers, final numbers, SQL
     lessons.verdicts           when a difference counts: bigger than the seed-to-seed spread, three seeds a side
+    lessons.variants           rsLoRA, DoRA, PiSSA, OLoRA, LoRA+ and VeRA written out on one layer
 
 Where the course runs (`lora_lab.runtime`):
     runtime.units        one GIB/MIB, one cache root ($LORA_LAB_CACHE), cache keys and content hashes, build-then-rename
@@ -48,13 +49,16 @@ Estimation and measurement (`lora_lab.estimation`):
     estimation.gpu_runs        every GPU run preflighted at full size against free memory: run, shrink or skip; the t4 plan
     estimation.t4_budget       how long each notebook takes on a Colab T4: a step-time model with its sources, and the budgets
 
-The experiments behind notebooks 02, 04, 05 and 06 (`lora_lab.experiments`):
+The experiments behind notebooks 02, 04, 05, 06 and 07 (`lora_lab.experiments`):
     experiments.peft_checks  the lesson's LoRA layer checked against peft's own layer (notebook 02)
     experiments.rank         parameter tables, low-rank recovery, scaling rules, the rank sweep (notebook 02)
     experiments.quant        what 4-bit formats do to weights, updates and a model's loss; LoftQ (notebook 04)
     experiments.adapters     specialists: switch, hot-swap, mixed batches, merge, combine (notebook 05)
     experiments.export       GGUF export with llama.cpp's pinned converters, checked in llama.cpp; Ollama Modelfile (06)
     experiments.scale        beyond one GPU: the DDP/FSDP fit table, an accelerate FSDP-QLoRA config, the FSDP2 check (06)
+    experiments.variant_checks  each hand-written variant of lessons.variants against peft's own layer (07)
+    experiments.variants     the variants head to head on SmolLM2's top layer: searched, seeded, measured; on NF4; on a T4 (07)
+    experiments.peft_benchmark  PEFT's MetaMathQA benchmark results for the same variants, read from their JSON (07)
 
 Stand-in models and data (`lora_lab.standins`):
     standins.smollm2       the cpu profile's model: SmolLM2-135M-Instruct from its PyPI wheel, converted once to safetensors
@@ -71,6 +75,7 @@ Figures and widgets (`lora_lab.figures`):
     figures.rank_plots     notebook 02's figures
     figures.quant_plots    notebook 04's figures
     figures.adapter_plots  notebook 05's adapter-by-task score heatmap
+    figures.variant_plots  notebook 07's held-out loss against parameters and step time
     figures.scale_plots    notebook 06's chart: per-GPU memory of one GPU, DDP and FSDP against each GPU's room
     figures.show           show_figure(fig, alt): every figure with its alt text (and beside make figures' files)
 

@@ -320,6 +320,21 @@ def _fsdp_long_smallest(seq_len: int | None = 4096) -> dict:
     return {"model": best.model, "method": best.method, "per_gpu_gib": best.per_gpu_gib, "fits": best.fits}
 
 
+def _dora_vera_params(count_shared: bool = False) -> dict:
+    from lora_lab.lessons import variants
+
+    vera = variants.trainable_params("VeRA", 4096, 4096, 256)
+    if count_shared:
+        vera += 256 * (4096 + 4096)
+    return {"dora": variants.trainable_params("DoRA", 4096, 4096, 16), "vera": vera}
+
+
+def _scales_r64() -> dict:
+    from lora_lab.lessons import variants
+
+    return {"lora": 16 / 64, "rslora": variants.rslora_scale(16, 64)}
+
+
 EXERCISES: dict[str, Exercise] = {e.id: e for e in (
     Exercise("00.1", "Compute dtype of an L4 and a V100", 5,
              'a dict {"L4": dtype, "V100": dtype} with dtype names such as "float16"', _dtypes_l4_v100,
@@ -409,6 +424,17 @@ EXERCISES: dict[str, Exercise] = {e.id: e for e in (
              "\"2 x T4\" and parallel \"FSDP\", the one with the smallest per_gpu_gib.",
              mistake=Mistake("keep fit_table's default sequence length", lambda: _fsdp_long_smallest(None),
                              "Pass seq_len=4096: activations grow with the sequence.")),
+    Exercise("07.1", "Trainable parameters of DoRA and VeRA on one layer", 5,
+             'a dict {"dora": int, "vera": int}', _dora_vera_params,
+             hint="lessons.variants.trainable_params counts one layer for each method.",
+             mistake=Mistake("count VeRA's shared random matrices as trainable", lambda: _dora_vera_params(True),
+                             "VeRA's A and B are frozen random matrices shared by all layers: only d and b train.")),
+    Exercise("07.2", "The scale of B @ A at r=64 under LoRA and rsLoRA", 5,
+             'a dict {"lora": float, "rslora": float}', _scales_r64, rel_tol=1e-6,
+             hint="LoRA multiplies by alpha / r, rsLoRA by alpha / sqrt(r).",
+             mistake=Mistake("swap the two rules", lambda: dict(zip(("lora", "rslora"), reversed(_scales_r64().values()),
+                                                                strict=True)),
+                             "rsLoRA's rule divides by the square root of r, so its scale is the larger one.")),
 )}
 
 

@@ -571,5 +571,57 @@ ADAPTERS = [
     ),
 ]
 
+def _dora_extra_params_qwen_7b_q() -> float:
+    from lora_lab.lessons import variants
+
+    return variants.trainable_params("DoRA", 3584, 3584, 16) - variants.trainable_params("LoRA", 3584, 3584, 16)
+
+
+VARIANTS = [
+    Numeric(
+        "DoRA at r=16 on one 3584 x 3584 projection (Qwen2.5-7B's q_proj): how many trainable parameters does it "
+        "add on top of LoRA at the same rank? (exact)",
+        _dora_extra_params_qwen_7b_q,
+        0,
+        "parameters",
+        "DoRA keeps LoRA's A and B and adds one magnitude per output row: {answer} numbers.",
+        "What does DoRA split the weight into, and how many numbers does the new part hold?",
+        Mistake("count a magnitude per input column and output row", lambda: 2 * 3584.0,
+                "The magnitude is a vector: one number per output row of the weight."),
+    ),
+    MultipleChoice(
+        "Two methods are compared at one learning rate, chosen for the first. The second loses. What can you "
+        "conclude?",
+        (
+            "The first method is better",
+            "Little: the rate suited the first; each method needs its own search before their best runs are compared",
+            "The second method needs more steps",
+        ),
+        1,
+        "rsLoRA, PiSSA, VeRA and full fine-tuning each train best at a different rate; section 2 searches three "
+        "rates for each before comparing.",
+        (
+            "a rate picked for one method can be far from the other's best: you compared the rate.",
+            "",
+            "maybe, but the rate alone can explain the loss: search it first.",
+        ),
+    ),
+    MultipleChoice(
+        "Why does peft refuse PiSSA's initialisation on a 4-bit (NF4) layer?",
+        (
+            "PiSSA needs the full-precision weight: it takes the weight's SVD and keeps the residual as the new base",
+            "PiSSA only works with rank 1",
+            "4-bit layers cannot hold adapters at all",
+        ),
+        0,
+        "Section 4 tries it: run PiSSA's SVD on the 16-bit model, quantize the residual, then train on that.",
+        (
+            "",
+            "PiSSA takes the top r singular directions for any rank.",
+            "LoRA, DoRA and VeRA all train on the 4-bit base in section 4.",
+        ),
+    ),
+]
+
 #: The quiz each lesson shows (`quiz.show(quiz.NAME)` in its "Check your understanding" section).
-LESSON_QUIZZES = {"00": "PREFLIGHT", "01": "VRAM", "02": "LORA_BASICS", "03": "SFT", "04": "NF4", "05": "ADAPTERS"}
+LESSON_QUIZZES = {"00": "PREFLIGHT", "01": "VRAM", "02": "LORA_BASICS", "03": "SFT", "04": "NF4", "05": "ADAPTERS", "07": "VARIANTS"}

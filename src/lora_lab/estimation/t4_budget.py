@@ -67,7 +67,7 @@ FIGURES = {
 
 #: What each notebook may take on a Colab T4, in minutes, install and download included (class settings:
 #: 03 without COMPARE_LORA and without the optional 7B run).
-BUDGET_MINUTES = {"00": 5, "01": 5, "02": 20, "03": 20, "04": 5, "05": 20, "06": 15}
+BUDGET_MINUTES = {"00": 5, "01": 5, "02": 20, "03": 20, "04": 5, "05": 20, "06": 15, "07": 20}
 
 #: Qwen2.5-Instruct's default system turn (its chat template adds it when a conversation has none).
 QWEN_SYSTEM = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
@@ -158,7 +158,7 @@ def notebook_times(runs) -> dict[str, NotebookTime]:
     install, cells = FIGURES["install_s"].value, FIGURES["cells_s"].value
     download = FIGURES["model_bytes"].value / FIGURES["download_bytes_per_s"].value
     parts = {nb: {"install": install, "cells": cells} for nb in BUDGET_MINUTES}
-    for nb in ("02", "03", "04", "05", "06"):  # the notebooks that load the real model on a T4
+    for nb in ("02", "03", "04", "05", "06", "07"):  # the notebooks that load the real model on a T4
         parts[nb]["download"] = download
     parts["04"]["load"] = FIGURES["load_s"].value
     parts["06"]["GGUF export and check"] = FIGURES["export_s"].value

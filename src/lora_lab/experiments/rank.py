@@ -659,7 +659,7 @@ def _first_batch(train_set, batch_size: int, tokenizer, seed: int) -> dict:
                                      pad_id=tokenizer.pad_token_id, seed=seed))
 
 
-def _load_base(path: str, nf4: bool = False):
+def load_base(path: str, nf4: bool = False):
     """The base model in fp32, or with its linear weights rounded to NF4 (`nf4`: bitsandbytes, fp32 compute)."""
     from transformers import AutoModelForCausalLM
 
@@ -704,7 +704,7 @@ def run_one(cfg: SweepConfig, plan: SweepPlan, model_path: str, train_set, eval_
     """
     from lora_lab.estimation import memory
 
-    base = base if base is not None else _load_base(model_path, nf4=cfg.method == "qlora")
+    base = base if base is not None else load_base(model_path, nf4=cfg.method == "qlora")
     seed = seed + cfg.seed
     lr = cfg.lr or (plan.full_lr if cfg.method == "full" else plan.lora_lr)
     # Memory of one step, measured on a fresh copy (the step changes the weights).
@@ -770,7 +770,7 @@ def _worker_state(profile, path: str) -> dict:
         tokenizer = AutoTokenizer.from_pretrained(path)
         _, train_set, eval_set = prepared_data(profile, tokenizer)
         _WORKER_STATE.clear()
-        _WORKER_STATE[key] = dict(tokenizer=tokenizer, train=train_set, eval=eval_set, base=_load_base(path))
+        _WORKER_STATE[key] = dict(tokenizer=tokenizer, train=train_set, eval=eval_set, base=load_base(path))
     return _WORKER_STATE[key]
 
 
@@ -778,7 +778,7 @@ def _run_task(cfg: SweepConfig, plan: SweepPlan, profile, path: str) -> dict:
     """One run of the cpu sweep, in this process or a worker (which keeps its data between runs)."""
     state = _worker_state(profile, path)
     if cfg.method == "qlora" and "base_nf4" not in state:
-        state["base_nf4"] = _load_base(path, nf4=True)
+        state["base_nf4"] = load_base(path, nf4=True)
     with torch_threads(plan.threads):
         return run_one(cfg, plan, path, state["train"], state["eval"], batch_size=profile.batch_size,
                        tokenizer=state["tokenizer"], seed=profile.seed,
@@ -1070,9 +1070,9 @@ def merge_report(model_path: str, rank: int = 16, targets="all-linear", *, batch
     from peft import LoraConfig, get_peft_model
 
     with torch_threads(threads):
-        base = _load_base(model_path).eval()
+        base = load_base(model_path).eval()
         torch.manual_seed(seed)
-        peft_model = get_peft_model(_load_base(model_path), LoraConfig(
+        peft_model = get_peft_model(load_base(model_path), LoraConfig(
             r=rank, lora_alpha=2 * rank, target_modules=targets if isinstance(targets, str) else list(targets)))
         g = torch.Generator().manual_seed(seed)
         adapted = 0
@@ -1084,7 +1084,7 @@ def merge_report(model_path: str, rank: int = 16, targets="all-linear", *, batch
         vocab = base.config.vocab_size
         ids = torch.randint(0, vocab, (batch_size, seq_len), generator=g)
         unmerged_logits = peft_model(input_ids=ids).logits
-        merged = get_peft_model(_load_base(model_path), peft_model.peft_config["default"])
+        merged = get_peft_model(load_base(model_path), peft_model.peft_config["default"])
         merged.load_state_dict(peft_model.state_dict())
         merged = merged.merge_and_unload().eval()
         merged_logits = merged(input_ids=ids).logits

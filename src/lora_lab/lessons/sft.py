@@ -96,13 +96,14 @@ def linear_warmup_then_decay(steps: int, warmup_steps: int):
 
 
 def train_loop(model, train_set, *, steps: int, lr: float, batch_size: int, pad_id: int, warmup_steps: int = 5,
-               seed: int = 0, grad_accum: int = 1) -> dict:
+               seed: int = 0, grad_accum: int = 1, optimizer: torch.optim.Optimizer | None = None) -> dict:
     """Train the parameters of `model` that require gradients on `train_set` (columns `input_ids`, `labels`).
 
     The loss is the model's own causal-LM loss over the answer tokens. With `grad_accum` > 1 each batch
     is split into that many micro-batches whose gradients add up before the optimizer step; each
     micro-batch's mean loss is weighted by its share of the batch's answer tokens, so the step equals
-    the step without accumulation.
+    the step without accumulation. `optimizer` replaces the default AdamW at `lr` (e.g. one with a
+    learning rate per parameter group); the schedule scales every group's rate alike.
 
     Returns:
         losses [(step, loss)], seconds_per_step (median after the first step), seconds.
@@ -110,7 +111,7 @@ def train_loop(model, train_set, *, steps: int, lr: float, batch_size: int, pad_
     if batch_size % grad_accum:
         raise ValueError(f"batch_size {batch_size} must be a multiple of grad_accum {grad_accum}.")
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    optimizer = optimizer or torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_warmup_then_decay(steps, warmup_steps))
     micro = batch_size // grad_accum
     batches = shuffled_batches(train_set["input_ids"], train_set["labels"], batch_size=batch_size, steps=steps,

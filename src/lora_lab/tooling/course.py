@@ -459,7 +459,7 @@ def t4_plan(budget_bytes: int | None = None) -> list:
     functions the notebooks call before they start each run.
     """
     from lora_lab.estimation import gpu_runs
-    from lora_lab.experiments import adapters, export, rank
+    from lora_lab.experiments import adapters, export, rank, variants
     from lora_lab.runtime import profiles
 
     t4 = profiles.PROFILES["t4"]
@@ -471,6 +471,7 @@ def t4_plan(budget_bytes: int | None = None) -> list:
     runs.append(gpu_runs.seven_b_run(t4))
     runs += gpu_runs.specialist_runs(t4, adapters.default_recipes(t4))
     runs.append(export.own_adapter_run(t4))  # 06 on a runtime where 03 did not run (each Colab notebook's own)
+    runs += variants.t4_planned_runs(t4)  # 07: four QLoRA variants, one run each
     return [gpu_runs.fit(r, budget_bytes or gpu_runs.T4_PLAN_BUDGET) for r in runs]
 
 
