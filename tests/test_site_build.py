@@ -7,15 +7,16 @@ import pytest
 
 from lora_lab.estimation import vram
 from lora_lab.figures import widgets
-from lora_lab.tooling import site
+from lora_lab.tooling import course, site
 
 
 def test_the_badge_table_is_the_readmes_learner_and_solution_table():
     table = site.badge_table((site.ROOT / "README.md").read_text())
     lines = table.splitlines()
+    lessons = len(course.course_notebooks())
     assert lines[0].startswith("| notebook | learner | with solutions |")
-    assert all(line.startswith("|") for line in lines) and len(lines) == 2 + 7
-    assert table.count("[Open in Colab](https://colab.research.google.com/github/") == 2 * 7
+    assert all(line.startswith("|") for line in lines) and len(lines) == 2 + lessons
+    assert table.count("[Open in Colab](https://colab.research.google.com/github/") == 2 * lessons
     assert "colab-badge.svg" not in table  # the site loads nothing from another host
     with pytest.raises(site.SiteError, match="no table"):
         site.badge_table("# a README without badges\n")
