@@ -118,9 +118,9 @@ else:
 # %% [markdown]
 # ### The learning-rate search
 #
-# Methods do not share a best learning rate: rsLoRA scales the update by `alpha / sqrt(r)` instead of
+# Methods need not share a best learning rate: rsLoRA scales the update by `alpha / sqrt(r)` instead of
 # `alpha / r`, PiSSA and OLoRA start from large matrices, VeRA trains a few scaling numbers. Comparing them
-# at one rate compares the rate, not the method. Where a method's best rate is the highest or lowest it
+# at one rate would compare the rate, not the method. Where a method's best rate is the highest or lowest it
 # tried, a wider search might find better: the table says so.
 
 # %%
@@ -142,7 +142,9 @@ show_figure(variant_plots.quality_vs_cost(same_rate, kept, f"LoRA's variants on 
 # The table adds what a kept run measured on the whole model: real generation scored by exact and
 # execution match, the adapter file, whether the adapter merges into its layer (and how far the merged
 # outputs move), and one training step's memory by the course's measurement
-# (`estimation.memory.measure_step`: weights, gradients, optimizer states and saved activations).
+# (`estimation.memory.measure_step`: weights, gradients, optimizer states and saved activations). VeRA's file
+# also holds its shared random matrices (peft's `save_projection=True`, the default); without them it would
+# rely on regenerating them from `projection_prng_key`.
 
 # %%
 print(variants.results_table(kept, same_rate))
@@ -213,9 +215,9 @@ else:
 # *Optional: a deep dive that no later section needs; read it after class.*
 #
 # On a T4 the model is the t4 profile's, in 4 bits, and each method is a QLoRA run through the same trainer
-# as notebook 03, preflighted against the memory free when it starts. Twenty minutes hold four runs: LoRA,
-# rsLoRA, DoRA and OLoRA, one seed each at the profile's learning rate, so the verdicts above say that no
-# difference is measured. `make t4-plan` lists these runs with their predicted memory.
+# as notebook 03, preflighted against the memory free when it starts. Four runs fit the notebook's T4
+# budget: LoRA, rsLoRA, DoRA and OLoRA, one seed each at the profile's learning rate, so the verdicts above
+# say that no difference is measured. `make t4-plan` lists these runs with their predicted memory and minutes.
 
 # %%
 for run in variants.t4_planned_runs(profiles.PROFILES["t4"]):

@@ -598,8 +598,8 @@ VARIANTS = [
             "The second method needs more steps",
         ),
         1,
-        "rsLoRA, PiSSA, VeRA and full fine-tuning each train best at a different rate; section 2 searches three "
-        "rates for each before comparing.",
+        "A method's best rate can be far from another's (section 2's search table shows each one's), so section "
+        "2 searches three rates for every method before comparing them.",
         (
             "a rate picked for one method can be far from the other's best: you compared the rate.",
             "",

@@ -97,6 +97,16 @@ PLANS = {
 }
 
 
+def run_layers(layers, rotary: nn.Module, h: torch.Tensor) -> torch.Tensor:
+    """Llama decoder `layers` on right-padded hidden states `h`: the causal mask alone keeps every real token from
+    seeing the padding, which comes after it."""
+    positions = torch.arange(h.shape[1]).unsqueeze(0)
+    cos_sin = rotary(h, position_ids=positions)
+    for layer in layers:
+        h = layer(h, attention_mask=None, position_ids=positions, position_embeddings=cos_sin)
+    return h
+
+
 class FrozenTrunkLM(nn.Module):
     """The top of a causal LM, trained on the stored outputs of its frozen lower layers.
 
@@ -124,11 +134,7 @@ class FrozenTrunkLM(nn.Module):
         h = torch.zeros(len(rows), input_ids.shape[1], rows[0].shape[-1])
         for i, state in enumerate(rows):
             h[i, : state.shape[0]] = state
-        positions = torch.arange(h.shape[1]).unsqueeze(0)
-        cos_sin = self.rotary(h, position_ids=positions)
-        for layer in self.layers:
-            h = layer(h, attention_mask=None, position_ids=positions, position_embeddings=cos_sin)
-        return self.norm(h)
+        return self.norm(run_layers(self.layers, self.rotary, h))
 
     def forward(self, input_ids, attention_mask, labels=None, **_):
         h = self.hidden(input_ids, attention_mask)
@@ -186,11 +192,8 @@ def _states(model, split: int, dataset, tokenizer, batch_size: int = 16) -> dict
         for start in range(0, len(dataset), batch_size):
             rows = dataset[start: start + batch_size]
             batch = sft.pad_right(rows["input_ids"], rows["labels"], tokenizer.pad_token_id)
-            h = model.model.embed_tokens(batch["input_ids"])
-            positions = torch.arange(h.shape[1]).unsqueeze(0)
-            cos_sin = model.model.rotary_emb(h, position_ids=positions)
-            for layer in model.model.layers[:split]:
-                h = layer(h, attention_mask=None, position_ids=positions, position_embeddings=cos_sin)
+            h = run_layers(model.model.layers[:split], model.model.rotary_emb,
+                           model.model.embed_tokens(batch["input_ids"]))
             for ids, state in zip(rows["input_ids"], h, strict=True):
                 out[tuple(ids)] = state[: len(ids)].clone()
     return out
